@@ -1,0 +1,33 @@
+"""Numba-compiled numeric kernels of meanfield (CPU). No I/O, no configuration.
+
+Every kernel takes plain arrays in the particle layout ``W[:, :d] = a``, ``W[:, d] = b``,
+``W[:, d + 1] = c`` and works in float32 or float64 (the dtype of ``W``).
+"""
+from ._scalar import (
+    ACTIVATION_CODES,
+    LOSS_CODES,
+    activation,
+    activation_derivative,
+    loss,
+    loss_derivative,
+)
+from .finite_data import finite_data_field, network_output
+from .population import closed_form_pair_field, quadrature_pair_field
+from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
+
+__all__ = [
+    "ACTIVATION_CODES",
+    "LOSS_CODES",
+    "activation",
+    "activation_derivative",
+    "loss",
+    "loss_derivative",
+    "finite_data_field",
+    "network_output",
+    "closed_form_pair_field",
+    "quadrature_pair_field",
+    "all_finite",
+    "euler_update",
+    "heavy_ball_update",
+    "langevin_update",
+]

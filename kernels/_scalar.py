@@ -1,0 +1,126 @@
+"""Scalar device functions shared by every kernel: typed constants, activations, losses.
+
+Activations and losses are selected by small integer codes so that one compiled kernel
+serves all of them (numba caches one machine-code version per dtype, not per activation).
+Adding an activation means writing its value and derivative here, giving it the next code
+and registering its name in ``ACTIVATION_CODES``; nothing else changes.
+
+All functions are written for float32 and float64 alike: every constant goes through
+:func:`like`, so a float32 kernel never promotes to double precision.
+"""
+import math
+
+from numba import njit
+from numba.extending import overload
+
+# Activation codes (the order is part of the compiled kernels' interface).
+RELU = 0
+SIGMOID = 1
+TANH = 2
+ERF = 3  # erf(z / sqrt(2)), the activation with the arcsine closed form
+SOFTPLUS = 4
+LINEAR = 5
+
+ACTIVATION_CODES = {
+    "relu": RELU,
+    "sigmoid": SIGMOID,
+    "tanh": TANH,
+    "erf": ERF,
+    "softplus": SOFTPLUS,
+    "linear": LINEAR,
+}
+
+# Loss codes; ``f`` is the prediction and ``y`` the label.
+SQUARED = 0  # (y - f)^2 / 2
+LOGISTIC = 1  # log(1 + exp(-y f)), labels +-1
+EXPONENTIAL = 2  # exp(-y f), labels +-1
+
+LOSS_CODES = {"squared": SQUARED, "logistic": LOGISTIC, "exponential": EXPONENTIAL}
+
+
+def like(z, value):
+    """``value`` converted to the floating type of ``z`` (works inside numba kernels)."""
+    return type(z)(value)
+
+
+@overload(like, inline="always")
+def _like_overload(z, value):
+    target = z
+
+    def impl(z, value):
+        return target(value)
+
+    return impl
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(z):
+    one = like(z, 1.0)
+    if z >= like(z, 0.0):
+        return one / (one + math.exp(-z))
+    e = math.exp(z)
+    return e / (one + e)
+
+
+@njit(cache=True, inline="always")
+def activation(z, code):
+    """sigma(z) for the activation ``code``."""
+    zero = like(z, 0.0)
+    if code == RELU:
+        return z if z > zero else zero
+    elif code == SIGMOID:
+        return _sigmoid(z)
+    elif code == TANH:
+        return math.tanh(z)
+    elif code == ERF:
+        return math.erf(z * like(z, 0.7071067811865476))
+    elif code == SOFTPLUS:
+        return math.log1p(math.exp(-abs(z))) + (z if z > zero else zero)
+    else:
+        return z
+
+
+@njit(cache=True, inline="always")
+def activation_derivative(z, code):
+    """sigma'(z) for the activation ``code`` (relu'(0) = 0)."""
+    zero = like(z, 0.0)
+    one = like(z, 1.0)
+    if code == RELU:
+        return one if z > zero else zero
+    elif code == SIGMOID:
+        s = _sigmoid(z)
+        return s * (one - s)
+    elif code == TANH:
+        t = math.tanh(z)
+        return one - t * t
+    elif code == ERF:
+        # d/dz erf(z/sqrt 2) = sqrt(2/pi) exp(-z^2/2)
+        return like(z, 0.7978845608028654) * math.exp(-like(z, 0.5) * z * z)
+    elif code == SOFTPLUS:
+        return _sigmoid(z)
+    else:
+        return one
+
+
+@njit(cache=True, inline="always")
+def loss(f, y, code):
+    """Pointwise loss l(f, y)."""
+    if code == SQUARED:
+        r = y - f
+        return like(f, 0.5) * r * r
+    elif code == LOGISTIC:
+        z = -y * f  # log(1 + e^z), computed without overflow
+        return math.log1p(math.exp(-abs(z))) + (z if z > like(f, 0.0) else like(f, 0.0))
+    else:
+        return math.exp(-y * f)
+
+
+@njit(cache=True, inline="always")
+def loss_derivative(f, y, code):
+    """dl/df at (f, y)."""
+    if code == SQUARED:
+        return f - y
+    elif code == LOGISTIC:
+        return -y * _sigmoid(-y * f)
+    else:
+        return -y * math.exp(-y * f)

@@ -1,0 +1,190 @@
+"""Empirical risk of a two-layer network on a finite sample, and its particle velocity.
+
+The sample is processed in tiles of ``tile_size`` rows: each tile needs the pre-activations
+of its rows only (the prediction h(x_n) depends on sample n alone), so forward pass, loss
+derivative and backward pass all happen per tile and no N x m array is ever formed. The two
+products per tile (X_t A^T and G^T X_t) go to BLAS; the elementwise work is parallel.
+
+Particle layout (every kernel): ``W[:, :d]`` input weights a, ``W[:, d]`` bias b,
+``W[:, d + 1]`` output weight c.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._scalar import activation, activation_derivative, loss, loss_derivative
+
+
+@njit(cache=True, parallel=True)
+def _activate(pre, bias, code, sigma, sigma_prime, rows):
+    """sigma and sigma' of ``pre[:rows] + bias`` into ``sigma`` and ``sigma_prime``."""
+    for n in prange(rows):
+        for i in range(pre.shape[1]):
+            z = pre[n, i] + bias[i]
+            sigma[n, i] = activation(z, code)
+            sigma_prime[n, i] = activation_derivative(z, code)
+
+
+@njit(cache=True, parallel=True)
+def _backward(residual, sigma, sigma_prime, readout, rows, X_tile, grad_a, grad_b, grad_c, work):
+    """Accumulate sum_n r_n grad_w phi(w_i, x_n) over the rows of one tile.
+
+    ``sigma_prime`` is overwritten by G[n, i] = r_n c_i sigma'(z_ni); ``work`` (m, d) holds
+    G^T X_tile before it is added to ``grad_a``.
+    """
+    m = sigma.shape[1]
+    for i in prange(m):
+        gb = grad_b.dtype.type(0.0)
+        gc = grad_c.dtype.type(0.0)
+        ci = readout[i]
+        for n in range(rows):
+            g = residual[n] * ci * sigma_prime[n, i]
+            sigma_prime[n, i] = g
+            gb += g
+            gc += residual[n] * sigma[n, i]
+        grad_b[i] += gb
+        grad_c[i] += gc
+    np.dot(sigma_prime[:rows].T, X_tile, work)
+    grad_a += work
+
+
+@njit(cache=True, parallel=True)
+def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha,
+                      bias, train_readout, tile_size, velocity, points_velocity):
+    """Empirical risk of the width-m network ``W`` and the velocity field it generates.
+
+    The network is h(x) = s * sum_i c_i sigma(a_i . x + b_i) with s = ``output_scale``; the
+    objective is F = (1 / (alpha^2 N)) sum_n l(alpha h(x_n), y_n) and the velocity of a
+    point w in the field of the measure is
+    v(w) = -(m s / (alpha N)) sum_n l'(alpha h(x_n), y_n) grad_w [c sigma(a . x_n + b)],
+    so that for a particle of ``W`` itself v(w_i) = -m grad_{w_i} F.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, d + 2), float32 or float64
+        Particles (sources of the field). Column layout: a, b, c.
+    X : ndarray, shape (N, d), same dtype, C-contiguous
+        Inputs.
+    y : ndarray, shape (N,), same dtype
+        Labels.
+    points : ndarray, shape (n, d + 2), same dtype
+        Extra points (tracers) that feel the field of ``W`` without acting on it; n may be 0.
+    activation_code, loss_code : int
+        Codes of ``meanfield.kernels.ACTIVATION_CODES`` and ``LOSS_CODES``.
+    output_scale : float
+        s: 1/m for the mean-field scaling, 1 for the unnormalised sum.
+    alpha : float
+        Scale of the output seen by the loss (1 mean-field, large lazy).
+    bias, train_readout : bool
+        Whether the b and c columns move; frozen columns get velocity 0.
+    tile_size : int
+        Rows of X per tile.
+    velocity : ndarray, shape (m, d + 2), output
+        v(w_i) for every particle.
+    points_velocity : ndarray, shape (n, d + 2), output
+        v(x_j) for every extra point.
+
+    Returns
+    -------
+    float
+        The objective F (same dtype as W).
+    """
+    m, p = W.shape
+    N, d = X.shape
+    n_points = points.shape[0]
+    T = W.dtype.type
+    s = T(output_scale)
+    al = T(alpha)
+    tile = min(tile_size, N)
+
+    A = np.ascontiguousarray(W[:, :d])
+    b = W[:, d].copy()
+    c = W[:, d + 1].copy()
+    A_pts = np.ascontiguousarray(points[:, :d])
+    b_pts = points[:, d].copy()
+    c_pts = points[:, d + 1].copy()
+
+    pre = np.empty((tile, m), dtype=W.dtype)
+    sig = np.empty((tile, m), dtype=W.dtype)
+    pre_pts = np.empty((tile, n_points), dtype=W.dtype)
+    sig_pts = np.empty((tile, n_points), dtype=W.dtype)
+    residual = np.empty(tile, dtype=W.dtype)
+    grad_a = np.zeros((m, d), dtype=W.dtype)
+    grad_b = np.zeros(m, dtype=W.dtype)
+    grad_c = np.zeros(m, dtype=W.dtype)
+    work = np.empty((m, d), dtype=W.dtype)
+    pgrad_a = np.zeros((n_points, d), dtype=W.dtype)
+    pgrad_b = np.zeros(n_points, dtype=W.dtype)
+    pgrad_c = np.zeros(n_points, dtype=W.dtype)
+    pwork = np.empty((n_points, d), dtype=W.dtype)
+
+    total = T(0.0)
+    for start in range(0, N, tile):
+        rows = min(tile, N - start)
+        X_tile = X[start:start + rows]
+        np.dot(X_tile, A.T, pre[:rows])
+        _activate(pre, b, activation_code, sig, pre, rows)
+        tile_total = T(0.0)
+        for n in prange(rows):
+            h = T(0.0)
+            for i in range(m):
+                h += c[i] * sig[n, i]
+            f = al * s * h
+            yn = y[start + n]
+            residual[n] = loss_derivative(f, yn, loss_code)
+            tile_total += loss(f, yn, loss_code)
+        total += tile_total
+        _backward(residual, sig, pre, c, rows, X_tile, grad_a, grad_b, grad_c, work)
+        if n_points > 0:
+            np.dot(X_tile, A_pts.T, pre_pts[:rows])
+            _activate(pre_pts, b_pts, activation_code, sig_pts, pre_pts, rows)
+            _backward(residual, sig_pts, pre_pts, c_pts, rows, X_tile,
+                      pgrad_a, pgrad_b, pgrad_c, pwork)
+
+    factor = -T(m) * s / (al * T(N))
+    _assemble(grad_a, grad_b, grad_c, factor, bias, train_readout, velocity)
+    _assemble(pgrad_a, pgrad_b, pgrad_c, factor, bias, train_readout, points_velocity)
+    return total / (al * al * T(N))
+
+
+@njit(cache=True)
+def _assemble(grad_a, grad_b, grad_c, factor, bias, train_readout, out):
+    n, d = grad_a.shape
+    zero = out.dtype.type(0.0)
+    for i in range(n):
+        for k in range(d):
+            out[i, k] = factor * grad_a[i, k]
+        out[i, d] = factor * grad_b[i] if bias else zero
+        out[i, d + 1] = factor * grad_c[i] if train_readout else zero
+
+
+@njit(cache=True, parallel=True)
+def network_output(W, X, activation_code, output_scale, tile_size, out):
+    """h(x_n) = s * sum_i c_i sigma(a_i . x_n + b_i) for every row of X, tiled over rows.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, d + 2)
+    X : ndarray, shape (N, d), same dtype, C-contiguous
+    activation_code : int
+    output_scale : float
+        s.
+    tile_size : int
+    out : ndarray, shape (N,), output
+    """
+    m = W.shape[0]
+    N, d = X.shape
+    T = W.dtype.type
+    s = T(output_scale)
+    tile = min(tile_size, N)
+    A = np.ascontiguousarray(W[:, :d])
+    b = W[:, d].copy()
+    c = W[:, d + 1].copy()
+    pre = np.empty((tile, m), dtype=W.dtype)
+    for start in range(0, N, tile):
+        rows = min(tile, N - start)
+        np.dot(X[start:start + rows], A.T, pre[:rows])
+        for n in prange(rows):
+            h = T(0.0)
+            for i in range(m):
+                h += c[i] * activation(pre[n, i] + b[i], activation_code)
+            out[start + n] = s * h

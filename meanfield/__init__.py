@@ -1,0 +1,45 @@
+"""meanfield: two-layer neural networks as particle clouds under Wasserstein gradient flow.
+
+Five lines from nothing to a risk curve::
+
+    import numpy as np, meanfield as mf
+    model = mf.Model(d=20, activation="relu")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=20, k=5))
+    W0 = mf.initialize(model, m=256, rng=np.random.default_rng(0))
+    traj = mf.run(problem, mf.gradient_descent(problem, step=0.5), W0, t_max=100)
+    traj.times, traj.risk, traj.W
+
+Time is the continuous time t of the gradient flow dw_i/dt = -m grad_{w_i} F (SCIENCE.md
+section 3), so runs of different widths m are compared at equal t.
+"""
+from . import kernels
+from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, sgd
+from ._model import ACTIVATIONS, Init, Model, initialize
+from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
+from ._run import Trajectory, record_steps, run, time_grid
+from ._teacher import Teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Evaluation",
+    "FiniteDataProblem",
+    "Init",
+    "Integrator",
+    "Model",
+    "PopulationProblem",
+    "Problem",
+    "State",
+    "Teacher",
+    "Trajectory",
+    "gradient_descent",
+    "heavy_ball",
+    "initialize",
+    "kernels",
+    "langevin",
+    "record_steps",
+    "run",
+    "sgd",
+    "time_grid",
+]

@@ -1,0 +1,175 @@
+"""Integrators in continuous time t (SCIENCE.md section 3), as init/step pairs over a State.
+
+Each constructor takes a problem and its parameters and returns an :class:`Integrator`:
+``init(W0, rng)`` makes a :class:`State`, ``step(state)`` advances it by one step of
+``dt`` time units (in place, and returns it). A new integrator is one new function.
+
+In every integrator the particle step is ``eta * v`` with v = -m grad F (the mean-field
+step-size scaling), so a width-m run and a width-M run are compared at equal t.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import kernels
+from ._problems import Problem
+
+
+@dataclass
+class State:
+    """The evolving state of an integrator.
+
+    Attributes
+    ----------
+    W : ndarray, shape (m, d + 2)
+        Particles, updated in place.
+    step : int
+        Steps taken.
+    t : float
+        Continuous time, ``step * dt``.
+    value : float
+        Objective (or batch loss) at the start of the last step; NaN before the first.
+    rng : numpy.random.Generator or None
+        Stream for minibatches and noise.
+    buffers : dict
+        Integrator-specific arrays (velocity buffer, momentum).
+    """
+
+    W: np.ndarray
+    step: int = 0
+    t: float = 0.0
+    value: float = math.nan
+    rng: np.random.Generator | None = None
+    buffers: dict = field(default_factory=dict)
+
+
+class Integrator(NamedTuple):
+    """An integration scheme: ``init(W0, rng) -> State`` and ``step(State) -> State``.
+
+    Attributes
+    ----------
+    init, step : callable
+    dt : float
+        Continuous time advanced by one step.
+    name : str
+    params : dict
+        Parameters, for the record.
+    stochastic : bool
+        Whether ``step`` draws from ``state.rng``.
+    """
+
+    init: Callable
+    step: Callable
+    dt: float
+    name: str
+    params: dict
+    stochastic: bool
+
+
+def _positive(name, value):
+    if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _make_init(problem: Problem, stochastic: bool, extra_buffers=()):
+    def init(W0, rng: np.random.Generator | None = None) -> State:
+        if stochastic and not isinstance(rng, np.random.Generator):
+            raise TypeError("this integrator is stochastic: pass rng=numpy.random.default_rng(seed)")
+        W = np.array(problem.model.check_state(W0), copy=True)
+        buffers = {"velocity": np.empty_like(W)}
+        for name in extra_buffers:
+            buffers[name] = np.zeros_like(W)
+        return State(W=W, rng=rng, buffers=buffers)
+
+    return init
+
+
+def _evaluate(problem: Problem, state: State, batch_size):
+    out = state.buffers["velocity"]
+    if batch_size is None:
+        return problem.evaluate(state.W, out=out)
+    return problem.batch_evaluate(state.W, state.rng, batch_size, out=out)
+
+
+def _advance(state: State, value: float, dt: float) -> State:
+    state.value = value
+    state.step += 1
+    state.t = state.step * dt
+    return state
+
+
+def gradient_descent(problem: Problem, step: float) -> Integrator:
+    """Explicit Euler on dW/dt = v(W) = -m grad F: W <- W + eta v(W); dt = eta."""
+    eta = _positive("step", step)
+
+    def step_fn(state: State) -> State:
+        evaluation = _evaluate(problem, state, None)
+        kernels.euler_update(state.W, evaluation.velocity, eta)
+        return _advance(state, evaluation.value, eta)
+
+    return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", {"step": eta}, False)
+
+
+def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrator:
+    """Heavy-ball momentum: V <- beta V + eta m grad F, W <- W - V.
+
+    Each step advances t by dt = eta / (1 - beta): in the slowly varying regime the buffer
+    settles at V = eta m grad F / (1 - beta), so at equal t the scheme follows the same
+    gradient flow as gradient descent.
+    """
+    eta = _positive("step", step)
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    dt = eta / (1.0 - momentum)
+
+    def step_fn(state: State) -> State:
+        evaluation = _evaluate(problem, state, None)
+        kernels.heavy_ball_update(state.W, evaluation.velocity, state.buffers["momentum"], eta, momentum)
+        return _advance(state, evaluation.value, dt)
+
+    return Integrator(_make_init(problem, False, ("momentum",)), step_fn, dt, "heavy_ball",
+                      {"step": eta, "momentum": float(momentum)}, False)
+
+
+def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay: float = 0.0,
+             batch_size: int | None = None) -> Integrator:
+    """Noisy (stochastic) gradient descent, the Euler-Maruyama scheme of Langevin dynamics:
+
+        w <- w + eta v(w) - eta lambda w + sqrt(2 eta / beta) xi,   xi ~ N(0, I),
+
+    on the trainable columns, with inverse temperature ``beta`` (inf: no noise), weight decay
+    ``lambda`` and, when ``batch_size`` is given, v estimated on a fresh minibatch each step.
+    Its mean-field limit is the Fokker-Planck equation of SCIENCE.md section 3. dt = eta.
+    """
+    eta = _positive("step", step)
+    beta = _positive("beta", beta) if beta != math.inf else math.inf
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if batch_size is not None and not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    noise_scale = math.sqrt(2.0 * eta / beta)
+    trainable = problem.model.trainable
+    stochastic = noise_scale > 0 or batch_size is not None
+
+    def step_fn(state: State) -> State:
+        evaluation = _evaluate(problem, state, batch_size)
+        noise = state.buffers["noise"]
+        if noise_scale > 0:
+            state.rng.standard_normal(dtype=noise.dtype, out=noise)
+        kernels.langevin_update(state.W, evaluation.velocity, noise, eta, weight_decay, noise_scale, trainable)
+        return _advance(state, evaluation.value, eta)
+
+    name = "langevin" if noise_scale > 0 else "sgd"
+    params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
+    return Integrator(_make_init(problem, stochastic, ("noise",)), step_fn, eta, name, params, stochastic)
+
+
+def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.0) -> Integrator:
+    """Minibatch SGD (finite data) or online SGD (population problem: a fresh batch from the
+    data law each step): w <- w + eta v_batch(w) - eta lambda w. dt = eta."""
+    return langevin(problem, step, math.inf, weight_decay, batch_size)

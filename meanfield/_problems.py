@@ -1,0 +1,348 @@
+"""Problems: an objective F(W) and the velocity field it generates, v(w_i) = -m grad_{w_i} F.
+
+A problem answers three questions about a state ``W`` of shape (m, d + 2):
+
+* ``evaluate(W, points=None)``: the objective, the velocity of every particle and, for extra
+  points (tracers), the velocity they would have in the field of the measure of ``W``;
+* ``batch_evaluate(W, rng, batch_size)``: the same on a fresh random batch (SGD);
+* ``risk(W)``: the objective alone, used when recording.
+
+Integrators only use these, so a new problem is one new class.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels
+from ._model import TILE_SIZE, Model
+from ._teacher import CLASSIFICATION_LOSSES, Teacher
+
+LOSSES = tuple(kernels.LOSS_CODES)
+CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
+METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
+
+
+class Evaluation(NamedTuple):
+    """Result of a problem evaluation.
+
+    Attributes
+    ----------
+    value : float
+        The objective F (population risk, empirical risk, or batch loss).
+    velocity : ndarray, shape (m, d + 2)
+        v(w_i) = -m grad_{w_i} F for every particle; frozen columns are 0.
+    points_velocity : ndarray, shape (n, d + 2) or None
+        Velocity of the extra points in the field of the measure (None without points).
+    """
+
+    value: float
+    velocity: np.ndarray
+    points_velocity: np.ndarray | None
+
+
+class Problem:
+    """Shared behaviour of all problems; subclasses implement ``evaluate`` and ``sample_batch``."""
+
+    model: Model
+    loss: str
+    method: str
+
+    def evaluate(self, W, points=None, out=None) -> Evaluation:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int):  # pragma: no cover
+        raise NotImplementedError
+
+    def value_and_velocity(self, W):
+        """(F(W), v(W)) with v of shape (m, d + 2)."""
+        evaluation = self.evaluate(W)
+        return evaluation.value, evaluation.velocity
+
+    def velocity_at(self, W, points) -> np.ndarray:
+        """Velocity v[mu_m](x) of arbitrary points x (n, d + 2) in the field of the measure of W.
+
+        For a point equal to a particle of W this is that particle's velocity; the points do
+        not act on the measure (tracer particles).
+        """
+        return self.evaluate(W, points).points_velocity
+
+    def risk(self, W) -> float:
+        """The objective F(W)."""
+        return self.evaluate(W).value
+
+    def batch_evaluate(self, W, rng: np.random.Generator, batch_size: int, points=None,
+                       out=None) -> Evaluation:
+        """Objective and velocity on a fresh batch of ``batch_size`` samples (SGD).
+
+        The velocity is an unbiased estimate of the full one (for the population problem:
+        online SGD, a fresh sample from the data law each call).
+        """
+        X, y = self.sample_batch(rng, batch_size)
+        return _data_evaluation(self.model, self.loss, W, X, y, points, out)
+
+    def _state(self, W, points):
+        W = self.model.check_state(W)
+        if points is not None:
+            points = self.model.check_state(points, "points")
+        return W, points
+
+
+def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
+                     value_offset: float = 0.0) -> Evaluation:
+    """Evaluation of the empirical objective on the sample (X, y) through the tiled kernel."""
+    m = W.shape[0]
+    velocity = np.empty_like(W) if out is None else out
+    pts = np.empty((0, model.p), dtype=W.dtype) if points is None else points
+    pts_velocity = np.empty_like(pts)
+    alpha = model.alpha_value(m)
+    value = kernels.finite_data_field(
+        W, X, y, pts, model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
+        alpha, model.bias, model.train_readout, TILE_SIZE, velocity, pts_velocity)
+    return Evaluation(float(value) + value_offset / alpha**2, velocity,
+                      None if points is None else pts_velocity)
+
+
+def _check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def _check_noise(noise_std: float, flip_prob: float):
+    if not (np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    if not 0 <= flip_prob < 0.5:
+        raise ValueError(f"flip_prob must be in [0, 0.5), got {flip_prob!r}")
+
+
+def _gauss_hermite(order: int, dtype):
+    """Probabilists' Gauss-Hermite rule for N(0, 1): nodes and weights summing to 1."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(order)
+    return nodes.astype(dtype), (weights / weights.sum()).astype(dtype)
+
+
+class PopulationProblem(Problem):
+    """Teacher-student regression or classification with inputs x ~ N(0, I_d).
+
+    The objective is the population risk F = (1/alpha^2) E l(alpha h_m(x), y), with
+    y = f*(x) + noise (squared loss) or y = sign f*(x) with label flips (logistic,
+    exponential). How E is computed is ``method``:
+
+    ``"closed_form"``
+        Squared loss, no bias, relu / erf / linear student with the same teacher activation:
+        F = E[y^2] / (2 alpha^2) - (s/alpha) sum_i c_i E[y sigma(a_i.x)]
+        + (s^2/2) sum_ij c_i c_j kappa(a_i, a_j), with the kernels kappa of SCIENCE.md section 2.
+    ``"quadrature"``
+        Squared loss, any activation, with biases: the same expansion with kappa computed by
+        Gauss-Hermite quadrature of order ``quadrature_order`` in the span of (a, a')
+        (order^2 nodes per pair). Exact for linear; spectrally accurate for smooth
+        activations; for relu the error decays only algebraically (kink).
+    ``"monte_carlo"``
+        Any loss: the empirical risk on a fixed sample of ``mc_samples`` inputs drawn once
+        from ``rng`` (labels noise-free for the squared loss, whose noise adds the constant
+        noise_std^2 / (2 alpha^2)).
+
+    ``"auto"`` picks the first that applies. The choice is ``self.method``; ``describe()``
+    says it in words.
+
+    Parameters
+    ----------
+    model : Model
+    teacher : Teacher
+    loss : str
+        ``"squared"``, ``"logistic"`` or ``"exponential"``.
+    noise_std : float
+        Standard deviation of Gaussian label noise (squared loss).
+    flip_prob : float
+        Probability of a flipped label (classification losses).
+    method : str
+        ``"auto"``, ``"closed_form"``, ``"quadrature"`` or ``"monte_carlo"``.
+    quadrature_order : int
+        Gauss-Hermite nodes per dimension.
+    mc_samples : int
+        Size of the fixed Monte Carlo sample.
+    rng : numpy.random.Generator, optional
+        Draws the Monte Carlo sample (required for that method).
+    """
+
+    def __init__(self, model: Model, teacher: Teacher, loss: str = "squared", noise_std: float = 0.0,
+                 flip_prob: float = 0.0, method: str = "auto", quadrature_order: int = 32,
+                 mc_samples: int = 200_000, rng: np.random.Generator | None = None):
+        self.model = model
+        self.teacher = teacher
+        self.loss = _check_loss(loss)
+        _check_noise(noise_std, flip_prob)
+        self.noise_std = float(noise_std)
+        self.flip_prob = float(flip_prob)
+        if teacher.d != model.d:
+            raise ValueError(f"teacher input dimension {teacher.d} differs from the model's d = {model.d}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        pair_ok = loss == "squared" and teacher.activation == model.activation
+        closed_ok = (pair_ok and model.activation in CLOSED_FORM_ACTIVATIONS
+                     and not model.bias and not teacher.has_bias)
+        if method == "auto":
+            method = "closed_form" if closed_ok else "quadrature" if pair_ok else "monte_carlo"
+        if method == "closed_form" and not closed_ok:
+            raise ValueError(
+                "method='closed_form' needs the squared loss, no bias in student or teacher, and the "
+                f"same activation in both, one of {CLOSED_FORM_ACTIVATIONS}")
+        if method == "quadrature" and not pair_ok:
+            raise ValueError("method='quadrature' needs the squared loss and the teacher's activation "
+                             "equal to the student's")
+        self.method = method
+        self.quadrature_order = int(quadrature_order)
+        self.mc_samples = int(mc_samples)
+        dtype = model.dtype
+        self._teacher_W = np.ascontiguousarray(teacher.W, dtype=dtype)
+        if method == "monte_carlo":
+            if rng is None:
+                raise ValueError("method='monte_carlo' draws a fixed sample: pass rng=numpy.random.default_rng(seed)")
+            X = rng.standard_normal((self.mc_samples, model.d))
+            y = teacher.labels(X, rng, loss, 0.0, flip_prob)
+            self._X = np.ascontiguousarray(X, dtype=dtype)
+            self._y = np.ascontiguousarray(y, dtype=dtype)
+            self._value_offset = 0.5 * self.noise_std**2 if loss == "squared" else 0.0
+        else:
+            if method == "quadrature":
+                if self.quadrature_order < 2:
+                    raise ValueError(f"quadrature_order must be >= 2, got {quadrature_order}")
+                self._nodes, self._weights = _gauss_hermite(self.quadrature_order, dtype)
+            K, _ = self._pair(self._teacher_W, self._teacher_W)
+            # E[y^2] of the rule in use, so that F = 0 exactly when the student equals the teacher.
+            self.label_second_moment = float(self._teacher_W[:, -1] @ K) + self.noise_std**2
+
+    def describe(self) -> str:
+        """One line saying how the population expectation is computed."""
+        if self.method == "closed_form":
+            return f"population risk in closed form ({self.model.activation} kernel)"
+        if self.method == "quadrature":
+            q = self.quadrature_order
+            return f"population risk by Gauss-Hermite quadrature ({q} x {q} nodes per pair)"
+        return f"population risk by Monte Carlo on a fixed sample of {self.mc_samples} inputs"
+
+    def sample_batch(self, rng, batch_size):
+        """A fresh batch from the data law: X ~ N(0, I_d) of shape (batch_size, d), labels y."""
+        X = rng.standard_normal((batch_size, self.model.d))
+        y = self.teacher.labels(X, rng, self.loss, self.noise_std, self.flip_prob)
+        dtype = self.model.dtype
+        return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
+
+    def _pair(self, points, sources):
+        n, p = points.shape
+        K = np.empty(n, dtype=points.dtype)
+        G = np.empty((n, p - 1), dtype=points.dtype)
+        code = self.model.activation_code
+        if self.method == "closed_form":
+            kernels.closed_form_pair_field(points, sources, code, K, G)
+        else:
+            kernels.quadrature_pair_field(points, sources, code, self._nodes, self._weights, K, G)
+        return K, G
+
+    def _pair_velocity(self, points, W, out):
+        """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
+        m = W.shape[0]
+        d = self.model.d
+        s = self.model.output_scale(m)
+        inv_alpha = 1.0 / self.model.alpha_value(m)
+        K_w, G_w = self._pair(points, W)
+        K_t, G_t = self._pair(points, self._teacher_W)
+        c = points[:, d + 1:]
+        out[:, : d + 1] = (-m * s) * c * (s * G_w - inv_alpha * G_t)
+        out[:, d + 1] = (-m * s) * (s * K_w - inv_alpha * K_t)
+        if not self.model.bias:
+            out[:, d] = 0
+        if not self.model.train_readout:
+            out[:, d + 1] = 0
+        return out, K_w, K_t
+
+    def evaluate(self, W, points=None, out=None) -> Evaluation:
+        """Population objective, particle velocities and (optionally) the field at ``points``.
+
+        Parameters
+        ----------
+        W : ndarray, shape (m, d + 2)
+        points : ndarray, shape (n, d + 2), optional
+        out : ndarray, shape (m, d + 2), optional
+            Buffer for the velocity.
+        """
+        W, points = self._state(W, points)
+        if self.method == "monte_carlo":
+            return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
+                                    self._value_offset)
+        m = W.shape[0]
+        s = self.model.output_scale(m)
+        alpha = self.model.alpha_value(m)
+        velocity = np.empty_like(W) if out is None else out
+        velocity, K_w, K_t = self._pair_velocity(W, W, velocity)
+        c = W[:, -1]
+        value = (self.label_second_moment / (2 * alpha**2) - (s / alpha) * float(c @ K_t)
+                 + 0.5 * s * s * float(c @ K_w))
+        points_velocity = None
+        if points is not None:
+            points_velocity, _, _ = self._pair_velocity(points, W, np.empty_like(points))
+        return Evaluation(value, velocity, points_velocity)
+
+
+class FiniteDataProblem(Problem):
+    """Empirical risk on a fixed training set (x_n, y_n), n = 1..N.
+
+    F = (1 / (alpha^2 N)) sum_n l(alpha h_m(x_n), y_n), computed by the tiled kernel (cost
+    O(N m d) per evaluation, no N x m array). Minibatches for SGD are drawn without
+    replacement.
+
+    Parameters
+    ----------
+    model : Model
+    X : array_like, shape (N, d)
+    y : array_like, shape (N,)
+        Real labels for the squared loss; -1 / +1 for the logistic and exponential losses.
+    loss : str
+    """
+
+    method = "finite_data"
+
+    def __init__(self, model: Model, X, y, loss: str = "squared"):
+        self.model = model
+        self.loss = _check_loss(loss)
+        X = np.asarray(X)
+        y = np.asarray(y)
+        if X.ndim != 2 or X.shape[1] != model.d or X.shape[0] < 1:
+            raise ValueError(f"X must have shape (N, d) = (N, {model.d}) with N >= 1, got {X.shape}")
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape (N,) = ({X.shape[0]},), got {y.shape}")
+        if not (np.isfinite(X).all() and np.isfinite(y).all()):
+            raise ValueError("X and y must not contain NaN or inf")
+        if loss in CLASSIFICATION_LOSSES and not np.isin(y, (-1.0, 1.0)).all():
+            raise ValueError(f"the {loss} loss needs labels in {{-1, +1}}")
+        self.X = np.ascontiguousarray(X, dtype=model.dtype)
+        self.y = np.ascontiguousarray(y, dtype=model.dtype)
+
+    @classmethod
+    def from_teacher(cls, model: Model, teacher: Teacher, n: int, rng: np.random.Generator,
+                     loss: str = "squared", noise_std: float = 0.0, flip_prob: float = 0.0):
+        """A training set of n Gaussian inputs x ~ N(0, I_d) labelled by ``teacher``, drawn once."""
+        _check_noise(noise_std, flip_prob)
+        X = rng.standard_normal((n, model.d))
+        return cls(model, X, teacher.labels(X, rng, loss, noise_std, flip_prob), loss)
+
+    @property
+    def n_samples(self) -> int:
+        return self.X.shape[0]
+
+    def describe(self) -> str:
+        return f"empirical risk on {self.n_samples} samples"
+
+    def sample_batch(self, rng, batch_size):
+        """A minibatch of ``batch_size`` distinct training samples."""
+        if not 1 <= batch_size <= self.n_samples:
+            raise ValueError(f"batch_size must be in [1, N = {self.n_samples}], got {batch_size}")
+        index = np.sort(rng.choice(self.n_samples, size=batch_size, replace=False))
+        return self.X[index], self.y[index]
+
+    def evaluate(self, W, points=None, out=None) -> Evaluation:
+        """Empirical objective, particle velocities and (optionally) the field at ``points``."""
+        W, points = self._state(W, points)
+        return _data_evaluation(self.model, self.loss, W, self.X, self.y, points, out)

@@ -1,0 +1,180 @@
+"""The integration loop: time grids, observers, divergence, and the in-memory trajectory."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from ._integrators import Integrator, State
+from ._problems import Evaluation, Problem
+
+SPACINGS = ("linear", "log")
+
+
+def time_grid(t_max: float, num: int = 101, spacing: str = "linear", t_min: float | None = None) -> np.ndarray:
+    """Recording times in continuous time t, always starting at 0.
+
+    Parameters
+    ----------
+    t_max : float
+        Last time (> 0).
+    num : int
+        Number of times, including 0 and t_max.
+    spacing : str
+        ``"linear"`` (equal gaps) or ``"log"`` (0, then ``num - 1`` log-spaced times from
+        ``t_min`` to ``t_max``).
+    t_min : float, optional
+        First positive time of a log grid (default t_max / 1000).
+
+    Returns
+    -------
+    ndarray, shape (num,), float64
+    """
+    if not (math.isfinite(t_max) and t_max > 0):
+        raise ValueError(f"t_max must be a finite number > 0, got {t_max!r}")
+    if not (isinstance(num, (int, np.integer)) and num >= 2):
+        raise ValueError(f"num must be an integer >= 2, got {num!r}")
+    if spacing == "linear":
+        return np.linspace(0.0, t_max, num)
+    if spacing == "log":
+        t_min = t_max / 1000 if t_min is None else t_min
+        if not 0 < t_min < t_max:
+            raise ValueError(f"t_min must be in (0, t_max), got {t_min!r}")
+        return np.concatenate([[0.0], np.geomspace(t_min, t_max, num - 1)])
+    raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+
+
+def record_steps(times, dt: float, n_steps: int) -> np.ndarray:
+    """Step indices nearest to the requested times (sorted, unique, within [0, n_steps])."""
+    steps = np.rint(np.asarray(times, dtype=np.float64) / dt).astype(np.int64)
+    return np.unique(np.clip(steps, 0, n_steps))
+
+
+@dataclass
+class Trajectory:
+    """What a run observed, in memory; also the default observer of :func:`run`.
+
+    Attributes
+    ----------
+    steps : ndarray of int, shape (T,)
+    times : ndarray, shape (T,)
+        Continuous times t of the records.
+    risk : ndarray, shape (T,)
+        Objective ``problem.risk`` at each record (the full, deterministic objective even
+        when the integrator uses minibatches).
+    grad_norm : ndarray, shape (T,)
+        Euclidean norm of grad F over all particle coordinates, |v| / m.
+    particles : ndarray, shape (T, m, d + 2) or None
+        Copies of the state at each record, when requested.
+    status : str
+        ``"complete"`` or ``"diverged"``.
+    message : str
+        Why the run stopped.
+    final : State
+        The integrator state at the end.
+    method : str
+        How the problem computes its objective (closed form, quadrature, Monte Carlo, data).
+    """
+
+    keep_particles: bool = False
+    steps: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+    risk: list = field(default_factory=list)
+    grad_norm: list = field(default_factory=list)
+    particles: list | None = None
+    status: str = "running"
+    message: str = ""
+    final: State | None = None
+    method: str = ""
+
+    def observe(self, state: State, evaluation: Evaluation) -> None:
+        """Record one frame (called by :func:`run` at each recording step)."""
+        m = state.W.shape[0]
+        self.steps.append(state.step)
+        self.times.append(state.t)
+        self.risk.append(evaluation.value)
+        self.grad_norm.append(float(np.linalg.norm(evaluation.velocity)) / m)
+        if self.keep_particles:
+            if self.particles is None:
+                self.particles = []
+            self.particles.append(state.W.copy())
+
+    def close(self, state: State, status: str, message: str) -> None:
+        """Called once at the end of the run."""
+        self.final = state
+        self.status = status
+        self.message = message
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.times = np.asarray(self.times, dtype=np.float64)
+        self.risk = np.asarray(self.risk, dtype=np.float64)
+        self.grad_norm = np.asarray(self.grad_norm, dtype=np.float64)
+        if self.particles is not None:
+            self.particles = np.stack(self.particles)
+
+    @property
+    def W(self) -> np.ndarray:
+        """Final particles, shape (m, d + 2)."""
+        return self.final.W
+
+
+def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
+        rng: np.random.Generator | None = None, observers=(), keep_particles: bool = False) -> Trajectory:
+    """Integrate from ``W0`` up to time ``t_max``, recording on a time grid.
+
+    Parameters
+    ----------
+    problem : Problem
+        Used for the records (objective and gradient norm at each recording time).
+    integrator : Integrator
+        Built on the same problem (``gradient_descent(problem, step)``, ...).
+    W0 : ndarray, shape (m, d + 2)
+        Initial particles (copied).
+    t_max : float
+        Final time; the run takes ``round(t_max / dt)`` steps.
+    times : array_like, optional
+        Recording times (default ``time_grid(t_max)``); each is rounded to the nearest step.
+    rng : numpy.random.Generator, optional
+        Required by stochastic integrators.
+    observers : sequence
+        Objects with ``observe(state, evaluation)`` and ``close(state, status, message)``,
+        called at each recording step and at the end (storage plugs in here).
+    keep_particles : bool
+        Keep a copy of the particles at each record in the returned trajectory.
+
+    Returns
+    -------
+    Trajectory
+        ``status`` is ``"diverged"`` when a step produced NaN or inf; the run stops at that
+        step and nothing is clipped.
+    """
+    if not (math.isfinite(t_max) and t_max > 0):
+        raise ValueError(f"t_max must be a finite number > 0, got {t_max!r}")
+    n_steps = int(round(t_max / integrator.dt))
+    if n_steps < 1:
+        raise ValueError(f"t_max = {t_max} is shorter than one step (dt = {integrator.dt})")
+    steps = record_steps(time_grid(t_max) if times is None else times, integrator.dt, n_steps)
+    trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
+    watchers = [trajectory, *observers]
+
+    state = integrator.init(W0, rng)
+    status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
+    next_record = 0
+    while True:
+        if next_record < len(steps) and state.step == steps[next_record]:
+            evaluation = problem.evaluate(state.W)
+            for watcher in watchers:
+                watcher.observe(state, evaluation)
+            next_record += 1
+        if state.step == n_steps:
+            break
+        integrator.step(state)
+        if not (math.isfinite(state.value) and kernels.all_finite(state.W)):
+            status = "diverged"
+            message = (f"diverged at step {state.step} (t = {state.t:g}): the "
+                       f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")
+            break
+    for watcher in watchers:
+        watcher.close(state, status, message)
+    return trajectory
