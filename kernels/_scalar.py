@@ -53,7 +53,7 @@ def _like_overload(z, value):
     return impl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sigmoid(z):
     one = like(z, 1.0)
     if z >= like(z, 0.0):
@@ -62,7 +62,7 @@ def _sigmoid(z):
     return e / (one + e)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def activation(z, code):
     """sigma(z) for the activation ``code``."""
     zero = like(z, 0.0)
@@ -80,7 +80,7 @@ def activation(z, code):
         return z
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def activation_derivative(z, code):
     """sigma'(z) for the activation ``code`` (relu'(0) = 0)."""
     zero = like(z, 0.0)
@@ -102,7 +102,7 @@ def activation_derivative(z, code):
         return one
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def loss(f, y, code):
     """Pointwise loss l(f, y)."""
     if code == SQUARED:
@@ -115,7 +115,7 @@ def loss(f, y, code):
         return math.exp(-y * f)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def loss_derivative(f, y, code):
     """dl/df at (f, y)."""
     if code == SQUARED:

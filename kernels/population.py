@@ -28,7 +28,7 @@ from numba import njit, prange
 from ._scalar import ERF, LINEAR, RELU, activation, activation_derivative, like
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _closed_form_pair(dot, norm_i, norm_j, code):
     """kappa(a_i, a_j) and (alpha, beta) with grad_{a_i} kappa = alpha a_j + beta a_i."""
     zero = like(dot, 0.0)
@@ -60,59 +60,7 @@ def _closed_form_pair(dot, norm_i, norm_j, code):
         return dot, one, zero
 
 
-@njit(cache=True, parallel=True)
-def closed_form_pair_field(points, sources, activation_code, K, G):
-    """Closed-form pair sums for relu, erf or linear activations without bias.
-
-    Parameters
-    ----------
-    points : ndarray, shape (n, d + 2), float32 or float64
-        Points w_i at which the field is evaluated (columns a, b, c; b is ignored).
-    sources : ndarray, shape (m, d + 2), same dtype
-        Measure sum_j c_j delta_{a_j}; c_j is the last column.
-    activation_code : int
-        RELU, ERF or LINEAR.
-    K : ndarray, shape (n,), output
-        K_i = sum_j c_j kappa(a_i, a_j).
-    G : ndarray, shape (n, d + 1), output
-        G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0 (no bias).
-    """
-    n, p = points.shape
-    m = sources.shape[0]
-    d = p - 2
-    norms = np.empty(m, dtype=sources.dtype)
-    for j in range(m):
-        acc = sources.dtype.type(0.0)
-        for k in range(d):
-            acc += sources[j, k] * sources[j, k]
-        norms[j] = math.sqrt(acc)
-    for i in prange(n):
-        zero = points.dtype.type(0.0)
-        norm_sq = zero
-        for k in range(d):
-            norm_sq += points[i, k] * points[i, k]
-        norm_i = math.sqrt(norm_sq)
-        for k in range(d + 1):
-            G[i, k] = zero
-        kappa_sum = zero
-        beta_sum = zero
-        for j in range(m):
-            dot = zero
-            for k in range(d):
-                dot += points[i, k] * sources[j, k]
-            kappa, alpha, beta = _closed_form_pair(dot, norm_i, norms[j], activation_code)
-            cj = sources[j, d + 1]
-            kappa_sum += cj * kappa
-            beta_sum += cj * beta
-            weight = cj * alpha
-            for k in range(d):
-                G[i, k] += weight * sources[j, k]
-        for k in range(d):
-            G[i, k] += beta_sum * points[i, k]
-        K[i] = kappa_sum
-
-
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _ordered_rule(n1, p, n2, b1, b2, code, nodes, weights):
     """Gauss-Hermite sums for u = n1 z1 + b1, u' = p z1 + n2 z2 + b2, z ~ N(0, I_2).
 
@@ -155,7 +103,7 @@ def _ordered_rule(n1, p, n2, b1, b2, code, nodes, weights):
     return kappa, K1, K2, K3, B1, B2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _quadrature_pair(dot, norm_i, norm_j, b_i, b_j, code, nodes, weights):
     """Symmetrised quadrature kappa(w_i, w_j) and its gradient in (a_i, b_i).
 
@@ -210,24 +158,8 @@ def _quadrature_pair(dot, norm_i, norm_j, b_i, b_j, code, nodes, weights):
 
 
 @njit(cache=True, parallel=True)
-def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G):
-    """Pair sums by symmetrised two-dimensional Gauss-Hermite quadrature (any activation).
-
-    Parameters
-    ----------
-    points : ndarray, shape (n, d + 2), float32 or float64
-        Points w_i = (a_i, b_i, c_i) at which the field is evaluated.
-    sources : ndarray, shape (m, d + 2), same dtype
-        Measure sum_j c_j delta_{(a_j, b_j)}.
-    activation_code : int
-    nodes, weights : ndarray, shape (Q,), same dtype
-        Probabilists' Gauss-Hermite rule normalised to the standard normal (weights sum
-        to 1); Q^2 nodes per pair and per ordering.
-    K : ndarray, shape (n,), output
-        K_i = sum_j c_j kappa_Q(w_i, w_j).
-    G : ndarray, shape (n, d + 1), output
-        G_i[:d] = sum_j c_j grad_{a_i} kappa_Q, G_i[d] = sum_j c_j d kappa_Q / d b_i.
-    """
+def _pair_field(points, sources, activation_code, quadrature, nodes, weights, K, G):
+    """K_i and G_i for every point, by the closed form or by quadrature (see the wrappers)."""
     n, p = points.shape
     m = sources.shape[0]
     d = p - 2
@@ -253,8 +185,12 @@ def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G
             dot = zero
             for k in range(d):
                 dot += points[i, k] * sources[j, k]
-            kappa, alpha, beta, gb = _quadrature_pair(
-                dot, norm_i, norms[j], b_i, sources[j, d], activation_code, nodes, weights)
+            if quadrature:
+                kappa, alpha, beta, gb = _quadrature_pair(
+                    dot, norm_i, norms[j], b_i, sources[j, d], activation_code, nodes, weights)
+            else:
+                kappa, alpha, beta = _closed_form_pair(dot, norm_i, norms[j], activation_code)
+                gb = zero
             cj = sources[j, d + 1]
             kappa_sum += cj * kappa
             beta_sum += cj * beta
@@ -266,3 +202,46 @@ def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G
             G[i, k] += beta_sum * points[i, k]
         G[i, d] = gb_sum
         K[i] = kappa_sum
+
+
+@njit(cache=True)
+def closed_form_pair_field(points, sources, activation_code, K, G):
+    """Closed-form pair sums for relu, erf or linear activations without bias.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, d + 2), float32 or float64
+        Points w_i at which the field is evaluated (columns a, b, c; b is ignored).
+    sources : ndarray, shape (m, d + 2), same dtype
+        Measure sum_j c_j delta_{a_j}; c_j is the last column (b is ignored).
+    activation_code : int
+        RELU, ERF or LINEAR.
+    K : ndarray, shape (n,), output
+        K_i = sum_j c_j kappa(a_i, a_j).
+    G : ndarray, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0 (no bias).
+    """
+    no_rule = np.empty(0, dtype=points.dtype)
+    _pair_field(points, sources, activation_code, False, no_rule, no_rule, K, G)
+
+
+@njit(cache=True)
+def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G):
+    """Pair sums by symmetrised two-dimensional Gauss-Hermite quadrature (any activation).
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, d + 2), float32 or float64
+        Points w_i = (a_i, b_i, c_i) at which the field is evaluated.
+    sources : ndarray, shape (m, d + 2), same dtype
+        Measure sum_j c_j delta_{(a_j, b_j)}.
+    activation_code : int
+    nodes, weights : ndarray, shape (Q,), same dtype
+        Probabilists' Gauss-Hermite rule normalised to the standard normal (weights sum
+        to 1); Q^2 nodes per pair and per ordering.
+    K : ndarray, shape (n,), output
+        K_i = sum_j c_j kappa_Q(w_i, w_j).
+    G : ndarray, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa_Q, G_i[d] = sum_j c_j d kappa_Q / d b_i.
+    """
+    _pair_field(points, sources, activation_code, True, nodes, weights, K, G)

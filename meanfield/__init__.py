@@ -12,7 +12,15 @@ Five lines from nothing to a risk curve::
 Time is the continuous time t of the gradient flow dw_i/dt = -m grad_{w_i} F (SCIENCE.md
 section 3), so runs of different widths m are compared at equal t.
 """
-from . import kernels
+import os
+
+# The finite-data kernels interleave BLAS products (OpenBLAS threads) with numba parallel
+# loops (OpenMP threads). With OpenMP's default busy-waiting the two pools fight for the
+# cores and a step runs ~10x slower on 2 cores; passive waiting removes that. It takes
+# effect only if set before numba starts its thread pool, and a user's value is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import kernels  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, sgd
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem

@@ -137,8 +137,14 @@ class PopulationProblem(Problem):
     ``"quadrature"``
         Squared loss, any activation, with biases: the same expansion with kappa computed by
         Gauss-Hermite quadrature of order ``quadrature_order`` in the span of (a, a')
-        (order^2 nodes per pair). Exact for linear; spectrally accurate for smooth
-        activations; for relu the error decays only algebraically (kink).
+        (order^2 nodes per pair, symmetrised). The velocity is the exact gradient of this
+        discretised risk. Measured accuracy at the default order 32 against the closed
+        forms and Monte Carlo (tests/test_kernels.py, tests/test_population_law.py): linear
+        exact; sigmoid and softplus below 1e-9; tanh about 1e-5 and erf about 1e-5 in the
+        velocity once |a| is about 2 (order 64: 1e-7 and 1e-9). For relu (a kink) the error
+        decays only algebraically: about 2e-3 in the risk and 3e-2 in the velocity at order
+        32, 1e-4 and 3e-3 at order 200. Prefer the closed form or Monte Carlo where
+        percent-level velocities matter.
     ``"monte_carlo"``
         Any loss: the empirical risk on a fixed sample of ``mc_samples`` inputs drawn once
         from ``rng`` (labels noise-free for the squared loss, whose noise adds the constant
