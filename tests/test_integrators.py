@@ -128,17 +128,18 @@ def test_init_is_reproducible_and_seed_dependent():
     assert np.abs(W1 - W3).min() > 0
 
 
-@pytest.mark.parametrize("kind", ["population", "finite"])
+@pytest.mark.parametrize("kind", ["population", "quadrature", "finite"])
 def test_float32_follows_float64_on_a_short_horizon(kind):
     """A float32 run agrees with the float64 run from the same initial state to float32 accuracy."""
     runs = {}
     for dtype in ("float64", "float32"):
-        model = mf.Model(6, "tanh" if kind == "finite" else "relu", bias=kind == "finite", dtype=dtype)
+        model = mf.Model(6, "relu" if kind == "population" else "tanh", bias=kind != "population", dtype=dtype)
         teacher = mf.Teacher.random(6, 3, np.random.default_rng(2), activation=model.activation)
         if kind == "finite":
             problem = mf.FiniteDataProblem.from_teacher(model, teacher, 300, np.random.default_rng(3))
         else:
-            problem = mf.PopulationProblem(model, teacher)
+            problem = mf.PopulationProblem(model, teacher, quadrature_order=12)
+            assert problem.method == ("closed_form" if kind == "population" else "quadrature")
         W0 = mf.initialize(model, 40, np.random.default_rng(4), mf.Init(b="gaussian"))
         runs[dtype] = mf.run(problem, mf.gradient_descent(problem, 0.05), W0, t_max=5.0)
     r64, r32 = runs["float64"], runs["float32"]
