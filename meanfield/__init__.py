@@ -21,7 +21,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import kernels  # noqa: E402
-from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, sgd
+from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
@@ -47,6 +47,7 @@ __all__ = [
     "kernels",
     "langevin",
     "record_steps",
+    "restore",
     "run",
     "sgd",
     "time_grid",

@@ -36,7 +36,10 @@ class State:
     rng : numpy.random.Generator or None
         Stream for minibatches and noise.
     buffers : dict
-        Integrator-specific arrays (velocity buffer, momentum).
+        Arrays of shape (m, d + 2) that are part of the dynamics (the momentum of the heavy
+        ball): a checkpoint must save them to resume exactly.
+    scratch : dict
+        Work arrays overwritten at every step (velocity, noise); not saved.
     """
 
     W: np.ndarray
@@ -45,6 +48,7 @@ class State:
     value: float = math.nan
     rng: np.random.Generator | None = None
     buffers: dict = field(default_factory=dict)
+    scratch: dict = field(default_factory=dict)
 
 
 class Integrator(NamedTuple):
@@ -81,16 +85,15 @@ def _make_init(problem: Problem, stochastic: bool, extra_buffers=()):
         if stochastic and not isinstance(rng, np.random.Generator):
             raise TypeError("this integrator is stochastic: pass rng=numpy.random.default_rng(seed)")
         W = np.array(problem.model.check_state(W0), copy=True)
-        buffers = {"velocity": np.empty_like(W)}
-        for name in extra_buffers:
-            buffers[name] = np.zeros_like(W)
-        return State(W=W, rng=rng, buffers=buffers)
+        buffers = {name: np.zeros_like(W) for name in extra_buffers}
+        scratch = {"velocity": np.empty_like(W), "noise": np.zeros_like(W)}
+        return State(W=W, rng=rng, buffers=buffers, scratch=scratch)
 
     return init
 
 
 def _evaluate(problem: Problem, state: State, batch_size):
-    out = state.buffers["velocity"]
+    out = state.scratch["velocity"]
     if batch_size is None:
         return problem.evaluate(state.W, out=out)
     return problem.batch_evaluate(state.W, state.rng, batch_size, out=out)
@@ -158,7 +161,7 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
 
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, batch_size)
-        noise = state.buffers["noise"]
+        noise = state.scratch["noise"]
         if noise_scale > 0:
             state.rng.standard_normal(dtype=noise.dtype, out=noise)
         kernels.langevin_update(state.W, evaluation.velocity, noise, eta, weight_decay, noise_scale, trainable)
@@ -166,10 +169,42 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
 
     name = "langevin" if noise_scale > 0 else "sgd"
     params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
-    return Integrator(_make_init(problem, stochastic, ("noise",)), step_fn, eta, name, params, stochastic)
+    return Integrator(_make_init(problem, stochastic), step_fn, eta, name, params, stochastic)
 
 
 def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.0) -> Integrator:
     """Minibatch SGD (finite data) or online SGD (population problem: a fresh batch from the
     data law each step): w <- w + eta v_batch(w) - eta lambda w. dt = eta."""
     return langevin(problem, step, math.inf, weight_decay, batch_size)
+
+
+def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
+            rng: np.random.Generator | None = None) -> State:
+    """Rebuild a state saved by a checkpoint, so that stepping it continues the saved run.
+
+    Parameters
+    ----------
+    integrator : Integrator
+    W : ndarray, shape (m, d + 2)
+        The particles at ``step``.
+    step : int
+        Steps already taken; ``t = step * dt``.
+    value : float
+        Objective at the start of the last step.
+    buffers : dict, optional
+        The saved ``State.buffers`` (e.g. momentum).
+    rng : numpy.random.Generator, optional
+        The generator, in the state it had at ``step``.
+    """
+    state = integrator.init(W, rng)
+    for name, array in (buffers or {}).items():
+        if name not in state.buffers:
+            raise ValueError(f"the checkpoint has a buffer {name!r} that {integrator.name} does not use")
+        state.buffers[name][...] = array
+    missing = set(state.buffers) - set(buffers or {})
+    if missing:
+        raise ValueError(f"the checkpoint lacks the buffers {sorted(missing)} of {integrator.name}")
+    state.step = int(step)
+    state.t = state.step * integrator.dt
+    state.value = float(value)
+    return state

@@ -120,7 +120,8 @@ class Trajectory:
 
 
 def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
-        rng: np.random.Generator | None = None, observers=(), keep_particles: bool = False) -> Trajectory:
+        rng: np.random.Generator | None = None, observers=(), keep_particles: bool = False,
+        state: State | None = None) -> Trajectory:
     """Integrate from ``W0`` up to time ``t_max``, recording on a time grid.
 
     Parameters
@@ -140,8 +141,13 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     observers : sequence
         Objects with ``observe(state, evaluation)`` and ``close(state, status, message)``,
         called at each recording step and at the end (storage plugs in here).
+        An observer may also have ``after_step(state)``, called after every step (for
+        checkpoints between records).
     keep_particles : bool
         Keep a copy of the particles at each record in the returned trajectory.
+    state : State, optional
+        Continue this state (from :func:`meanfield.restore`) instead of starting from
+        ``W0``; records at or before ``state.step`` are taken as already made.
 
     Returns
     -------
@@ -158,9 +164,13 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
     watchers = [trajectory, *observers]
 
-    state = integrator.init(W0, rng)
+    if state is None:
+        state = integrator.init(W0, rng)
+        next_record = 0
+    else:
+        next_record = int(np.searchsorted(steps, state.step, side="right"))
+    stepped = [w.after_step for w in watchers if hasattr(w, "after_step")]
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
-    next_record = 0
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
             evaluation = problem.evaluate(state.W)
@@ -175,6 +185,8 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
             message = (f"diverged at step {state.step} (t = {state.t:g}): the "
                        f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")
             break
+        for hook in stepped:
+            hook(state)
     for watcher in watchers:
         watcher.close(state, status, message)
     return trajectory

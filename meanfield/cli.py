@@ -1,4 +1,8 @@
-"""Command line: ``meanfield run`` (the quickstart teacher-student run) and ``meanfield info``."""
+"""Command line: ``meanfield run FILE.toml``, ``meanfield status DIR``, ``meanfield info``.
+
+Bad input (an experiment file, an option) is reported as one line naming the file, the key
+and what is allowed, with exit status 2, before anything is written.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,84 +10,97 @@ import math
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 from . import __version__
-from ._integrators import gradient_descent
-from ._model import DTYPES, Model, initialize
-from ._problems import PopulationProblem
-from ._run import run, time_grid
-from ._teacher import Teacher
+
+USAGE_ERROR = 2
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
+def _out_dir(args) -> str:
+    if args.out:
+        return args.out
+    stem = os.path.splitext(os.path.basename(args.file))[0]
+    return os.path.join("out", stem)
 
 
-def _positive_int(name, value):
-    if value < 1:
-        raise UsageError(f"--{name} must be an integer >= 1, got {value}")
-    return value
+def run_command(args) -> int:
+    from . import report, sweep
+    from ._config import ConfigError
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    if args.task_count < 1:
+        raise ConfigError(f"--task-count must be an integer >= 1, got {args.task_count}")
+    specs = sweep.plan(args.file, args.set)  # validates everything before any output exists
+    out = _out_dir(args)
+    if args.slurm:
+        from ._slurm import submit
+
+        return submit(args.file, out, overrides=args.set, task_count=args.slurm_tasks,
+                      partition=args.slurm_partition, cpus_per_task=args.slurm_cpus_per_task,
+                      time_min=args.slurm_time, array_parallelism=args.slurm_array_parallelism, wait=args.wait)
+    shard = [s for s in specs if s.index % args.task_count == args.task_index]
+    if not args.quiet:
+        where = f" (shard {args.task_index} of {args.task_count})" if args.task_count > 1 else ""
+        print(f"meanfield {__version__}: {len(shard)} run{'s' if len(shard) != 1 else ''} of {args.file}{where} "
+              f"-> {out}/", flush=True)
+    summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
+                                quiet=args.quiet, restart=args.restart)
+    bad = [s for s in summaries if s["status"] in ("failed", "locked")]
+    if not args.quiet:
+        counts = {}
+        for s in summaries:
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+        print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        for s in bad:
+            print(f"  {s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}")
+        curves = report.risk_curves(summaries)
+        if curves:
+            print(report.risk_table(curves))
+            png = report.plot_risk(curves, os.path.join(out, "risk.png"))
+            print(f"plot: {png}" if png else "plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
+        print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
+    return 1 if bad else 0
 
 
-def _positive_float(name, value):
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"--{name} must be a finite number > 0, got {value}")
-    return value
+def status_command(args) -> int:
+    from . import sweep
+    from ._config import ConfigError
+    if not os.path.isdir(args.dir):
+        raise ConfigError(f"{args.dir}: no such directory")
+    sweep.write_index(args.dir)
+    import csv
 
-
-def quickstart(args) -> int:
-    """Relu teacher-student on the population risk, gradient descent, risk printed along time."""
-    d = _positive_int("dim", args.dim)
-    k = _positive_int("teacher-width", args.teacher_width)
-    if k > d:
-        raise UsageError(f"--teacher-width must be <= --dim = {d} (orthonormal teacher), got {k}")
-    m = _positive_int("width", args.width)
-    t_max = _positive_float("time", args.time)
-    step = _positive_float("step", args.step)
-    n_records = _positive_int("records", args.records)
-    if t_max < step:
-        raise UsageError(f"--time must be at least one --step ({step}), got {t_max}")
-
-    model = Model(d, "relu", dtype=args.dtype)
-    teacher = Teacher.orthonormal(d, k)
-    problem = PopulationProblem(model, teacher)
-    W0 = initialize(model, m, np.random.default_rng(args.seed))
-    print(f"meanfield {__version__}: relu teacher-student, d = {d}, teacher k = {k} orthonormal "
-          f"directions, student m = {m}, alpha = 1, {args.dtype}")
-    print(f"{problem.describe()}; gradient descent, step {step:g}, until t = {t_max:g}")
-    print(f"{'t':>10}  {'risk':>12}  {'risk / risk(0)':>14}  {'|grad F|':>10}")
-
-    class Printer:
-        def observe(self, state, evaluation):
-            if not hasattr(self, "first"):
-                self.first = evaluation.value
-            grad = np.linalg.norm(evaluation.velocity) / state.W.shape[0]
-            print(f"{state.t:10.4g}  {evaluation.value:12.5e}  {evaluation.value / self.first:14.3e}  {grad:10.3e}",
-                  flush=True)
-
-        def close(self, state, status, message):
-            pass
-
-    start = time.perf_counter()
-    times = time_grid(t_max, n_records + 1, spacing="log", t_min=max(step, t_max / 1000))
-    trajectory = run(problem, gradient_descent(problem, step), W0, t_max, times=times, observers=[Printer()])
-    elapsed = time.perf_counter() - start
-    print(f"{trajectory.status}: {trajectory.message} ({elapsed:.1f} s)")
-    return 0 if trajectory.status == "complete" else 1
+    with open(os.path.join(args.dir, "catalog.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        print(f"{args.dir}: no runs")
+        return 0
+    keys = ["model.m", "run.seed", "model.activation", "model.alpha", "init.tau", "dynamics.integrator",
+            "dynamics.step"]
+    varying = [k for k in keys if len({row.get(k) for row in rows}) > 1] or ["model.m", "run.seed"]
+    header = f"{'id':<16}  {'status':<9}  " + "  ".join(f"{k.split('.')[-1]:>10}" for k in varying) + \
+        f"  {'t':>8}  {'risk':>11}"
+    print(header)
+    for row in rows:
+        risk = float(row["final_risk"]) if row["final_risk"] not in ("", "nan") else math.nan
+        t = float(row["final_time"]) if row["final_time"] not in ("", "nan") else math.nan
+        print(f"{row['id']:<16}  {row['status']:<9}  " + "  ".join(f"{row.get(k, ''):>10}" for k in varying) +
+              f"  {t:>8.4g}  {risk:>11.4e}")
+    return 0
 
 
 def info(args) -> int:
-    """Versions and threading, for bug reports and cluster set-up."""
+    """Versions, threads and backends, for bug reports and cluster set-up."""
     import numba
     import scipy
 
     print(f"meanfield {__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(f"numpy {np.__version__}, scipy {scipy.__version__}, numba {numba.__version__}")
-    for name in ("ot", "h5py"):
+    for name in ("ot", "h5py", "submitit", "matplotlib", "tqdm"):
         try:
             module = __import__(name)
             print(f"{'pot' if name == 'ot' else name} {module.__version__}")
@@ -92,35 +109,59 @@ def info(args) -> int:
     print(f"numba threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS="
           f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')}), cpus: {os.cpu_count()}")
     print(f"numba cache dir: {os.environ.get('NUMBA_CACHE_DIR', 'next to the kernels (default)')}")
+    print(f"HDF5_USE_FILE_LOCKING={os.environ.get('HDF5_USE_FILE_LOCKING', 'unset')}")
+    print("backends: cpu (available); cuda: not built yet")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meanfield", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meanfield", description="Mean-field simulations of two-layer networks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run the quickstart relu teacher-student simulation and print its risk")
-    p.add_argument("--dim", type=int, default=20, help="input dimension d (default 20)")
-    p.add_argument("--teacher-width", type=int, default=5, help="teacher neurons k (default 5)")
-    p.add_argument("--width", type=int, default=256, help="student width m (default 256)")
-    p.add_argument("--time", type=float, default=1000.0, help="final continuous time t (default 1000)")
-    p.add_argument("--step", type=float, default=1.0, help="time step eta (default 1)")
-    p.add_argument("--records", type=int, default=12, help="log-spaced recording times (default 12)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial particles (default 0)")
-    p.add_argument("--dtype", choices=DTYPES, default="float64")
-    p.set_defaults(func=quickstart)
-    i = sub.add_parser("info", help="versions, threads and cache settings")
+    p = sub.add_parser("run", help="run every run of an experiment file (one, or a sweep)")
+    p.add_argument("file", help="experiment file (TOML), e.g. runs/quickstart.toml")
+    p.add_argument("--out", help="output directory (default: out/<file name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set model.m=512 (repeatable; the value is read as TOML)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue unfinished runs from their last checkpoint (the default)")
+    p.add_argument("--restart", action="store_true", help="start unfinished runs over instead of resuming")
+    p.add_argument("--task-index", type=int, default=0, help="shard to run (a Slurm array task), 0-based")
+    p.add_argument("--task-count", type=int, default=1, help="number of shards")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--slurm", action="store_true", help="submit the runs as a Slurm job array (submitit)")
+    p.add_argument("--slurm-tasks", type=int, help="array tasks (default: one per run)")
+    p.add_argument("--slurm-partition", help="Slurm partition")
+    p.add_argument("--slurm-cpus-per-task", type=int, default=1, help="cpus per array task (default 1)")
+    p.add_argument("--slurm-time", type=int, default=60, help="time limit per task, minutes (default 60)")
+    p.add_argument("--slurm-array-parallelism", type=int, help="array tasks running at once")
+    p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and summarise")
+    p.set_defaults(func=run_command)
+    s = sub.add_parser("status", help="table of the runs in an output directory")
+    s.add_argument("dir")
+    s.set_defaults(func=status_command)
+    i = sub.add_parser("info", help="versions, threads, backends")
     i.set_defaults(func=info)
     return parser
 
 
 def main(argv=None) -> int:
+    from ._config import ConfigError
+
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "resume", False) and getattr(args, "restart", False):
+        print("meanfield run: --resume and --restart exclude each other", file=sys.stderr)
+        return USAGE_ERROR
     try:
         return args.func(args)
-    except UsageError as error:
+    except ConfigError as error:
         print(f"meanfield {args.command}: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

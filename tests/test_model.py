@@ -6,7 +6,6 @@ import pytest
 from scipy.special import erf
 
 import meanfield as mf
-from meanfield.cli import main
 
 
 def test_gaussian_init_has_the_stated_law():
@@ -123,23 +122,3 @@ def test_time_grids():
         mf.time_grid(-1.0)
     with pytest.raises(ValueError):
         mf.time_grid(1.0, spacing="cubic")
-
-
-def test_cli_quickstart_prints_a_decreasing_risk(capsys):
-    """`meanfield run` prints the risk along time; it decreases on the teacher-student problem."""
-    code = main(["run", "--dim", "4", "--teacher-width", "2", "--width", "16", "--time", "40",
-                 "--step", "0.5", "--records", "5"])
-    out = capsys.readouterr().out
-    assert code == 0
-    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].replace(".", "").isdigit()]
-    risks = [float(r[1]) for r in rows]
-    assert len(risks) == 6 and risks[-1] < 0.5 * risks[0]
-    assert "closed form" in out and "complete" in out
-
-
-def test_cli_bad_input_exits_2_with_one_message(capsys):
-    """Bad options give exit status 2 and one line naming the option and what is allowed."""
-    assert main(["run", "--width", "0"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.strip() == "meanfield run: --width must be an integer >= 1, got 0"

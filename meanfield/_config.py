@@ -1,0 +1,479 @@
+"""Experiment files: TOML -> validated, fully resolved run configurations.
+
+A file describes one run, or a sweep of runs through its ``[sweep]`` table. Everything is
+checked before any work starts; the first problem found is raised as a :class:`ConfigError`
+whose message names the file, the key and what is allowed.
+
+Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
+
+[model]     d, m, activation ("relu"), bias (false), train_readout (true),
+            scaling ("mean_field"), alpha (1.0 or "sqrt_m"), dtype ("float64")
+[init]      a ("gaussian"), c ("gaussian"), b ("zero"), tau (1.0), symmetric (false)
+[problem]   kind ("population" | "finite_data"), loss ("squared"), noise_std (0),
+            flip_prob (0), method ("auto"), quadrature_order (32), mc_samples (200000),
+            n_samples (finite data drawn from the teacher), data (a .npz file with X, y)
+[problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
+            (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
+[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin"), step, t_max,
+            momentum (0.9), batch_size, beta, weight_decay (0)
+[record]    times (101), spacing ("linear" | "log"), t_min, particles (true),
+            particles_dtype ("float64" | "float32"), checkpoint_seconds (60)
+[run]       seed (0), root_seed (0), backend ("cpu")
+[sweep]     "section.key" = [values, ...] for any key above
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from ._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
+from ._run import SPACINGS
+
+
+class ConfigError(ValueError):
+    """Bad input in an experiment file (reported with exit status 2, nothing written)."""
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the schema: its type, default and what values are allowed."""
+
+    kind: str  # "int", "float", "bool", "str", "alpha", "readout", "path", "float_or_none", "int_or_none"
+    default: object = _REQUIRED
+    choices: tuple = ()
+    minimum: float | None = None
+    strict_minimum: bool = False
+    maximum: float | None = None
+    strict_maximum: bool = False
+
+    def allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(json.dumps(c) for c in self.choices)
+        kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                 "alpha": 'a number > 0 or "sqrt_m"', "readout": '"mean", "sum" or a number',
+                 "path": "the path of an existing .npz file with arrays X and y",
+                 "float_or_none": "a number", "int_or_none": "an integer"}
+        text = kinds[self.kind]
+        if self.minimum is not None:
+            text += f" {'>' if self.strict_minimum else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            text += f" and {'<' if self.strict_maximum else '<='} {self.maximum:g}"
+        return text
+
+
+INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin")
+PROBLEM_KINDS = ("population", "finite_data")
+TEACHER_KINDS = ("orthonormal", "random")
+METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
+BACKENDS = ("cpu",)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "model": {
+        "d": Key("int", minimum=1),
+        "m": Key("int", minimum=1),
+        "activation": Key("str", "relu", choices=ACTIVATIONS),
+        "bias": Key("bool", False),
+        "train_readout": Key("bool", True),
+        "scaling": Key("str", "mean_field", choices=SCALINGS),
+        "alpha": Key("alpha", 1.0),
+        "dtype": Key("str", "float64", choices=DTYPES),
+    },
+    "init": {
+        "a": Key("str", "gaussian", choices=A_LAWS),
+        "c": Key("str", "gaussian", choices=C_LAWS),
+        "b": Key("str", "zero", choices=B_LAWS),
+        "tau": Key("float", 1.0, minimum=0),
+        "symmetric": Key("bool", False),
+    },
+    "problem": {
+        "kind": Key("str", "population", choices=PROBLEM_KINDS),
+        "loss": Key("str", "squared", choices=tuple(kernels.LOSS_CODES)),
+        "noise_std": Key("float", 0.0, minimum=0),
+        "flip_prob": Key("float", 0.0, minimum=0, maximum=0.5, strict_maximum=True),
+        "method": Key("str", "auto", choices=METHODS),
+        "quadrature_order": Key("int", 32, minimum=2, maximum=300),
+        "mc_samples": Key("int", 200_000, minimum=1),
+        "n_samples": Key("int_or_none", None, minimum=1),
+        "data": Key("path", None),
+    },
+    "problem.teacher": {
+        "kind": Key("str", "orthonormal", choices=TEACHER_KINDS),
+        "k": Key("int", minimum=1),
+        "readout": Key("readout", "mean"),
+        "activation": Key("str", None, choices=ACTIVATIONS),
+        "bias": Key("bool", False),
+        "rotate": Key("bool", False),
+    },
+    "dynamics": {
+        "integrator": Key("str", "gradient_descent", choices=INTEGRATORS),
+        "step": Key("float", minimum=0, strict_minimum=True),
+        "t_max": Key("float", minimum=0, strict_minimum=True),
+        "momentum": Key("float", 0.9, minimum=0, maximum=1, strict_maximum=True),
+        "batch_size": Key("int_or_none", None, minimum=1),
+        "beta": Key("float_or_none", None, minimum=0, strict_minimum=True),
+        "weight_decay": Key("float", 0.0, minimum=0),
+    },
+    "record": {
+        "times": Key("int", 101, minimum=2),
+        "spacing": Key("str", "linear", choices=SPACINGS),
+        "t_min": Key("float_or_none", None, minimum=0, strict_minimum=True),
+        "particles": Key("bool", True),
+        "particles_dtype": Key("str", "float64", choices=DTYPES),
+        "checkpoint_seconds": Key("float", 60.0, minimum=0, strict_minimum=True),
+    },
+    "run": {
+        "seed": Key("int", 0, minimum=0),
+        "root_seed": Key("int", 0, minimum=0),
+        "backend": Key("str", "cpu", choices=BACKENDS),
+    },
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment file.
+
+    Attributes
+    ----------
+    index : int
+        Position in the sorted run list of the file (what shards are cut by).
+    id : str
+        Stable identity: the first 16 hex digits of ``sha256``.
+    sha256 : str
+        SHA-256 of the canonical JSON of ``config``.
+    config : dict
+        The fully resolved configuration (every key, defaults filled in).
+    swept : dict
+        The swept keys and their values for this run ("section.key" -> value).
+    source : str
+        The experiment file.
+    """
+
+    index: int
+    id: str
+    sha256: str
+    config: dict
+    swept: dict
+    source: str
+
+    @property
+    def config_json(self) -> str:
+        return canonical_json(self.config)
+
+
+def canonical_json(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _where(file, section, key, via=None):
+    if via:
+        return f"{file}: {via}"
+    return f"{file}: [{section}] {key}"
+
+
+def _check_value(file, section, name, key: Key, value, via=None):
+    """The value converted to its canonical type, or a ConfigError naming the key."""
+    shown = json.dumps(value) if _jsonable(value) else repr(value)
+    where = f"{file}: {via}" if via else f"{file}: [{section}] {name} = {shown}"
+    bad = ConfigError(f"{where}: must be {key.allowed()}")
+    kind = key.kind
+    if value is None and key.default is None and kind in ("float_or_none", "int_or_none", "path", "str"):
+        return None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind in ("int", "int_or_none"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        number = value
+    elif kind in ("float", "float_or_none"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        number = float(value)
+        if not math.isfinite(number):
+            raise bad
+    elif kind == "alpha":
+        if value == "sqrt_m":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise bad
+        return float(value)
+    elif kind == "readout":
+        if value in ("mean", "sum"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    elif kind == "str":
+        if not isinstance(value, str) or (key.choices and value not in key.choices):
+            raise bad
+        return value
+    elif kind == "path":
+        if not isinstance(value, str):
+            raise bad
+        return value
+    else:  # pragma: no cover - schema error
+        raise AssertionError(kind)
+    if key.minimum is not None and (number < key.minimum or key.strict_minimum and number <= key.minimum):
+        raise bad
+    if key.maximum is not None and (number > key.maximum or key.strict_maximum and number >= key.maximum):
+        raise bad
+    return number
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _split_key(file, dotted: str, via: str):
+    section, _, name = dotted.rpartition(".")
+    if section not in SCHEMA or name not in SCHEMA[section]:
+        known = ", ".join(f'"{s}.{k}"' for s in SCHEMA for k in SCHEMA[s])
+        raise ConfigError(f"{file}: {via}: unknown key {dotted!r}; known keys: {known}")
+    return section, name
+
+
+def parse_override(file, text: str):
+    """``section.key=value`` from ``--set``; the value is read as TOML (a bare word is a string)."""
+    dotted, sep, raw = text.partition("=")
+    via = f"--set {text}"
+    if not sep:
+        raise ConfigError(f"{file}: {via}: expected section.key=value")
+    section, name = _split_key(file, dotted.strip(), via)
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, name, value, via
+
+
+def load_document(path) -> dict:
+    """The raw TOML document of an experiment file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not an experiment file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def _sections(file, document: dict):
+    """Flatten the document into {section: {key: value}} and the sweep table, checking names."""
+    sections = {name: {} for name in SCHEMA}
+    sweep = {}
+    for top, content in document.items():
+        if top == "sweep":
+            if not isinstance(content, dict):
+                raise ConfigError(f"{file}: [sweep] must be a table of \"section.key\" = [values]")
+            sweep = content
+            continue
+        if top not in SCHEMA or not isinstance(content, dict):
+            allowed = ", ".join(f"[{s}]" for s in [*(s for s in SCHEMA if "." not in s), "sweep"])
+            raise ConfigError(f"{file}: unknown section [{top}]; allowed sections: {allowed}")
+        for name, value in content.items():
+            full = f"{top}.{name}"
+            if isinstance(value, dict) and full in SCHEMA:
+                for sub, sub_value in value.items():
+                    if sub not in SCHEMA[full]:
+                        raise ConfigError(f"{file}: [{full}] unknown key {sub!r}; allowed: {', '.join(SCHEMA[full])}")
+                    sections[full][sub] = sub_value
+                continue
+            if name not in SCHEMA[top]:
+                raise ConfigError(f"{file}: [{top}] unknown key {name!r}; allowed: {', '.join(SCHEMA[top])}")
+            sections[top][name] = value
+    return sections, sweep
+
+
+def _sort_values(values):
+    def order(v):
+        if isinstance(v, bool):
+            return (0, int(v), "")
+        if isinstance(v, (int, float)):
+            return (1, v, "")
+        return (2, 0, str(v))
+
+    return sorted(values, key=order)
+
+
+def plan(path, overrides=()) -> list[RunSpec]:
+    """Every run an experiment file describes, validated and resolved, in sorted order.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The TOML experiment file.
+    overrides : sequence of str
+        ``section.key=value`` strings (``--set``), applied before the sweep.
+
+    Returns
+    -------
+    list of RunSpec
+        The sorted cartesian product of the ``[sweep]`` values (keys sorted, values sorted),
+        or the single run of a file without a sweep.
+
+    Raises
+    ------
+    ConfigError
+        The first bad input, naming the file, the key and what is allowed.
+    """
+    file = os.fspath(path)
+    document = load_document(file)
+    sections, sweep = _sections(file, document)
+    origins = {}
+    for text in overrides:
+        section, name, value, via = parse_override(file, text)
+        sections[section][name] = value
+        sweep.pop(f"{section}.{name}", None)
+        origins[f"{section}.{name}"] = via
+    axes = []
+    for dotted in sorted(sweep):
+        section, name = _split_key(file, dotted, f"[sweep] {json.dumps(dotted)}")
+        values = sweep[dotted]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)} = {values!r}: must be a non-empty list of values")
+        checked = [_check_value(file, section, name, SCHEMA[section][name], v,
+                                via=f"[sweep] {json.dumps(dotted)}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                   for i, v in enumerate(values)]
+        if len(set(map(json.dumps, checked))) != len(checked):
+            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)}: values must be distinct")
+        axes.append((dotted, section, name, _sort_values(checked)))
+
+    runs = []
+    base_dir = os.path.dirname(os.path.abspath(file))
+    for index, combination in enumerate(itertools.product(*(values for *_, values in axes))):
+        raw = copy.deepcopy(sections)
+        swept = {}
+        for (dotted, section, name, _), value in zip(axes, combination):
+            raw[section][name] = value
+            swept[dotted] = value
+        config = resolve(file, raw, base_dir, swept, origins)
+        digest = hashlib.sha256(canonical_json(config).encode()).hexdigest()
+        runs.append(RunSpec(index, digest[:16], digest, config, swept, file))
+    return runs
+
+
+def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
+    """Fill defaults, check types, ranges and cross-key constraints of one run."""
+
+    def via(section, name):
+        dotted = f"{section}.{name}"
+        if dotted in swept:
+            return f"[sweep] {json.dumps(dotted)} = {json.dumps(swept[dotted])}"
+        return (origins or {}).get(dotted)
+
+    config = {}
+    for section, keys in SCHEMA.items():
+        out = {}
+        for name, key in keys.items():
+            if name in raw[section]:
+                out[name] = _check_value(file, section, name, key, raw[section][name], via(section, name))
+            elif key.default is _REQUIRED:
+                raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
+            else:
+                out[name] = key.default
+        config[section] = out
+
+    def fail(section, name, text):
+        where = via(section, name) or f"[{section}] {name}"
+        raise ConfigError(f"{file}: {where}: {text}")
+
+    model, init, problem = config["model"], config["init"], config["problem"]
+    teacher, dynamics, record = config["problem.teacher"], config["dynamics"], config["record"]
+    if model["scaling"] == "sum" and model["train_readout"]:
+        fail("model", "scaling", 'the "sum" scaling freezes the readout c = 1: set train_readout = false')
+    if init["symmetric"] and model["m"] % 2:
+        fail("model", "m", f"a symmetric init pairs particles: m must be even, got {model['m']}")
+    if init["symmetric"] and model["scaling"] == "sum":
+        fail("init", "symmetric", 'a symmetric init negates c, which the "sum" scaling fixes to 1')
+    if teacher["activation"] is None:
+        teacher["activation"] = model["activation"]
+    if teacher["kind"] == "orthonormal" and teacher["bias"]:
+        fail("problem.teacher", "bias", 'an orthonormal teacher has no bias; use kind = "random"')
+    if teacher["kind"] == "orthonormal" and teacher["k"] > model["d"]:
+        fail("problem.teacher", "k", f"an orthonormal teacher needs k <= d = {model['d']}, got {teacher['k']}")
+    if problem["loss"] != "squared" and problem["noise_std"] > 0:
+        fail("problem", "noise_std", f"Gaussian label noise is for the squared loss; the {problem['loss']} "
+                                     "loss uses flip_prob")
+    if problem["kind"] == "population":
+        for name in ("n_samples", "data"):
+            if problem[name] is not None:
+                fail("problem", name, 'only for kind = "finite_data"')
+        pair_ok = problem["loss"] == "squared" and teacher["activation"] == model["activation"]
+        closed_ok = (pair_ok and model["activation"] in ("relu", "erf", "linear") and not model["bias"]
+                     and not teacher["bias"])
+        if problem["method"] == "closed_form" and not closed_ok:
+            fail("problem", "method", '"closed_form" needs the squared loss, no bias in student or teacher, '
+                                      "and the same relu, erf or linear activation in both")
+        if problem["method"] == "quadrature" and not pair_ok:
+            fail("problem", "method", '"quadrature" needs the squared loss and the teacher activation equal '
+                                      "to the model's")
+    else:
+        if (problem["n_samples"] is None) == (problem["data"] is None):
+            fail("problem", "n_samples", 'kind = "finite_data" needs exactly one of n_samples (data drawn '
+                                         "from the teacher) or data (a .npz file)")
+        if problem["method"] != "auto":
+            fail("problem", "method", 'only for kind = "population"')
+        if problem["data"] is not None:
+            problem["data"], problem["data_sha256"] = _check_data(file, base_dir, problem["data"], model["d"],
+                                                                 problem["loss"], via("problem", "data"))
+    integrator = dynamics["integrator"]
+    if integrator == "sgd" and dynamics["batch_size"] is None:
+        fail("dynamics", "batch_size", '"sgd" needs a batch_size (an integer >= 1)')
+    if integrator == "langevin" and dynamics["beta"] is None:
+        fail("dynamics", "beta", '"langevin" needs an inverse temperature beta (a number > 0)')
+    if integrator in ("gradient_descent", "heavy_ball") and dynamics["batch_size"] is not None:
+        fail("dynamics", "batch_size", f'not used by "{integrator}"; use "sgd" or "langevin"')
+    if problem["kind"] == "finite_data" and dynamics["batch_size"] is not None and problem["n_samples"] is not None:
+        if dynamics["batch_size"] > problem["n_samples"]:
+            fail("dynamics", "batch_size", f"must be <= n_samples = {problem['n_samples']}")
+    dt = dynamics["step"] / (1 - dynamics["momentum"]) if integrator == "heavy_ball" else dynamics["step"]
+    if dynamics["t_max"] < dt:
+        fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
+    if record["t_min"] is not None and record["t_min"] >= dynamics["t_max"]:
+        fail("record", "t_min", f"must be < t_max = {dynamics['t_max']:g}")
+    return config
+
+
+def _check_data(file, base_dir, data, d, loss, via):
+    where = via or "[problem] data"
+    path = data if os.path.isabs(data) else os.path.join(base_dir, data)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{file}: {where} = {json.dumps(data)}: no such file (looked at {path}); "
+                          "must be a .npz file with arrays X (N, d) and y (N,)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            X, y = archive["X"], archive["y"]
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"{file}: {where} = {json.dumps(data)}: cannot read arrays X and y from it "
+                          f"({type(error).__name__}: {error}); must be a .npz file with arrays X (N, d) and y (N,)") from None
+    if X.ndim != 2 or X.shape[1] != d or X.shape[0] < 1 or y.shape != (X.shape[0],):
+        raise ConfigError(f"{file}: {where} = {json.dumps(data)}: X has shape {X.shape} and y {y.shape}; "
+                          f"must be X (N, d) = (N, {d}) and y (N,)")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise ConfigError(f"{file}: {where} = {json.dumps(data)}: X or y contains NaN or inf")
+    if loss != "squared" and not np.isin(y, (-1.0, 1.0)).all():
+        raise ConfigError(f"{file}: {where} = {json.dumps(data)}: the {loss} loss needs labels y in {{-1, +1}}")
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return os.path.abspath(path), digest

@@ -1,0 +1,359 @@
+"""One HDF5 file per run (H5MD-style), written live in SWMR mode, with checkpoints to resume.
+
+Layout (``T`` records, ``m`` particles, ``p = d + 2`` coordinates)::
+
+    /                               attrs: config (JSON), config_sha256, run_id, status,
+                                    message, method, creator, versions (JSON), git_revision,
+                                    host, start_time, end_time, resumed (count)
+    /h5md                           attrs: version = [1, 1]; groups creator, author (name, version)
+    /particles/neurons/position/    step (T,) int64, time (T,) float64,
+                                    value (T, m, p), attr columns = ["a_0", ..., "b", "c"]
+    /observables/<name>/            step (T,), time (T,), value (T,)   (risk, grad_norm)
+    /parameters/model               attrs: activation, d, m, scaling, output_scale, alpha, ...
+    /parameters/teacher/position    (k, p) teacher neurons (teacher problems)
+    /checkpoint/                    W (m, p), buffers/<name> (m, p) at full precision; step,
+                                    time, value, records (scalars); rng_state (JSON bytes)
+
+``time`` is a dimension scale of each series (and ``particle``, ``coord`` of the particle
+values), so tools that read netCDF-style dimensions see named dimensions.
+
+Crash safety: the file is written under ``<id>.h5.part`` in SWMR mode. Each record appends
+one frame to every series, then writes the checkpoint, then flushes; a checkpoint is also
+written between records every ``checkpoint_seconds``. A process killed at any moment leaves a
+file that opens (read-only, ``swmr=True``) with every record flushed before the kill. HDF5
+will not reopen such a file for writing, so resuming copies its valid prefix (the records up
+to the last checkpoint) into a fresh file and continues there. A finished run is renamed to
+``<id>.h5``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import getpass
+import json
+import os
+import socket
+import subprocess
+import time
+
+import h5py
+import numpy as np
+
+OBSERVABLES = ("risk", "grad_norm")
+RNG_STATE_BYTES = 4096
+FRAME_BLOCK = 64  # frames copied at once when a run is resumed
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run."""
+
+
+class RunLock:
+    """Exclusive lock on a run, held while a process writes it.
+
+    An exclusive ``flock`` on ``<id>.lock``, held by the open file: released by the kernel
+    when the process dies, SIGKILL included, so a crash never leaves a stale lock. Local file
+    systems support it, and Linux NFS clients map it to POSIX locks (lockd); on a file
+    system without locks the run is refused with that reason.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._handle = None
+
+    def __enter__(self):
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise RunLocked(f"{self.path}: this run is being written by {holder}; refusing to write it too") from None
+            # The previous holder unlinks the file when it is done; a lock on that unlinked
+            # file would not exclude a process that opens the path anew, so take it again.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._handle.close()
+        return False
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_revision() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _versions() -> dict:
+    import numba
+    import scipy
+
+    from . import __version__
+
+    return {"meanfield": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "numba": numba.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
+
+
+def column_names(d: int) -> list[str]:
+    """Names of the p = d + 2 particle coordinates: a_0 .. a_{d-1}, b, c."""
+    return [f"a_{k}" for k in range(d)] + ["b", "c"]
+
+
+def _series(group, value_shape, dtype, compress):
+    group.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
+    time_ds = group.create_dataset("time", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(1024,))
+    chunks = (1, *value_shape) if value_shape else (1024,)
+    options = {"compression": "gzip", "shuffle": True} if compress else {}
+    value = group.create_dataset("value", shape=(0, *value_shape), maxshape=(None, *value_shape),
+                                 dtype=dtype, chunks=chunks, **options)
+    time_ds.make_scale("time")
+    value.dims[0].attach_scale(time_ds)
+    group["step"].dims[0].attach_scale(time_ds)
+    return value
+
+
+class RunFile:
+    """Writer of one run's file; an observer of :func:`meanfield.run`.
+
+    Use :meth:`create` for a new run and :meth:`resume` to continue a ``.part`` file.
+    """
+
+    def __init__(self, handle: h5py.File, part_path: str, final_path: str, checkpoint_seconds: float,
+                 records: int):
+        self.file = handle
+        self.part_path = part_path
+        self.final_path = final_path
+        self.checkpoint_seconds = checkpoint_seconds
+        self.records = records
+        self._last_checkpoint = time.monotonic()
+        self._particles = "particles/neurons/position" in handle
+        handle.swmr_mode = True
+
+    # -- creation ----------------------------------------------------------------------
+    @classmethod
+    def _layout(cls, path, header: dict, model, m: int, teacher_W, buffer_names, particles: bool,
+                particles_dtype: str) -> h5py.File:
+        f = h5py.File(path, "w", libver="latest")
+        for key, value in header.items():
+            f.attrs[key] = value
+        h5md = f.create_group("h5md")
+        h5md.attrs["version"] = np.array([1, 1], dtype=np.int32)
+        creator = h5md.create_group("creator")
+        creator.attrs["name"] = "meanfield"
+        creator.attrs["version"] = json.loads(header["versions"])["meanfield"]
+        author = h5md.create_group("author")
+        author.attrs["name"] = getpass.getuser()
+        p = model.p
+        if particles:
+            group = f.create_group("particles/neurons/position")
+            value = _series(group, (m, p), np.dtype(particles_dtype), compress=True)
+            value.attrs["columns"] = column_names(model.d)
+            particle = group.create_dataset("particle", data=np.arange(m, dtype=np.int64))
+            coord = group.create_dataset("coord", data=np.array(column_names(model.d), dtype="S16"))
+            particle.make_scale("particle")
+            coord.make_scale("coord")
+            value.dims[1].attach_scale(particle)
+            value.dims[2].attach_scale(coord)
+        for name in OBSERVABLES:
+            _series(f.create_group(f"observables/{name}"), (), np.float64, compress=False)
+        params = f.create_group("parameters/model")
+        for key, value in (("activation", model.activation), ("d", model.d), ("m", m), ("p", p),
+                           ("scaling", model.scaling), ("output_scale", model.output_scale(m)),
+                           ("alpha", model.alpha_value(m)), ("bias", model.bias),
+                           ("train_readout", model.train_readout), ("dtype", model.dtype)):
+            params.attrs[key] = value
+        if teacher_W is not None:
+            f.create_dataset("parameters/teacher/position", data=teacher_W)
+        ckpt = f.create_group("checkpoint")
+        ckpt.create_dataset("W", shape=(m, p), dtype=model.dtype)
+        for name in buffer_names:
+            ckpt.create_dataset(f"buffers/{name}", shape=(m, p), dtype=model.dtype)
+        ckpt.create_dataset("step", data=np.int64(-1))
+        ckpt.create_dataset("time", data=np.float64(0))
+        ckpt.create_dataset("value", data=np.float64(np.nan))
+        ckpt.create_dataset("records", data=np.int64(0))
+        ckpt.create_dataset("rng_state", shape=(RNG_STATE_BYTES,), dtype=np.uint8)
+        ckpt.create_dataset("rng_state_length", data=np.int64(0))
+        return f
+
+    @classmethod
+    def header(cls, spec, method: str) -> dict:
+        return {"config": spec.config_json, "config_sha256": spec.sha256, "run_id": spec.id,
+                "source": os.path.abspath(spec.source), "status": "running", "message": "", "method": method,
+                "creator": "meanfield", "versions": json.dumps(_versions()), "git_revision": _git_revision(),
+                "host": socket.gethostname(), "start_time": _now(), "end_time": "", "resumed": 0}
+
+    @classmethod
+    def create(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_names,
+               particles: bool = True, particles_dtype: str = "float64",
+               checkpoint_seconds: float = 60.0) -> "RunFile":
+        """A new run file at ``part_path`` (renamed to ``final_path`` when the run ends)."""
+        f = cls._layout(part_path, header, model, m, teacher_W, buffer_names, particles, particles_dtype)
+        return cls(f, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0)
+
+    @classmethod
+    def resume(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_names,
+               particles: bool = True, particles_dtype: str = "float64", checkpoint_seconds: float = 60.0):
+        """Continue an unfinished run file.
+
+        Returns ``(writer, checkpoint)`` where ``checkpoint`` is None when the file holds no
+        checkpoint yet (the run starts over) or a dict with W, buffers, step, value and
+        rng_state (a bit-generator state dict or None).
+
+        Raises
+        ------
+        ValueError
+            The file belongs to another configuration.
+        """
+        part_path = os.fspath(part_path)
+        with h5py.File(part_path, "r", libver="latest", swmr=True) as old:
+            if old.attrs["config_sha256"] != header["config_sha256"]:
+                raise ValueError(f"{part_path}: written by another configuration "
+                                 f"({old.attrs['config_sha256']}), not {header['config_sha256']}")
+            ckpt = old["checkpoint"]
+            step = int(ckpt["step"][()])
+            if step < 0:
+                return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_names, particles,
+                                  particles_dtype, checkpoint_seconds), None
+            n = int(ckpt["records"][()])
+            length = int(ckpt["rng_state_length"][()])
+            checkpoint = {
+                "W": ckpt["W"][()],
+                "buffers": {name: ckpt[f"buffers/{name}"][()] for name in buffer_names},
+                "step": step,
+                "value": float(ckpt["value"][()]),
+                "rng_state": json.loads(bytes(ckpt["rng_state"][:length]).decode()) if length else None,
+            }
+            header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
+            fresh_path = part_path + ".new"
+            f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_names, particles, particles_dtype)
+            groups = [f"observables/{name}" for name in OBSERVABLES]
+            if particles:
+                groups.append("particles/neurons/position")
+            for group in groups:
+                for name in ("step", "time", "value"):
+                    src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
+                    dst.resize(n, axis=0)
+                    for start in range(0, n, FRAME_BLOCK):
+                        stop = min(n, start + FRAME_BLOCK)
+                        dst[start:stop] = src[start:stop]
+        writer = cls(f, fresh_path, final_path, checkpoint_seconds, n)
+        writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], step,
+                                        step_time=None, value=checkpoint["value"], rng_state=checkpoint["rng_state"])
+        writer.file.flush()
+        os.replace(fresh_path, part_path)
+        writer.part_path = part_path
+        return writer, checkpoint
+
+    # -- observer protocol ---------------------------------------------------------------
+    def observe(self, state, evaluation) -> None:
+        """Append one record to every series, then checkpoint and flush."""
+        n = self.records
+        m = state.W.shape[0]
+        values = {"risk": evaluation.value, "grad_norm": float(np.linalg.norm(evaluation.velocity)) / m}
+        for name, value in values.items():
+            self._append(f"observables/{name}", n, state, value)
+        if self._particles:
+            self._append("particles/neurons/position", n, state, state.W)
+        self.records = n + 1
+        self.checkpoint(state)
+
+    def after_step(self, state) -> None:
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+            self.checkpoint(state)
+
+    def close(self, state, status: str, message: str) -> None:
+        """Finish the file: final checkpoint, status and end time; rename it into place."""
+        if status != "diverged":
+            self.checkpoint(state)
+        self.finish(status, message)
+
+    # -- writing -------------------------------------------------------------------------
+    def _append(self, group, n, state, value):
+        g = self.file[group]
+        for name in ("step", "time", "value"):
+            g[name].resize(n + 1, axis=0)
+        g["step"][n] = state.step
+        g["time"][n] = state.t
+        g["value"][n] = value
+
+    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state):
+        ckpt = self.file["checkpoint"]
+        ckpt["W"][...] = W
+        for name, array in buffers.items():
+            ckpt[f"buffers/{name}"][...] = array
+        ckpt["step"][()] = step
+        if step_time is not None:
+            ckpt["time"][()] = step_time
+        ckpt["value"][()] = value
+        ckpt["records"][()] = self.records
+        raw = json.dumps(rng_state).encode() if rng_state is not None else b""
+        if len(raw) > RNG_STATE_BYTES:
+            raise ValueError(f"random generator state of {len(raw)} bytes exceeds {RNG_STATE_BYTES}")
+        buffer = np.zeros(RNG_STATE_BYTES, dtype=np.uint8)
+        buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        ckpt["rng_state"][...] = buffer
+        ckpt["rng_state_length"][()] = len(raw)
+
+    def checkpoint(self, state) -> None:
+        """Save what resuming needs (state, buffers, generator, record count) and flush."""
+        rng_state = state.rng.bit_generator.state if state.rng is not None else None
+        self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state)
+        self.file.flush()
+        self._last_checkpoint = time.monotonic()
+
+    def finish(self, status: str, message: str, extra: dict | None = None) -> str:
+        """Leave SWMR mode, write the final attributes, and rename a finished run into place.
+
+        A ``failed`` run keeps its ``.part`` name so that a later call resumes it. Returns the
+        path of the file.
+        """
+        self.file.close()
+        with h5py.File(self.part_path, "r+", libver="latest") as f:
+            f.attrs["status"] = status
+            f.attrs["message"] = message
+            f.attrs["end_time"] = _now()
+            for key, value in (extra or {}).items():
+                f.attrs[key] = value
+        if status == "failed":
+            return self.part_path
+        os.replace(self.part_path, self.final_path)
+        return self.final_path
+
+
+def read_attrs(path) -> dict:
+    """Root attributes of a run file (finished or being written), as Python values."""
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        return {key: (value.decode() if isinstance(value, bytes) else value) for key, value in f.attrs.items()}
+
+
+def read_series(path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, time, value) of an observable (``risk``, ``grad_norm``) or ``particles``."""
+    group = "particles/neurons/position" if name == "particles" else f"observables/{name}"
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        g = f[group]
+        return g["step"][()], g["time"][()], g["value"][()]

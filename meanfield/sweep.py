@@ -1,0 +1,302 @@
+"""Runs of experiment files: from a resolved config to objects, to a stored HDF5 trajectory.
+
+The data flows one way: experiment file -> :func:`plan` (validated, resolved
+:class:`~meanfield._config.RunSpec` list) -> :func:`build` (model, problem, integrator,
+initial state) -> :func:`meanfield.run` with a :class:`~meanfield._store.RunFile` observer ->
+``<out>/<run id>.h5``.
+
+Random streams come from ``numpy.random.SeedSequence(root_seed, spawn_key=(seed, stream))``,
+with streams 0 (initial particles), 1 (problem: teacher, data, Monte Carlo sample) and
+2 (dynamics: minibatches, noise). They depend on the run's identity only, never on a worker
+or array-task number, so any sharding of a sweep reproduces the same runs; and runs that
+differ only in the width m share their streams (the first particles of a width-m run are
+those of every wider run with the same seed).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from ._config import ConfigError, RunSpec, plan
+from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, restore, sgd
+from ._model import Init, Model
+from ._problems import FiniteDataProblem, PopulationProblem, Problem
+from ._run import run, time_grid
+from ._store import RunFile, RunLock, RunLocked, read_attrs
+from ._teacher import Teacher
+
+__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "execute", "plan", "run_shard", "seed_sequence",
+           "write_index"]
+
+STREAMS = {"init": 0, "problem": 1, "dynamics": 2}
+FINISHED = ("complete", "diverged")
+
+
+def seed_sequence(config: dict, stream: str) -> np.random.SeedSequence:
+    """The SeedSequence of one random stream of a run (``init``, ``problem`` or ``dynamics``)."""
+    return np.random.SeedSequence(config["run"]["root_seed"], spawn_key=(config["run"]["seed"], STREAMS[stream]))
+
+
+def generator(config: dict, stream: str) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed_sequence(config, stream)))
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, built from its resolved config."""
+
+    model: Model
+    problem: Problem
+    integrator: Integrator
+    W0: np.ndarray
+    times: np.ndarray
+    t_max: float
+    rng: np.random.Generator
+    teacher: Teacher | None
+
+
+def build(config: dict) -> Experiment:
+    """Model, problem, integrator, initial particles and recording times of one run."""
+    mc, ic, pc, tc = config["model"], config["init"], config["problem"], config["problem.teacher"]
+    dc, rc = config["dynamics"], config["record"]
+    model = Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
+                  scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
+    init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
+    W0 = init.sample(model, mc["m"], generator(config, "init"))
+    problem_rng = generator(config, "problem")
+    teacher = None
+    if pc["kind"] == "population" or pc["data"] is None:
+        if tc["kind"] == "orthonormal":
+            teacher = Teacher.orthonormal(mc["d"], tc["k"], tc["activation"], tc["readout"],
+                                          rng=problem_rng if tc["rotate"] else None)
+        else:
+            teacher = Teacher.random(mc["d"], tc["k"], problem_rng, tc["activation"], bias=tc["bias"])
+    if pc["kind"] == "population":
+        problem = PopulationProblem(model, teacher, pc["loss"], pc["noise_std"], pc["flip_prob"], pc["method"],
+                                    pc["quadrature_order"], pc["mc_samples"], rng=problem_rng)
+    elif pc["data"] is None:
+        problem = FiniteDataProblem.from_teacher(model, teacher, pc["n_samples"], problem_rng, pc["loss"],
+                                                 pc["noise_std"], pc["flip_prob"])
+    else:
+        with np.load(pc["data"], allow_pickle=False) as archive:
+            problem = FiniteDataProblem(model, archive["X"], archive["y"], pc["loss"])
+    name = dc["integrator"]
+    if name == "gradient_descent":
+        integrator = gradient_descent(problem, dc["step"])
+    elif name == "heavy_ball":
+        integrator = heavy_ball(problem, dc["step"], dc["momentum"])
+    elif name == "sgd":
+        integrator = sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"])
+    else:
+        integrator = langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"])
+    times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
+    return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher)
+
+
+def paths(out_dir, spec: RunSpec):
+    base = os.path.join(os.fspath(out_dir), spec.id)
+    return base + ".h5", base + ".h5.part", os.path.join(os.fspath(out_dir), f".{spec.id}.lock")
+
+
+def _summary(spec: RunSpec, status: str, path: str, risk=math.nan, time_=math.nan, message="", seconds=0.0):
+    return {"id": spec.id, "index": spec.index, "status": status, "final_risk": float(risk),
+            "final_time": float(time_), "message": message, "path": path, "swept": spec.swept,
+            "seconds": seconds}
+
+
+def _final_values(path):
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        risk = f["observables/risk"]
+        if risk["value"].shape[0] == 0:
+            return math.nan, math.nan
+        return float(risk["value"][-1]), float(risk["time"][-1])
+
+
+def execute(spec: RunSpec, out_dir, restart: bool = False) -> dict:
+    """Run one spec into ``out_dir``: skip it if finished, resume it if unfinished.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    out_dir : path
+    restart : bool
+        Start an unfinished run over instead of resuming it from its checkpoint.
+
+    Returns
+    -------
+    dict
+        id, index, status (``complete``, ``diverged``, ``failed``, ``skipped``, ``locked``),
+        final_risk, final_time, message, path, swept, seconds. Errors of the run itself are
+        reported as ``failed`` with their message, never raised.
+    """
+    final, part, lock_path = paths(out_dir, spec)
+    if os.path.exists(final):
+        attrs = read_attrs(final)
+        if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
+            risk, t = _final_values(final)
+            return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
+    start = time.perf_counter()
+    try:
+        with RunLock(lock_path):
+            experiment = build(spec.config)
+            buffer_names = sorted(experiment.integrator.init(experiment.W0, experiment.rng).buffers)
+            record = spec.config["record"]
+            header = RunFile.header(spec, experiment.problem.method)
+            teacher_W = experiment.teacher.W if experiment.teacher is not None else None
+            args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_names,
+                    record["particles"], record["particles_dtype"], record["checkpoint_seconds"])
+            state = None
+            if os.path.exists(part) and not restart:
+                writer, checkpoint = RunFile.resume(*args)
+                if checkpoint is not None:
+                    rng = experiment.rng
+                    if checkpoint["rng_state"] is not None:
+                        rng.bit_generator.state = checkpoint["rng_state"]
+                    state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"],
+                                    checkpoint["value"], checkpoint["buffers"], rng)
+            else:
+                writer = RunFile.create(*args)
+            try:
+                trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
+                                 times=experiment.times, rng=experiment.rng, observers=[writer], state=state)
+            except BaseException as error:
+                if not writer.file.id.valid:
+                    raise
+                writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+                raise
+            path = final if trajectory.status in FINISHED else part
+            risk, t = _final_values(path)
+            return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
+    except RunLocked as error:
+        return _summary(spec, "locked", part, message=str(error))
+    except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+        return _summary(spec, "failed", part, message=f"{type(error).__name__}: {error}",
+                        seconds=time.perf_counter() - start)
+
+
+def _worker_init(threads: int):
+    import numba
+
+    numba.set_num_threads(threads)
+
+
+def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_count: int = 1, jobs: int = 1,
+              quiet: bool = True, restart: bool = False, progress=None) -> list[dict]:
+    """Run the runs of an experiment file whose index is ``task_index`` modulo ``task_count``.
+
+    Parameters
+    ----------
+    config_file : path
+    out_dir : path
+        Created if needed; one ``<id>.h5`` per run, plus ``index.h5`` and ``catalog.csv``.
+    overrides : sequence of str
+        ``section.key=value`` (``--set``).
+    task_index, task_count : int
+        The shard (a Slurm array task) of this call.
+    jobs : int
+        Runs in parallel (a process pool with the spawn start method); numba threads per
+        job are ``max(1, cores // jobs)``.
+    quiet : bool
+        No progress lines.
+    restart : bool
+        Start unfinished runs over instead of resuming them.
+    progress : callable, optional
+        Called with each run's summary as it finishes.
+
+    Returns
+    -------
+    list of dict
+        One summary per run of the shard (see :func:`execute`), in run order.
+    """
+    if not (0 <= task_index < task_count):
+        raise ConfigError(f"--task-index must be in [0, --task-count = {task_count}), got {task_index}")
+    specs = [s for s in plan(config_file, overrides) if s.index % task_count == task_index]
+    os.makedirs(out_dir, exist_ok=True)
+    summaries = []
+
+    def done(summary):
+        summaries.append(summary)
+        if progress is not None:
+            progress(summary)
+        elif not quiet:
+            print(format_summary_line(summary), flush=True)
+
+    if jobs <= 1 or len(specs) <= 1:
+        for spec in specs:
+            done(execute(spec, out_dir, restart))
+    else:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // jobs)
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                                    initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = [pool.submit(execute, spec, out_dir, restart) for spec in specs]
+            for future in concurrent.futures.as_completed(futures):
+                done(future.result())
+    summaries.sort(key=lambda s: s["index"])
+    write_index(out_dir)
+    return summaries
+
+
+def format_summary_line(summary: dict) -> str:
+    swept = " ".join(f"{k.split('.')[-1]}={v}" for k, v in summary["swept"].items())
+    risk = summary["final_risk"]
+    risk_text = f"risk {risk:.4e} at t = {summary['final_time']:g}" if math.isfinite(risk) else ""
+    line = f"{summary['id']}  {summary['status']:<9} {swept}  {risk_text}".rstrip()
+    if summary["status"] in ("failed", "locked"):
+        line += f"\n    {summary['message'].splitlines()[0] if summary['message'] else ''}"
+    return line
+
+
+def write_index(out_dir) -> None:
+    """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
+    run: id, status, file, config values, final risk) from the run files in ``out_dir``.
+
+    Written under temporary names and renamed, so a reader never sees a half-written index;
+    concurrent shards each write a complete view of what was there.
+    """
+    out_dir = os.fspath(out_dir)
+    rows = []
+    for name in sorted(os.listdir(out_dir)):
+        if not (name.endswith(".h5") or name.endswith(".h5.part")) or name == "index.h5":
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            attrs = read_attrs(path)
+            risk, t = _final_values(path)
+        except (OSError, KeyError):
+            continue
+        config = json.loads(attrs["config"])
+        row = {"id": attrs["run_id"], "status": attrs["status"], "file": name, "final_risk": risk, "final_time": t}
+        for section, values in config.items():
+            for key, value in values.items():
+                row[f"{section}.{key}"] = value
+        rows.append(row)
+    pid = os.getpid()
+    index_tmp = os.path.join(out_dir, f".index.h5.{pid}")
+    with h5py.File(index_tmp, "w") as f:
+        for row in rows:
+            f[row["id"]] = h5py.ExternalLink(row["file"], "/")
+    os.replace(index_tmp, os.path.join(out_dir, "index.h5"))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    catalog_tmp = os.path.join(out_dir, f".catalog.csv.{pid}")
+    with open(catalog_tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(catalog_tmp, os.path.join(out_dir, "catalog.csv"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the command line: meanfield run FILE.toml")
