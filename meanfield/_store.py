@@ -28,6 +28,7 @@ to the last checkpoint) into a fresh file and continues there. A finished run is
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import getpass
 import json
@@ -41,6 +42,7 @@ import numpy as np
 
 OBSERVABLES = ("risk", "grad_norm")
 RNG_STATE_BYTES = 4096
+LOCKING_VARIABLE = "MEANFIELD_FILE_LOCKING"
 FRAME_BLOCK = 64  # frames copied at once when a run is resumed
 
 
@@ -54,7 +56,9 @@ class RunLock:
     An exclusive ``flock`` on ``<id>.lock``, held by the open file: released by the kernel
     when the process dies, SIGKILL included, so a crash never leaves a stale lock. Local file
     systems support it, and Linux NFS clients map it to POSIX locks (lockd); on a file
-    system without locks the run is refused with that reason.
+    system without locks the run is refused with that reason, unless the environment
+    variable ``MEANFIELD_FILE_LOCKING=FALSE`` turns run locks off (as
+    ``HDF5_USE_FILE_LOCKING=FALSE`` does for HDF5's own locks).
     """
 
     def __init__(self, path):
@@ -62,11 +66,18 @@ class RunLock:
         self._handle = None
 
     def __enter__(self):
+        if os.environ.get(LOCKING_VARIABLE, "TRUE").upper() in ("FALSE", "0", "NO", "OFF"):
+            return self
         while True:
             handle = open(self.path, "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    handle.close()
+                    raise RunLocked(f"{self.path}: cannot take the run lock ({error}); on a file system "
+                                    f"without locks set {LOCKING_VARIABLE}=FALSE (then nothing stops two "
+                                    "processes from writing the same run)") from None
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
@@ -87,6 +98,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
+        if self._handle is None:
+            return False
         try:
             os.unlink(self.path)
         except FileNotFoundError:

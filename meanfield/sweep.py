@@ -123,7 +123,37 @@ def _final_values(path):
         return float(risk["value"][-1]), float(risk["time"][-1])
 
 
-def execute(spec: RunSpec, out_dir, restart: bool = False) -> dict:
+class _StepBar:
+    """A tqdm bar over the steps of one run (an observer); updated at most ~10 times a second."""
+
+    def __init__(self, tqdm, total: int, label: str):
+        self.bar = tqdm(total=total, desc=label, unit="step", leave=False, mininterval=0.1)
+        self.last = 0
+
+    def observe(self, state, evaluation):
+        self.bar.set_postfix(risk=f"{evaluation.value:.3e}", refresh=False)
+
+    def after_step(self, state):
+        if state.step - self.last >= 50:
+            self.bar.update(state.step - self.last)
+            self.last = state.step
+
+    def close(self, state, status, message):
+        self.bar.close()
+
+
+def _tqdm():
+    """tqdm when it is installed and stderr is a terminal (batch logs get plain lines)."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = False) -> dict:
     """Run one spec into ``out_dir``: skip it if finished, resume it if unfinished.
 
     Parameters
@@ -132,6 +162,8 @@ def execute(spec: RunSpec, out_dir, restart: bool = False) -> dict:
     out_dir : path
     restart : bool
         Start an unfinished run over instead of resuming it from its checkpoint.
+    step_bar : bool
+        Show a progress bar over the steps (when tqdm is installed and stderr is a terminal).
 
     Returns
     -------
@@ -167,9 +199,14 @@ def execute(spec: RunSpec, out_dir, restart: bool = False) -> dict:
                                     checkpoint["value"], checkpoint["buffers"], rng)
             else:
                 writer = RunFile.create(*args)
+            observers = [writer]
+            tqdm = _tqdm() if step_bar else None
+            if tqdm is not None:
+                total = int(round(experiment.t_max / experiment.integrator.dt))
+                observers.append(_StepBar(tqdm, total, spec.id[:8]))
             try:
                 trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
-                                 times=experiment.times, rng=experiment.rng, observers=[writer], state=state)
+                                 times=experiment.times, rng=experiment.rng, observers=observers, state=state)
             except BaseException as error:
                 if not writer.file.id.valid:
                     raise
@@ -224,17 +261,22 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     specs = [s for s in plan(config_file, overrides) if s.index % task_count == task_index]
     os.makedirs(out_dir, exist_ok=True)
     summaries = []
+    tqdm = None if quiet or progress is not None else _tqdm()
+    bar = tqdm(total=len(specs), desc="runs", unit="run") if tqdm is not None else None
 
     def done(summary):
         summaries.append(summary)
         if progress is not None:
             progress(summary)
+        elif bar is not None:
+            bar.write(format_summary_line(summary))
+            bar.update(1)
         elif not quiet:
             print(format_summary_line(summary), flush=True)
 
     if jobs <= 1 or len(specs) <= 1:
         for spec in specs:
-            done(execute(spec, out_dir, restart))
+            done(execute(spec, out_dir, restart, step_bar=bar is not None))
     else:
         cores = os.cpu_count() or 1
         threads = max(1, cores // jobs)
@@ -244,6 +286,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
             futures = [pool.submit(execute, spec, out_dir, restart) for spec in specs]
             for future in concurrent.futures.as_completed(futures):
                 done(future.result())
+    if bar is not None:
+        bar.close()
     summaries.sort(key=lambda s: s["index"])
     write_index(out_dir)
     return summaries
