@@ -11,7 +11,8 @@ Layout (``T`` records, ``m`` particles, ``p = d + 2`` coordinates)::
     /observables/<name>/            step (T,), time (T,), value (T,)   (risk, grad_norm)
     /parameters/model               attrs: activation, d, m, scaling, output_scale, alpha, ...
     /parameters/teacher/position    (k, p) teacher neurons (teacher problems)
-    /checkpoint/                    W (m, p), buffers/<name> (m, p) at full precision; step,
+    /checkpoint/active              which slot holds the last complete checkpoint (-1: none)
+    /checkpoint/slot_{0,1}/         W (m, p), buffers/<name> (m, p) at full precision; step,
                                     time, value, records (scalars); rng_state (JSON bytes)
 
 ``time`` is a dimension scale of each series (and ``particle``, ``coord`` of the particle
@@ -19,7 +20,9 @@ values), so tools that read netCDF-style dimensions see named dimensions.
 
 Crash safety: the file is written under ``<id>.h5.part`` in SWMR mode. Each record appends
 one frame to every series, then writes the checkpoint, then flushes; a checkpoint is also
-written between records every ``checkpoint_seconds``. A process killed at any moment leaves a
+written between records every ``checkpoint_seconds``. A checkpoint is written into the slot
+that is not active, flushed, and only then made active by one small write, so a kill in the
+middle of a checkpoint leaves the previous one whole. A process killed at any moment leaves a
 file that opens (read-only, ``swmr=True``) with every record flushed before the kill. HDF5
 will not reopen such a file for writing, so resuming copies its valid prefix (the records up
 to the last checkpoint) into a fresh file and continues there. A finished run is renamed to
@@ -201,16 +204,19 @@ class RunFile:
             params.attrs[key] = value
         if teacher_W is not None:
             f.create_dataset("parameters/teacher/position", data=teacher_W)
-        ckpt = f.create_group("checkpoint")
-        ckpt.create_dataset("W", shape=(m, p), dtype=model.dtype)
-        for name in buffer_names:
-            ckpt.create_dataset(f"buffers/{name}", shape=(m, p), dtype=model.dtype)
-        ckpt.create_dataset("step", data=np.int64(-1))
-        ckpt.create_dataset("time", data=np.float64(0))
-        ckpt.create_dataset("value", data=np.float64(np.nan))
-        ckpt.create_dataset("records", data=np.int64(0))
-        ckpt.create_dataset("rng_state", shape=(RNG_STATE_BYTES,), dtype=np.uint8)
-        ckpt.create_dataset("rng_state_length", data=np.int64(0))
+        checkpoint = f.create_group("checkpoint")
+        checkpoint.create_dataset("active", data=np.int64(-1))
+        for slot in range(2):
+            ckpt = checkpoint.create_group(f"slot_{slot}")
+            ckpt.create_dataset("W", shape=(m, p), dtype=model.dtype)
+            for name in buffer_names:
+                ckpt.create_dataset(f"buffers/{name}", shape=(m, p), dtype=model.dtype)
+            ckpt.create_dataset("step", data=np.int64(-1))
+            ckpt.create_dataset("time", data=np.float64(0))
+            ckpt.create_dataset("value", data=np.float64(np.nan))
+            ckpt.create_dataset("records", data=np.int64(0))
+            ckpt.create_dataset("rng_state", shape=(RNG_STATE_BYTES,), dtype=np.uint8)
+            ckpt.create_dataset("rng_state_length", data=np.int64(0))
         return f
 
     @classmethod
@@ -247,20 +253,12 @@ class RunFile:
             if old.attrs["config_sha256"] != header["config_sha256"]:
                 raise ValueError(f"{part_path}: written by another configuration "
                                  f"({old.attrs['config_sha256']}), not {header['config_sha256']}")
-            ckpt = old["checkpoint"]
-            step = int(ckpt["step"][()])
-            if step < 0:
+            checkpoint = read_checkpoint(old)
+            if checkpoint is None:
                 return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_names, particles,
                                   particles_dtype, checkpoint_seconds), None
-            n = int(ckpt["records"][()])
-            length = int(ckpt["rng_state_length"][()])
-            checkpoint = {
-                "W": ckpt["W"][()],
-                "buffers": {name: ckpt[f"buffers/{name}"][()] for name in buffer_names},
-                "step": step,
-                "value": float(ckpt["value"][()]),
-                "rng_state": json.loads(bytes(ckpt["rng_state"][:length]).decode()) if length else None,
-            }
+            n = checkpoint["records"]
+            step = checkpoint["step"]
             header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
             fresh_path = part_path + ".new"
             f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_names, particles, particles_dtype)
@@ -315,7 +313,9 @@ class RunFile:
         g["value"][n] = value
 
     def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state):
-        ckpt = self.file["checkpoint"]
+        active = self.file["checkpoint/active"]
+        slot = 1 - int(active[()]) if int(active[()]) >= 0 else 0
+        ckpt = self.file[f"checkpoint/slot_{slot}"]
         ckpt["W"][...] = W
         for name, array in buffers.items():
             ckpt[f"buffers/{name}"][...] = array
@@ -331,6 +331,8 @@ class RunFile:
         buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         ckpt["rng_state"][...] = buffer
         ckpt["rng_state_length"][()] = len(raw)
+        self.file.flush()
+        active[()] = slot  # the switch: one 8-byte write, after the slot is on disk
 
     def checkpoint(self, state) -> None:
         """Save what resuming needs (state, buffers, generator, record count) and flush."""
@@ -356,6 +358,29 @@ class RunFile:
             return self.part_path
         os.replace(self.part_path, self.final_path)
         return self.final_path
+
+
+def read_checkpoint(f: h5py.File) -> dict | None:
+    """The last complete checkpoint of an open run file, or None if it has none.
+
+    Returns a dict with W, buffers (name -> array), step, time, value, records and rng_state
+    (a bit-generator state dict, or None for deterministic integrators).
+    """
+    active = int(f["checkpoint/active"][()])
+    if active < 0:
+        return None
+    ckpt = f[f"checkpoint/slot_{active}"]
+    length = int(ckpt["rng_state_length"][()])
+    buffers = ckpt["buffers"] if "buffers" in ckpt else {}
+    return {
+        "W": ckpt["W"][()],
+        "buffers": {name: buffers[name][()] for name in buffers},
+        "step": int(ckpt["step"][()]),
+        "time": float(ckpt["time"][()]),
+        "value": float(ckpt["value"][()]),
+        "records": int(ckpt["records"][()]),
+        "rng_state": json.loads(bytes(ckpt["rng_state"][:length]).decode()) if length else None,
+    }
 
 
 def read_attrs(path) -> dict:

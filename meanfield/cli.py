@@ -38,9 +38,16 @@ def run_command(args) -> int:
     if args.slurm:
         from ._slurm import submit
 
-        return submit(args.file, out, overrides=args.set, task_count=args.slurm_tasks,
-                      partition=args.slurm_partition, cpus_per_task=args.slurm_cpus_per_task,
-                      time_min=args.slurm_time, array_parallelism=args.slurm_array_parallelism, wait=args.wait)
+        if args.jobs != 1 or args.task_count != 1 or args.task_index != 0:
+            raise ConfigError("--slurm makes one array task per run: --jobs, --task-index and --task-count "
+                              "do not apply (use --slurm-tasks and --slurm-cpus-per-task)")
+        try:
+            return submit(args.file, out, overrides=args.set, task_count=args.slurm_tasks,
+                          partition=args.slurm_partition, cpus_per_task=args.slurm_cpus_per_task,
+                          time_min=args.slurm_time, array_parallelism=args.slurm_array_parallelism,
+                          wait=args.wait, restart=args.restart)
+        except (RuntimeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
     shard = [s for s in specs if s.index % args.task_count == args.task_index]
     if not args.quiet:
         where = f" (shard {args.task_index} of {args.task_count})" if args.task_count > 1 else ""

@@ -190,7 +190,15 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                     record["particles"], record["particles_dtype"], record["checkpoint_seconds"])
             state = None
             if os.path.exists(part) and not restart:
-                writer, checkpoint = RunFile.resume(*args)
+                try:
+                    writer, checkpoint = RunFile.resume(*args)
+                except (OSError, KeyError) as error:
+                    # Killed while the file was being created: nothing in it can be trusted.
+                    # Keep it aside for inspection and start the run over.
+                    os.replace(part, f"{part}.unreadable-{int(time.time())}")
+                    print(f"{spec.id}: could not resume from {part} ({error}); starting over",
+                          file=sys.stderr, flush=True)
+                    writer, checkpoint = RunFile.create(*args), None
                 if checkpoint is not None:
                     rng = experiment.rng
                     if checkpoint["rng_state"] is not None:
