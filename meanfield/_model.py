@@ -200,8 +200,10 @@ class Init:
     def sample(self, model: Model, m: int, rng: np.random.Generator) -> np.ndarray:
         """Draw a width-m state of shape (m, d + 2) in the model's dtype.
 
-        The draws are made in float64 in the order a, b, c and then cast, so float32 and
-        float64 states from the same generator state are the same numbers up to rounding.
+        Each particle takes one row of d + 2 standard normals (a, b, c), drawn in float64
+        and cast: float32 and float64 states from the same generator state are the same
+        numbers up to rounding, and a width-m state is the first m rows of any wider state
+        from the same generator state (not for the symmetric init, which pairs rows).
         """
         if not isinstance(rng, np.random.Generator):
             raise TypeError("rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed))")
@@ -214,21 +216,20 @@ class Init:
                 raise ValueError("a symmetric init negates c, but the 'sum' scaling fixes c = 1")
         d = model.d
         n = m // 2 if self.symmetric else m
+        # One row of d + 2 standard normals per particle, so that a width-m state is the first
+        # m rows of every wider state drawn from the same generator state (coupled widths).
+        z = rng.standard_normal((n, d + 2))
         if self.a == "gaussian":
-            a = rng.standard_normal((n, d)) * (self.tau / math.sqrt(d))
+            a = z[:, :d] * (self.tau / math.sqrt(d))
         else:
-            g = rng.standard_normal((n, d))
-            a = self.tau * g / np.linalg.norm(g, axis=1, keepdims=True)
-        if model.bias and self.b == "gaussian":
-            b = self.tau * rng.standard_normal(n)
-        else:
-            b = np.zeros(n)
+            a = self.tau * z[:, :d] / np.linalg.norm(z[:, :d], axis=1, keepdims=True)
+        b = self.tau * z[:, d] if model.bias and self.b == "gaussian" else np.zeros(n)
         if model.scaling == "sum" or self.c == "one":
             c = np.ones(n)
         elif self.c == "gaussian":
-            c = self.tau * rng.standard_normal(n)
+            c = self.tau * z[:, d + 1]
         elif self.c == "sign":
-            c = self.tau * rng.choice(np.array([-1.0, 1.0]), size=n)
+            c = np.where(z[:, d + 1] >= 0, self.tau, -self.tau)
         else:
             c = np.zeros(n)
         if self.symmetric:

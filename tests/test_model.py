@@ -122,3 +122,13 @@ def test_time_grids():
         mf.time_grid(-1.0)
     with pytest.raises(ValueError):
         mf.time_grid(1.0, spacing="cubic")
+
+
+def test_narrow_init_is_a_prefix_of_a_wide_init():
+    """With the same generator state, a width-m state is the first m rows of a width-M state,
+    for every column (a, b, c): widths are coupled through their initial points."""
+    model = mf.Model(5, "tanh", bias=True)
+    for init in (mf.Init(b="gaussian"), mf.Init(a="sphere", c="sign", b="gaussian", tau=0.5)):
+        narrow = mf.initialize(model, 7, np.random.default_rng(9), init)
+        wide = mf.initialize(model, 40, np.random.default_rng(9), init)
+        np.testing.assert_array_equal(narrow, wide[:7])
