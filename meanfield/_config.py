@@ -19,7 +19,14 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [record]    times (101), spacing ("linear" | "log"), t_min, particles (true),
             particles_dtype ("float64" | "float32"), checkpoint_seconds (60)
 [run]       seed (0), root_seed (0), backend ("cpu")
+[limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
+            sliced_projections (200)
 [sweep]     "section.key" = [values, ...] for any key above
+
+With ``[limit] reference_m = M`` every run of the file ("member") is compared with a
+reference run of width M that has the same config otherwise (same seed: same streams). The
+reference carries tracer particles started at the initial points of every member of its
+group, so the plan holds the members and one reference per group (seed, ...).
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ _REQUIRED = object()
 class Key:
     """One key of the schema: its type, default and what values are allowed."""
 
-    kind: str  # "int", "float", "bool", "str", "alpha", "readout", "path", "float_or_none", "int_or_none"
+    kind: str  # "int", "float", "bool", "str", "alpha", "readout", "path", "float_or_none", "int_or_none", "names"
     default: object = _REQUIRED
     choices: tuple = ()
     minimum: float | None = None
@@ -59,11 +66,12 @@ class Key:
     strict_maximum: bool = False
 
     def allowed(self) -> str:
-        if self.choices:
+        if self.choices and self.kind != "names":
             return "one of " + ", ".join(json.dumps(c) for c in self.choices)
         kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                  "alpha": 'a number > 0 or "sqrt_m"', "readout": '"mean", "sum" or a number',
                  "path": "the path of an existing .npz file with arrays X and y",
+                 "names": "a list of names from " + ", ".join(json.dumps(c) for c in self.choices),
                  "float_or_none": "a number", "int_or_none": "an integer"}
         text = kinds[self.kind]
         if self.minimum is not None:
@@ -78,6 +86,9 @@ PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
 METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
 BACKENDS = ("cpu",)
+LIMIT_METRICS = ("risk_gap", "tracer_deviation", "norm_w2", "readout_w2", "signed_norm_w2", "overlap_w2",
+                 "sliced_w2", "w2", "sphere_w2")
+DEFAULT_LIMIT_METRICS = ["risk_gap", "tracer_deviation", "norm_w2", "signed_norm_w2", "sliced_w2"]
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
@@ -137,6 +148,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("int", 0, minimum=0),
         "root_seed": Key("int", 0, minimum=0),
         "backend": Key("str", "cpu", choices=BACKENDS),
+    },
+    "limit": {
+        "reference_m": Key("int_or_none", None, minimum=1),
+        "tracers": Key("bool", True),
+        "metrics": Key("names", DEFAULT_LIMIT_METRICS, choices=LIMIT_METRICS),
+        "sliced_projections": Key("int", 200, minimum=1),
     },
 }
 
@@ -225,6 +242,10 @@ def _check_value(file, section, name, key: Key, value, via=None):
         if not isinstance(value, str):
             raise bad
         return value
+    elif kind == "names":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in key.choices for v in value):
+            raise bad
+        return list(dict.fromkeys(value))
     else:  # pragma: no cover - schema error
         raise AssertionError(kind)
     if key.minimum is not None and (number < key.minimum or key.strict_minimum and number <= key.minimum):
@@ -369,9 +390,41 @@ def plan(path, overrides=()) -> list[RunSpec]:
             raw[section][name] = value
             swept[dotted] = value
         config = resolve(file, raw, base_dir, swept, origins)
-        digest = hashlib.sha256(canonical_json(config).encode()).hexdigest()
-        runs.append(RunSpec(index, digest[:16], digest, config, swept, file))
-    return runs
+        runs.append(_spec(index, config, swept, file))
+    return runs + _references(runs, file)
+
+
+def _spec(index, config, swept, file) -> RunSpec:
+    digest = hashlib.sha256(canonical_json(config).encode()).hexdigest()
+    return RunSpec(index, digest[:16], digest, config, swept, file)
+
+
+def reference_config(config: dict) -> dict:
+    """The config of the reference run a member is compared with (width reference_m),
+    without its tracer list."""
+    reference = copy.deepcopy(config)
+    reference["model"]["m"] = config["limit"]["reference_m"]
+    reference["limit"] = {"role": "reference", "tracers": config["limit"]["tracers"], "tracer_widths": []}
+    return reference
+
+
+def _references(members: list[RunSpec], file) -> list[RunSpec]:
+    """One reference run per group of members that differ only in their width."""
+    groups: dict[str, tuple[dict, dict, list]] = {}
+    for spec in members:
+        if spec.config["limit"]["reference_m"] is None:
+            continue
+        reference = reference_config(spec.config)
+        key = canonical_json(reference)
+        swept = {k: v for k, v in spec.swept.items() if k != "model.m"}
+        swept["model.m"] = reference["model"]["m"]
+        groups.setdefault(key, (reference, swept, []))[2].append(spec.config["model"]["m"])
+    references = []
+    for offset, (reference, swept, widths) in enumerate(groups.values()):
+        if reference["limit"]["tracers"]:
+            reference["limit"]["tracer_widths"] = sorted(set(widths))
+        references.append(_spec(len(members) + offset, reference, swept, file))
+    return references
 
 
 def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
@@ -453,6 +506,20 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
         fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
     if record["t_min"] is not None and record["t_min"] >= dynamics["t_max"]:
         fail("record", "t_min", f"must be < t_max = {dynamics['t_max']:g}")
+    limit = config["limit"]
+    if limit["reference_m"] is not None:
+        if not record["particles"]:
+            fail("record", "particles", "[limit] compares particle clouds: the particles must be recorded")
+        if limit["tracers"] and integrator == "langevin" and dynamics["beta"] is not None:
+            fail("limit", "tracers", "tracers are not coupled under Langevin noise yet: set tracers = false "
+                                     'or use "gradient_descent", "heavy_ball" or "sgd"')
+        if limit["tracers"] and init["symmetric"]:
+            fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
+                                     "reference's: set tracers = false")
+        if limit["tracers"] and model["m"] > limit["reference_m"]:
+            fail("model", "m", f"tracers start at the member's particles inside the reference: m must be <= "
+                               f"reference_m = {limit['reference_m']}, got {model['m']}")
+        limit["role"] = "member"
     return config
 
 

@@ -40,6 +40,9 @@ class State:
         ball): a checkpoint must save them to resume exactly.
     scratch : dict
         Work arrays overwritten at every step (velocity, noise); not saved.
+    tracers : ndarray, shape (n, d + 2) or None
+        Tracer particles: moved by the field of the measure of ``W`` with the same scheme,
+        without acting on it (synchronous coupling, propagation of chaos).
     """
 
     W: np.ndarray
@@ -49,6 +52,7 @@ class State:
     rng: np.random.Generator | None = None
     buffers: dict = field(default_factory=dict)
     scratch: dict = field(default_factory=dict)
+    tracers: np.ndarray | None = None
 
 
 class Integrator(NamedTuple):
@@ -80,14 +84,20 @@ def _positive(name, value):
     return float(value)
 
 
-def _make_init(problem: Problem, stochastic: bool, extra_buffers=()):
-    def init(W0, rng: np.random.Generator | None = None) -> State:
+def _make_init(problem: Problem, stochastic: bool, extra_buffers=(), tracers_allowed: str = ""):
+    def init(W0, rng: np.random.Generator | None = None, tracers=None) -> State:
         if stochastic and not isinstance(rng, np.random.Generator):
             raise TypeError("this integrator is stochastic: pass rng=numpy.random.default_rng(seed)")
         W = np.array(problem.model.check_state(W0), copy=True)
         buffers = {name: np.zeros_like(W) for name in extra_buffers}
         scratch = {"velocity": np.empty_like(W), "noise": np.zeros_like(W)}
-        return State(W=W, rng=rng, buffers=buffers, scratch=scratch)
+        if tracers is not None:
+            if tracers_allowed:
+                raise ValueError(tracers_allowed)
+            tracers = np.array(problem.model.check_state(tracers, "tracers"), copy=True)
+            buffers.update({f"tracer_{name}": np.zeros_like(tracers) for name in extra_buffers})
+            scratch["tracer_noise"] = np.zeros_like(tracers)
+        return State(W=W, rng=rng, buffers=buffers, scratch=scratch, tracers=tracers)
 
     return init
 
@@ -95,8 +105,8 @@ def _make_init(problem: Problem, stochastic: bool, extra_buffers=()):
 def _evaluate(problem: Problem, state: State, batch_size):
     out = state.scratch["velocity"]
     if batch_size is None:
-        return problem.evaluate(state.W, out=out)
-    return problem.batch_evaluate(state.W, state.rng, batch_size, out=out)
+        return problem.evaluate(state.W, points=state.tracers, out=out)
+    return problem.batch_evaluate(state.W, state.rng, batch_size, points=state.tracers, out=out)
 
 
 def _advance(state: State, value: float, dt: float) -> State:
@@ -113,6 +123,8 @@ def gradient_descent(problem: Problem, step: float) -> Integrator:
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, None)
         kernels.euler_update(state.W, evaluation.velocity, eta)
+        if state.tracers is not None:
+            kernels.euler_update(state.tracers, evaluation.points_velocity, eta)
         return _advance(state, evaluation.value, eta)
 
     return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", {"step": eta}, False)
@@ -133,6 +145,9 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrat
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, None)
         kernels.heavy_ball_update(state.W, evaluation.velocity, state.buffers["momentum"], eta, momentum)
+        if state.tracers is not None:
+            kernels.heavy_ball_update(state.tracers, evaluation.points_velocity, state.buffers["tracer_momentum"],
+                                      eta, momentum)
         return _advance(state, evaluation.value, dt)
 
     return Integrator(_make_init(problem, False, ("momentum",)), step_fn, dt, "heavy_ball",
@@ -165,11 +180,16 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
         if noise_scale > 0:
             state.rng.standard_normal(dtype=noise.dtype, out=noise)
         kernels.langevin_update(state.W, evaluation.velocity, noise, eta, weight_decay, noise_scale, trainable)
+        if state.tracers is not None:  # no noise here: tracers are refused with Langevin noise
+            kernels.langevin_update(state.tracers, evaluation.points_velocity, state.scratch["tracer_noise"], eta,
+                                    weight_decay, 0.0, trainable)
         return _advance(state, evaluation.value, eta)
 
     name = "langevin" if noise_scale > 0 else "sgd"
     params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
-    return Integrator(_make_init(problem, stochastic), step_fn, eta, name, params, stochastic)
+    refuse = ("tracers are coupled to the particles through shared randomness, which Langevin noise does not "
+              "have yet: use tracers with gradient_descent, heavy_ball or sgd") if noise_scale > 0 else ""
+    return Integrator(_make_init(problem, stochastic, (), refuse), step_fn, eta, name, params, stochastic)
 
 
 def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.0) -> Integrator:
@@ -179,7 +199,7 @@ def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
-            rng: np.random.Generator | None = None) -> State:
+            rng: np.random.Generator | None = None, tracers=None) -> State:
     """Rebuild a state saved by a checkpoint, so that stepping it continues the saved run.
 
     Parameters
@@ -195,8 +215,10 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
         The saved ``State.buffers`` (e.g. momentum).
     rng : numpy.random.Generator, optional
         The generator, in the state it had at ``step``.
+    tracers : ndarray, shape (n, d + 2), optional
+        The tracer particles at ``step``.
     """
-    state = integrator.init(W, rng)
+    state = integrator.init(W, rng, tracers)
     for name, array in (buffers or {}).items():
         if name not in state.buffers:
             raise ValueError(f"the checkpoint has a buffer {name!r} that {integrator.name} does not use")

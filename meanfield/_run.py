@@ -84,6 +84,7 @@ class Trajectory:
     risk: list = field(default_factory=list)
     grad_norm: list = field(default_factory=list)
     particles: list | None = None
+    tracers: list | None = None
     status: str = "running"
     message: str = ""
     final: State | None = None
@@ -100,6 +101,8 @@ class Trajectory:
             if self.particles is None:
                 self.particles = []
             self.particles.append(state.W.copy())
+            if state.tracers is not None:
+                self.tracers = (self.tracers or []) + [state.tracers.copy()]
 
     def close(self, state: State, status: str, message: str) -> None:
         """Called once at the end of the run."""
@@ -112,6 +115,8 @@ class Trajectory:
         self.grad_norm = np.asarray(self.grad_norm, dtype=np.float64)
         if self.particles is not None:
             self.particles = np.stack(self.particles)
+        if self.tracers is not None:
+            self.tracers = np.stack(self.tracers)
 
     @property
     def W(self) -> np.ndarray:
@@ -121,7 +126,7 @@ class Trajectory:
 
 def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
         rng: np.random.Generator | None = None, observers=(), keep_particles: bool = False,
-        state: State | None = None) -> Trajectory:
+        state: State | None = None, tracers=None) -> Trajectory:
     """Integrate from ``W0`` up to time ``t_max``, recording on a time grid.
 
     Parameters
@@ -145,6 +150,10 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
         checkpoints between records).
     keep_particles : bool
         Keep a copy of the particles at each record in the returned trajectory.
+    tracers : ndarray, shape (n, d + 2), optional
+        Tracer particles started here: they move in the field of the particles (same
+        scheme) without acting on them; ``trajectory.tracers`` holds them at each record
+        when ``keep_particles`` is set, and ``trajectory.final.tracers`` at the end.
     state : State, optional
         Continue this state (from :func:`meanfield.restore`) instead of starting from
         ``W0``; records at or before ``state.step`` are taken as already made.
@@ -165,7 +174,7 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     watchers = [trajectory, *observers]
 
     if state is None:
-        state = integrator.init(W0, rng)
+        state = integrator.init(W0, rng, tracers)
         next_record = 0
     else:
         next_record = int(np.searchsorted(steps, state.step, side="right"))
@@ -173,7 +182,7 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
-            evaluation = problem.evaluate(state.W)
+            evaluation = problem.evaluate(state.W, points=state.tracers)
             for watcher in watchers:
                 watcher.observe(state, evaluation)
             next_record += 1

@@ -8,6 +8,8 @@ Layout (``T`` records, ``m`` particles, ``p = d + 2`` coordinates)::
     /h5md                           attrs: version = [1, 1]; groups creator, author (name, version)
     /particles/neurons/position/    step (T,) int64, time (T,) float64,
                                     value (T, m, p), attr columns = ["a_0", ..., "b", "c"]
+    /particles/tracers/position/    the same for tracer particles (n, p), when the run has them;
+                                    attr blocks = JSON [[label, start, stop], ...]
     /observables/<name>/            step (T,), time (T,), value (T,)   (risk, grad_norm)
     /parameters/model               attrs: activation, d, m, scaling, output_scale, alpha, ...
     /parameters/teacher/position    (k, p) teacher neurons (teacher problems)
@@ -167,12 +169,13 @@ class RunFile:
         self.records = records
         self._last_checkpoint = time.monotonic()
         self._particles = "particles/neurons/position" in handle
+        self._tracers = "particles/tracers/position" in handle
         handle.swmr_mode = True
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
-    def _layout(cls, path, header: dict, model, m: int, teacher_W, buffer_names, particles: bool,
-                particles_dtype: str) -> h5py.File:
+    def _layout(cls, path, header: dict, model, m: int, teacher_W, buffer_shapes, particles: bool,
+                particles_dtype: str, tracer_blocks) -> h5py.File:
         f = h5py.File(path, "w", libver="latest")
         for key, value in header.items():
             f.attrs[key] = value
@@ -194,6 +197,12 @@ class RunFile:
             coord.make_scale("coord")
             value.dims[1].attach_scale(particle)
             value.dims[2].attach_scale(coord)
+        n_tracers = tracer_blocks[-1][2] if tracer_blocks else 0
+        if n_tracers:
+            group = f.create_group("particles/tracers/position")
+            value = _series(group, (n_tracers, p), np.dtype(particles_dtype), compress=True)
+            value.attrs["columns"] = column_names(model.d)
+            group.attrs["blocks"] = json.dumps(tracer_blocks)
         for name in OBSERVABLES:
             _series(f.create_group(f"observables/{name}"), (), np.float64, compress=False)
         params = f.create_group("parameters/model")
@@ -209,8 +218,10 @@ class RunFile:
         for slot in range(2):
             ckpt = checkpoint.create_group(f"slot_{slot}")
             ckpt.create_dataset("W", shape=(m, p), dtype=model.dtype)
-            for name in buffer_names:
-                ckpt.create_dataset(f"buffers/{name}", shape=(m, p), dtype=model.dtype)
+            if n_tracers:
+                ckpt.create_dataset("tracers", shape=(n_tracers, p), dtype=model.dtype)
+            for name, shape in buffer_shapes.items():
+                ckpt.create_dataset(f"buffers/{name}", shape=shape, dtype=model.dtype)
             ckpt.create_dataset("step", data=np.int64(-1))
             ckpt.create_dataset("time", data=np.float64(0))
             ckpt.create_dataset("value", data=np.float64(np.nan))
@@ -227,16 +238,22 @@ class RunFile:
                 "host": socket.gethostname(), "start_time": _now(), "end_time": "", "resumed": 0}
 
     @classmethod
-    def create(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_names,
+    def create(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,
                particles: bool = True, particles_dtype: str = "float64",
-               checkpoint_seconds: float = 60.0) -> "RunFile":
-        """A new run file at ``part_path`` (renamed to ``final_path`` when the run ends)."""
-        f = cls._layout(part_path, header, model, m, teacher_W, buffer_names, particles, particles_dtype)
+               checkpoint_seconds: float = 60.0, tracer_blocks=()) -> "RunFile":
+        """A new run file at ``part_path`` (renamed to ``final_path`` when the run ends).
+
+        ``buffer_shapes`` maps the integrator's state buffers to their shapes;
+        ``tracer_blocks`` lists ``(label, start, stop)`` row ranges of the tracer array.
+        """
+        f = cls._layout(part_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
+                        list(tracer_blocks))
         return cls(f, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0)
 
     @classmethod
-    def resume(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_names,
-               particles: bool = True, particles_dtype: str = "float64", checkpoint_seconds: float = 60.0):
+    def resume(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,
+               particles: bool = True, particles_dtype: str = "float64", checkpoint_seconds: float = 60.0,
+               tracer_blocks=()):
         """Continue an unfinished run file.
 
         Returns ``(writer, checkpoint)`` where ``checkpoint`` is None when the file holds no
@@ -255,16 +272,19 @@ class RunFile:
                                  f"({old.attrs['config_sha256']}), not {header['config_sha256']}")
             checkpoint = read_checkpoint(old)
             if checkpoint is None:
-                return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_names, particles,
-                                  particles_dtype, checkpoint_seconds), None
+                return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_shapes, particles,
+                                  particles_dtype, checkpoint_seconds, tracer_blocks), None
             n = checkpoint["records"]
             step = checkpoint["step"]
             header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
             fresh_path = part_path + ".new"
-            f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_names, particles, particles_dtype)
+            f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
+                            list(tracer_blocks))
             groups = [f"observables/{name}" for name in OBSERVABLES]
             if particles:
                 groups.append("particles/neurons/position")
+            if tracer_blocks:
+                groups.append("particles/tracers/position")
             for group in groups:
                 for name in ("step", "time", "value"):
                     src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
@@ -273,8 +293,8 @@ class RunFile:
                         stop = min(n, start + FRAME_BLOCK)
                         dst[start:stop] = src[start:stop]
         writer = cls(f, fresh_path, final_path, checkpoint_seconds, n)
-        writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], step,
-                                        step_time=None, value=checkpoint["value"], rng_state=checkpoint["rng_state"])
+        writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], step, checkpoint["time"],
+                                        checkpoint["value"], checkpoint["rng_state"], checkpoint["tracers"])
         writer.file.flush()
         os.replace(fresh_path, part_path)
         writer.part_path = part_path
@@ -290,6 +310,8 @@ class RunFile:
             self._append(f"observables/{name}", n, state, value)
         if self._particles:
             self._append("particles/neurons/position", n, state, state.W)
+        if self._tracers:
+            self._append("particles/tracers/position", n, state, state.tracers)
         self.records = n + 1
         self.checkpoint(state)
 
@@ -312,16 +334,17 @@ class RunFile:
         g["time"][n] = state.t
         g["value"][n] = value
 
-    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state):
+    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None):
         active = self.file["checkpoint/active"]
         slot = 1 - int(active[()]) if int(active[()]) >= 0 else 0
         ckpt = self.file[f"checkpoint/slot_{slot}"]
         ckpt["W"][...] = W
+        if tracers is not None:
+            ckpt["tracers"][...] = tracers
         for name, array in buffers.items():
             ckpt[f"buffers/{name}"][...] = array
         ckpt["step"][()] = step
-        if step_time is not None:
-            ckpt["time"][()] = step_time
+        ckpt["time"][()] = step_time
         ckpt["value"][()] = value
         ckpt["records"][()] = self.records
         raw = json.dumps(rng_state).encode() if rng_state is not None else b""
@@ -337,7 +360,8 @@ class RunFile:
     def checkpoint(self, state) -> None:
         """Save what resuming needs (state, buffers, generator, record count) and flush."""
         rng_state = state.rng.bit_generator.state if state.rng is not None else None
-        self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state)
+        self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state,
+                                      state.tracers)
         self.file.flush()
         self._last_checkpoint = time.monotonic()
 
@@ -363,7 +387,8 @@ class RunFile:
 def read_checkpoint(f: h5py.File) -> dict | None:
     """The last complete checkpoint of an open run file, or None if it has none.
 
-    Returns a dict with W, buffers (name -> array), step, time, value, records and rng_state
+    Returns a dict with W, tracers (or None), buffers (name -> array), step, time, value,
+    records and rng_state
     (a bit-generator state dict, or None for deterministic integrators).
     """
     active = int(f["checkpoint/active"][()])
@@ -374,6 +399,7 @@ def read_checkpoint(f: h5py.File) -> dict | None:
     buffers = ckpt["buffers"] if "buffers" in ckpt else {}
     return {
         "W": ckpt["W"][()],
+        "tracers": ckpt["tracers"][()] if "tracers" in ckpt else None,
         "buffers": {name: buffers[name][()] for name in buffers},
         "step": int(ckpt["step"][()]),
         "time": float(ckpt["time"][()]),

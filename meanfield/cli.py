@@ -56,6 +56,14 @@ def run_command(args) -> int:
     summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
                                 quiet=args.quiet, restart=args.restart)
     bad = [s for s in summaries if s["status"] in ("failed", "locked")]
+    with_limit = any(spec.config.get("limit", {}).get("role") for spec in specs)
+    if with_limit:
+        from . import limits
+
+        counts = limits.compute_missing(out, jobs=args.jobs)
+        if not args.quiet:
+            print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
+                  f"{counts['waiting']} waiting for their reference")
     if not args.quiet:
         counts = {}
         for s in summaries:
@@ -64,12 +72,35 @@ def run_command(args) -> int:
         for s in bad:
             print(f"  {s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}")
         curves = report.risk_curves(summaries)
+        if with_limit:
+            table, plots = report.limit_rates(out)
+            print(table)
+            for path in plots:
+                print(f"plot: {path}")
         if curves:
             print(report.risk_table(curves))
             png = report.plot_risk(curves, os.path.join(out, "risk.png"))
             print(f"plot: {png}" if png else "plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
         print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
     return 1 if bad else 0
+
+
+def report_command(args) -> int:
+    from . import limits, report
+    from ._config import ConfigError
+
+    if not os.path.isdir(args.dir):
+        raise ConfigError(f"{args.dir}: no such directory")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    counts = limits.compute_missing(args.dir, jobs=args.jobs)
+    print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
+          f"{counts['waiting']} waiting for their reference")
+    table, plots = report.limit_rates(args.dir, n_times=args.times)
+    print(table)
+    for path in plots:
+        print(f"plot: {path}")
+    return 0
 
 
 def status_command(args) -> int:
@@ -144,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-array-parallelism", type=int, help="array tasks running at once")
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and summarise")
     p.set_defaults(func=run_command)
+    r = sub.add_parser("report", help="distances to the limit and their rates across widths")
+    r.add_argument("dir")
+    r.add_argument("--times", type=int, default=4, help="recorded times to fit at (default 4)")
+    r.add_argument("--jobs", type=int, default=1, help="members measured in parallel (default 1)")
+    r.set_defaults(func=report_command)
     s = sub.add_parser("status", help="table of the runs in an output directory")
     s.add_argument("dir")
     s.set_defaults(func=status_command)

@@ -98,3 +98,73 @@ def plot_risk(curves: dict, path) -> str | None:
     figure.tight_layout()
     figure.savefig(path)
     return os.fspath(path)
+
+
+def _pick_times(times: np.ndarray, count: int) -> list[int]:
+    """Indices of up to ``count`` recorded times, log-spaced over the positive ones."""
+    positive = np.flatnonzero(times > 0)
+    if len(positive) == 0:
+        return []
+    targets = np.geomspace(times[positive[0]], times[positive[-1]], count)
+    picks = [int(positive[np.argmin(np.abs(np.log(times[positive]) - math.log(t)))]) for t in targets]
+    return sorted(set(picks))
+
+
+def limit_rates(out_dir, n_times: int = 4, metrics=None, plots: bool = True, n_boot: int = 2000):
+    """Log-log slopes of the limit metrics against m, with bootstrap intervals over seeds.
+
+    Parameters
+    ----------
+    out_dir : path
+        A sweep directory with a ``[limit]`` comparison (members and references).
+    n_times : int
+        How many recorded times (log-spaced) to fit at.
+    metrics : sequence of str, optional
+        Default: every metric stored in the members.
+    plots : bool
+        Write ``rates_<metric>.png`` (metric versus m, one line per time, slopes in the legend).
+
+    Returns
+    -------
+    (str, list of str)
+        The rate table as text, and the paths of the plots written.
+    """
+    from . import distance, limits
+
+    if metrics is None:
+        metrics = []
+        for member_path, _ in limits.pairs(out_dir):
+            import h5py
+
+            with h5py.File(member_path, "r", libver="latest", swmr=True) as f:
+                if "observables/limit" in f:
+                    metrics = [m for m in f["observables/limit"] if m not in metrics] + metrics
+    rows, written = [], []
+    for metric in sorted(metrics):
+        data = limits.collect(out_dir, metric)
+        if data["values"].size == 0 or len(data["widths"]) < 2:
+            continue
+        by_time = {}
+        for index in _pick_times(data["times"], n_times):
+            values = data["values"][index]
+            if not np.all(np.isfinite(values) & (values > 0) | np.isnan(values)) or np.nanmax(values) <= 0:
+                rows.append((f"{metric} t={data['times'][index]:g}", None))
+                continue
+            label = f"t={data['times'][index]:g}"
+            by_time[label] = values
+            rows.append((f"{metric} {label}", distance.rate(data["widths"], values, n_boot=n_boot)))
+        if plots and by_time:
+            path = os.path.join(os.fspath(out_dir), f"rates_{metric}.png")
+            try:
+                figure = distance.plot_rates(data["widths"], by_time, path=path, n_boot=n_boot)
+                figure.axes[0].set_ylabel(metric)
+                figure.savefig(path)
+                written.append(path)
+            except ImportError:
+                pass
+    usable = [(label, rate) for label, rate in rows if rate is not None]
+    table = distance.rate_table(usable) if usable else "no limit metrics to fit"
+    skipped = [label for label, rate in rows if rate is None]
+    if skipped:
+        table += "\nnot fitted (zero or negative values): " + ", ".join(skipped)
+    return table, written

@@ -64,16 +64,44 @@ class Experiment:
     t_max: float
     rng: np.random.Generator
     teacher: Teacher | None
+    tracers: np.ndarray | None = None
+    tracer_blocks: tuple = ()
+
+
+def _model(config: dict) -> Model:
+    mc = config["model"]
+    return Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
+                 scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
+
+
+def initial_state(config: dict) -> np.ndarray:
+    """The initial particles of a run, shape (m, d + 2) (drawn from its ``init`` stream)."""
+    ic = config["init"]
+    init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
+    return init.sample(_model(config), config["model"]["m"], generator(config, "init"))
+
+
+def _tracers(config: dict):
+    """A reference run's tracers: the initial particles of each member width, stacked."""
+    widths = config.get("limit", {}).get("tracer_widths") or []
+    if not widths:
+        return None, ()
+    blocks, states, start = [], [], 0
+    for width in widths:
+        member = json.loads(json.dumps(config))
+        member["model"]["m"] = width
+        states.append(initial_state(member))
+        blocks.append((f"m={width}", start, start + width))
+        start += width
+    return np.concatenate(states), tuple(blocks)
 
 
 def build(config: dict) -> Experiment:
     """Model, problem, integrator, initial particles and recording times of one run."""
-    mc, ic, pc, tc = config["model"], config["init"], config["problem"], config["problem.teacher"]
+    mc, pc, tc = config["model"], config["problem"], config["problem.teacher"]
     dc, rc = config["dynamics"], config["record"]
-    model = Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
-                  scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
-    init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
-    W0 = init.sample(model, mc["m"], generator(config, "init"))
+    model = _model(config)
+    W0 = initial_state(config)
     problem_rng = generator(config, "problem")
     teacher = None
     if pc["kind"] == "population" or pc["data"] is None:
@@ -101,7 +129,9 @@ def build(config: dict) -> Experiment:
     else:
         integrator = langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"])
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
-    return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher)
+    tracers, blocks = _tracers(config)
+    return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
+                      tracers, blocks)
 
 
 def paths(out_dir, spec: RunSpec):
@@ -182,12 +212,14 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
     try:
         with RunLock(lock_path):
             experiment = build(spec.config)
-            buffer_names = sorted(experiment.integrator.init(experiment.W0, experiment.rng).buffers)
+            buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
+            buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
             record = spec.config["record"]
             header = RunFile.header(spec, experiment.problem.method)
             teacher_W = experiment.teacher.W if experiment.teacher is not None else None
-            args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_names,
-                    record["particles"], record["particles_dtype"], record["checkpoint_seconds"])
+            args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
+                    record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
+                    experiment.tracer_blocks)
             state = None
             if os.path.exists(part) and not restart:
                 try:
@@ -204,7 +236,7 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                     if checkpoint["rng_state"] is not None:
                         rng.bit_generator.state = checkpoint["rng_state"]
                     state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"],
-                                    checkpoint["value"], checkpoint["buffers"], rng)
+                                    checkpoint["value"], checkpoint["buffers"], rng, checkpoint["tracers"])
             else:
                 writer = RunFile.create(*args)
             observers = [writer]
@@ -214,7 +246,8 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                 observers.append(_StepBar(tqdm, total, spec.id[:8]))
             try:
                 trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
-                                 times=experiment.times, rng=experiment.rng, observers=observers, state=state)
+                                 times=experiment.times, rng=experiment.rng, observers=observers, state=state,
+                                 tracers=experiment.tracers)
             except BaseException as error:
                 if not writer.file.id.valid:
                     raise

@@ -234,3 +234,38 @@ def test_relu_teacher_student_reaches_small_risk():
     assert traj.status == "complete"
     assert traj.times[-1] == 1000.0
     assert traj.risk[-1] < 1e-3 * traj.risk[0]
+
+
+@pytest.mark.parametrize("kind", ["population", "finite"])
+@pytest.mark.parametrize("scheme", ["gradient_descent", "heavy_ball", "sgd"])
+def test_tracers_started_on_the_particles_follow_them_exactly(kind, scheme):
+    """Tracers started at the particles of the same system stay on them bitwise (deviation
+    exactly 0 when m = M with identical points); elsewhere they move without acting."""
+    model = mf.Model(4, "tanh", bias=kind == "finite")
+    teacher = mf.Teacher.random(4, 2, np.random.default_rng(0), activation="tanh")
+    if kind == "finite":
+        problem = mf.FiniteDataProblem.from_teacher(model, teacher, 60, np.random.default_rng(1))
+    else:
+        problem = mf.PopulationProblem(model, teacher, quadrature_order=8)
+    make = {"gradient_descent": lambda: mf.gradient_descent(problem, 0.1),
+            "heavy_ball": lambda: mf.heavy_ball(problem, 0.02, 0.8),
+            "sgd": lambda: mf.sgd(problem, 0.1, batch_size=16)}[scheme]
+    W0 = mf.initialize(model, 9, np.random.default_rng(2), mf.Init(b="gaussian"))
+    others = mf.initialize(model, 3, np.random.default_rng(3), mf.Init(b="gaussian"))
+    tracers = np.vstack([W0, others])
+    with_tracers = mf.run(problem, make(), W0, t_max=2.0, rng=np.random.default_rng(4), tracers=tracers,
+                          keep_particles=True)
+    without = mf.run(problem, make(), W0, t_max=2.0, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(with_tracers.W, without.W)  # tracers do not act
+    np.testing.assert_array_equal(with_tracers.tracers[:, :9], with_tracers.particles)
+    assert np.abs(with_tracers.final.tracers[9:] - others).max() > 1e-3  # and they do move
+
+
+def test_langevin_noise_refuses_tracers():
+    """Langevin noise has no synchronous coupling yet: asking for tracers is a clear error."""
+    model = mf.Model(3, "relu")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(3, 2))
+    W0 = mf.initialize(model, 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="tracers"):
+        mf.run(problem, mf.langevin(problem, 0.1, beta=10.0), W0, t_max=1.0, rng=np.random.default_rng(0),
+               tracers=W0)
