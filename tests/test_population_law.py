@@ -22,15 +22,16 @@ CHUNK = 200_000
 # 1e-3 absolute on top of the Monte Carlo 4 standard errors.
 RELU_BIAS_QUAD_TOL = 1e-3
 
-# Relu without bias, quadrature against the arc-cosine closed form, on the case of
-# test_quadrature_velocity_agrees_with_closed_form_relu, measured relative errors (risk;
-# particle velocity / max|v|; tracer velocity / max|v_tracer|):
-#   order  32: 1.8e-3, 2.9e-2, 8.0e-2      order  64: 8.8e-4, 2.1e-2, 3.9e-2
-#   order 128: 2.4e-4, 7.7e-3, 1.3e-2      order 200: 8.5e-5, 2.5e-3, 6.2e-3
+# Relu without bias, quadrature against the arc-cosine closed form (d = 4, m = 6, k = 3):
+# relative errors (risk; particle velocity / max|v|; tracer velocity / max|v_tracer|) over 20
+# random states and teachers (seeds 100-119, 200-219, 300-319), median and worst:
+#   order  32: median 3.9e-3, 2.7e-2, 3.5e-2   worst 1.4e-2, 1.3e-1, 1.2e-1
+#   order 200: median 6.5e-4, 5.3e-3, 9.8e-3   worst 2.7e-3, 3.3e-2, 2.9e-2
 # relu' is a step, so Gauss-Hermite converges only algebraically, slowest in the gradient.
-RELU_QUAD_RISK_RTOL = {32: 5e-3, 200: 3e-4}
-RELU_QUAD_VELOCITY_TOL = {32: 6e-2, 200: 8e-3}
-RELU_QUAD_POINTS_TOL = {32: 0.2, 200: 2e-2}
+# The tolerances are 1.5 x the worst case.
+RELU_QUAD_RISK_RTOL = {32: 2e-2, 200: 4e-3}
+RELU_QUAD_VELOCITY_TOL = {32: 0.2, 200: 5e-2}
+RELU_QUAD_POINTS_TOL = {32: 0.2, 200: 5e-2}
 
 
 def _np_sigma(z, act):
