@@ -142,9 +142,10 @@ def write(member_path, results: dict) -> None:
         group = f.create_group("observables/limit")
         group.attrs["reference_id"] = reference_id
         group.attrs["reference_m"] = reference_m
-        for metric, (steps, times, values) in results.items():
+        for metric, result in results.items():
             if metric.startswith("_"):
                 continue
+            steps, times, values = result
             g = group.create_group(metric)
             g.create_dataset("step", data=steps)
             time_ds = g.create_dataset("time", data=times)
