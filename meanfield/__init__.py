@@ -21,11 +21,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import kernels  # noqa: E402
+from ._isotropic import IsotropicProblem  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
-from ._teacher import Teacher
+from ._teacher import Teacher  # noqa: E402
+from .radial import RadialFlow, RadialSolution  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,10 +36,13 @@ __all__ = [
     "Evaluation",
     "FiniteDataProblem",
     "Init",
+    "IsotropicProblem",
     "Integrator",
     "Model",
     "PopulationProblem",
     "Problem",
+    "RadialFlow",
+    "RadialSolution",
     "State",
     "Teacher",
     "Trajectory",
