@@ -20,7 +20,8 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             particles_dtype ("float64" | "float32"), checkpoint_seconds (60)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
-            sliced_projections (200)
+            sliced_projections (200), times (all recorded times, or the recorded times nearest
+            to a list)
 [sweep]     "section.key" = [values, ...] for any key above
 
 With ``[limit] reference_m = M`` every run of the file ("member") is compared with a
@@ -72,6 +73,7 @@ class Key:
                  "alpha": 'a number > 0 or "sqrt_m"', "readout": '"mean", "sum" or a number',
                  "path": "the path of an existing .npz file with arrays X and y",
                  "names": "a list of names from " + ", ".join(json.dumps(c) for c in self.choices),
+                 "times": "a non-empty list of times >= 0",
                  "float_or_none": "a number", "int_or_none": "an integer"}
         text = kinds[self.kind]
         if self.minimum is not None:
@@ -154,6 +156,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tracers": Key("bool", True),
         "metrics": Key("names", DEFAULT_LIMIT_METRICS, choices=LIMIT_METRICS),
         "sliced_projections": Key("int", 200, minimum=1),
+        "times": Key("times", None),
     },
 }
 
@@ -242,6 +245,14 @@ def _check_value(file, section, name, key: Key, value, via=None):
         if not isinstance(value, str):
             raise bad
         return value
+    elif kind == "times":
+        if value is None:
+            return None
+        if (not isinstance(value, list) or not value or
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                        for v in value)):
+            raise bad
+        return sorted({float(v) for v in value})
     elif kind == "names":
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in key.choices for v in value):
             raise bad

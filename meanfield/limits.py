@@ -3,7 +3,8 @@
 A file with ``[limit] reference_m = M`` plans its runs ("members") and, per group of members
 that differ only in the width, one reference run of width M that carries the members'
 initial points as tracers (see ``meanfield._config``). Once a member and its reference are
-finished, :func:`compute` measures, at every common recorded time,
+finished, :func:`compute` measures, at every common recorded time (or at the recorded times
+nearest to ``[limit] times``),
 
 ``risk_gap``          |R(mu_m(t)) - R(mu_M(t))|
 ``tracer_deviation``  (1/m) sum_i |w_i(t) - wbar_i(t)|^2, w_i the member's particles and
@@ -97,6 +98,10 @@ def compute(member_path, reference_path) -> dict:
     d = config["model"]["d"]
     m = config["model"]["m"]
     steps, mine, theirs = np.intersect1d(member["steps"], reference["steps"], return_indices=True)
+    if limit.get("times"):
+        recorded = member["times"][mine]
+        keep = np.unique([int(np.argmin(np.abs(recorded - t))) for t in limit["times"]])
+        steps, mine, theirs = steps[keep], mine[keep], theirs[keep]
     times = member["times"][mine]
     risk_m = dict(zip(member["risk_steps"], member["risk"]))
     risk_M = dict(zip(reference["risk_steps"], reference["risk"]))

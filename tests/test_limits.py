@@ -97,3 +97,14 @@ def test_limit_configuration_errors(tmp_path, capsys):
     assert "not coupled under Langevin noise" in capsys.readouterr().err
     assert main(["run", str(path), "--set", 'limit.metrics=["nope"]', "--out", str(tmp_path / "o")]) == 2
     assert "a list of names from" in capsys.readouterr().err
+
+
+def test_limit_times_select_the_nearest_records(tmp_path):
+    """[limit] times restricts the distances to the recorded times nearest to the list."""
+    path = experiment(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--set", "limit.times=[0.9, 4.0]"]) == 0
+    for member_path, _ in limits.pairs(out):
+        with h5py.File(member_path, "r") as f:
+            np.testing.assert_allclose(f["observables/limit/risk_gap/time"][()], [1.0, 4.0])
+    assert main(["run", str(path), "--out", str(out), "--set", "limit.times=[-1]"]) == 2
