@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from . import kernels
 from ._model import Model
-from ._problems import Evaluation, Problem, _gauss_hermite
+from ._problems import Evaluation, Problem, _gauss_hermite, pair_objective, pair_sums, pair_velocity
 
 ISOTROPIC_METHODS = ("auto", "closed_form", "quadrature", "hermite")
 ISOTROPIC_CLOSED_FORM = ("relu", "erf", "linear")
@@ -393,15 +393,8 @@ class IsotropicProblem(Problem):
     # U: pair sums K_i = sum_j c_j U(w_i, w_j), G_i = sum_j c_j grad_{(a_i, b_i)} U(w_i, w_j).
 
     def _kernel(self, points, sources):
-        n, p = points.shape
-        K = np.empty(n, dtype=points.dtype)
-        G = np.empty((n, p - 1), dtype=points.dtype)
-        code = self.model.activation_code
-        if self.method == "closed_form":
-            kernels.closed_form_pair_field(points, sources, code, K, G)
-        else:
-            kernels.quadrature_pair_field(points, sources, code, self._nodes, self._weights, K, G)
-        return K, G
+        return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None))
 
     def _pair(self, points, sources, same: bool):
         d = self.model.d
@@ -475,23 +468,12 @@ class IsotropicProblem(Problem):
 
     # ----------------------------------------------------------------------------------------
     def _velocity(self, points, W, out, same: bool):
-        m = W.shape[0]
-        d = self.model.d
-        s = self.model.output_scale(m)
-        inv_alpha = 1.0 / self.model.alpha_value(m)
         if self.method == "hermite":
             K_w, G_w, V, GV = self._hermite_fields(points, W, same)
         else:
             K_w, G_w = self._pair(points, W, same)
             V, GV = self._linear_field(points)
-        c = np.asarray(points[:, d + 1:], dtype=np.float64)
-        out[:, : d + 1] = (-m * s) * c * (s * G_w - inv_alpha * GV)
-        out[:, d + 1] = (-m * s) * (s * K_w - inv_alpha * V)
-        if not self.model.bias:
-            out[:, d] = 0
-        if not self.model.train_readout:
-            out[:, d + 1] = 0
-        return out, K_w, V
+        return pair_velocity(self.model, points, W.shape[0], K_w, G_w, V, GV, out), K_w, V
 
     def evaluate(self, W, points=None, out=None) -> Evaluation:
         """Population objective, particle velocities and (optionally) the field at ``points``.
@@ -505,14 +487,9 @@ class IsotropicProblem(Problem):
             Buffer for the velocity.
         """
         W, points = self._state(W, points)
-        m = W.shape[0]
-        s = self.model.output_scale(m)
-        alpha = self.model.alpha_value(m)
         velocity = np.empty_like(W) if out is None else out
         velocity, K_w, V = self._velocity(W, W, velocity, True)
-        c = np.asarray(W[:, -1], dtype=np.float64)
-        value = (self.label_second_moment / (2 * alpha**2) - (s / alpha) * float(c @ V)
-                 + 0.5 * s * s * float(c @ K_w))
+        value = pair_objective(self.model, W, K_w, V, self.label_second_moment)
         points_velocity = None
         if points is not None:
             points_velocity, _, _ = self._velocity(points, W, np.empty_like(points), False)

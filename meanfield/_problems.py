@@ -104,6 +104,59 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                       None if points is None else pts_velocity)
 
 
+def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None):
+    """Pair sums K (n,) and G (n, d + 1) of ``points`` against ``sources`` (see
+    ``kernels.closed_form_pair_field``), in closed form or with the Gauss-Hermite rule."""
+    n, p = points.shape
+    K = np.empty(n, dtype=points.dtype)
+    G = np.empty((n, p - 1), dtype=points.dtype)
+    if closed_form:
+        kernels.closed_form_pair_field(points, sources, activation_code, K, G)
+    else:
+        kernels.quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G)
+    return K, G
+
+
+def pair_velocity(model: Model, points, m: int, K_w, G_w, K_target, G_target, out):
+    """Velocity of ``points`` from the pair sums of a squared-loss population objective.
+
+    With K_w, G_w the pair sums over the measure (``kernels.closed_form_pair_field``) and
+    K_target, G_target those of the target term E[y sigma(a.x + b)] at the points,
+    v(x) = -m s [ c (s G_w - G_target / alpha), s K_w - K_target / alpha ], frozen columns 0.
+
+    Parameters
+    ----------
+    model : Model
+    points : ndarray, shape (n, d + 2)
+    m : int
+        Width of the measure.
+    K_w, K_target : ndarray, shape (n,)
+    G_w, G_target : ndarray, shape (n, d + 1)
+    out : ndarray, shape (n, d + 2), output
+    """
+    d = model.d
+    s = model.output_scale(m)
+    inv_alpha = 1.0 / model.alpha_value(m)
+    c = points[:, d + 1:]
+    out[:, : d + 1] = (-m * s) * c * (s * G_w - inv_alpha * G_target)
+    out[:, d + 1] = (-m * s) * (s * K_w - inv_alpha * K_target)
+    if not model.bias:
+        out[:, d] = 0
+    if not model.train_readout:
+        out[:, d + 1] = 0
+    return out
+
+
+def pair_objective(model: Model, W, K_w, K_target, label_second_moment: float) -> float:
+    """F = E[y^2] / (2 alpha^2) - (s / alpha) sum_i c_i K_target_i + (s^2 / 2) sum_i c_i K_w_i."""
+    m = W.shape[0]
+    s = model.output_scale(m)
+    alpha = model.alpha_value(m)
+    c = np.asarray(W[:, -1], dtype=np.float64)
+    return (label_second_moment / (2 * alpha**2) - (s / alpha) * float(c @ K_target)
+            + 0.5 * s * s * float(c @ K_w))
+
+
 def _check_loss(loss: str) -> str:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -238,32 +291,14 @@ class PopulationProblem(Problem):
         return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
 
     def _pair(self, points, sources):
-        n, p = points.shape
-        K = np.empty(n, dtype=points.dtype)
-        G = np.empty((n, p - 1), dtype=points.dtype)
-        code = self.model.activation_code
-        if self.method == "closed_form":
-            kernels.closed_form_pair_field(points, sources, code, K, G)
-        else:
-            kernels.quadrature_pair_field(points, sources, code, self._nodes, self._weights, K, G)
-        return K, G
+        return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None))
 
     def _pair_velocity(self, points, W, out):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
-        m = W.shape[0]
-        d = self.model.d
-        s = self.model.output_scale(m)
-        inv_alpha = 1.0 / self.model.alpha_value(m)
         K_w, G_w = self._pair(points, W)
         K_t, G_t = self._pair(points, self._teacher_W)
-        c = points[:, d + 1:]
-        out[:, : d + 1] = (-m * s) * c * (s * G_w - inv_alpha * G_t)
-        out[:, d + 1] = (-m * s) * (s * K_w - inv_alpha * K_t)
-        if not self.model.bias:
-            out[:, d] = 0
-        if not self.model.train_readout:
-            out[:, d + 1] = 0
-        return out, K_w, K_t
+        return pair_velocity(self.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
 
     def evaluate(self, W, points=None, out=None) -> Evaluation:
         """Population objective, particle velocities and (optionally) the field at ``points``.
@@ -279,14 +314,9 @@ class PopulationProblem(Problem):
         if self.method == "monte_carlo":
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
                                     self._value_offset)
-        m = W.shape[0]
-        s = self.model.output_scale(m)
-        alpha = self.model.alpha_value(m)
         velocity = np.empty_like(W) if out is None else out
         velocity, K_w, K_t = self._pair_velocity(W, W, velocity)
-        c = W[:, -1]
-        value = (self.label_second_moment / (2 * alpha**2) - (s / alpha) * float(c @ K_t)
-                 + 0.5 * s * s * float(c @ K_w))
+        value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
         points_velocity = None
         if points is not None:
             points_velocity, _, _ = self._pair_velocity(points, W, np.empty_like(points))
