@@ -149,7 +149,7 @@ def test_float32_follows_float64_on_a_short_horizon(kind):
     assert r64.risk[-1] < 0.9 * r64.risk[0]
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_divergence_stops_the_run_with_a_clear_status():
     """A step far too large makes the particles blow up: the run stops at that step with
     status 'diverged', without clipping."""
