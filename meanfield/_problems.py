@@ -41,6 +41,11 @@ class Evaluation(NamedTuple):
     velocity: np.ndarray
     points_velocity: np.ndarray | None
 
+    @property
+    def grad_norm(self) -> float:
+        """Euclidean norm of grad F over all particle coordinates, |v| / m (v = -m grad F)."""
+        return float(np.linalg.norm(self.velocity)) / self.velocity.shape[0]
+
 
 class Problem:
     """Shared behaviour of all problems; subclasses implement ``evaluate`` and ``sample_batch``."""

@@ -92,11 +92,10 @@ class Trajectory:
 
     def observe(self, state: State, evaluation: Evaluation) -> None:
         """Record one frame (called by :func:`run` at each recording step)."""
-        m = state.W.shape[0]
         self.steps.append(state.step)
         self.times.append(state.t)
         self.risk.append(evaluation.value)
-        self.grad_norm.append(float(np.linalg.norm(evaluation.velocity)) / m)
+        self.grad_norm.append(evaluation.grad_norm)
         if self.keep_particles:
             if self.particles is None:
                 self.particles = []

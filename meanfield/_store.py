@@ -304,8 +304,7 @@ class RunFile:
     def observe(self, state, evaluation) -> None:
         """Append one record to every series, then checkpoint and flush."""
         n = self.records
-        m = state.W.shape[0]
-        values = {"risk": evaluation.value, "grad_norm": float(np.linalg.norm(evaluation.velocity)) / m}
+        values = {"risk": evaluation.value, "grad_norm": evaluation.grad_norm}
         for name, value in values.items():
             self._append(f"observables/{name}", n, state, value)
         if self._particles:

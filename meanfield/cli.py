@@ -54,7 +54,7 @@ def run_command(args) -> int:
         print(f"meanfield {__version__}: {len(shard)} run{'s' if len(shard) != 1 else ''} of {args.file}{where} "
               f"-> {out}/", flush=True)
     summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
-                                quiet=args.quiet, restart=args.restart)
+                                quiet=args.quiet, restart=args.restart, specs=specs)
     bad = [s for s in summaries if s["status"] in ("failed", "locked")]
     with_limit = any(spec.config.get("limit", {}).get("role") for spec in specs)
     if with_limit:

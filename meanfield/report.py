@@ -5,6 +5,7 @@ import math
 import os
 from collections import defaultdict
 
+import h5py
 import numpy as np
 
 from ._store import read_series
@@ -55,12 +56,7 @@ def risk_table(curves: dict, rows: int = 8) -> str:
     if not curves:
         return "no recorded runs"
     times = next(iter(curves.values()))[0]
-    positive = np.flatnonzero(times > 0)
-    picks = [0]
-    if len(positive):
-        targets = np.geomspace(times[positive[0]], times[-1], max(1, rows - 1))
-        picks += [int(positive[np.argmin(np.abs(np.log(times[positive]) - math.log(t)))]) for t in targets]
-    picks = sorted(set(picks))
+    picks = sorted({0, *_pick_times(times, max(1, rows - 1))})
     labels = list(curves)
     width = max(12, *(len(label) for label in labels))
     header = f"{'t':>10}  " + "  ".join(f"{label:>{width}}" for label in labels)
@@ -132,13 +128,11 @@ def limit_rates(out_dir, n_times: int = 4, metrics=None, plots: bool = True, n_b
     from . import distance, limits
 
     if metrics is None:
-        metrics = []
+        metrics = set()
         for member_path, _ in limits.pairs(out_dir):
-            import h5py
-
             with h5py.File(member_path, "r", libver="latest", swmr=True) as f:
                 if "observables/limit" in f:
-                    metrics = [m for m in f["observables/limit"] if m not in metrics] + metrics
+                    metrics.update(f["observables/limit"])
     rows, written = [], []
     for metric in sorted(metrics):
         data = limits.collect(out_dir, metric)

@@ -270,7 +270,7 @@ def _worker_init(threads: int):
 
 
 def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_count: int = 1, jobs: int = 1,
-              quiet: bool = True, restart: bool = False, progress=None) -> list[dict]:
+              quiet: bool = True, restart: bool = False, progress=None, specs=None) -> list[dict]:
     """Run the runs of an experiment file whose index is ``task_index`` modulo ``task_count``.
 
     Parameters
@@ -291,6 +291,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
         Start unfinished runs over instead of resuming them.
     progress : callable, optional
         Called with each run's summary as it finishes.
+    specs : list of RunSpec, optional
+        ``plan(config_file, overrides)`` when the caller has it already.
 
     Returns
     -------
@@ -299,7 +301,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     """
     if not (0 <= task_index < task_count):
         raise ConfigError(f"--task-index must be in [0, --task-count = {task_count}), got {task_index}")
-    specs = [s for s in plan(config_file, overrides) if s.index % task_count == task_index]
+    specs = specs if specs is not None else plan(config_file, overrides)
+    specs = [s for s in specs if s.index % task_count == task_index]
     os.makedirs(out_dir, exist_ok=True)
     summaries = []
     tqdm = None if quiet or progress is not None else _tqdm()
