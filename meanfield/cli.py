@@ -33,6 +33,10 @@ def run_command(args) -> int:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
     if args.task_count < 1:
         raise ConfigError(f"--task-count must be an integer >= 1, got {args.task_count}")
+    from . import experiments
+
+    if experiments.experiment_kind(args.file) is not None:  # signal propagation, deep linear
+        return experiments.run_command(args)
     specs = sweep.plan(args.file, args.set)  # validates everything before any output exists
     out = _out_dir(args)
     if args.slurm:
@@ -93,6 +97,13 @@ def report_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    from . import experiments
+
+    figures = experiments.report(args.dir)  # files of [experiment] kinds
+    for path in figures:
+        print(f"plot: {path}")
+    if figures and not limits.pairs(args.dir):
+        return 0
     counts = limits.compute_missing(args.dir, jobs=args.jobs)
     print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
           f"{counts['waiting']} waiting for their reference")

@@ -244,4 +244,44 @@ def mode_values(matrices, target) -> np.ndarray:
 
 
 __all__ = ["DeepLinearModel", "DeepLinearProblem", "balanced_mode", "commuting_theory", "conserved",
-           "identity_init", "mode_flow", "mode_values", "product", "symmetric_target"]
+           "identity_init", "mode_flow", "mode_values", "plot_modes", "product", "symmetric_target"]
+
+
+def plot_modes(times, measured, theory, eigenvalues):
+    """Singular values of P(t) against the theory: the products prod_k w_k(t) per mode.
+
+    Parameters
+    ----------
+    times : ndarray, shape (T,)
+    measured : ndarray, shape (T, n)
+        Eigen-direction values of the simulated product (diagonal of U^T P U).
+    theory : ndarray, shape (T, n)
+        prod_k w_k(t) of each mode (1-D flows).
+    eigenvalues : ndarray, shape (n,)
+        The target's r_i (labels and dotted asymptotes).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes; per mode one theory line, one marker series (simulation) and one dotted
+        horizontal line at r_i.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), dpi=120)
+    axes = figure.add_subplot()
+    step = max(1, len(times) // 30)
+    for i, r in enumerate(eigenvalues):
+        color = f"C{i}"
+        axes.plot(times, theory[:, i], color=color, label=f"theory, r = {r:g}")
+        axes.plot(times[::step], measured[::step, i], linestyle="none", marker="o", markersize=3, color=color)
+        axes.axhline(r, color=color, linestyle=":", linewidth=0.8)
+    axes.set_xlabel("time t")
+    axes.set_ylabel(r"mode of $W_K \cdots W_1$ (singular value up to sign)")
+    axes.set_title("deep linear network: simulation (markers) and 1-D flows (lines)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure

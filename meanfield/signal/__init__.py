@@ -48,3 +48,6 @@ __all__ = [
 from ._simulate import SimulatedPropagation, input_pairs, network_seed, simulate  # noqa: E402
 
 __all__ += ["SimulatedPropagation", "input_pairs", "network_seed", "simulate"]
+from ._plots import plot_phase_diagram, plot_theory_vs_simulation  # noqa: E402
+
+__all__ += ["plot_phase_diagram", "plot_theory_vs_simulation"]
