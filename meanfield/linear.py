@@ -206,8 +206,11 @@ def balanced_mode(r: float, w0: float, times, K: int) -> np.ndarray:
     return mode_flow(r, np.full(K, w0), t)[:, 0]
 
 
-def commuting_theory(target, w0, times):
+def commuting_theory(target, w0, times, eigenvalues=None):
     """Theory of the commuting case: Sigma = I, R symmetric, W_k(0) = w0[k] I.
+
+    ``eigenvalues``, when given, are R's eigenvalues as constructed (sorted here; they must
+    agree with ``eigvalsh(target)`` to 1e-10), so that an eigenvalue 0 is exactly 0.
 
     Returns
     -------
@@ -218,6 +221,11 @@ def commuting_theory(target, w0, times):
     if not np.allclose(R, R.T):
         raise ValueError("the commuting theory needs a symmetric target")
     r = np.linalg.eigvalsh(R)
+    if eigenvalues is not None:
+        given = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+        if given.shape != r.shape or np.abs(given - r).max() > 1e-10 * max(1.0, np.abs(r).max()):
+            raise ValueError(f"eigenvalues {given} are not those of the target {r}")
+        r = given
     w = np.stack([mode_flow(ri, w0, times) for ri in r], axis=1)
     return r, w, np.prod(w, axis=2)
 
@@ -276,7 +284,7 @@ def plot_modes(times, measured, theory, eigenvalues):
     step = max(1, len(times) // 30)
     for i, r in enumerate(eigenvalues):
         color = f"C{i}"
-        axes.plot(times, theory[:, i], color=color, label=f"theory, r = {r:g}")
+        axes.plot(times, theory[:, i], color=color, label=f"theory, r = {r:.3g}")
         axes.plot(times[::step], measured[::step, i], linestyle="none", marker="o", markersize=3, color=color)
         axes.axhline(r, color=color, linestyle=":", linewidth=0.8)
     axes.set_xlabel("time t")
