@@ -11,6 +11,7 @@ from ._scalar import (
     loss,
     loss_derivative,
 )
+from .deep_random import deep_random_forward
 from .finite_data import finite_data_field, network_output
 from .population import closed_form_pair_field, quadrature_pair_field
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
@@ -30,4 +31,5 @@ __all__ = [
     "euler_update",
     "heavy_ball_update",
     "langevin_update",
+    "deep_random_forward",
 ]

@@ -381,7 +381,8 @@ def summary(path) -> str:
                 zq = (per_network.mean(axis=0)[1:] - tq[1:]) / (per_network.std(axis=0, ddof=1)[1:] / math.sqrt(n))
                 dc = c.mean(axis=0)[1:] - tc[1:]
                 zc = dc / (c.std(axis=0, ddof=1)[1:] / math.sqrt(n))
-                lines.append(f"  N = {width:>5}: (q_l - theory) / q_l {np.sqrt(np.mean(dq**2)):.2e} (z {np.sqrt(np.mean(zq**2)):.2f}), "
+                lines.append(f"  N = {width:>5}: (q_l - theory) / q_l {np.sqrt(np.mean(dq**2)):.2e} "
+                             f"(z {np.sqrt(np.mean(zq**2)):.2f}), "
                              f"c_l - theory {np.sqrt(np.mean(dc**2)):.2e} (z {np.sqrt(np.mean(zc**2)):.2f})")
             return "\n".join(lines)
         modes, theory = _read(f, "trajectory/modes"), _read(f, "theory/products")

@@ -155,7 +155,9 @@ def gaussian_moments(q, activation: str, method: str = "auto", order: int = ORDE
     second = f**2 @ w
     derivative = g**2 @ w
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where(q > 0, (f * g * z) @ w / np.where(q > 0, np.sqrt(q), 1.0), (g[..., z.size // 2] ** 2))  # q = 0: phi'(0)^2, exact when phi(0) = 0
+        # at q = 0 every node sits at u = 0: the limit phi'(0)^2 (+ phi(0) phi''(0), 0 for the odd
+        # activations, the only ones whose fixed point can be q* = 0)
+        slope = np.where(q > 0, (f * g * z) @ w / np.where(q > 0, np.sqrt(q), 1.0), g[..., 0] ** 2)
     return second, derivative, slope
 
 

@@ -137,8 +137,8 @@ def simulate(q0, c0, depth: int, sigma_w2: float, sigma_b2: float, activation: s
     cross = np.empty((n_networks, depth + 1, P))
     code = kernels.ACTIVATION_CODES[activation]
     for n in range(n_networks):
-        deep_random_forward(X0, depth, math.sqrt(sigma_w2), math.sqrt(sigma_b2), code, np.uint64(network_seed(seed, n)), H, Y,
-                            q[n], cross[n])
+        deep_random_forward(X0, depth, math.sqrt(sigma_w2), math.sqrt(sigma_b2), code,
+                            np.uint64(network_seed(seed, n)), H, Y, q[n], cross[n])
     q = q.reshape(n_networks, depth + 1, P, 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         c = cross / np.sqrt(q[..., 0] * q[..., 1])
