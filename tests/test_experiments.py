@@ -35,6 +35,7 @@ def _write(tmp_path, text):
 
 BAD = [
     ("kind", '[experiment]\nkind = "nope"\n', '[experiment] kind = "nope": must be one of "signal_propagation"'),
+    ("no kind", '[experiment]\n', '[experiment] kind = missing: must be one of "signal_propagation", "deep_linear"'),
     ("section", '[experiment]\nkind = "deep_linear"\n[model]\nd = 2\n', "unknown section [model]"),
     ("key", '[experiment]\nkind = "deep_linear"\n[network]\nL = 2\n', "[network] unknown key 'L'; allowed: K"),
     ("type", '[experiment]\nkind = "signal_propagation"\n[network]\nsigma_w2 = "big"\n',
@@ -169,3 +170,16 @@ def test_modes_plot_content():
     assert len(axes.get_lines()) == 3 * 2  # theory, markers, asymptote per mode
     np.testing.assert_allclose(axes.get_lines()[0].get_ydata(), theory[:, 0])
     assert axes.get_lines()[2].get_ydata()[0] == 0.5
+
+
+def test_deep_linear_with_heavy_ball(tmp_path):
+    """The momentum integrator through the experiment file follows the same flow at equal t
+    (dt = eta / (1 - beta)); its lag, of order eta beta / (1 - beta)^2 in time, stays small
+    (measured: 0.022 in the modes at eta = 1e-4, beta = 0.9)."""
+    out = tmp_path / "out"
+    sets = SMALL_LINEAR + ['dynamics.integrator="heavy_ball"', "dynamics.step=0.0001"]  # dt = 1e-3
+    assert main(["run", LINEAR, "--out", str(out), "--quiet"] + [a for s in sets for a in ("--set", s)]) == 0
+    (name,) = [p for p in os.listdir(out) if p.endswith(".h5")]
+    with h5py.File(out / name) as f:
+        assert json.loads(f.attrs["config"])["dynamics"]["integrator"] == "heavy_ball"
+        assert np.abs(f["trajectory/modes"][()] - f["theory/products"][()]).max() < 0.03
