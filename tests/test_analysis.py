@@ -180,6 +180,13 @@ def test_sweep_catalog_selection_and_risk_table(sweep_dir):
         np.testing.assert_array_equal(risk.sel(m=m, seed=seed), _h5(path, "observables/risk/value"))
 
 
+def test_an_empty_directory_is_an_empty_sweep(tmp_path):
+    sweep = analysis.open_sweep(tmp_path)
+    assert len(sweep.catalog) == 0 and len(sweep.runs()) == 0
+    with pytest.raises(FileNotFoundError):
+        analysis.open_sweep(tmp_path / "missing")
+
+
 def test_stack_seeds_of_one_width_and_refuse_mixed_widths(sweep_dir):
     sweep = analysis.open_sweep(sweep_dir)
     stacked = sweep.stack(m=64, along="seed", particles=True)

@@ -271,10 +271,13 @@ def _read_catalog(directory: str, refresh) -> pd.DataFrame:
             write_index(directory)
         except OSError:  # a read-only directory: build the same table in memory
             frame = pd.DataFrame(_catalog_rows(directory))
-            return frame.set_index("id") if len(frame) else pd.DataFrame(columns=["status", "file"])
-    if not os.path.exists(csv_path) or os.path.getsize(csv_path) <= 1:
-        return pd.DataFrame(columns=["status", "file"])
-    frame = pd.read_csv(csv_path, dtype={"id": str, "file": str, "status": str})
+            if len(frame):
+                return frame.set_index("id")
+            return pd.DataFrame(columns=["status", "file"], index=pd.Index([], name="id"))
+    try:
+        frame = pd.read_csv(csv_path, dtype={"id": str, "file": str, "status": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):  # no runs yet
+        return pd.DataFrame(columns=["status", "file"], index=pd.Index([], name="id"))
     return frame.set_index("id")
 
 
