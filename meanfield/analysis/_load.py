@@ -414,7 +414,8 @@ class Sweep:
             Catalog key the runs differ in (``seed``).
         particles : bool
             Include ``position`` (and tracers). Without dask the particles are read into
-            memory; with dask installed they stay lazy, one chunk per record.
+            memory; with dask installed they stay lazy, one chunk per record, and the run
+            files stay open as long as the result is used.
         **selection
             Which runs, e.g. ``m=512``.
 
