@@ -217,6 +217,15 @@ def test_width_free_moments_and_quantiles_match_numpy(sweep_dir):
                                    np.quantile(c * norm, [0.25, 0.5], axis=1).T, rtol=1e-12)
 
 
+def test_overlaps_with_the_teacher(sweep_dir):
+    path = _runs(sweep_dir)[(8, 1, None)]
+    with analysis.open_run(path) as ds:
+        overlap = analysis.particle_observables(ds, ["overlap"])["overlap"]
+    assert overlap.dims == ("time", "particle", "teacher")
+    W, teacher = _h5(path, "particles/neurons/position/value"), _h5(path, "parameters/teacher/position")
+    np.testing.assert_allclose(overlap, np.einsum("tid,jd->tij", W[:, :, :4], teacher[:, :4]), rtol=1e-12)
+
+
 def test_limit_observable_leaves_out_references(limit_dir):
     sweep = analysis.open_sweep(limit_dir)
     values = sweep.observable("limit_tracer_deviation")

@@ -193,7 +193,7 @@ def particle_observables(ds: xr.Dataset, names=("norm", "readout", "signed_norm"
                          "([record] particles = false)")
     d = int(ds.attrs["d"])
     T, m = ds.sizes["time"], ds.sizes["particle"]
-    teacher = ds["teacher_position"].values[:, :d] if "overlap" in names else None
+    teacher = ds["teacher_position"].values[:, :d] if "overlap" in names and "teacher_position" in ds else None
     if "overlap" in names and teacher is None:
         raise ValueError("the overlap observable needs the teacher (teacher_position)")
     out = {name: np.empty((T, m) if name != "overlap" else (T, m, teacher.shape[0])) for name in names}
@@ -201,9 +201,9 @@ def particle_observables(ds: xr.Dataset, names=("norm", "readout", "signed_norm"
         W = np.asarray(ds["position"].isel(time=t).values, dtype=np.float64)
         a, c = W[:, :d], W[:, d + 1]
         norm = np.linalg.norm(a, axis=1)
+        values = {"norm": norm, "readout": c, "signed_norm": c * norm}
         for name in names:
-            out[name][t] = {"norm": norm, "readout": c, "signed_norm": c * norm}[name] if name != "overlap" \
-                else a @ teacher.T
+            out[name][t] = a @ teacher.T if name == "overlap" else values[name]
     labels = {"norm": "|a|", "readout": "c", "signed_norm": "c |a|", "overlap": "a . a*"}
     variables = {name: (("time", "particle", "teacher") if name == "overlap" else ("time", "particle"), value,
                         {"long_name": labels[name]}) for name, value in out.items()}
