@@ -274,9 +274,7 @@ def plot_modes(times, measured, theory, eigenvalues):
         One axes; per mode one theory line, one marker series (simulation) and one dotted
         horizontal line at r_i.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # A bare Figure needs no backend: a notebook's own backend is left alone.
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.4, 4.4), dpi=120)

@@ -73,26 +73,21 @@ def risk_table(curves: dict, rows: int = 8) -> str:
 
 
 def plot_risk(curves: dict, path) -> str | None:
-    """Risk versus time, one curve per group, log-log axes, saved as PNG. Needs matplotlib
-    (``pip install 'meanfield[analysis]'``); returns the path, or None without matplotlib."""
+    """Risk versus time, one curve per group, log-log axes, saved as PNG
+    (:func:`meanfield.analysis.plot_risk`). Needs the analysis extra
+    (``pip install 'meanfield[analysis]'``); returns the path, or None without it."""
     try:
-        import matplotlib
+        import xarray as xr
 
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
+        from .analysis import plot_risk as draw
     except ImportError:
         return None
-    figure = Figure(figsize=(6.4, 4.4), dpi=120)
-    axes = figure.add_subplot()
-    for label, (times, risk, seeds) in curves.items():
-        keep = times > 0
-        axes.loglog(times[keep], risk[keep], label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
-    axes.set_xlabel("time t")
-    axes.set_ylabel("risk (mean over seeds)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
+    labels = [f"{label} ({seeds} seed{'s' if seeds > 1 else ''})" for label, (_, _, seeds) in curves.items()]
+    lines = [xr.DataArray(risk, dims="time", coords={"time": times}) for times, risk, _ in curves.values()]
+    risk = xr.concat(lines, dim="group", join="outer").assign_coords(group=labels).rename("risk")
+    figure = draw(risk, line="group", band=None, ylabel="risk (mean over seeds)")
+    figure.set_size_inches(6.4, 4.4)
+    figure.savefig(path, dpi=120)
     return os.fspath(path)
 
 
@@ -138,7 +133,7 @@ def limit_rates(out_dir, n_times: int = 4, metrics=None, plots: bool = True, n_b
         data = limits.collect(out_dir, metric)
         if data["values"].size == 0 or len(data["widths"]) < 2:
             continue
-        by_time = {}
+        by_time, picked = {}, []
         for index in _pick_times(data["times"], n_times):
             values = data["values"][index]
             if not np.all(np.isfinite(values) & (values > 0) | np.isnan(values)) or np.nanmax(values) <= 0:
@@ -146,13 +141,18 @@ def limit_rates(out_dir, n_times: int = 4, metrics=None, plots: bool = True, n_b
                 continue
             label = f"t={data['times'][index]:g}"
             by_time[label] = values
+            picked.append(data["times"][index])
             rows.append((f"{metric} {label}", distance.rate(data["widths"], values, n_boot=n_boot)))
         if plots and by_time:
             path = os.path.join(os.fspath(out_dir), f"rates_{metric}.png")
             try:
-                figure = distance.plot_rates(data["widths"], by_time, path=path, n_boot=n_boot)
-                figure.axes[0].set_ylabel(metric)
-                figure.savefig(path)
+                import xarray as xr
+
+                from .analysis import plot_rate
+
+                table = xr.DataArray(np.stack(list(by_time.values())), name=metric, dims=("time", "m", "seed"),
+                                     coords={"time": picked, "m": data["widths"], "seed": data["seeds"]})
+                plot_rate(table, times=table["time"].values, n_boot=n_boot, path=path)
                 written.append(path)
             except ImportError:
                 pass

@@ -5,9 +5,7 @@ import numpy as np
 
 
 def _figure(width=6.4, height=4.4, ncols=1):
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # A bare Figure needs no backend: a notebook's own backend is left alone.
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=120)
