@@ -1,0 +1,114 @@
+"""CUDA twin of ``population``: closed-form pair sums of the population risk.
+
+For every point w_i and the measure sum_j c_j delta_{a_j} of the sources,
+
+    K_i = sum_j c_j kappa(a_i, a_j),      G_i = sum_j c_j grad_{a_i} kappa(a_i, a_j),
+
+with the kernels kappa of ``population._closed_form_pair`` (relu, erf, linear; compiled for
+the device from the same source). One thread per point; the sources are read in tiles held
+in shared memory (the tiled N-body scheme: every block loads a tile of sources once and all
+its threads use it), and each thread keeps its G_i in a local array of length d.
+
+The quadrature rule is not ported: ``quadrature_pair_field`` raises NotImplementedError.
+"""
+import functools
+import math
+
+from numba import cuda
+
+from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
+from ._gpu_scalar import closed_form_pair
+
+
+@functools.lru_cache(maxsize=None)
+def pair_kernel(T, d):
+    """The closed-form pair-sum kernel for floating type ``T`` and input dimension ``d``."""
+    row = d + 2  # a_j (d), |a_j|, c_j in shared memory
+
+    def kernel(points, sources, activation_code, tile, K, G):
+        shared = cuda.shared.array(0, T)
+        n = points.shape[0]
+        m = sources.shape[0]
+        i = cuda.grid(1)
+        active = i < n
+        zero = T(0.0)
+        point = cuda.local.array(d, T)
+        acc = cuda.local.array(d, T)
+        norm_i = zero
+        if active:
+            norm_sq = zero
+            for k in range(d):
+                point[k] = points[i, k]
+                norm_sq += point[k] * point[k]
+                acc[k] = zero
+            norm_i = math.sqrt(norm_sq)
+        kappa_sum = zero
+        beta_sum = zero
+        for start in range(0, m, tile):
+            rows = min(tile, m - start)
+            for r in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
+                j = start + r
+                norm_sq = zero
+                for k in range(d):
+                    v = sources[j, k]
+                    shared[r * row + k] = v
+                    norm_sq += v * v
+                shared[r * row + d] = math.sqrt(norm_sq)
+                shared[r * row + d + 1] = sources[j, d + 1]
+            cuda.syncthreads()
+            if active:
+                for r in range(rows):
+                    base = r * row
+                    dot = zero
+                    for k in range(d):
+                        dot += point[k] * shared[base + k]
+                    kappa, alpha, beta = closed_form_pair(dot, norm_i, shared[base + d], activation_code)
+                    cj = shared[base + d + 1]
+                    kappa_sum += cj * kappa
+                    beta_sum += cj * beta
+                    weight = cj * alpha
+                    for k in range(d):
+                        acc[k] += weight * shared[base + k]
+            cuda.syncthreads()
+        if active:
+            for k in range(d):
+                G[i, k] = acc[k] + beta_sum * point[k]
+            G[i, d] = zero
+            K[i] = kappa_sum
+
+    return cuda.jit(kernel)
+
+
+def closed_form_pair_field(points, sources, activation_code, K, G):
+    """Closed-form pair sums for relu, erf or linear activations without bias (on the GPU).
+
+    Same contract as ``meanfield.kernels.closed_form_pair_field``, on device arrays.
+
+    Parameters
+    ----------
+    points : device array, shape (n, d + 2), float32 or float64
+    sources : device array, shape (m, d + 2), same dtype
+    activation_code : int
+        RELU, ERF or LINEAR.
+    K : device array, shape (n,), output
+        K_i = sum_j c_j kappa(a_i, a_j).
+    G : device array, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0.
+    """
+    check_device_arrays(points, sources, K, G)
+    n, p = points.shape
+    if n == 0:
+        return
+    d = p - 2
+    T = numba_type(points.dtype)
+    tile = tile_rows(d + 2, points.dtype.itemsize)
+    kernel = pair_kernel(T, d)
+    shared = tile * (d + 2) * points.dtype.itemsize
+    kernel[blocks(n), THREADS_PER_BLOCK, 0, shared](points, sources, int(activation_code), tile, K, G)
+
+
+def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G):
+    """Not available on the GPU: the Gauss-Hermite pair sums run on the CPU only."""
+    raise NotImplementedError(
+        "the quadrature population risk has no CUDA kernel yet: use method = \"closed_form\" "
+        "(relu, erf, linear without bias), \"monte_carlo\", finite data, or backend = \"cpu\"")
