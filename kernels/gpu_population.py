@@ -112,3 +112,53 @@ def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G
     raise NotImplementedError(
         "the quadrature population risk has no CUDA kernel yet: use method = \"closed_form\" "
         "(relu, erf, linear without bias), \"monte_carlo\", finite data, or backend = \"cpu\"")
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_velocity_kernel(T):
+    def kernel(points, m, scale, inv_alpha, bias, train_readout, K_w, G_w, K_t, G_t, out, energy):
+        i = cuda.grid(1)
+        if i < points.shape[0]:
+            d = points.shape[1] - 2
+            s = T(scale)
+            ia = T(inv_alpha)
+            factor = -T(m) * s
+            c = points[i, d + 1]
+            for k in range(d + 1):
+                out[i, k] = factor * c * (s * G_w[i, k] - ia * G_t[i, k])
+            if not bias:
+                out[i, d] = T(0.0)
+            out[i, d + 1] = factor * (s * K_w[i] - ia * K_t[i]) if train_readout else T(0.0)
+            energy[i] = c * (T(0.5) * s * s * K_w[i] - s * ia * K_t[i])
+
+    return cuda.jit(kernel)
+
+
+def pair_velocity(points, m, output_scale, inv_alpha, bias, train_readout, K_w, G_w, K_t, G_t, out, energy):
+    """Velocity of ``points`` from the pair sums of a squared-loss population objective.
+
+    The device twin of ``meanfield._problems.pair_velocity``:
+    v(x) = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha], frozen columns 0; also
+    ``energy_i = c_i (s^2 K_w_i / 2 - s K_t_i / alpha)``, whose sum over the particles plus
+    E[y^2] / (2 alpha^2) is the objective F.
+
+    Parameters
+    ----------
+    points : device array, shape (n, d + 2)
+    m : int
+        Width of the measure.
+    output_scale, inv_alpha : float
+        s and 1 / alpha.
+    bias, train_readout : bool
+    K_w, K_t : device arrays, shape (n,)
+    G_w, G_t : device arrays, shape (n, d + 1)
+    out : device array, shape (n, d + 2), output
+    energy : device array, shape (n,), output
+    """
+    check_device_arrays(points, K_w, G_w, K_t, G_t, out, energy)
+    n = points.shape[0]
+    if n == 0:
+        return
+    _pair_velocity_kernel(numba_type(points.dtype))[blocks(n), THREADS_PER_BLOCK](
+        points, int(m), float(output_scale), float(inv_alpha), bool(bias), bool(train_readout), K_w, G_w, K_t, G_t,
+        out, energy)
