@@ -53,7 +53,7 @@ def forward_kernel(T, d):
                     h += shared[base + d + 1] * activation(z, activation_code)
             cuda.syncthreads()
         if active:
-            f = T(alpha) * T(scale) * h
+            f = alpha * scale * h
             yn = y[n]
             residual[n] = loss_derivative(f, yn, loss_code)
             losses[n] = loss(f, yn, loss_code)
@@ -106,7 +106,7 @@ def backward_kernel(T, d):
                         acc[k] += g * shared[base + k]
             cuda.syncthreads()
         if active:
-            f = T(factor)
+            f = factor
             for k in range(d):
                 out[i, k] = f * acc[k]
             out[i, d] = f * gb if bias else zero
@@ -151,9 +151,10 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
     losses = cuda.device_array(N, dtype=W.dtype)
     residual = cuda.device_array(N, dtype=W.dtype)
     tile = tile_rows(d + 2, itemsize, limit)
+    scalar = W.dtype.type
     forward_kernel(T, d)[blocks(N), THREADS_PER_BLOCK, 0, tile * (d + 2) * itemsize](
-        W, X, y, int(activation_code), int(loss_code), float(output_scale), float(alpha), tile, losses, residual)
-    factor = -m * float(output_scale) / (float(alpha) * N)
+        W, X, y, int(activation_code), int(loss_code), scalar(output_scale), scalar(alpha), tile, losses, residual)
+    factor = scalar(-m * float(output_scale) / (float(alpha) * N))
     tile = tile_rows(d + 1, itemsize, limit)
     backward = backward_kernel(T, d)
     shared = tile * (d + 1) * itemsize
@@ -179,4 +180,16 @@ def network_output(W, X, activation_code, output_scale, tile_size, out):
     losses = cuda.device_array(N, dtype=W.dtype)
     tile = tile_rows(d + 2, W.dtype.itemsize, max(1, min(int(tile_size), THREADS_PER_BLOCK)))
     forward_kernel(numba_type(W.dtype), d)[blocks(N), THREADS_PER_BLOCK, 0, tile * (d + 2) * W.dtype.itemsize](
-        W, X, zeros, int(activation_code), 0, float(output_scale), 1.0, tile, losses, out)
+        W, X, zeros, int(activation_code), 0, W.dtype.type(output_scale), W.dtype.type(1.0), tile, losses, out)
+
+
+def ptx_signatures(T, d):
+    """(name, python function, argument types) of every kernel of this module for type ``T``
+    and input dimension ``d``, as the launchers call them (for ``numba.cuda.compile_ptx``)."""
+    from numba import boolean, int64
+
+    M, V = T[:, ::1], T[::1]
+    return [
+        ("finite_data_forward", forward_kernel(T, d).py_func, (M, M, V, int64, int64, T, T, int64, V, V)),
+        ("finite_data_backward", backward_kernel(T, d).py_func, (M, M, V, int64, T, boolean, boolean, int64, M)),
+    ]

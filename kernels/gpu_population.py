@@ -120,8 +120,8 @@ def _pair_velocity_kernel(T):
         i = cuda.grid(1)
         if i < points.shape[0]:
             d = points.shape[1] - 2
-            s = T(scale)
-            ia = T(inv_alpha)
+            s = scale
+            ia = inv_alpha
             factor = -T(m) * s
             c = points[i, d + 1]
             for k in range(d + 1):
@@ -159,6 +159,20 @@ def pair_velocity(points, m, output_scale, inv_alpha, bias, train_readout, K_w, 
     n = points.shape[0]
     if n == 0:
         return
+    scalar = points.dtype.type
     _pair_velocity_kernel(numba_type(points.dtype))[blocks(n), THREADS_PER_BLOCK](
-        points, int(m), float(output_scale), float(inv_alpha), bool(bias), bool(train_readout), K_w, G_w, K_t, G_t,
+        points, int(m), scalar(output_scale), scalar(inv_alpha), bool(bias), bool(train_readout), K_w, G_w, K_t, G_t,
         out, energy)
+
+
+def ptx_signatures(T, d):
+    """(name, python function, argument types) of every kernel of this module for type ``T``
+    and input dimension ``d``, as the launchers call them (for ``numba.cuda.compile_ptx``)."""
+    from numba import boolean, int64
+
+    M, V = T[:, ::1], T[::1]
+    return [
+        ("closed_form_pair_field", pair_kernel(T, d).py_func, (M, M, int64, int64, V, M)),
+        ("pair_velocity", _pair_velocity_kernel(T).py_func,
+         (M, int64, T, T, boolean, boolean, V, M, V, M, M, V)),
+    ]

@@ -7,6 +7,7 @@ partial sum, then one block reduces the partials. Accumulation is in the array's
 import functools
 import math
 
+import numpy as np
 from numba import cuda
 
 from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type
@@ -76,6 +77,18 @@ def sum_of_squares(x):
 def all_finite(W):
     """True when no entry of the device array W is NaN or infinite."""
     flat = _flat(W)
-    flag = cuda.to_device(__import__("numpy").zeros(1, dtype="int32"))
+    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
     _finite_kernel(numba_type(flat.dtype))[min(_MAX_BLOCKS, blocks(flat.shape[0])), THREADS_PER_BLOCK](flat, flag)
     return int(flag.copy_to_host()[0]) == 0
+
+
+def ptx_signatures(T):
+    """(name, python function, argument types) of every kernel of this module for type ``T``."""
+    from numba import int32
+
+    V = T[::1]
+    return [
+        ("device_sum", _sum_kernel(T, False).py_func, (V, V)),
+        ("sum_of_squares", _sum_kernel(T, True).py_func, (V, V)),
+        ("all_finite", _finite_kernel(T).py_func, (V, int32[::1])),
+    ]

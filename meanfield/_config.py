@@ -87,7 +87,7 @@ INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin")
 PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
 METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")
 LIMIT_METRICS = ("risk_gap", "tracer_deviation", "norm_w2", "readout_w2", "signed_norm_w2", "overlap_w2",
                  "sliced_w2", "w2", "sphere_w2")
 DEFAULT_LIMIT_METRICS = ["risk_gap", "tracer_deviation", "norm_w2", "signed_norm_w2", "sliced_w2"]
@@ -531,7 +531,26 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             fail("model", "m", f"tracers start at the member's particles inside the reference: m must be <= "
                                f"reference_m = {limit['reference_m']}, got {model['m']}")
         limit["role"] = "member"
+    if config["run"]["backend"] == "cuda":
+        _check_cuda(config, fail)
     return config
+
+
+def _check_cuda(config: dict, fail) -> None:
+    """The CUDA backend needs a usable GPU (or the simulator) and a problem it has kernels for."""
+    model, problem, teacher = config["model"], config["problem"], config["problem.teacher"]
+    pair_ok = problem["loss"] == "squared" and teacher["activation"] == model["activation"]
+    closed_ok = (pair_ok and model["activation"] in ("relu", "erf", "linear") and not model["bias"]
+                 and not teacher["bias"])
+    quadrature = problem["method"] == "quadrature" or (problem["method"] == "auto" and pair_ok and not closed_ok)
+    if problem["kind"] == "population" and quadrature:
+        fail("run", "backend", '"cuda" has no kernel for the quadrature population risk: use method = '
+                               '"closed_form" or "monte_carlo", kind = "finite_data", or backend = "cpu"')
+    from ._cuda import cuda_status
+
+    usable, why = cuda_status()
+    if not usable:
+        fail("run", "backend", f'"cuda" is not usable here ({why}); allowed: "cpu"')
 
 
 def _check_data(file, base_dir, data, d, loss, via):
