@@ -8,11 +8,16 @@ lets ``advance_noise_states`` skip a generator forward by whole steps (resume).
 import functools
 import math
 
-from numba import cuda, float32, int32, uint64
+import numpy as np
+from numba import config, cuda, float32, int32, uint64
 from numba.cuda import libdevice
-from numba.cuda.random import create_xoroshiro128p_states, xoroshiro128p_next, xoroshiro128p_normal_float64
+from numba.cuda.random import xoroshiro128p_dtype, xoroshiro128p_next, xoroshiro128p_normal_float64
 
 from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type
+
+
+# The simulator has no hardware cosine; math.cos is the same function to 1e-6.
+_cos_float32 = math.cos if config.ENABLE_CUDASIM else libdevice.fast_cosf
 
 
 @cuda.jit(device=True)
@@ -26,7 +31,7 @@ def _normal_float32(states, index):
     u1 = float32(int32(xoroshiro128p_next(states, index) >> uint64(40)) + int32(1)) * scale  # (0, 1]
     u2 = float32(int32(xoroshiro128p_next(states, index) >> uint64(40))) * scale  # [0, 1)
     angle = float32(3.141592653589793) * (float32(2.0) * u2 - float32(1.0))
-    return math.sqrt(-float32(2.0) * math.log(u1)) * libdevice.fast_cosf(angle)
+    return math.sqrt(-float32(2.0) * math.log(u1)) * _cos_float32(angle)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,12 +130,36 @@ def langevin_update(W, velocity, states, step, weight_decay, noise_scale, traina
 
 @functools.lru_cache(maxsize=1)
 def _no_states():
-    return create_xoroshiro128p_states(1, 0)
+    return create_noise_states(1, 0)
+
+
+def _splitmix64(x):
+    """The SplitMix64 output function (Steele, Lea & Flood 2014) on uint64 arrays."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def create_noise_states(m, seed):
-    """m independent xoroshiro128+ generators (subsequences 2^64 apart) from a 64-bit seed."""
-    return create_xoroshiro128p_states(int(m), int(seed) % 2**64)
+    """m xoroshiro128+ generators on the device, seeded from a 64-bit seed.
+
+    Row i's state is outputs 2i and 2i + 1 of a SplitMix64 stream started at ``seed`` (the
+    seeding the xoroshiro authors recommend), computed with numpy in O(m): numba's
+    ``create_xoroshiro128p_states`` jumps generator after generator on the host, which is
+    slow for 10^6 rows and runs in object mode under the simulator.
+    """
+    m = int(m)
+    with np.errstate(over="ignore"):
+        start = np.uint64(int(seed) % 2**64)
+        k = np.arange(1, 2 * m + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        words = _splitmix64(start + k - np.uint64(0x9E3779B97F4A7C15))
+    states = np.empty(m, dtype=xoroshiro128p_dtype)
+    states["s0"] = words[0::2]
+    states["s1"] = words[1::2]
+    states["s0"][(states["s0"] == 0) & (states["s1"] == 0)] = 1  # the one forbidden state
+    return cuda.to_device(states)
 
 
 def advance_noise_states(states, steps, draws_per_step):
@@ -144,8 +173,6 @@ def ptx_signatures(T):
     """(name, python function, argument types) of every kernel of this module for type ``T``,
     as the launchers above call them (for ``numba.cuda.compile_ptx``)."""
     from numba import boolean, from_dtype, int64
-    from numba.cuda.random import xoroshiro128p_dtype
-
     M = T[:, ::1]
     states = from_dtype(xoroshiro128p_dtype)[::1]
     return [
