@@ -395,3 +395,17 @@ def test_backend_cuda_with_quadrature_is_a_config_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "[run] backend" in err[0] and "quadrature" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_benchmark_runs_at_tiny_size(capsys):
+    """benchmarks/gpu_bench.py runs every case end to end (m = 37; the simulator's timings
+    mean nothing, this only keeps the script from rotting until it runs on a GPU)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_bench.py")
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--repeats", "1", "--dtype", "float32"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "| 37 |" in line]
+    assert {row.split("|")[1].strip() for row in rows} == set(bench.CASES)
