@@ -1,40 +1,47 @@
-"""CUDA device versions of the scalar functions of ``_scalar`` and of the pair kernels.
+"""CUDA device versions of the scalar functions of ``_scalar`` and of the closed-form pair kernel.
 
-The device functions are compiled from the very Python source of the CPU ones: each
-``numba.njit`` function's ``py_func`` is re-bound to a globals dictionary in which the
-helpers it calls are their device versions, and compiled with ``numba.cuda.jit(device=True)``.
-The GPU therefore evaluates exactly the formulas the CPU kernels evaluate, with the same
-typed constants (``like(z, value)`` gives a float32 constant in a float32 kernel), and a new
-activation or loss added to ``_scalar.py`` (its branch in ``activation`` and
-``activation_derivative``) is on the GPU with no change here, provided its body uses only
-what CUDA supports (``math`` functions, arithmetic, calls to other functions of
-``_scalar``; a new helper function called from ``activation`` needs one line below).
+The device functions are compiled from the very Python source of the CPU ones: every
+``numba.njit`` function of a module is re-bound to one namespace in which each njit function
+is replaced by its device twin (``numba.cuda.jit(device=True)`` of the same code), so calls
+between them stay on the device. The GPU therefore evaluates exactly the formulas the CPU
+kernels evaluate, with the same typed constants (``like(z, value)`` is a float32 constant in a
+float32 kernel), and a new activation or loss in ``_scalar.py`` (a branch in ``activation``
+and ``activation_derivative``, private helpers included) is on the GPU with no change here,
+as long as its body uses what CUDA supports (``math`` functions, arithmetic, ``like``).
 """
 import types
 
 from numba import cuda
+from numba.core.registry import CPUDispatcher
 
 from . import _scalar
 from . import population as _population
 
 
-def device_twin(function, **device_helpers):
-    """A CUDA device function compiled from the source of the njit ``function``.
+def device_twins(module, **device_helpers):
+    """{name: CUDA device function} for every njit function of ``module``.
 
-    ``device_helpers`` maps the global names ``function`` calls to their device versions.
+    ``device_helpers`` are device functions of other modules that ``module`` calls (they
+    replace its imported njit names). Compilation is lazy, so the shared namespace is
+    complete by the time any twin is compiled.
     """
-    py = function.py_func
-    namespace = dict(py.__globals__)
+    namespace = dict(vars(module))
     namespace.update(device_helpers)
-    clone = types.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__, py.__closure__)
-    clone.__doc__ = py.__doc__
-    return cuda.jit(device=True)(clone)
+    twins = {}
+    for name, value in vars(module).items():
+        if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__:
+            py = value.py_func
+            clone = types.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__, py.__closure__)
+            clone.__doc__ = py.__doc__
+            twins[name] = cuda.jit(device=True)(clone)
+    namespace.update(twins)
+    return twins
 
 
-_sigmoid = device_twin(_scalar._sigmoid)
-_helpers = {"_sigmoid": _sigmoid}
-activation = device_twin(_scalar.activation, **_helpers)
-activation_derivative = device_twin(_scalar.activation_derivative, **_helpers)
-loss = device_twin(_scalar.loss, **_helpers)
-loss_derivative = device_twin(_scalar.loss_derivative, **_helpers)
-closed_form_pair = device_twin(_population._closed_form_pair)
+_scalar_twins = device_twins(_scalar)
+activation = _scalar_twins["activation"]
+activation_derivative = _scalar_twins["activation_derivative"]
+loss = _scalar_twins["loss"]
+loss_derivative = _scalar_twins["loss_derivative"]
+closed_form_pair = device_twins(
+    _population, activation=activation, activation_derivative=activation_derivative)["_closed_form_pair"]
