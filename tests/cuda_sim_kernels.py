@@ -308,6 +308,34 @@ def test_cuda_sgd_on_finite_data_matches_cpu():
     assert_close_scaled(evaluation.velocity, expected.velocity, 1e-10)
 
 
+class Checkpoints:
+    """An observer keeping what a checkpoint saves (host copies of W and the buffers)."""
+
+    def __init__(self):
+        self.saved = {}
+
+    def observe(self, state, evaluation):
+        self.saved[state.step] = (state.W, {name: array.copy() for name, array in state.buffers.items()})
+
+    def close(self, state, status, message):
+        pass
+
+
+def test_cuda_heavy_ball_resumes_exactly():
+    """Restored from a host checkpoint (W and momentum read back from the device at step 2),
+    a device heavy-ball run continues bitwise like the uninterrupted one."""
+    _, problem, W0 = population(m=9)
+    device_problem, device_integrator = to_device(problem, mf.heavy_ball(problem, 0.1, 0.5))
+    dt = device_integrator.dt
+    checkpoints = Checkpoints()
+    full = mf.run(device_problem, device_integrator, W0, 4 * dt, times=[0, 2 * dt, 4 * dt], observers=[checkpoints])
+    W2, buffers2 = checkpoints.saved[2]
+    assert np.abs(buffers2["momentum"]).max() > 0
+    state = mf.restore(device_integrator, W2, 2, buffers=buffers2)
+    resumed = mf.run(device_problem, device_integrator, W0, 4 * dt, times=[0, 2 * dt, 4 * dt], state=state)
+    assert np.array_equal(resumed.W, full.W)
+
+
 def test_cuda_langevin_resumes_exactly():
     """A Langevin run restored at step 2 (host W, the saved generator) continues to the same
     particles as the uninterrupted run: the device generators are re-seeded from the run's
