@@ -11,6 +11,9 @@ from numba import config, float32, float64
 # 128 threads on a GPU; 32 in numba's CUDA simulator, which runs every thread of a block as a
 # Python thread (and where small blocks make small test sizes cross tile and block edges).
 THREADS_PER_BLOCK = 32 if config.ENABLE_CUDASIM else 128
+# Blocks a launch should have to fill a device (a few per SM of the largest GPUs); small
+# in the simulator so that test sizes split into several chunks.
+TARGET_BLOCKS = 4 if config.ENABLE_CUDASIM else 1024
 SHARED_BYTES = 32 * 1024  # per block, well below the 48 KiB every GPU since Kepler has
 
 

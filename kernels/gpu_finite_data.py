@@ -2,9 +2,12 @@
 
 Two kernels per evaluation, with no N x m array:
 
-* forward, one thread per sample n: h(x_n) = s sum_i c_i sigma(a_i . x_n + b_i), the
-  particles read in tiles held in shared memory; writes the loss l(alpha h, y_n) and the
-  residual r_n = l'(alpha h, y_n) of its sample;
+* forward, one thread per sample n and chunk of particles (a two-dimensional grid, so that
+  a batch of a few hundred samples still fills the device): the partial sums of
+  h(x_n) = s sum_i c_i sigma(a_i . x_n + b_i) over the chunk, the particles read in tiles
+  held in shared memory; then one thread per sample adds its partial sums in chunk order
+  (no atomics: the same sum on every run) and writes the loss l(alpha h, y_n) and the
+  residual r_n = l'(alpha h, y_n);
 * backward, one thread per particle (or tracer) i: sum_n r_n grad_w [c sigma(a . x_n + b)]
   at w_i, the samples (x_n, r_n) read in tiles held in shared memory, the d-vector
   accumulated in a local array; the thread writes its own velocity row.
@@ -16,20 +19,23 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
+from ._gpu_launch import TARGET_BLOCKS, THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
 from .gpu_reductions import device_sum
 from ._gpu_scalar import activation, activation_derivative, loss, loss_derivative
 
 
 @functools.lru_cache(maxsize=None)
 def forward_kernel(T, d):
-    """Per-sample losses and residuals for floating type ``T`` and input dimension ``d``."""
+    """Partial network sums over one chunk of particles, for type ``T`` and dimension ``d``.
+
+    Grid: x over samples, y over chunks of ``chunk`` particles, so that a small batch (online
+    SGD) still fills the device; ``partial[y, n] = sum_{i in chunk y} c_i sigma(a_i . x_n + b_i)``.
+    """
     row = d + 2  # a_i, b_i, c_i
 
-    def kernel(W, X, y, activation_code, loss_code, scale, alpha, tile, losses, residual):
+    def kernel(W, X, activation_code, chunk, tile, partial):
         shared = cuda.shared.array(0, T)
         N = X.shape[0]
-        m = W.shape[0]
         n = cuda.grid(1)
         active = n < N
         zero = T(0.0)
@@ -37,9 +43,11 @@ def forward_kernel(T, d):
         if active:
             for k in range(d):
                 x[k] = X[n, k]
+        begin = cuda.blockIdx.y * chunk
+        end = min(W.shape[0], begin + chunk)
         h = zero
-        for start in range(0, m, tile):
-            rows = min(tile, m - start)
+        for start in range(begin, end, tile):
+            rows = min(tile, end - start)
             for r in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
                 for k in range(row):
                     shared[r * row + k] = W[start + r, k]
@@ -53,12 +61,51 @@ def forward_kernel(T, d):
                     h += shared[base + d + 1] * activation(z, activation_code)
             cuda.syncthreads()
         if active:
+            partial[cuda.blockIdx.y, n] = h
+
+    return cuda.jit(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def loss_kernel(T):
+    """h_n = scale * (sum of the partial sums, in chunk order), the loss and the residual."""
+
+    def kernel(partial, y, loss_code, scale, alpha, losses, residual):
+        n = cuda.grid(1)
+        if n < y.shape[0]:
+            h = T(0.0)
+            for j in range(partial.shape[0]):
+                h += partial[j, n]
             f = alpha * scale * h
             yn = y[n]
             residual[n] = loss_derivative(f, yn, loss_code)
             losses[n] = loss(f, yn, loss_code)
 
     return cuda.jit(kernel)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _forward(W, X, y, activation_code, loss_code, scale, alpha, tile_size, losses, residual):
+    """Losses and residuals of every sample (device arrays)."""
+    m = W.shape[0]
+    N, d = X.shape
+    T = numba_type(W.dtype)
+    itemsize = W.dtype.itemsize
+    tile = tile_rows(d + 2, itemsize, max(1, min(int(tile_size), THREADS_PER_BLOCK)))
+    sample_blocks = blocks(N)
+    # Enough chunks of particles for about TARGET_BLOCKS blocks; each a whole number of tiles.
+    chunks = max(1, min(_ceil_div(TARGET_BLOCKS, sample_blocks), _ceil_div(m, tile)))
+    chunk = _ceil_div(_ceil_div(m, chunks), tile) * tile
+    chunks = _ceil_div(m, chunk)
+    partial = cuda.device_array((chunks, N), dtype=W.dtype)
+    forward_kernel(T, d)[(sample_blocks, chunks), THREADS_PER_BLOCK, 0, tile * (d + 2) * itemsize](
+        W, X, int(activation_code), chunk, tile, partial)
+    scalar = W.dtype.type
+    loss_kernel(T)[sample_blocks, THREADS_PER_BLOCK](
+        partial, y, int(loss_code), scalar(scale), scalar(alpha), losses, residual)
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,10 +197,8 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
     limit = max(1, min(int(tile_size), THREADS_PER_BLOCK))
     losses = cuda.device_array(N, dtype=W.dtype)
     residual = cuda.device_array(N, dtype=W.dtype)
-    tile = tile_rows(d + 2, itemsize, limit)
+    _forward(W, X, y, activation_code, loss_code, output_scale, alpha, tile_size, losses, residual)
     scalar = W.dtype.type
-    forward_kernel(T, d)[blocks(N), THREADS_PER_BLOCK, 0, tile * (d + 2) * itemsize](
-        W, X, y, int(activation_code), int(loss_code), scalar(output_scale), scalar(alpha), tile, losses, residual)
     factor = scalar(-m * float(output_scale) / (float(alpha) * N))
     tile = tile_rows(d + 1, itemsize, limit)
     backward = backward_kernel(T, d)
@@ -178,10 +223,7 @@ def network_output(W, X, activation_code, output_scale, tile_size, out):
     N, d = X.shape
     zeros = cuda.to_device(np.zeros(N, dtype=W.dtype))
     losses = cuda.device_array(N, dtype=W.dtype)
-    tile = tile_rows(d + 2, W.dtype.itemsize, max(1, min(int(tile_size), THREADS_PER_BLOCK)))
-    forward_kernel(numba_type(W.dtype), d)[blocks(N), THREADS_PER_BLOCK, 0, tile * (d + 2) * W.dtype.itemsize](
-        W, X, zeros, int(activation_code), 0, W.dtype.type(output_scale), W.dtype.type(1.0), tile, losses, out)
-
+    _forward(W, X, zeros, activation_code, 0, output_scale, 1.0, tile_size, losses, out)
 
 def ptx_signatures(T, d):
     """(name, python function, argument types) of every kernel of this module for type ``T``
@@ -190,6 +232,7 @@ def ptx_signatures(T, d):
 
     M, V = T[:, ::1], T[::1]
     return [
-        ("finite_data_forward", forward_kernel(T, d).py_func, (M, M, V, int64, int64, T, T, int64, V, V)),
+        ("finite_data_forward", forward_kernel(T, d).py_func, (M, M, int64, int64, int64, M)),
+        ("finite_data_loss", loss_kernel(T).py_func, (M, V, int64, T, T, V, V)),
         ("finite_data_backward", backward_kernel(T, d).py_func, (M, M, V, int64, T, boolean, boolean, int64, M)),
     ]
