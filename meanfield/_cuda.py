@@ -183,7 +183,7 @@ class DeviceState:
     """An integrator state whose arrays live on the GPU (same attributes as ``State``).
 
     ``W``, ``tracers`` and ``buffers`` are host copies, made when read (records and
-    checkpoints); ``device_W``, ``device_tracers`` and ``device_buffers`` are the live arrays.
+    checkpoints; ``W`` and ``tracers`` once per step, read-only); ``device_W``, ``device_tracers`` and ``device_buffers`` are the live arrays.
     Buffers written on the host before the first step (``restore``) are sent to the device
     by that step.
     """
@@ -204,14 +204,25 @@ class DeviceState:
         self.scratch = {}
         self.noise_states = None
         self.noise_step = 0  # the step the generators are at
+        self._host_copies = {}
+
+    def _host(self, name, device_array):
+        """A read-only host copy of ``device_array``, made once per step (a record reads the
+        particles several times: the evaluation, the trajectory, the file)."""
+        step, array = self._host_copies.get(name, (None, None))
+        if step != self.step:
+            array = device_array.copy_to_host()
+            array.flags.writeable = False
+            self._host_copies[name] = (self.step, array)
+        return array
 
     @property
     def W(self) -> np.ndarray:
-        return self.device_W.copy_to_host()
+        return self._host("W", self.device_W)
 
     @property
     def tracers(self):
-        return None if self.device_tracers is None else self.device_tracers.copy_to_host()
+        return None if self.device_tracers is None else self._host("tracers", self.device_tracers)
 
     @property
     def buffers(self) -> dict:
