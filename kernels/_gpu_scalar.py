@@ -1,4 +1,4 @@
-"""CUDA device versions of the scalar functions of ``_scalar`` and of the closed-form pair kernel.
+"""CUDA device versions of the scalar functions of ``_scalar`` and of the pair kernels.
 
 The device functions are compiled from the very Python source of the CPU ones: every
 ``numba.njit`` function of a module is re-bound to one namespace in which each njit function
@@ -43,5 +43,6 @@ activation = _scalar_twins["activation"]
 activation_derivative = _scalar_twins["activation_derivative"]
 loss = _scalar_twins["loss"]
 loss_derivative = _scalar_twins["loss_derivative"]
-closed_form_pair = device_twins(
-    _population, activation=activation, activation_derivative=activation_derivative)["_closed_form_pair"]
+_population_twins = device_twins(_population, activation=activation, activation_derivative=activation_derivative)
+closed_form_pair = _population_twins["_closed_form_pair"]
+quadrature_pair = _population_twins["_quadrature_pair"]

@@ -1,15 +1,15 @@
-"""CUDA twin of ``population``: closed-form pair sums of the population risk.
+"""CUDA twin of ``population``: pair sums of the population risk.
 
-For every point w_i and the measure sum_j c_j delta_{a_j} of the sources,
+For every point w_i and the measure sum_j c_j delta_{(a_j, b_j)} of the sources,
 
-    K_i = sum_j c_j kappa(a_i, a_j),      G_i = sum_j c_j grad_{a_i} kappa(a_i, a_j),
+    K_i = sum_j c_j kappa(w_i, w_j),      G_i = sum_j c_j grad_{(a_i, b_i)} kappa(w_i, w_j),
 
-with the kernels kappa of ``population._closed_form_pair`` (relu, erf, linear; compiled for
-the device from the same source). One thread per point; the sources are read in tiles held
-in shared memory (the tiled N-body scheme: every block loads a tile of sources once and all
-its threads use it), and each thread keeps its G_i in a local array of length d.
-
-The quadrature rule is not ported: ``quadrature_pair_field`` raises NotImplementedError.
+with kappa in closed form (``population._closed_form_pair``: relu, erf, linear, no bias) or
+by the symmetrised Gauss-Hermite rule (``population._quadrature_pair``: any activation, with
+bias), both compiled for the device from the CPU source. One thread per point; the sources
+are read in tiles held in shared memory (the tiled N-body scheme: every block loads a tile
+of sources once and all its threads use it), and each thread keeps its G_i in a local array
+of length d.
 """
 import functools
 import math
@@ -17,15 +17,16 @@ import math
 from numba import cuda
 
 from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
-from ._gpu_scalar import closed_form_pair
+from ._gpu_scalar import closed_form_pair, quadrature_pair
 
 
 @functools.lru_cache(maxsize=None)
-def pair_kernel(T, d):
-    """The closed-form pair-sum kernel for floating type ``T`` and input dimension ``d``."""
-    row = d + 2  # a_j (d), |a_j|, c_j in shared memory
+def pair_kernel(T, d, quadrature=False):
+    """The pair-sum kernel for floating type ``T``, input dimension ``d``, and closed form
+    (``quadrature=False``) or Gauss-Hermite rule."""
+    row = d + 3  # a_j (d), |a_j|, b_j, c_j in shared memory
 
-    def kernel(points, sources, activation_code, tile, K, G):
+    def kernel(points, sources, activation_code, nodes, weights, tile, K, G):
         shared = cuda.shared.array(0, T)
         n = points.shape[0]
         m = sources.shape[0]
@@ -35,6 +36,7 @@ def pair_kernel(T, d):
         point = cuda.local.array(d, T)
         acc = cuda.local.array(d, T)
         norm_i = zero
+        b_i = zero
         if active:
             norm_sq = zero
             for k in range(d):
@@ -42,8 +44,10 @@ def pair_kernel(T, d):
                 norm_sq += point[k] * point[k]
                 acc[k] = zero
             norm_i = math.sqrt(norm_sq)
+            b_i = points[i, d]
         kappa_sum = zero
         beta_sum = zero
+        gb_sum = zero
         for start in range(0, m, tile):
             rows = min(tile, m - start)
             for r in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
@@ -54,7 +58,8 @@ def pair_kernel(T, d):
                     shared[r * row + k] = v
                     norm_sq += v * v
                 shared[r * row + d] = math.sqrt(norm_sq)
-                shared[r * row + d + 1] = sources[j, d + 1]
+                shared[r * row + d + 1] = sources[j, d]
+                shared[r * row + d + 2] = sources[j, d + 1]
             cuda.syncthreads()
             if active:
                 for r in range(rows):
@@ -62,10 +67,17 @@ def pair_kernel(T, d):
                     dot = zero
                     for k in range(d):
                         dot += point[k] * shared[base + k]
-                    kappa, alpha, beta = closed_form_pair(dot, norm_i, shared[base + d], activation_code)
-                    cj = shared[base + d + 1]
+                    if quadrature:
+                        kappa, alpha, beta, gb = quadrature_pair(dot, norm_i, shared[base + d], b_i,
+                                                                 shared[base + d + 1], activation_code, nodes,
+                                                                 weights)
+                    else:
+                        kappa, alpha, beta = closed_form_pair(dot, norm_i, shared[base + d], activation_code)
+                        gb = zero
+                    cj = shared[base + d + 2]
                     kappa_sum += cj * kappa
                     beta_sum += cj * beta
+                    gb_sum += cj * gb
                     weight = cj * alpha
                     for k in range(d):
                         acc[k] += weight * shared[base + k]
@@ -73,10 +85,23 @@ def pair_kernel(T, d):
         if active:
             for k in range(d):
                 G[i, k] = acc[k] + beta_sum * point[k]
-            G[i, d] = zero
+            G[i, d] = gb_sum
             K[i] = kappa_sum
 
     return cuda.jit(kernel)
+
+
+def _pair_field(points, sources, activation_code, nodes, weights, K, G, quadrature):
+    check_device_arrays(points, sources, nodes, weights, K, G)
+    n, p = points.shape
+    if n == 0:
+        return
+    d = p - 2
+    T = numba_type(points.dtype)
+    tile = tile_rows(d + 3, points.dtype.itemsize)
+    shared = tile * (d + 3) * points.dtype.itemsize
+    pair_kernel(T, d, quadrature)[blocks(n), THREADS_PER_BLOCK, 0, shared](
+        points, sources, int(activation_code), nodes, weights, tile, K, G)
 
 
 def closed_form_pair_field(points, sources, activation_code, K, G):
@@ -95,23 +120,37 @@ def closed_form_pair_field(points, sources, activation_code, K, G):
     G : device array, shape (n, d + 1), output
         G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0.
     """
-    check_device_arrays(points, sources, K, G)
-    n, p = points.shape
-    if n == 0:
-        return
-    d = p - 2
-    T = numba_type(points.dtype)
-    tile = tile_rows(d + 2, points.dtype.itemsize)
-    kernel = pair_kernel(T, d)
-    shared = tile * (d + 2) * points.dtype.itemsize
-    kernel[blocks(n), THREADS_PER_BLOCK, 0, shared](points, sources, int(activation_code), tile, K, G)
+    no_rule = _no_rule(points.dtype)
+    _pair_field(points, sources, activation_code, no_rule, no_rule, K, G, False)
 
 
 def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G):
-    """Not available on the GPU: the Gauss-Hermite pair sums run on the CPU only."""
-    raise NotImplementedError(
-        "the quadrature population risk has no CUDA kernel yet: use method = \"closed_form\" "
-        "(relu, erf, linear without bias), \"monte_carlo\", finite data, or backend = \"cpu\"")
+    """Pair sums by symmetrised two-dimensional Gauss-Hermite quadrature (any activation), on the GPU.
+
+    Same contract as ``meanfield.kernels.quadrature_pair_field``, on device arrays.
+
+    Parameters
+    ----------
+    points : device array, shape (n, d + 2), float32 or float64
+    sources : device array, shape (m, d + 2), same dtype
+    activation_code : int
+    nodes, weights : device arrays, shape (Q,), same dtype
+        Probabilists' Gauss-Hermite rule normalised to N(0, 1).
+    K : device array, shape (n,), output
+    G : device array, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa_Q, G_i[d] = sum_j c_j d kappa_Q / d b_i.
+    """
+    _pair_field(points, sources, activation_code, nodes, weights, K, G, True)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_rule_cached(dtype_name):
+    import numpy as np
+    return cuda.to_device(np.zeros(1, dtype=dtype_name))
+
+
+def _no_rule(dtype):
+    return _no_rule_cached(str(dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,7 +211,8 @@ def ptx_signatures(T, d):
 
     M, V = T[:, ::1], T[::1]
     return [
-        ("closed_form_pair_field", pair_kernel(T, d).py_func, (M, M, int64, int64, V, M)),
+        ("closed_form_pair_field", pair_kernel(T, d, False).py_func, (M, M, int64, V, V, int64, V, M)),
+        ("quadrature_pair_field", pair_kernel(T, d, True).py_func, (M, M, int64, V, V, int64, V, M)),
         ("pair_velocity", _pair_velocity_kernel(T).py_func,
          (M, int64, T, T, boolean, boolean, V, M, V, M, M, V)),
     ]

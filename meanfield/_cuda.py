@@ -49,7 +49,7 @@ def _gpu():
 
 
 class CudaProblem(Problem):
-    """The device twin of a population (closed form or Monte Carlo) or finite-data problem.
+    """The device twin of a population (closed form, quadrature, Monte Carlo) or finite-data problem.
 
     ``evaluate`` keeps the CPU contract (host arrays in, host :class:`Evaluation` out);
     ``evaluate_device`` and ``batch_evaluate_device`` work on device arrays and return
@@ -59,8 +59,7 @@ class CudaProblem(Problem):
     Parameters
     ----------
     problem : PopulationProblem or FiniteDataProblem
-        With ``method`` ``"closed_form"``, ``"monte_carlo"`` or ``"finite_data"``; the
-        quadrature rule has no CUDA kernel (ValueError).
+        Any other problem class raises ValueError.
     """
 
     def __init__(self, problem: Problem):
@@ -70,9 +69,11 @@ class CudaProblem(Problem):
         self.loss = problem.loss
         self.method = problem.method
         self._scratch = {}
-        if isinstance(problem, PopulationProblem) and problem.method == "closed_form":
+        if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature"):
             self._kind = "pair"
             self._teacher = cuda.to_device(problem._teacher_W)
+            if problem.method == "quadrature":
+                self._rule = cuda.to_device(problem._nodes), cuda.to_device(problem._weights)
         elif isinstance(problem, PopulationProblem) and problem.method == "monte_carlo":
             self._kind = "data"
             self._X, self._y = cuda.to_device(problem._X), cuda.to_device(problem._y)
@@ -82,8 +83,7 @@ class CudaProblem(Problem):
             self._X, self._y = cuda.to_device(problem.X), cuda.to_device(problem.y)
             self._offset = 0.0
         else:
-            raise ValueError(f"the CUDA backend has no kernel for {problem.describe()}: use the closed form "
-                             "(relu, erf or linear without bias), Monte Carlo, finite data, or the cpu backend")
+            raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
         self._trainable = None
 
     def __getattr__(self, name):
@@ -122,8 +122,12 @@ class CudaProblem(Problem):
         K_t = self._buffer(("K_t", n), (n,), points.dtype)
         G_t = self._buffer(("G_t", n), (n, p - 1), points.dtype)
         code = self.model.activation_code
-        gpu_population.closed_form_pair_field(points, W, code, K_w, G_w)
-        gpu_population.closed_form_pair_field(points, self._teacher, code, K_t, G_t)
+        if self.method == "quadrature":
+            gpu_population.quadrature_pair_field(points, W, code, *self._rule, K_w, G_w)
+            gpu_population.quadrature_pair_field(points, self._teacher, code, *self._rule, K_t, G_t)
+        else:
+            gpu_population.closed_form_pair_field(points, W, code, K_w, G_w)
+            gpu_population.closed_form_pair_field(points, self._teacher, code, K_t, G_t)
         m = W.shape[0]
         gpu_population.pair_velocity(points, m, self.model.output_scale(m), 1.0 / self.model.alpha_value(m),
                                      self.model.bias, self.model.train_readout, K_w, G_w, K_t, G_t, out, energy)
