@@ -9,6 +9,7 @@ What it measures, for float32 and float64:
 * the device's peaks: FMA throughput (a kernel of independent fused multiply-adds, 2 FLOP
   each) and memory bandwidth (a copy kernel, bytes read + written);
 * each kernel at several m: the closed-form pair field (m up to 10^5: m^2 pairs), the
+  quadrature pair field (Q = 32, tanh with biases; m up to 10^4), the
   finite-data forward/backward on N = 4096 samples and the online-SGD batch of 256 (m up to
   10^6), the Euler, heavy-ball and Langevin updates and the gradient-norm reduction (m up to
   10^6), timed with CUDA events (median of ``--repeats`` after a warm-up);
@@ -138,6 +139,20 @@ def bench_size(name, m, dtype, repeats, cpu_budget, cpu_estimate):
         byte = (m * p + m * (p - 1) + m) * item
         Kc, Gc = np.empty(m, dtype), np.empty((m, p - 1), dtype)
         cpu_fn = lambda: kernels.closed_form_pair_field(W, W, 0, Kc, Gc)  # noqa: E731
+    elif name == "pair field (quadrature, Q = 32)":
+        model = mf.Model(d=D, activation="tanh", bias=True, dtype=dtype)
+        W = mf.initialize(model, m, np.random.default_rng(0), mf.Init(b="gaussian"))
+        Q = 4 if SIM else 32
+        nodes, weights = np.polynomial.hermite_e.hermegauss(Q)
+        nodes, weights = nodes.astype(dtype), (weights / weights.sum()).astype(dtype)
+        code = kernels.ACTIVATION_CODES["tanh"]
+        dW, K, G = dev(W), cuda.device_array(m, dtype), cuda.device_array((m, p - 1), dtype)
+        dn, dw = dev(nodes), dev(weights)
+        gpu = timed(lambda: gpu_population.quadrature_pair_field(dW, dW, code, dn, dw, K, G), repeats)
+        flop = m * m * (4 * D + 2 * Q * Q * (2 * TRANSCENDENTAL + 12))
+        byte = (m * p + m * (p - 1) + m) * item
+        Kc, Gc = np.empty(m, dtype), np.empty((m, p - 1), dtype)
+        cpu_fn = lambda: kernels.quadrature_pair_field(W, W, code, nodes, weights, Kc, Gc)  # noqa: E731
     elif name in ("finite data field", "online-SGD batch field"):
         n = N_DATA if name == "finite data field" else BATCH
         model, problem, W = data_case(m, dtype, n)
@@ -205,6 +220,7 @@ def bench_size(name, m, dtype, repeats, cpu_budget, cpu_estimate):
 
 CASES = {  # name: (sizes, exponent of the cost in m, for extrapolating the CPU time)
     "pair field (closed form)": ([10**3, 10**4, 10**5], 2),
+    "pair field (quadrature, Q = 32)": ([10**3, 10**4], 2),
     "finite data field": ([10**3, 10**4, 10**5, 10**6], 1),
     "online-SGD batch field": ([10**3, 10**4, 10**5, 10**6], 1),
     "euler update": ([10**4, 10**5, 10**6], 1),
