@@ -87,7 +87,7 @@ INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin")
 PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
 METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")
 LIMIT_METRICS = ("risk_gap", "tracer_deviation", "norm_w2", "readout_w2", "signed_norm_w2", "overlap_w2",
                  "sliced_w2", "w2", "sphere_w2")
 DEFAULT_LIMIT_METRICS = ["risk_gap", "tracer_deviation", "norm_w2", "signed_norm_w2", "sliced_w2"]
@@ -531,7 +531,18 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             fail("model", "m", f"tracers start at the member's particles inside the reference: m must be <= "
                                f"reference_m = {limit['reference_m']}, got {model['m']}")
         limit["role"] = "member"
+    if config["run"]["backend"] == "cuda":
+        _check_cuda(fail)
     return config
+
+
+def _check_cuda(fail) -> None:
+    """The CUDA backend needs a usable GPU (or numba's CUDA simulator)."""
+    from ._cuda import cuda_status
+
+    usable, why = cuda_status()
+    if not usable:
+        fail("run", "backend", f'"cuda" is not usable here ({why}); allowed: "cpu"')
 
 
 def _check_data(file, base_dir, data, d, loss, via):

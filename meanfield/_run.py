@@ -188,7 +188,9 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
         if state.step == n_steps:
             break
         integrator.step(state)
-        if not (math.isfinite(state.value) and kernels.all_finite(state.W)):
+        # A device state (CUDA backend) checks its particles where they are.
+        finite = state.all_finite() if hasattr(state, "all_finite") else kernels.all_finite(state.W)
+        if not (math.isfinite(state.value) and finite):
             status = "diverged"
             message = (f"diverged at step {state.step} (t = {state.t:g}): the "
                        f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")

@@ -37,6 +37,8 @@ def run_command(args) -> int:
 
     if experiments.experiment_kind(args.file) is not None:  # signal propagation, deep linear
         return experiments.run_command(args)
+    if getattr(args, "backend", None):
+        args.set = [*args.set, f'run.backend="{args.backend}"']
     specs = sweep.plan(args.file, args.set)  # validates everything before any output exists
     out = _out_dir(args)
     if args.slurm:
@@ -159,7 +161,10 @@ def info(args) -> int:
           f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')}), cpus: {os.cpu_count()}")
     print(f"numba cache dir: {os.environ.get('NUMBA_CACHE_DIR', 'next to the kernels (default)')}")
     print(f"HDF5_USE_FILE_LOCKING={os.environ.get('HDF5_USE_FILE_LOCKING', 'unset')}")
-    print("backends: cpu (available); cuda: not built yet")
+    from ._cuda import cuda_status
+
+    usable, why = cuda_status()
+    print(f"backends: cpu (available); cuda: {'usable, ' if usable else 'not usable: '}{why}")
     return 0
 
 
@@ -185,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-time", type=int, default=60, help="time limit per task, minutes (default 60)")
     p.add_argument("--slurm-array-parallelism", type=int, help="array tasks running at once")
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and summarise")
+    p.add_argument("--backend", choices=("cpu", "cuda"),
+                   help="run on the CPU or the GPU (same as --set run.backend=...; default: the file's)")
     p.set_defaults(func=run_command)
     r = sub.add_parser("report", help="distances to the limit and their rates across widths")
     r.add_argument("dir")

@@ -128,6 +128,10 @@ def build(config: dict) -> Experiment:
         integrator = sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"])
     else:
         integrator = langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"])
+    if config["run"]["backend"] == "cuda":
+        from ._cuda import to_device
+
+        problem, integrator = to_device(problem, integrator)
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
     tracers, blocks = _tracers(config)
     return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,

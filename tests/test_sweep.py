@@ -106,7 +106,7 @@ def _bad_cases():
         ("odd symmetric", lambda t: merged(model__m=7, init={"symmetric": True}), "[model] m: a symmetric init pairs"),
         ("sum scaling", lambda t: merged(model__scaling="sum"), '[model] scaling: the "sum" scaling freezes the readout'),
         ("times", lambda t: merged(record__times=1), "[record] times = 1: must be an integer >= 2"),
-        ("backend", lambda t: merged(run={"backend": "cuda"}), '[run] backend = "cuda": must be one of "cpu"'),
+        ("backend", lambda t: merged(run={"backend": "tpu"}), '[run] backend = "tpu": must be one of "cpu", "cuda"'),
         ("noise with logistic", lambda t: merged(problem__loss="logistic", problem__noise_std=0.1),
          "[problem] noise_std: Gaussian label noise is for the squared loss"),
         ("sweep bad value", lambda t: merged(sweep={"model.m": [8, 0]}),

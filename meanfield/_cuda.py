@@ -1,0 +1,334 @@
+"""The CUDA backend: a whole run on the GPU, with the CPU problem and integrator contracts.
+
+``to_device(problem, integrator)`` turns a CPU problem and an integrator built on it into
+their device twins: a :class:`CudaProblem` (the same ``evaluate`` contract on host arrays,
+plus ``evaluate_device`` on device arrays) and an :class:`~meanfield.Integrator` whose state
+(:class:`DeviceState`) keeps the particles, the momentum, the tracers and the noise
+generators on the GPU between steps. Only what is recorded comes back: ``state.W``,
+``state.tracers`` and ``state.buffers`` are host copies made when an observer (a record, a
+checkpoint) asks for them. :func:`meanfield.run` drives it unchanged.
+
+numba-cuda is an optional dependency (``pip install ".[cuda]"``); this module imports it
+lazily so that the CPU backend never needs it. ``cuda_status()`` says whether a GPU (or
+numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is usable.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._integrators import Integrator
+from ._model import TILE_SIZE
+from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, description): whether CUDA runs can start here, and the GPU's name or why not."""
+    try:
+        from numba import config, cuda
+    except ImportError as error:  # numba-cuda not installed, or numba without its cuda module
+        return False, f"numba-cuda is not installed ({error}); pip install \"meanfield[cuda]\""
+    if config.ENABLE_CUDASIM:
+        return True, "numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): slow, for tests only"
+    try:
+        if not cuda.is_available():
+            return False, "no usable CUDA GPU or driver found"
+        device = cuda.get_current_device()
+        name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+        return True, f"{name} (compute capability {device.compute_capability[0]}.{device.compute_capability[1]})"
+    except Exception as error:  # noqa: BLE001 - the driver reports its failures in many ways
+        return False, f"CUDA is not usable: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+
+
+def _gpu():
+    from numba import cuda
+
+    from .kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
+    return cuda, gpu_population, gpu_finite_data, gpu_updates, gpu_reductions
+
+
+class CudaProblem(Problem):
+    """The device twin of a population (closed form, quadrature, Monte Carlo) or finite-data problem.
+
+    ``evaluate`` keeps the CPU contract (host arrays in, host :class:`Evaluation` out);
+    ``evaluate_device`` and ``batch_evaluate_device`` work on device arrays and return
+    ``(value, velocity, points_velocity)`` with device velocities. Attributes not defined
+    here (teacher, describe, sample_batch, n_samples, ...) are those of the CPU problem.
+
+    Parameters
+    ----------
+    problem : PopulationProblem or FiniteDataProblem
+        Any other problem class raises ValueError.
+    """
+
+    def __init__(self, problem: Problem):
+        cuda, *_ = _gpu()
+        self.host = problem
+        self.model = problem.model
+        self.loss = problem.loss
+        self.method = problem.method
+        self._scratch = {}
+        if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature"):
+            self._kind = "pair"
+            self._teacher = cuda.to_device(problem._teacher_W)
+            if problem.method == "quadrature":
+                self._rule = cuda.to_device(problem._nodes), cuda.to_device(problem._weights)
+        elif isinstance(problem, PopulationProblem) and problem.method == "monte_carlo":
+            self._kind = "data"
+            self._X, self._y = cuda.to_device(problem._X), cuda.to_device(problem._y)
+            self._offset = problem._value_offset
+        elif isinstance(problem, FiniteDataProblem):
+            self._kind = "data"
+            self._X, self._y = cuda.to_device(problem.X), cuda.to_device(problem.y)
+            self._offset = 0.0
+        else:
+            raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
+        self._trainable = None
+
+    def __getattr__(self, name):
+        if name == "host":  # not set yet: avoid recursion during construction
+            raise AttributeError(name)
+        return getattr(self.host, name)
+
+    def _buffer(self, key, shape, dtype):
+        cuda = _gpu()[0]
+        array = self._scratch.get(key)
+        if array is None or array.shape != tuple(shape):
+            array = self._scratch[key] = cuda.device_array(shape, dtype=dtype)
+        return array
+
+    def _empty_points(self):
+        return self._buffer("no_points", (0, self.model.p), self.model.dtype)
+
+    def _data(self, W, X, y, points, out, offset):
+        _, _, gpu_finite_data, _, _ = _gpu()
+        model = self.model
+        m = W.shape[0]
+        velocity = out if out is not None else self._buffer("velocity", W.shape, W.dtype)
+        pts = points if points is not None else self._empty_points()
+        pts_velocity = self._buffer("points_velocity", pts.shape, W.dtype)
+        alpha = model.alpha_value(m)
+        value = gpu_finite_data.finite_data_field(
+            W, X, y, pts, model.activation_code, _loss_code(self.loss), model.output_scale(m), alpha, model.bias,
+            model.train_readout, TILE_SIZE, velocity, pts_velocity)
+        return float(value) + offset / alpha**2, velocity, (pts_velocity if points is not None else None)
+
+    def _pair_velocity(self, points, W, out, energy):
+        _, gpu_population, _, _, _ = _gpu()
+        n, p = points.shape
+        K_w = self._buffer(("K_w", n), (n,), points.dtype)
+        G_w = self._buffer(("G_w", n), (n, p - 1), points.dtype)
+        K_t = self._buffer(("K_t", n), (n,), points.dtype)
+        G_t = self._buffer(("G_t", n), (n, p - 1), points.dtype)
+        code = self.model.activation_code
+        if self.method == "quadrature":
+            gpu_population.quadrature_pair_field(points, W, code, *self._rule, K_w, G_w)
+            gpu_population.quadrature_pair_field(points, self._teacher, code, *self._rule, K_t, G_t)
+        else:
+            gpu_population.closed_form_pair_field(points, W, code, K_w, G_w)
+            gpu_population.closed_form_pair_field(points, self._teacher, code, K_t, G_t)
+        m = W.shape[0]
+        gpu_population.pair_velocity(points, m, self.model.output_scale(m), 1.0 / self.model.alpha_value(m),
+                                     self.model.bias, self.model.train_readout, K_w, G_w, K_t, G_t, out, energy)
+
+    def evaluate_device(self, W, points=None, out=None):
+        """(F, velocity, points_velocity) of the device state ``W`` (velocities on the device)."""
+        if self._kind == "data":
+            return self._data(W, self._X, self._y, points, out, self._offset)
+        _, _, _, _, gpu_reductions = _gpu()
+        velocity = out if out is not None else self._buffer("velocity", W.shape, W.dtype)
+        energy = self._buffer(("energy", W.shape[0]), (W.shape[0],), W.dtype)
+        self._pair_velocity(W, W, velocity, energy)
+        alpha = self.model.alpha_value(W.shape[0])
+        value = self.host.label_second_moment / (2 * alpha**2) + gpu_reductions.device_sum(energy)
+        points_velocity = None
+        if points is not None:
+            points_velocity = self._buffer("points_velocity", points.shape, points.dtype)
+            self._pair_velocity(points, W, points_velocity,
+                                self._buffer(("energy", points.shape[0]), (points.shape[0],), W.dtype))
+        return value, velocity, points_velocity
+
+    def batch_evaluate_device(self, W, rng, batch_size, points=None, out=None):
+        """(batch loss, velocity, points_velocity) on a fresh batch drawn on the host from ``rng``."""
+        cuda = _gpu()[0]
+        X, y = self.host.sample_batch(rng, batch_size)
+        return self._data(W, cuda.to_device(X), cuda.to_device(y), points, out, 0.0)
+
+    def evaluate(self, W, points=None, out=None) -> Evaluation:
+        """Host-array evaluation (the CPU contract), computed on the device."""
+        cuda = _gpu()[0]
+        W, points = self._state(W, points)
+        value, velocity, points_velocity = self.evaluate_device(
+            cuda.to_device(W), None if points is None else cuda.to_device(points))
+        return Evaluation(value, velocity.copy_to_host(out) if out is not None else velocity.copy_to_host(),
+                          None if points_velocity is None else points_velocity.copy_to_host())
+
+    def batch_evaluate(self, W, rng, batch_size, points=None, out=None) -> Evaluation:
+        cuda = _gpu()[0]
+        W, points = self._state(W, points)
+        value, velocity, points_velocity = self.batch_evaluate_device(
+            cuda.to_device(W), rng, batch_size, None if points is None else cuda.to_device(points))
+        return Evaluation(value, velocity.copy_to_host(), None if points_velocity is None
+                          else points_velocity.copy_to_host())
+
+    def trainable_device(self):
+        if self._trainable is None:
+            self._trainable = _gpu()[0].to_device(np.ascontiguousarray(self.model.trainable))
+        return self._trainable
+
+
+def _loss_code(loss: str) -> int:
+    from . import kernels
+    return kernels.LOSS_CODES[loss]
+
+
+class DeviceState:
+    """An integrator state whose arrays live on the GPU (same attributes as ``State``).
+
+    ``W``, ``tracers`` and ``buffers`` are host copies, made when read (records and
+    checkpoints; ``W`` and ``tracers`` once per step, read-only); ``device_W``, ``device_tracers`` and ``device_buffers`` are the live arrays.
+    Buffers written on the host before the first step (``restore``) are sent to the device
+    by that step.
+    """
+
+    def __init__(self, W, rng, buffer_names, tracers):
+        cuda = _gpu()[0]
+        self.step = 0
+        self.t = 0.0
+        self.value = math.nan
+        self.rng = rng
+        self.device_W = cuda.to_device(np.ascontiguousarray(W))
+        self.device_tracers = None if tracers is None else cuda.to_device(np.ascontiguousarray(tracers))
+        self._host_buffers = {name: np.zeros_like(W) for name in buffer_names}
+        if tracers is not None:
+            self._host_buffers.update({f"tracer_{name}": np.zeros_like(tracers) for name in buffer_names})
+        self.device_buffers = {name: cuda.to_device(array) for name, array in self._host_buffers.items()}
+        self._pending_push = True
+        self.scratch = {}
+        self.noise_states = None
+        self.noise_step = 0  # the step the generators are at
+        self._host_copies = {}
+
+    def _host(self, name, device_array):
+        """A read-only host copy of ``device_array``, made once per step (a record reads the
+        particles several times: the evaluation, the trajectory, the file)."""
+        step, array = self._host_copies.get(name, (None, None))
+        if step != self.step:
+            array = device_array.copy_to_host()
+            array.flags.writeable = False
+            self._host_copies[name] = (self.step, array)
+        return array
+
+    @property
+    def W(self) -> np.ndarray:
+        return self._host("W", self.device_W)
+
+    @property
+    def tracers(self):
+        return None if self.device_tracers is None else self._host("tracers", self.device_tracers)
+
+    @property
+    def buffers(self) -> dict:
+        if not self._pending_push:
+            for name, array in self.device_buffers.items():
+                array.copy_to_host(self._host_buffers[name])
+        return self._host_buffers
+
+    def push_buffers(self):
+        """Send buffers written on the host (by ``restore``) to the device, once."""
+        if self._pending_push:
+            for name, array in self._host_buffers.items():
+                self.device_buffers[name].copy_to_device(array)
+            self._pending_push = False
+
+    def all_finite(self) -> bool:
+        """No NaN or inf in the particles (checked on the device)."""
+        return _gpu()[4].all_finite(self.device_W)
+
+
+def _noise_seed(rng: np.random.Generator) -> int:
+    """A 64-bit seed for the device generators, fixed by the run's stream (not by its state).
+
+    Derived from the generator's SeedSequence, so that a resumed run (whose generator state
+    has moved on) seeds its device generators exactly as the run it continues.
+    """
+    seq = rng.bit_generator.seed_seq
+    if isinstance(seq, np.random.SeedSequence):
+        child = np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 0x6375),
+                                       pool_size=seq.pool_size)
+        return int(child.generate_state(1, np.uint64)[0])
+    return int(np.random.Generator(type(rng.bit_generator)(seq)).integers(2**63))
+
+
+def to_device(problem: Problem, integrator: Integrator):
+    """The CUDA twins ``(CudaProblem, Integrator)`` of a CPU problem and an integrator on it.
+
+    The integrator is rebuilt from its name and parameters (gradient_descent, heavy_ball,
+    sgd, langevin); its steps run the CUDA kernels on a :class:`DeviceState`.
+    """
+    cuda, _, _, gpu_updates, _ = _gpu()
+    device_problem = problem if isinstance(problem, CudaProblem) else CudaProblem(problem)
+    name, params = integrator.name, integrator.params
+    eta = params["step"]
+    buffer_names = ("momentum",) if name == "heavy_ball" else ()
+    batch_size = params.get("batch_size")
+    weight_decay = params.get("weight_decay", 0.0)
+    beta = params.get("beta", math.inf)
+    noise_scale = math.sqrt(2.0 * eta / beta) if name == "langevin" else 0.0
+    n_trainable = int(problem.model.trainable.sum())
+
+    def init(W0, rng=None, tracers=None) -> DeviceState:
+        if integrator.stochastic and not isinstance(rng, np.random.Generator):
+            raise TypeError("this integrator is stochastic: pass rng=numpy.random.default_rng(seed)")
+        if tracers is not None and noise_scale > 0:
+            raise ValueError("tracers are coupled to the particles through shared randomness, which Langevin noise "
+                             "does not have yet: use tracers with gradient_descent, heavy_ball or sgd")
+        W = problem.model.check_state(W0)
+        if tracers is not None:
+            tracers = problem.model.check_state(tracers, "tracers")
+        state = DeviceState(W, rng, buffer_names, tracers)
+        if noise_scale > 0:
+            state.noise_states = gpu_updates.create_noise_states(W.shape[0], _noise_seed(rng))
+        return state
+
+    def evaluate(state):
+        velocity = state.scratch.get("velocity")
+        if velocity is None:
+            velocity = state.scratch["velocity"] = cuda.device_array_like(state.device_W)
+        if batch_size is None:
+            return device_problem.evaluate_device(state.device_W, state.device_tracers, velocity)
+        return device_problem.batch_evaluate_device(state.device_W, state.rng, batch_size, state.device_tracers,
+                                                    velocity)
+
+    def step_fn(state: DeviceState) -> DeviceState:
+        state.push_buffers()
+        value, velocity, points_velocity = evaluate(state)
+        if name == "gradient_descent":
+            gpu_updates.euler_update(state.device_W, velocity, eta)
+            if state.device_tracers is not None:
+                gpu_updates.euler_update(state.device_tracers, points_velocity, eta)
+        elif name == "heavy_ball":
+            momentum = params["momentum"]
+            gpu_updates.heavy_ball_update(state.device_W, velocity, state.device_buffers["momentum"], eta, momentum)
+            if state.device_tracers is not None:
+                gpu_updates.heavy_ball_update(state.device_tracers, points_velocity,
+                                              state.device_buffers["tracer_momentum"], eta, momentum)
+        else:
+            trainable = device_problem.trainable_device()
+            if state.noise_states is not None and state.noise_step != state.step:
+                # A restored state: bring the generators to where the saved run left them.
+                gpu_updates.advance_noise_states(state.noise_states, state.step - state.noise_step, n_trainable)
+            gpu_updates.langevin_update(state.device_W, velocity, state.noise_states, eta, weight_decay, noise_scale,
+                                        trainable)
+            state.noise_step = state.step + 1
+            if state.device_tracers is not None:
+                gpu_updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0,
+                                            trainable)
+        state.value = value
+        state.step += 1
+        state.t = state.step * integrator.dt
+        return state
+
+    return device_problem, Integrator(init, step_fn, integrator.dt, name, dict(params, backend="cuda"),
+                                      integrator.stochastic)

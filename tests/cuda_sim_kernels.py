@@ -1,0 +1,464 @@
+"""CUDA kernels and the CUDA backend, run in numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1).
+
+Run by tests/test_cuda.py in a subprocess with the simulator switched on (the variable is
+read once per process). Every GPU kernel is compared with its CPU twin and with the numpy
+references of tests/test_kernels.py: float64 to 1e-10 relative, float32 to 1e-4, on odd
+sizes (m = 37, N = 53, d = 5) that cross the simulator's 32-thread blocks and shared-memory
+tiles with partial last ones.
+"""
+import math
+import os
+
+import h5py
+import numpy as np
+import pytest
+from numba import config, cuda
+
+import meanfield as mf
+from meanfield import kernels
+from meanfield._cuda import to_device
+from meanfield._problems import pair_velocity as cpu_pair_velocity
+from meanfield.kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
+from test_kernels import assert_close_scaled, closed_case, make_data, ref_field, ref_grad_closed, ref_kappa_closed
+
+assert config.ENABLE_CUDASIM, "run these tests with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda.py does)"
+
+DTYPES = [np.float64, np.float32]
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+M, N, D = 37, 53, 5
+
+
+def dev(array):
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+# ---------------------------------------------------------------------------------------
+# population pair field
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["relu", "erf", "linear"])
+def test_closed_form_pair_field(act, dtype):
+    """K and G of 37 points against 53 sources (two blocks, two tiles, both partial)."""
+    points, sources = closed_case(np.random.default_rng(1), n=M, m=N, d=D)
+    points[5, :D] = 0.0  # a zero input weight (relu's degenerate branch)
+    points = points.astype(dtype)
+    sources = sources.astype(dtype)
+    code = kernels.ACTIVATION_CODES[act]
+    K_cpu, G_cpu = np.empty(M, dtype), np.empty((M, D + 1), dtype)
+    kernels.closed_form_pair_field(points, sources, code, K_cpu, G_cpu)
+    K, G = cuda.device_array(M, dtype), cuda.device_array((M, D + 1), dtype)
+    gpu_population.closed_form_pair_field(dev(points), dev(sources), code, K, G)
+    K, G = K.copy_to_host(), G.copy_to_host()
+    assert K.dtype == dtype and G.dtype == dtype
+    rtol = RTOL[dtype]
+    assert_close_scaled(K, K_cpu, rtol)
+    assert_close_scaled(G, G_cpu, rtol)
+    P, S = points.astype(np.float64), sources.astype(np.float64)
+    c = S[:, D + 1]
+    K_ref = np.array([sum(c[j] * ref_kappa_closed(P[i, :D], S[j, :D], act) for j in range(N))
+                      if (act != "relu" or np.any(P[i, :D])) else 0.0 for i in range(M)])
+    G_ref = np.array([sum(c[j] * ref_grad_closed(P[i, :D], S[j, :D], act) for j in range(N))
+                      if (act != "relu" or np.any(P[i, :D])) else np.zeros(D) for i in range(M)])
+    assert_close_scaled(K, K_ref, max(rtol, 1e-9))
+    assert_close_scaled(G[:, :D], G_ref, max(rtol, 1e-9))
+    assert np.all(G[:, D] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_quadrature_pair_field(act, dtype):
+    """Gauss-Hermite pair sums (Q = 3, with biases) of 13 points against 37 sources (two
+    tiles), equal to the CPU kernel (tested against numpy in tests/test_kernels.py); the point
+    equal to a source, the antiparallel one and a zero input weight take the degenerate
+    branches."""
+    points, sources = closed_case(np.random.default_rng(9), n=13, m=37, d=D)
+    rng = np.random.default_rng(10)
+    points[:, D] = 0.5 * rng.standard_normal(13)
+    sources[:, D] = 0.5 * rng.standard_normal(37)
+    points[1] = sources[4]
+    points[5, :D] = 0.0
+    points, sources = points.astype(dtype), sources.astype(dtype)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(3)
+    nodes, weights = nodes.astype(dtype), (weights / weights.sum()).astype(dtype)
+    code = kernels.ACTIVATION_CODES[act]
+    K_cpu, G_cpu = np.empty(13, dtype), np.empty((13, D + 1), dtype)
+    kernels.quadrature_pair_field(points, sources, code, nodes, weights, K_cpu, G_cpu)
+    K, G = cuda.device_array(13, dtype), cuda.device_array((13, D + 1), dtype)
+    gpu_population.quadrature_pair_field(dev(points), dev(sources), code, dev(nodes), dev(weights), K, G)
+    K, G = K.copy_to_host(), G.copy_to_host()
+    assert_close_scaled(K, K_cpu, RTOL[dtype])
+    assert_close_scaled(G, G_cpu, RTOL[dtype])
+
+
+@pytest.mark.parametrize("bias,train_readout", [(False, True), (True, False)])
+def test_pair_velocity(bias, train_readout):
+    """The device assembly of the velocity equals meanfield._problems.pair_velocity."""
+    rng = np.random.default_rng(2)
+    model = mf.Model(d=D, activation="relu", bias=bias, train_readout=train_readout)
+    points = rng.standard_normal((M, D + 2))
+    K_w, K_t = rng.standard_normal(M), rng.standard_normal(M)
+    G_w, G_t = rng.standard_normal((M, D + 1)), rng.standard_normal((M, D + 1))
+    expected = cpu_pair_velocity(model, points, 41, K_w, G_w, K_t, G_t, np.empty_like(points))
+    out, energy = cuda.device_array((M, D + 2)), cuda.device_array(M)
+    s, inv_alpha = model.output_scale(41), 1.0 / model.alpha_value(41)
+    gpu_population.pair_velocity(dev(points), 41, s, inv_alpha, bias, train_readout, dev(K_w), dev(G_w),
+                                 dev(K_t), dev(G_t), out, energy)
+    assert_close_scaled(out.copy_to_host(), expected, 1e-12)
+    c = points[:, D + 1]
+    assert_close_scaled(energy.copy_to_host(), c * (0.5 * s * s * K_w - s * inv_alpha * K_t), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# finite data
+# ---------------------------------------------------------------------------------------
+
+# Every activation (a new one in kernels/_scalar.py is picked up here) with every loss in
+# turn, both dtypes, bias / readout on and off, mean-field and sum scalings, several alphas.
+FIELD_CASES = [
+    (act, ("squared", "logistic", "exponential")[k % 3], ("mean", "sum")[k % 2 if k < 2 else (k // 2) % 2],
+     (1.0, 2.0, 10.0)[k % 3], k % 4 != 0, k % 3 != 2, DTYPES[k % 2])
+    for k, act in enumerate(kernels.ACTIVATION_CODES)
+]
+
+
+@pytest.mark.parametrize("act,loss,s_mode,alpha,bias,train_readout,dtype", FIELD_CASES)
+def test_finite_data_field(act, loss, s_mode, alpha, bias, train_readout, dtype):
+    rng = np.random.default_rng(3)
+    W, X, y, points = make_data(rng, M, N, D, loss, with_bias=bias)
+    W, X, y, points = (np.ascontiguousarray(a, dtype=dtype) for a in (W, X, y, points))
+    s = 1.0 / M if s_mode == "mean" else 1.0
+    args = (kernels.ACTIVATION_CODES[act], kernels.LOSS_CODES[loss], s, alpha, bias, train_readout, 16)
+    v_cpu, pv_cpu = np.empty_like(W), np.empty_like(points)
+    F_cpu = kernels.finite_data_field(W, X, y, points, *args, v_cpu, pv_cpu)
+    v, pv = cuda.device_array_like(W), cuda.device_array_like(points)
+    F = gpu_finite_data.finite_data_field(dev(W), dev(X), dev(y), dev(points), *args, v, pv)
+    v, pv = v.copy_to_host(), pv.copy_to_host()
+    rtol = RTOL[dtype]
+    assert np.asarray(F).dtype == dtype
+    F_ref, v_ref, pv_ref = ref_field(W, X, y, points, act, loss, s, alpha, bias, train_readout)
+    for expected_F, expected_v, expected_pv in ((F_cpu, v_cpu, pv_cpu), (F_ref, v_ref, pv_ref)):
+        np.testing.assert_allclose(float(F), float(expected_F), rtol=rtol)
+        assert_close_scaled(v, expected_v, rtol)
+        assert_close_scaled(pv, expected_pv, rtol)
+    if not bias:
+        assert np.all(v[:, D] == 0)
+    if not train_readout:
+        assert np.all(v[:, D + 1] == 0)
+
+
+def test_finite_data_field_without_points():
+    rng = np.random.default_rng(4)
+    W, X, y, _ = make_data(rng, M, N, D, "squared")
+    empty = np.empty((0, D + 2))
+    v, pv = cuda.device_array_like(W), cuda.device_array((0, D + 2))
+    F = gpu_finite_data.finite_data_field(dev(W), dev(X), dev(y), dev(empty), 0, 0, 1 / M, 1.0, True, True, 1000,
+                                          v, pv)
+    F_ref, v_ref, _ = ref_field(W, X, y, empty, "relu", "squared", 1 / M, 1.0, True, True)
+    np.testing.assert_allclose(F, F_ref, rtol=1e-10)
+    assert_close_scaled(v.copy_to_host(), v_ref, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_network_output(dtype):
+    rng = np.random.default_rng(5)
+    W, X, _, _ = make_data(rng, M, N, D, "squared")
+    W, X = W.astype(dtype), X.astype(dtype)
+    expected = np.empty(N, dtype)
+    kernels.network_output(W, X, kernels.ACTIVATION_CODES["tanh"], 1 / M, 16, expected)
+    out = cuda.device_array(N, dtype)
+    gpu_finite_data.network_output(dev(W), dev(X), kernels.ACTIVATION_CODES["tanh"], 1 / M, 16, out)
+    assert_close_scaled(out.copy_to_host(), expected, RTOL[dtype])
+
+
+# ---------------------------------------------------------------------------------------
+# reductions
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("size", [1, 37, 601])  # 601 > 8 blocks x 32 threads: the grid stride
+def test_sums(size, dtype):
+    x = np.random.default_rng(size).standard_normal(size).astype(dtype)
+    np.testing.assert_allclose(gpu_reductions.device_sum(dev(x)), x.astype(np.float64).sum(),
+                               rtol=RTOL[dtype], atol=RTOL[dtype] * np.abs(x).sum())
+    np.testing.assert_allclose(gpu_reductions.sum_of_squares(dev(x)), (x.astype(np.float64) ** 2).sum(),
+                               rtol=RTOL[dtype])
+    W = x[: (size // 7) * 7].reshape(-1, 7) if size >= 7 else x.reshape(1, -1)
+    np.testing.assert_allclose(gpu_reductions.sum_of_squares(dev(W)), (W.astype(np.float64) ** 2).sum(),
+                               rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_all_finite(dtype):
+    W = np.random.default_rng(6).standard_normal((M, D + 2)).astype(dtype)
+    assert gpu_reductions.all_finite(dev(W))
+    for bad in (np.nan, np.inf, -np.inf):
+        for index in [(0, 0), (17, 3), (M - 1, D + 1)]:
+            B = W.copy()
+            B[index] = bad
+            assert not gpu_reductions.all_finite(dev(B)), (bad, index)
+
+
+# ---------------------------------------------------------------------------------------
+# updates
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_euler_and_heavy_ball(dtype):
+    rng = np.random.default_rng(7)
+    W, V = rng.standard_normal((M, D + 2)).astype(dtype), rng.standard_normal((M, D + 2)).astype(dtype)
+    dW = dev(W)
+    gpu_updates.euler_update(dW, dev(V), 0.37)
+    kernels.euler_update(W, V, 0.37)
+    assert_close_scaled(dW.copy_to_host(), W, RTOL[dtype] * 1e-3)
+    buf, dbuf = np.zeros_like(W), dev(np.zeros_like(W))
+    for _ in range(3):
+        V = rng.standard_normal(W.shape).astype(dtype)
+        kernels.heavy_ball_update(W, V, buf, 0.2, 0.9)
+        gpu_updates.heavy_ball_update(dW, dev(V), dbuf, 0.2, 0.9)
+    assert_close_scaled(dW.copy_to_host(), W, RTOL[dtype] * 1e-3)
+    assert_close_scaled(dbuf.copy_to_host(), buf, RTOL[dtype] * 1e-3)
+
+
+TRAINABLE = np.array([True, True, False, True, True, True, False])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_langevin_update_without_noise(dtype):
+    rng = np.random.default_rng(8)
+    W, V = rng.standard_normal((M, 7)).astype(dtype), rng.standard_normal((M, 7)).astype(dtype)
+    dW = dev(W)
+    gpu_updates.langevin_update(dW, dev(V), None, 0.05, 0.3, 0.0, dev(TRAINABLE))
+    kernels.langevin_update(W, V, np.zeros_like(W), 0.05, 0.3, 0.0, TRAINABLE)
+    out = dW.copy_to_host()
+    assert_close_scaled(out, W, RTOL[dtype] * 1e-3)
+    assert np.array_equal(out[:, ~TRAINABLE], W[:, ~TRAINABLE])
+    with pytest.raises(ValueError):
+        gpu_updates.langevin_update(dW, dev(V), None, 0.05, 0.3, 0.1, dev(TRAINABLE))
+
+
+def noise_draw(dtype, seed, rows=400, steps_before=0):
+    """One Langevin step from W = 0, v = 0, lambda = 0, noise_scale = 1: W becomes xi."""
+    states = gpu_updates.create_noise_states(rows, seed)
+    trainable = dev(TRAINABLE)
+    W = dev(np.zeros((rows, 7), dtype))
+    for _ in range(steps_before):
+        gpu_updates.langevin_update(W, W, states, 1.0, 0.0, 1.0, trainable)
+        W.copy_to_device(np.zeros((rows, 7), dtype))
+    gpu_updates.langevin_update(W, W, states, 1.0, 0.0, 1.0, trainable)
+    return W.copy_to_host(), states
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_langevin_noise_is_standard_normal_and_seeded(dtype):
+    """400 rows x 5 trainable columns = 2000 draws: mean, variance and P(|xi| < 1) of N(0, 1)
+    within 4 standard errors; the same seed gives the same draws, another seed others."""
+    xi, _ = noise_draw(dtype, seed=11)
+    assert xi.dtype == dtype
+    assert np.all(xi[:, ~TRAINABLE] == 0)
+    z = xi[:, TRAINABLE].astype(np.float64).ravel()
+    n = z.size
+    assert abs(z.mean()) < 4 / math.sqrt(n)
+    assert abs(z.var() - 1) < 4 * math.sqrt(2 / n)
+    p = math.erf(1 / math.sqrt(2))
+    assert abs(np.mean(np.abs(z) < 1) - p) < 4 * math.sqrt(p * (1 - p) / n)
+    # independent columns and rows: the lag-one correlation of the draws is small
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 4 / math.sqrt(n)
+    again, _ = noise_draw(dtype, seed=11)
+    assert np.array_equal(again, xi)
+    other, _ = noise_draw(dtype, seed=12)
+    assert not np.array_equal(other, xi)
+
+
+def test_advance_noise_states_skips_whole_steps():
+    """Advancing the generators by two steps' draws gives the third step's noise."""
+    third, _ = noise_draw(np.float64, seed=5, rows=40, steps_before=2)
+    states = gpu_updates.create_noise_states(40, 5)
+    gpu_updates.advance_noise_states(states, 2, int(TRAINABLE.sum()))
+    W = dev(np.zeros((40, 7)))
+    gpu_updates.langevin_update(W, W, states, 1.0, 0.0, 1.0, dev(TRAINABLE))
+    assert np.array_equal(W.copy_to_host(), third)
+
+
+# ---------------------------------------------------------------------------------------
+# the backend: whole runs on the device
+# ---------------------------------------------------------------------------------------
+
+def population(dtype="float64", m=13):
+    model = mf.Model(d=D, activation="relu", dtype=dtype)
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=D, k=2))
+    return model, problem, mf.initialize(model, m=m, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("scheme", ["gradient_descent", "heavy_ball"])
+def test_cuda_run_matches_cpu_population(scheme, dtype):
+    model, problem, W0 = population(dtype)
+    integrator = (mf.gradient_descent(problem, 0.5) if scheme == "gradient_descent"
+                  else mf.heavy_ball(problem, 0.1, 0.5))
+    t_max = 3 * integrator.dt
+    tracers = W0[:3] + 0.01
+    cpu = mf.run(problem, integrator, W0, t_max, times=[0, t_max], keep_particles=True, tracers=tracers)
+    device_problem, device_integrator = to_device(problem, integrator)
+    gpu = mf.run(device_problem, device_integrator, W0, t_max, times=[0, t_max], keep_particles=True,
+                 tracers=tracers)
+    rtol = RTOL[np.dtype(dtype).type]
+    assert gpu.status == "complete" and list(gpu.steps) == list(cpu.steps)
+    np.testing.assert_allclose(gpu.risk, cpu.risk, rtol=rtol)
+    np.testing.assert_allclose(gpu.grad_norm, cpu.grad_norm, rtol=rtol)
+    assert gpu.particles.dtype == np.dtype(dtype)
+    assert_close_scaled(gpu.particles, cpu.particles, rtol)
+    assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
+
+
+def test_cuda_run_matches_cpu_quadrature():
+    """A tanh student with biases (the Gauss-Hermite population risk, Q = 4) on the device."""
+    model = mf.Model(d=D, activation="tanh", bias=True)
+    problem = mf.PopulationProblem(model, mf.Teacher.random(D, 2, np.random.default_rng(1), "tanh", bias=True),
+                                   quadrature_order=4)
+    W0 = mf.initialize(model, m=7, rng=np.random.default_rng(0), init=mf.Init(b="gaussian"))
+    integrator = mf.gradient_descent(problem, 0.3)
+    cpu = mf.run(problem, integrator, W0, 0.6, times=[0, 0.6])
+    device_problem, device_integrator = to_device(problem, integrator)
+    gpu = mf.run(device_problem, device_integrator, W0, 0.6, times=[0, 0.6])
+    assert device_problem.method == "quadrature"
+    np.testing.assert_allclose(gpu.risk, cpu.risk, rtol=1e-10)
+    assert_close_scaled(gpu.W, cpu.W, 1e-10)
+    assert np.abs(gpu.W[:, D] - W0[:, D]).max() > 0  # the biases moved
+
+
+def test_cuda_sgd_on_finite_data_matches_cpu():
+    """Minibatches are drawn on the host from the run's stream: the same batches as on the CPU."""
+    model = mf.Model(d=D, activation="tanh", bias=True)
+    problem = mf.FiniteDataProblem.from_teacher(model, mf.Teacher.random(D, 2, np.random.default_rng(1),
+                                                                         "tanh"), 29, np.random.default_rng(2))
+    W0 = mf.initialize(model, m=13, rng=np.random.default_rng(0))
+    integrator = mf.sgd(problem, 0.2, batch_size=17, weight_decay=0.1)
+    cpu = mf.run(problem, integrator, W0, 0.6, times=[0, 0.6], rng=np.random.default_rng(3))
+    device_problem, device_integrator = to_device(problem, integrator)
+    gpu = mf.run(device_problem, device_integrator, W0, 0.6, times=[0, 0.6], rng=np.random.default_rng(3))
+    np.testing.assert_allclose(gpu.risk, cpu.risk, rtol=1e-10)
+    assert_close_scaled(gpu.W, cpu.W, 1e-10)
+    evaluation = device_problem.evaluate(W0)
+    expected = problem.evaluate(W0)
+    np.testing.assert_allclose(evaluation.value, expected.value, rtol=1e-10)
+    assert_close_scaled(evaluation.velocity, expected.velocity, 1e-10)
+
+
+class Checkpoints:
+    """An observer keeping what a checkpoint saves (host copies of W and the buffers)."""
+
+    def __init__(self):
+        self.saved = {}
+
+    def observe(self, state, evaluation):
+        self.saved[state.step] = (state.W, {name: array.copy() for name, array in state.buffers.items()})
+
+    def close(self, state, status, message):
+        pass
+
+
+def test_cuda_heavy_ball_resumes_exactly():
+    """Restored from a host checkpoint (W and momentum read back from the device at step 2),
+    a device heavy-ball run continues bitwise like the uninterrupted one."""
+    _, problem, W0 = population(m=9)
+    device_problem, device_integrator = to_device(problem, mf.heavy_ball(problem, 0.1, 0.5))
+    dt = device_integrator.dt
+    checkpoints = Checkpoints()
+    full = mf.run(device_problem, device_integrator, W0, 4 * dt, times=[0, 2 * dt, 4 * dt], observers=[checkpoints])
+    W2, buffers2 = checkpoints.saved[2]
+    assert np.abs(buffers2["momentum"]).max() > 0
+    state = mf.restore(device_integrator, W2, 2, buffers=buffers2)
+    resumed = mf.run(device_problem, device_integrator, W0, 4 * dt, times=[0, 2 * dt, 4 * dt], state=state)
+    assert np.array_equal(resumed.W, full.W)
+
+
+def test_cuda_langevin_resumes_exactly():
+    """A Langevin run restored at step 2 (host W, the saved generator) continues to the same
+    particles as the uninterrupted run: the device generators are re-seeded from the run's
+    stream and skipped forward."""
+    model, problem, W0 = population(m=9)
+    integrator = mf.langevin(problem, 0.1, beta=50.0, weight_decay=0.5)
+    device_problem, device_integrator = to_device(problem, integrator)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(0, spawn_key=(0, 2))))
+    full = mf.run(device_problem, device_integrator, W0, 0.4, times=[0, 0.2, 0.4], rng=rng, keep_particles=True)
+    assert not np.allclose(full.particles[1], W0)
+    rng2 = np.random.Generator(np.random.PCG64(np.random.SeedSequence(0, spawn_key=(0, 2))))
+    state = mf.restore(device_integrator, full.particles[1], 2, rng=rng2)
+    resumed = mf.run(device_problem, device_integrator, W0, 0.4, times=[0, 0.2, 0.4], rng=rng2, state=state)
+    assert np.array_equal(resumed.W, full.W)
+    # the noise has the temperature asked for: the CPU and GPU runs differ only by noise
+    cpu = mf.run(problem, integrator, W0, 0.4, times=[0, 0.4], rng=np.random.default_rng(0))
+    assert 0 < np.abs(cpu.W - full.W).max() < 10 * math.sqrt(2 * 0.1 / 50.0) * 4
+
+
+EXPERIMENT = """
+[model]
+d = 4
+m = 11
+activation = "relu"
+[problem]
+kind = "{kind}"
+{extra}
+[problem.teacher]
+kind = "orthonormal"
+k = 2
+[dynamics]
+integrator = "heavy_ball"
+step = 0.1
+momentum = 0.5
+t_max = 0.6
+[record]
+times = 3
+[run]
+backend = "{backend}"
+"""
+
+
+def h5_layout(path):
+    """{dataset path: (shape, dtype)} of a run file, attributes that vary between runs left out."""
+    layout = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: layout.__setitem__(name, (obj.shape, obj.dtype))
+                     if isinstance(obj, h5py.Dataset) else None)
+        risk = f["observables/risk/value"][()]
+        W = f["particles/neurons/position/value"][()]
+        assert f.attrs["status"] == "complete"
+    return layout, risk, W
+
+
+@pytest.mark.parametrize("kind,extra", [("population", ""), ("finite_data", "n_samples = 23")])
+def test_meanfield_run_backend_cuda_end_to_end(tmp_path, kind, extra):
+    """`meanfield run FILE --backend cuda` and `[run] backend = "cuda"` write the same layout and
+    numbers as the CPU run of the same file."""
+    from meanfield.cli import main
+
+    for backend in ("cpu", "cuda"):
+        (tmp_path / f"{backend}.toml").write_text(EXPERIMENT.format(kind=kind, extra=extra, backend=backend))
+    assert main(["run", str(tmp_path / "cpu.toml"), "--out", str(tmp_path / "cpu"), "--quiet"]) == 0
+    assert main(["run", str(tmp_path / "cpu.toml"), "--backend", "cuda", "--out", str(tmp_path / "flag"),
+                 "--quiet"]) == 0
+    assert main(["run", str(tmp_path / "cuda.toml"), "--out", str(tmp_path / "file"), "--quiet"]) == 0
+    (cpu_file,) = [p for p in (tmp_path / "cpu").glob("*.h5") if p.name != "index.h5"]
+    cpu_layout, cpu_risk, cpu_W = h5_layout(cpu_file)
+    for folder in ("flag", "file"):
+        files = [p for p in (tmp_path / folder).glob("*.h5") if p.name != "index.h5"]
+        assert len(files) == 1
+        layout, risk, W = h5_layout(files[0])
+        assert layout == cpu_layout
+        np.testing.assert_allclose(risk, cpu_risk, rtol=1e-10)
+        assert_close_scaled(W, cpu_W, 1e-10)
+
+
+def test_gpu_benchmark_runs_at_tiny_size(capsys):
+    """benchmarks/gpu_bench.py runs every case end to end (m = 37; the simulator's timings
+    mean nothing, this only keeps the script from rotting until it runs on a GPU)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_bench.py")
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--repeats", "1", "--dtype", "float32"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "| 37 |" in line]
+    assert {row.split("|")[1].strip() for row in rows} == set(bench.CASES)
