@@ -13,6 +13,7 @@ from ._scalar import (
 )
 from .finite_data import finite_data_field, network_output
 from .population import closed_form_pair_field, quadrature_pair_field
+from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
 
 __all__ = [
@@ -30,4 +31,6 @@ __all__ = [
     "euler_update",
     "heavy_ball_update",
     "langevin_update",
+    "tangent_field",
+    "tangent_output",
 ]
