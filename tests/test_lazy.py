@@ -85,3 +85,111 @@ def test_tangent_kernels_match_numpy_reference(activation, bias, train_readout, 
     assert abs(value - F) <= tol * max(1.0, abs(F))
     assert np.linalg.norm(velocity - v) <= tol * 10 * np.linalg.norm(v)
     assert np.allclose(model.alpha_value(M) * out, prediction, rtol=tol * 10, atol=tol * 10)
+
+
+# --------------------------------------------------------------------------- the tangent problem
+def _problems(model):
+    teacher = mf.Teacher.random(model.d, 2, np.random.default_rng(5), activation=model.activation)
+    yield finite_problem(model)
+    yield mf.PopulationProblem(model, teacher, method="monte_carlo", mc_samples=50, noise_std=0.2,
+                               rng=np.random.default_rng(6))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("bias, alpha", [(False, 1.0), (True, 7.0)])
+def test_tangent_model_equals_the_network_at_initialisation(activation, bias, alpha):
+    """At W = W0: T = h, F_T = F and the velocities agree (finite data and Monte Carlo)."""
+    model = mf.Model(D, activation, bias=bias, alpha=alpha)
+    W0, _ = moved_state(model, M, 1)
+    for problem in _problems(model):
+        tangent = mf.TangentProblem(problem, W0)
+        network, linear = problem.evaluate(W0), tangent.evaluate(W0)
+        assert linear.value == pytest.approx(network.value, rel=1e-12)
+        assert np.allclose(linear.velocity, network.velocity, rtol=1e-12, atol=1e-14)
+        X = np.random.default_rng(2).standard_normal((20, D))
+        assert np.allclose(tangent.predict(W0, X), model.predict(W0, X), rtol=1e-12, atol=1e-14)
+        assert tangent.method == f"tangent_{problem.method}"
+
+
+OPTIONS = [  # activation, bias, train_readout, scaling, alpha, loss
+    ("relu", False, True, "mean_field", 1.0, "squared"),
+    ("tanh", True, True, "mean_field", 3.0, "squared"),
+    ("softplus", True, False, "mean_field", "sqrt_m", "squared"),
+    ("sigmoid", False, False, "sum", 1.0, "squared"),
+    ("tanh", True, True, "mean_field", 2.0, "logistic"),
+]
+
+
+@pytest.mark.parametrize("activation, bias, train_readout, scaling, alpha, loss", OPTIONS)
+def test_tangent_velocity_is_minus_m_gradient_of_its_objective(activation, bias, train_readout, scaling,
+                                                               alpha, loss):
+    """Central finite differences of F_T, away from W0 (relative error < 1e-6)."""
+    model = mf.Model(D, activation, bias=bias, train_readout=train_readout, scaling=scaling, alpha=alpha)
+    W0, W = moved_state(model, M, 2)
+    tangent = mf.TangentProblem(finite_problem(model, loss=loss), W0)
+    check(tangent, W)
+    assert not np.allclose(tangent.risk(W), finite_problem(model, loss=loss).risk(W))  # W is away from W0
+
+
+def test_tangent_batches_and_refusals():
+    """A full, sorted batch is the full objective; closed forms, tracers and wrong widths are refused."""
+    model = mf.Model(D, "tanh", alpha=2.0)
+    W0, W = moved_state(model, M, 3)
+    problem = finite_problem(model, n=12)
+    tangent = mf.TangentProblem(problem, W0)
+    full, batch = tangent.evaluate(W), tangent.batch_evaluate(W, np.random.default_rng(0), 12)
+    assert batch.value == pytest.approx(full.value, rel=1e-12)
+    assert np.allclose(batch.velocity, full.velocity, rtol=1e-12)
+    closed = mf.PopulationProblem(mf.Model(D, "relu"), mf.Teacher.orthonormal(D, 2))
+    with pytest.raises(ValueError, match="evaluated on a sample.*'closed_form'.*method='monte_carlo'"):
+        mf.TangentProblem(closed, W0)
+    with pytest.raises(ValueError, match="no tracers"):
+        tangent.evaluate(W, points=W)
+    with pytest.raises(ValueError, match="linearised at W0 of shape"):
+        tangent.evaluate(W[:4])
+    with pytest.raises(ValueError, match="already a tangent model"):
+        mf.TangentProblem(tangent, W0)
+
+
+# --------------------------------------------------------------------------- the O(1/alpha) law
+def _network_and_tangent(alpha, symmetric, m=40, n=15, t=5.0):
+    """Train the network and its tangent model (tanh, finite data) to time t from the same W0.
+
+    Without the symmetric init, the readouts are drawn in the null space of the features on
+    the sample, so that h(W0, x_n) = 0 there without pairing the particles.
+    """
+    model = mf.Model(D, "tanh", alpha=alpha)
+    problem = finite_problem(model, n=n, seed=1)
+    rng = np.random.default_rng(0)
+    W0 = mf.initialize(model, m, rng, mf.Init(symmetric=symmetric))
+    if not symmetric:
+        _, _, Vt = np.linalg.svd(np.tanh(problem.X @ W0[:, :D].T))
+        c = Vt[n:].T @ rng.standard_normal(m - n)
+        W0[:, -1] = c / c.std()
+    assert np.abs(model.predict(W0, problem.X)).max() < 1e-12
+    tangent = mf.TangentProblem(problem, W0)
+    net = mf.run(problem, mf.gradient_descent(problem, 0.05), W0, t_max=t, times=[0, t])
+    lin = mf.run(tangent, mf.gradient_descent(tangent, 0.05), W0, t_max=t, times=[0, t])
+    distance = np.sqrt(np.mean((model.predict(net.W, problem.X) - tangent.predict(lin.W, problem.X)) ** 2))
+    displacement = np.linalg.norm(net.W - W0) / np.linalg.norm(W0)
+    # Both fitted: the risk of the predictor alpha h fell by a factor > 5 (the objective is it / alpha^2).
+    assert net.risk[-1] < net.risk[0] / 5 and lin.risk[-1] < lin.risk[0] / 5
+    return distance, displacement
+
+
+def _slope(alphas, values):
+    return np.polyfit(np.log(alphas), np.log(values), 1)[0]
+
+
+@pytest.mark.parametrize("symmetric, distance_slope", [(False, -1.0), (True, -2.0)])
+def test_network_approaches_its_tangent_model_like_one_over_alpha(symmetric, distance_slope):
+    """Chizat & Bach: at fixed t, |alpha h(W(t)) - alpha T(W_T(t))| = O(1/alpha) and
+    |W(t) - W0| / |W0| = O(1/alpha). The bound is attained when h(W0) = 0 on the data without
+    pairing (slope -1). With the symmetric init, the second-order terms of the two particles of
+    a pair (a, c), (a, -c) cancel, so the distance falls like 1/alpha^2 (slope -2; measured
+    -0.994 and -1.999 here). Tolerance +-0.25 on every log-log slope over alpha = 10, 100, 1000.
+    """
+    alphas = np.array([10.0, 100.0, 1000.0])
+    distances, displacements = np.array([_network_and_tangent(a, symmetric) for a in alphas]).T
+    assert _slope(alphas, distances) == pytest.approx(distance_slope, abs=0.25)
+    assert _slope(alphas, displacements) == pytest.approx(-1.0, abs=0.25)
