@@ -193,3 +193,177 @@ def test_network_approaches_its_tangent_model_like_one_over_alpha(symmetric, dis
     distances, displacements = np.array([_network_and_tangent(a, symmetric) for a in alphas]).T
     assert _slope(alphas, distances) == pytest.approx(distance_slope, abs=0.25)
     assert _slope(alphas, displacements) == pytest.approx(-1.0, abs=0.25)
+
+
+# --------------------------------------------------------------------------- experiment files
+from meanfield import lazy, sweep  # noqa: E402
+from meanfield.analysis import (plot_displacement, plot_particle_trajectories,  # noqa: E402
+                                plot_tangent_distance, projection_directions)
+from meanfield.cli import main  # noqa: E402
+
+from test_sweep import _npz, merged, write  # noqa: E402
+
+MC = {"problem__method": "monte_carlo", "problem__mc_samples": 64}
+
+
+def _bad_lazy_cases():
+    return [
+        ("tangent closed form", lambda t: merged(problem__tangent=True),
+         '[problem] tangent: the tangent model is evaluated on a sample: needs kind = "finite_data", or kind = '
+         '"population" with method = "monte_carlo"'),
+        ("tangent type", lambda t: merged(problem__tangent="yes"), '[problem] tangent = "yes": must be true or false'),
+        ("lazy tangent closed form", lambda t: merged(lazy={"test_samples": 10, "tangent": True}),
+         "[lazy] tangent: the tangent model is evaluated on a sample"),
+        ("no test sample", lambda t: merged(**MC, lazy={"tangent": True}),
+         "[lazy] tangent: the distance to the tangent model is measured on a held-out sample: set test_samples"),
+        ("test samples zero", lambda t: merged(lazy={"test_samples": 0}),
+         "[lazy] test_samples = 0: must be an integer >= 1"),
+        ("unknown lazy key", lambda t: merged(lazy={"samples": 10}), "[lazy] unknown key 'samples'"),
+        ("tangent twice", lambda t: merged(**MC, problem__tangent=True, lazy={"test_samples": 10, "tangent": True}),
+         "[lazy] tangent: this run trains the tangent model already"),
+        ("no particles", lambda t: merged(record__particles=False, lazy={"test_samples": 10}),
+         "[record] particles: [lazy] measures from the recorded particles"),
+        ("tangent with limit", lambda t: merged(**MC, problem__tangent=True, limit={"reference_m": 16}),
+         "[problem] tangent: [limit] moves tracers in the field of a measure"),
+        ("data file", lambda t: merged(problem__kind="finite_data", lazy={"test_samples": 10},
+                                       problem__data=_npz(t, "d.npz", np.zeros((5, 4)), np.zeros(5))),
+         "[lazy] test_samples: the held-out sample is drawn from the teacher"),
+        ("sweep tangent", lambda t: merged(sweep={"problem.tangent": [False, 1]}),
+         '[sweep] "problem.tangent"[1] = 1: must be true or false'),
+    ]
+
+
+@pytest.mark.parametrize("name, make, expected", _bad_lazy_cases(), ids=[c[0] for c in _bad_lazy_cases()])
+def test_bad_lazy_keys_exit_2_with_one_clear_message(tmp_path, capsys, name, make, expected):
+    path = write(tmp_path, make(tmp_path))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and expected in err, err
+    assert not out.exists()
+
+
+LAZY = dict(model__d=4, model__m=8, init={"symmetric": True}, problem__kind="finite_data", problem__n_samples=20,
+            dynamics__step=0.1, dynamics__t_max=2.0, record__times=5, lazy={"test_samples": 50, "tangent": True},
+            sweep={"model.alpha": [1.0, 100.0], "run.seed": [0, 1]})
+
+
+def test_plan_pairs_every_run_with_its_tangent_model(tmp_path):
+    specs = sweep.plan(write(tmp_path, merged(**LAZY)))
+    networks = [s for s in specs if not s.config["problem"]["tangent"]]
+    tangents = [s for s in specs if s.config["problem"]["tangent"]]
+    assert len(networks) == len(tangents) == 4 and [s.index for s in specs] == list(range(8))
+    for net, tan in zip(networks, tangents):
+        assert tan.config == lazy.tangent_config(net.config) and tan.swept == {**net.swept, "problem.tangent": True}
+        assert net.config["lazy"]["role"] == "network" and tan.config["lazy"]["role"] == "tangent"
+        assert np.array_equal(sweep.initial_state(net.config), sweep.initial_state(tan.config))
+
+
+def _numpy_network(W, X, alpha):
+    """alpha h(W, x) of a relu network with 1/m scaling, in numpy."""
+    d = X.shape[1]
+    return alpha * np.maximum(X @ W[:, :d].T + W[:, d], 0) @ W[:, d + 1] / W.shape[0]
+
+
+def test_stored_lazy_observables_match_a_recomputation_from_the_particles(tmp_path, capsys):
+    """displacement, test risk and tangent distance against numpy on the stored particles and an
+    independently drawn held-out sample; the tangent run equals an in-memory TangentProblem run."""
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, merged(**LAZY))), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lazy: 8 runs measured" in text and "tangent_distance" in text
+    pairs = [(p, c, t) for p, c, t in lazy.runs(out) if c["lazy"]["role"] == "network"]
+    assert len(pairs) == 4
+    for path, config, tangent_path in pairs:
+        with h5py.File(path) as f, h5py.File(tangent_path) as g:
+            W = f["particles/neurons/position/value"][()]
+            V = g["particles/neurons/position/value"][()]
+            teacher = f["parameters/teacher/position"][()]
+            stored = {name: f[f"observables/{name}/value"][()] for name in lazy.SERIES}
+            assert f["observables/tangent_distance"].attrs["tangent_id"] == g.attrs["run_id"]
+            assert np.array_equal(f["observables/test_risk/time"][()], f["particles/neurons/position/time"][()])
+            tangent_risk = g["observables/risk/value"][-1]
+        alpha = config["model"]["alpha"]
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(0, spawn_key=(config["run"]["seed"], 3))))
+        X = rng.standard_normal((50, 4))
+        y = np.maximum(X @ teacher[:, :4].T, 0) @ teacher[:, -1]
+        f_net = np.array([_numpy_network(Wt, X, alpha) for Wt in W])
+        model = mf.Model(4, "relu", alpha=alpha)
+        f_tan = np.array([reference_tangent(model, Vt, V[0], X, y, "squared")[0] for Vt in V])
+        assert np.array_equal(V[0], W[0])
+        assert np.allclose(stored["displacement"], [np.linalg.norm(Wt - W[0]) / np.linalg.norm(W[0]) for Wt in W],
+                           rtol=1e-12)
+        assert np.allclose(stored["test_risk"], 0.5 * np.mean((f_net - y) ** 2, axis=1), rtol=1e-10)
+        assert np.allclose(stored["tangent_distance"], np.sqrt(np.mean((f_net - f_tan) ** 2, axis=1)),
+                           rtol=1e-9, atol=1e-15)
+        assert stored["displacement"][0] == 0 and stored["tangent_distance"][0] < 1e-12
+        # the engine's tangent run is the tangent problem of the API
+        experiment = sweep.build(config)
+        tangent = mf.TangentProblem(experiment.problem, experiment.W0)
+        direct = mf.run(tangent, mf.gradient_descent(tangent, 0.1), experiment.W0, t_max=2.0)
+        assert direct.risk[-1] == pytest.approx(tangent_risk, rel=1e-12)
+    # alpha = 100 stays far closer to its tangent model and moves far less than alpha = 1
+    by_alpha = {c["model"]["alpha"]: p for p, c, _ in pairs if c["run"]["seed"] == 0}
+    final = {a: {n: h5py.File(p)[f"observables/{n}/value"][-1] for n in lazy.SERIES} for a, p in by_alpha.items()}
+    assert final[100.0]["displacement"] < final[1.0]["displacement"] / 30
+    assert final[100.0]["tangent_distance"] < final[1.0]["tangent_distance"] / 30
+
+
+def test_report_writes_the_lazy_plots(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, merged(**LAZY))), "--out", str(out), "--quiet"]) == 0
+    for name in ("trajectories_alpha=1.png", "displacement.png", "tangent_distance.png"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lazy: 0 runs measured, 8 up to date" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("1 ", "100 "))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "network", "2"), ("1", "tangent", "2"),
+                                                   ("100", "network", "2"), ("100", "tangent", "2")]
+    for name in ("trajectories_alpha=1.png", "trajectories_alpha=100.png", "displacement.png",
+                 "tangent_distance.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out / name}" in text
+
+
+# --------------------------------------------------------------------------- plots
+def test_particle_trajectory_plot_content():
+    """One line per drawn particle along its projected path; start and end markers; labels."""
+    rng = np.random.default_rng(0)
+    T, m, d = 5, 300, 4
+    particles = rng.standard_normal((T, m, d + 2)).cumsum(axis=0)
+    teacher = np.zeros((2, d + 2))
+    teacher[0, 0] = 2.0
+    teacher[1, :2] = [1.0, 3.0]  # Gram-Schmidt gives e_1, e_2
+    directions, names = projection_directions(particles, teacher)
+    assert np.allclose(directions, np.eye(d)[:2]) and names[0] == "teacher direction 1"
+    figure = plot_particle_trajectories(particles, directions, axis_names=names, max_particles=100)
+    axes = figure.axes[0]
+    assert len(axes.lines) == 100
+    shown = np.linspace(0, m - 1, 100).round().astype(int)
+    assert np.array_equal(axes.lines[7].get_xdata(), particles[:, shown[7], 0])
+    assert np.array_equal(axes.lines[7].get_ydata(), particles[:, shown[7], 1])
+    start, end = axes.collections
+    assert np.allclose(start.get_offsets(), particles[0][shown][:, :2])
+    assert np.allclose(end.get_offsets(), particles[-1][shown][:, :2])
+    assert axes.get_xlabel() == "a · u1 (teacher direction 1)" and "teacher direction 2" in axes.get_ylabel()
+    # one teacher neuron: the top two principal components of the final cloud
+    stretched = particles * np.array([1, 1, 10, 1, 1, 1])
+    directions, names = projection_directions(stretched, teacher[:1])
+    assert abs(directions[0, 2]) > 0.99 and "principal component" in names[0]
+    with pytest.raises(ValueError, match="directions must have shape"):
+        plot_particle_trajectories(particles, np.eye(3)[:2])
+
+
+def test_displacement_and_tangent_distance_plot_content():
+    times = np.array([0.0, 1.0, 2.0, 4.0])
+    figure = plot_displacement({"alpha = 1": (times, times / 10), "alpha = 10": (times, times / 100)})
+    axes = figure.axes[0]
+    assert len(axes.lines) == 2 and axes.get_xscale() == axes.get_yscale() == "log"
+    assert np.array_equal(axes.lines[1].get_xdata(), times[1:])  # t = 0 (zero displacement) left out
+    assert axes.get_xlabel() == "time t" and "W(0)" in axes.get_ylabel()
+    scales = np.array([1.0, 10.0, 100.0, 1000.0])
+    figure = plot_tangent_distance(scales, 0.3 / scales, time=200.0)
+    axes = figure.axes[0]
+    assert len(axes.lines) == 1 and np.array_equal(axes.lines[0].get_xdata(), scales)
+    assert "slope -1.00" in axes.get_legend().get_texts()[0].get_text()
+    assert axes.get_xlabel() == "alpha" and "t = 200" in axes.get_title()
