@@ -367,3 +367,22 @@ def test_displacement_and_tangent_distance_plot_content():
     assert len(axes.lines) == 1 and np.array_equal(axes.lines[0].get_xdata(), scales)
     assert "slope -1.00" in axes.get_legend().get_texts()[0].get_text()
     assert axes.get_xlabel() == "alpha" and "t = 200" in axes.get_title()
+
+
+def test_tangent_predictor_does_not_depend_on_alpha():
+    """With h(W0) = 0, U = alpha (W - W0) follows dU/dt = -m E[l'(U . grad h0) grad h0] for every
+    alpha, so the tangent model's predictor alpha T(W(t)) is the same for alpha = 1, 10, 1000
+    (gradient descent: the same steps up to rounding) and its displacement scales as 1/alpha."""
+    predictors, displacements = [], []
+    for alpha in (1.0, 10.0, 1000.0):
+        model = mf.Model(D, "relu", bias=True, alpha=alpha)
+        problem = finite_problem(model, n=25)
+        W0 = mf.initialize(model, 10, np.random.default_rng(4), mf.Init(symmetric=True, b="gaussian"))
+        tangent = mf.TangentProblem(problem, W0)
+        trajectory = mf.run(tangent, mf.gradient_descent(tangent, 0.1), W0, t_max=3.0)
+        predictors.append(tangent.predict(trajectory.W, problem.X))
+        displacements.append(alpha * np.linalg.norm(trajectory.W - W0))
+    assert np.abs(predictors[0]).max() > 0.05  # it has learnt something
+    assert np.allclose(predictors[1], predictors[0], rtol=1e-9, atol=1e-12)
+    assert np.allclose(predictors[2], predictors[0], rtol=1e-9, atol=1e-12)
+    assert np.allclose(displacements, displacements[0], rtol=1e-9)
