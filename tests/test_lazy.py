@@ -303,8 +303,11 @@ def test_stored_lazy_observables_match_a_recomputation_from_the_particles(tmp_pa
         direct = mf.run(tangent, mf.gradient_descent(tangent, 0.1), experiment.W0, t_max=2.0)
         assert direct.risk[-1] == pytest.approx(tangent_risk, rel=1e-12)
     # alpha = 100 stays far closer to its tangent model and moves far less than alpha = 1
-    by_alpha = {c["model"]["alpha"]: p for p, c, _ in pairs if c["run"]["seed"] == 0}
-    final = {a: {n: h5py.File(p)[f"observables/{n}/value"][-1] for n in lazy.SERIES} for a, p in by_alpha.items()}
+    final = {}
+    for path, config, _ in pairs:
+        if config["run"]["seed"] == 0:
+            with h5py.File(path) as f:
+                final[config["model"]["alpha"]] = {n: f[f"observables/{n}/value"][-1] for n in lazy.SERIES}
     assert final[100.0]["displacement"] < final[1.0]["displacement"] / 30
     assert final[100.0]["tangent_distance"] < final[1.0]["tangent_distance"] / 30
 
