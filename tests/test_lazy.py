@@ -4,17 +4,18 @@ References: a numpy tangent model (N x m arrays, small sizes), central finite di
 the tangent objective, the network itself at W = W0, and the O(1/alpha) law of Chizat & Bach
 for the distance between the network and its tangent model at fixed time.
 """
-import json
-
 import h5py
 import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import kernels
-from meanfield._tangent import tangent_predict
+from meanfield import kernels, lazy, sweep
+from meanfield.analysis import (plot_displacement, plot_particle_trajectories, plot_tangent_distance,
+                                projection_directions)
+from meanfield.cli import main
 
 from test_gradients import check
+from test_sweep import _npz, merged, write
 
 D = 3
 M = 6
@@ -196,13 +197,6 @@ def test_network_approaches_its_tangent_model_like_one_over_alpha(symmetric, dis
 
 
 # --------------------------------------------------------------------------- experiment files
-from meanfield import lazy, sweep  # noqa: E402
-from meanfield.analysis import (plot_displacement, plot_particle_trajectories,  # noqa: E402
-                                plot_tangent_distance, projection_directions)
-from meanfield.cli import main  # noqa: E402
-
-from test_sweep import _npz, merged, write  # noqa: E402
-
 MC = {"problem__method": "monte_carlo", "problem__mc_samples": 64}
 
 
