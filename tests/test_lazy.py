@@ -4,6 +4,8 @@ References: a numpy tangent model (N x m arrays, small sizes), central finite di
 the tangent objective, the network itself at W = W0, and the O(1/alpha) law of Chizat & Bach
 for the distance between the network and its tangent model at fixed time.
 """
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -383,3 +385,19 @@ def test_tangent_predictor_does_not_depend_on_alpha():
     assert np.allclose(predictors[1], predictors[0], rtol=1e-9, atol=1e-12)
     assert np.allclose(predictors[2], predictors[0], rtol=1e-9, atol=1e-12)
     assert np.allclose(displacements, displacements[0], rtol=1e-9)
+
+
+def test_shipped_lazy_experiment_runs_small(tmp_path):
+    """runs/lazy_vs_active.toml at a small size: every run paired, measured and plotted."""
+    experiment = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runs", "lazy_vs_active.toml")
+    out = tmp_path / "out"
+    small = ["model.m=8", "dynamics.t_max=2.0", "record.times=3", "run.seed=0", "lazy.test_samples=100"]
+    assert main(["run", experiment, "--out", str(out), "--quiet", *sum((["--set", s] for s in small), [])]) == 0
+    found = lazy.runs(out)
+    assert len(found) == 12 and all(t is not None for _, c, t in found if c["lazy"]["role"] == "network")
+    for path, config, _ in found:
+        with h5py.File(path) as f:
+            assert all(f"observables/{n}" in f for n in lazy.SERIES[: 3 if config["lazy"]["tangent"] else 2])
+    for name in ("trajectories_alpha=1.png", "trajectories_alpha=1000.png", "displacement.png",
+                 "tangent_distance.png"):
+        assert (out / name).stat().st_size > 1000
