@@ -239,21 +239,21 @@ def _mean_series(members, name):
 
 
 def table(records) -> str:
-    """Final-time values, mean over seeds, one row per (scale, model)."""
+    """Final-time values, mean over seeds, one row per (alpha or tau, width m, model)."""
     if not records:
         return "lazy: no measured runs"
     key = _scale(records)
     groups = defaultdict(list)
     for r in records:
-        groups[(r[key], r["role"])].append(r)
-    lines = [f"{key:>8}  {'model':<8}  {'seeds':>5}  {'t':>8}  {'test_risk':>10}  {'displacement':>12}  "
+        groups[(r[key], r["m"], r["role"])].append(r)
+    lines = [f"{key:>8}  {'m':>6}  {'model':<8}  {'seeds':>5}  {'t':>8}  {'test_risk':>10}  {'displacement':>12}  "
              f"{'tangent_distance':>16}"]
-    for (scale, role), members in sorted(groups.items()):
+    for (scale, m, role), members in sorted(groups.items()):
         distance = [r["tangent_distance"][-1] for r in members if r["tangent_distance"] is not None]
-        lines.append(f"{scale:>8g}  {role:<8}  {len(members):>5}  {members[0]['times'][-1]:>8.4g}  "
+        lines.append(f"{scale:>8g}  {m:>6}  {role:<8}  {len(members):>5}  {members[0]['times'][-1]:>8.4g}  "
                      f"{np.mean([r['test_risk'][-1] for r in members]):>10.4e}  "
                      f"{np.mean([r['displacement'][-1] for r in members]):>12.4e}  "
-                     + (f"{np.mean(distance):>16.4e}" if distance else f"{'':>16}"))
+                     + (f"{np.mean(distance):>16.4e}" if distance else f"{'':>16}").rstrip())
     lines.append("(mean over seeds at the last recorded time; test_risk is the loss of the predictor "
                  "alpha h on the held-out sample)")
     return "\n".join(lines)
@@ -263,11 +263,12 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
     """Measure what is missing, then the table and (with matplotlib) the plots.
 
     Plots written into ``out_dir``: ``trajectories_<scale>=<value>.png`` for the smallest and
-    the largest alpha (or tau) of the network runs (lowest seed; each particle's input weights
-    projected onto the teacher's first two directions, or onto the top two principal components
-    of the final cloud when the teacher has one neuron), ``displacement.png`` (displacement
-    against t, one line per value, mean over seeds) and ``tangent_distance.png`` (distance to
-    the tangent model at the last recorded time against alpha or tau, log-log, with its slope).
+    the largest alpha (or tau) of the network runs (lowest seed, then largest m; each
+    particle's input weights projected onto the teacher's first two directions, or onto the top
+    two principal components of the final cloud when the teacher has one neuron),
+    ``displacement.png`` (displacement against t, one line per value and width, mean over
+    seeds) and ``tangent_distance.png`` (distance to the tangent model at the last recorded time
+    against alpha or tau, log-log, one line per width, with its slope).
 
     Returns
     -------
@@ -289,8 +290,9 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
         return text + "\nplots: install 'meanfield[analysis]' (matplotlib)", written
     key = _scale(networks)
     values = sorted({r[key] for r in networks})
+    widths = sorted({r["m"] for r in networks})
     for value in dict.fromkeys([values[0], values[-1]]):
-        run = min((r for r in networks if r[key] == value), key=lambda r: r["seed"])
+        run = min((r for r in networks if r[key] == value), key=lambda r: (r["seed"], -r["m"]))
         with h5py.File(run["path"], "r", libver="latest", swmr=True) as f:
             particles = f["particles/neurons/position/value"][()]
             teacher = f["parameters/teacher/position"][()]
@@ -300,15 +302,21 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
         written.append(_save(figure, out_dir, f"trajectories_{key}={value:g}.png"))
     curves = {}
     for value in values:
-        members = [r for r in networks if r[key] == value]
-        times, mean = _mean_series(members, "displacement")
-        curves[f"{key} = {value:g}"] = (times, mean)
+        for m in widths:
+            members = [r for r in networks if r[key] == value and r["m"] == m]
+            if members:
+                label = f"{key} = {value:g}" + (f", m = {m}" if len(widths) > 1 else "")
+                curves[label] = _mean_series(members, "displacement")
     written.append(_save(plot_displacement(curves), out_dir, "displacement.png"))
-    paired = [r for r in networks if r["tangent_distance"] is not None]
-    if paired:
+    curves = {}
+    for m in widths:
+        paired = [r for r in networks if r["tangent_distance"] is not None and r["m"] == m]
         scales = sorted({r[key] for r in paired})
-        distances = [float(np.mean([r["tangent_distance"][-1] for r in paired if r[key] == s])) for s in scales]
-        figure = plot_tangent_distance(scales, distances, xlabel=key, time=paired[0]["times"][-1])
+        if scales:
+            curves[f"m = {m}"] = (scales, [float(np.mean([r["tangent_distance"][-1] for r in paired
+                                                          if r[key] == s])) for s in scales])
+    if curves:
+        figure = plot_tangent_distance(curves, xlabel=key, time=networks[0]["times"][-1])
         written.append(_save(figure, out_dir, "tangent_distance.png"))
     return text, written
 

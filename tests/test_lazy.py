@@ -317,8 +317,8 @@ def test_report_writes_the_lazy_plots(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "lazy: 0 runs measured, 8 up to date" in text
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(("1 ", "100 "))]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "network", "2"), ("1", "tangent", "2"),
-                                                   ("100", "network", "2"), ("100", "tangent", "2")]
+    assert [tuple(r[:4]) for r in rows] == [("1", "8", "network", "2"), ("1", "8", "tangent", "2"),
+                                            ("100", "8", "network", "2"), ("100", "8", "tangent", "2")]
     for name in ("trajectories_alpha=1.png", "trajectories_alpha=100.png", "displacement.png",
                  "tangent_distance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out / name}" in text
@@ -361,10 +361,13 @@ def test_displacement_and_tangent_distance_plot_content():
     assert np.array_equal(axes.lines[1].get_xdata(), times[1:])  # t = 0 (zero displacement) left out
     assert axes.get_xlabel() == "time t" and "W(0)" in axes.get_ylabel()
     scales = np.array([1.0, 10.0, 100.0, 1000.0])
-    figure = plot_tangent_distance(scales, 0.3 / scales, time=200.0)
+    figure = plot_tangent_distance({"m = 64": (scales, 0.3 / scales), "m = 256": (scales[:3], scales[:3] ** -0.5)},
+                                   time=200.0)
     axes = figure.axes[0]
-    assert len(axes.lines) == 1 and np.array_equal(axes.lines[0].get_xdata(), scales)
-    assert "slope -1.00" in axes.get_legend().get_texts()[0].get_text()
+    assert len(axes.lines) == 2 and np.array_equal(axes.lines[0].get_xdata(), scales)
+    assert np.allclose(axes.lines[1].get_ydata(), scales[:3] ** -0.5)
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["m = 64 (slope -1.00 over alpha ≥ 100)", "m = 256 (slope -0.50 over alpha ≥ 10)"]
     assert axes.get_xlabel() == "alpha" and "t = 200" in axes.get_title()
 
 

@@ -120,15 +120,15 @@ def plot_displacement(curves: dict):
     return figure
 
 
-def plot_tangent_distance(scales, distances, *, xlabel: str = "alpha", time: float | None = None):
+def plot_tangent_distance(curves: dict, *, xlabel: str = "alpha", time: float | None = None):
     """Distance between the network's and the tangent model's predictors against alpha (or tau).
 
     Parameters
     ----------
-    scales : array_like, shape (n,)
-        The values of alpha (or of the init scale tau), > 0.
-    distances : array_like, shape (n,)
-        sqrt(E_x (alpha h(W(t), x) - alpha T(W_T(t), x))^2) at one time t.
+    curves : dict
+        label (e.g. ``"m = 256"``) -> (scales (n,), distances (n,)): the values of alpha (or of
+        the init scale tau), > 0, and sqrt(E_x (alpha h(W(t), x) - alpha T(W_T(t), x))^2) at
+        one time t.
     xlabel : str
     time : float, optional
         The time t, for the title.
@@ -136,18 +136,19 @@ def plot_tangent_distance(scales, distances, *, xlabel: str = "alpha", time: flo
     Returns
     -------
     matplotlib.figure.Figure
-        Log-log axes, one line (markers) of the measured distances, labelled with the
-        least-squares slope over the largest half of the scales (at least two points).
+        Log-log axes, one line (with markers) per label, each labelled with its least-squares
+        log-log slope over the largest half of its scales (at least two points).
     """
-    scales, distances = np.asarray(scales, float), np.asarray(distances, float)
     figure, axes = _figure()
-    tail = slice(max(0, len(scales) - max(2, (len(scales) + 1) // 2)), None)
-    label = "measured"
-    keep = (scales[tail] > 0) & (distances[tail] > 0)
-    if keep.sum() >= 2:
-        fitted = np.polyfit(np.log(scales[tail][keep]), np.log(distances[tail][keep]), 1)[0]
-        label += f" (slope {fitted:.2f} over {xlabel} ≥ {scales[tail][0]:g})"
-    axes.loglog(scales, distances, "o-", label=label)
+    for name, (scales, distances) in curves.items():
+        scales, distances = np.asarray(scales, float), np.asarray(distances, float)
+        tail = slice(max(0, len(scales) - max(2, (len(scales) + 1) // 2)), None)
+        label = name
+        keep = (scales[tail] > 0) & (distances[tail] > 0)
+        if keep.sum() >= 2:
+            fitted = np.polyfit(np.log(scales[tail][keep]), np.log(distances[tail][keep]), 1)[0]
+            label += f" (slope {fitted:.2f} over {xlabel} ≥ {scales[tail][0]:g})"
+        axes.loglog(scales, distances, "o-", label=label)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("rms |α h(W(t)) − α T(W_T(t))| on the test sample")
     axes.grid(True, which="both", alpha=0.3)
