@@ -250,10 +250,11 @@ def table(records) -> str:
              f"{'tangent_distance':>16}"]
     for (scale, m, role), members in sorted(groups.items()):
         distance = [r["tangent_distance"][-1] for r in members if r["tangent_distance"] is not None]
-        lines.append(f"{scale:>8g}  {m:>6}  {role:<8}  {len(members):>5}  {members[0]['times'][-1]:>8.4g}  "
-                     f"{np.mean([r['test_risk'][-1] for r in members]):>10.4e}  "
-                     f"{np.mean([r['displacement'][-1] for r in members]):>12.4e}  "
-                     + (f"{np.mean(distance):>16.4e}" if distance else f"{'':>16}").rstrip())
+        line = (f"{scale:>8g}  {m:>6}  {role:<8}  {len(members):>5}  {members[0]['times'][-1]:>8.4g}  "
+                f"{np.mean([r['test_risk'][-1] for r in members]):>10.4e}  "
+                f"{np.mean([r['displacement'][-1] for r in members]):>12.4e}  "
+                + (f"{np.mean(distance):>16.4e}" if distance else ""))
+        lines.append(line.rstrip())
     lines.append("(mean over seeds at the last recorded time; test_risk is the loss of the predictor "
                  "alpha h on the held-out sample)")
     return "\n".join(lines)
