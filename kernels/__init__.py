@@ -14,6 +14,7 @@ from ._scalar import (
 from .deep_random import deep_random_forward
 from .finite_data import finite_data_field, network_output
 from .population import closed_form_pair_field, quadrature_pair_field
+from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
 
 __all__ = [
@@ -32,4 +33,6 @@ __all__ = [
     "heavy_ball_update",
     "langevin_update",
     "deep_random_forward",
+    "tangent_field",
+    "tangent_output",
 ]

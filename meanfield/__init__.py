@@ -26,6 +26,7 @@ from ._integrators import Integrator, State, gradient_descent, heavy_ball, lange
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
+from ._tangent import TangentProblem, tangent_predict  # noqa: E402
 from ._teacher import Teacher  # noqa: E402
 from .radial import RadialFlow, RadialSolution  # noqa: E402
 
@@ -44,6 +45,7 @@ __all__ = [
     "RadialFlow",
     "RadialSolution",
     "State",
+    "TangentProblem",
     "Teacher",
     "Trajectory",
     "gradient_descent",
@@ -55,5 +57,6 @@ __all__ = [
     "restore",
     "run",
     "sgd",
+    "tangent_predict",
     "time_grid",
 ]

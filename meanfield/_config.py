@@ -11,7 +11,8 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [init]      a ("gaussian"), c ("gaussian"), b ("zero"), tau (1.0), symmetric (false)
 [problem]   kind ("population" | "finite_data"), loss ("squared"), noise_std (0),
             flip_prob (0), method ("auto"), quadrature_order (32), mc_samples (200000),
-            n_samples (finite data drawn from the teacher), data (a .npz file with X, y)
+            n_samples (finite data drawn from the teacher), data (a .npz file with X, y),
+            tangent (false: train the tangent model at the initial particles instead)
 [problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
             (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
 [dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin"), step, t_max,
@@ -19,6 +20,7 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [record]    times (101), spacing ("linear" | "log"), t_min, particles (true),
             particles_dtype ("float64" | "float32"), checkpoint_seconds (60)
 [run]       seed (0), root_seed (0), backend ("cpu")
+[lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
             sliced_projections (200), times (all recorded times, or the recorded times nearest
             to a list)
@@ -120,6 +122,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mc_samples": Key("int", 200_000, minimum=1),
         "n_samples": Key("int_or_none", None, minimum=1),
         "data": Key("path", None),
+        "tangent": Key("bool", False),
     },
     "problem.teacher": {
         "kind": Key("str", "orthonormal", choices=TEACHER_KINDS),
@@ -157,6 +160,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metrics": Key("names", DEFAULT_LIMIT_METRICS, choices=LIMIT_METRICS),
         "sliced_projections": Key("int", 200, minimum=1),
         "times": Key("times", None),
+    },
+    "lazy": {
+        "test_samples": Key("int_or_none", None, minimum=1),
+        "tangent": Key("bool", False),
     },
 }
 
@@ -402,7 +409,8 @@ def plan(path, overrides=()) -> list[RunSpec]:
             swept[dotted] = value
         config = resolve(file, raw, base_dir, swept, origins)
         runs.append(_spec(index, config, swept, file))
-    return runs + _references(runs, file)
+    references = _references(runs, file)
+    return runs + references + _tangents(runs, len(runs) + len(references), file)
 
 
 def _spec(index, config, swept, file) -> RunSpec:
@@ -436,6 +444,50 @@ def _references(members: list[RunSpec], file) -> list[RunSpec]:
             reference["limit"]["tracer_widths"] = sorted(set(widths))
         references.append(_spec(len(members) + offset, reference, swept, file))
     return references
+
+
+def tangent_config(config: dict) -> dict:
+    """The config of the tangent-model run paired with a ``[lazy] tangent = true`` run."""
+    companion = copy.deepcopy(config)
+    companion["problem"]["tangent"] = True
+    companion["lazy"] = {"test_samples": config["lazy"]["test_samples"], "tangent": False, "role": "tangent"}
+    return companion
+
+
+def _tangents(members: list[RunSpec], start: int, file) -> list[RunSpec]:
+    """One tangent-model run per run with ``[lazy] tangent = true`` (same seed, same W0)."""
+    companions = []
+    for spec in members:
+        if spec.config.get("lazy", {}).get("tangent"):
+            swept = dict(spec.swept, **{"problem.tangent": True})
+            companions.append(_spec(start + len(companions), tangent_config(spec.config), swept, file))
+    return companions
+
+
+def _check_lazy(config: dict, fail) -> None:
+    """Cross-key rules of ``[problem] tangent`` and the ``[lazy]`` table."""
+    problem, lazy, limit = config["problem"], config["lazy"], config["limit"]
+    sample = problem["kind"] == "finite_data" or problem["method"] == "monte_carlo"
+    needs = ('the tangent model is evaluated on a sample: needs kind = "finite_data", or kind = "population" '
+             'with method = "monte_carlo"')
+    for section, name, on in (("problem", "tangent", problem["tangent"]), ("lazy", "tangent", lazy["tangent"])):
+        if on and not sample:
+            fail(section, name, needs)
+        if on and limit["reference_m"] is not None:
+            fail(section, name, "[limit] moves tracers in the field of a measure, which the tangent model "
+                                "does not have: remove [limit] reference_m")
+    if lazy["tangent"] and problem["tangent"]:
+        fail("lazy", "tangent", "this run trains the tangent model already ([problem] tangent = true)")
+    if lazy["tangent"] and lazy["test_samples"] is None:
+        fail("lazy", "tangent", "the distance to the tangent model is measured on a held-out sample: "
+                                "set test_samples (an integer >= 1)")
+    if lazy["test_samples"] is not None:
+        if problem["data"] is not None:
+            fail("lazy", "test_samples", "the held-out sample is drawn from the teacher, which a data file "
+                                         "does not have: use n_samples or kind = \"population\"")
+        if not config["record"]["particles"]:
+            fail("record", "particles", "[lazy] measures from the recorded particles: set particles = true")
+        lazy["role"] = "tangent" if problem["tangent"] else "network"
 
 
 def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
@@ -533,6 +585,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
         limit["role"] = "member"
     if config["run"]["backend"] == "cuda":
         _check_cuda(fail)
+    _check_lazy(config, fail)
     return config
 
 

@@ -88,7 +88,19 @@ def run_command(args) -> int:
             png = report.plot_risk(curves, os.path.join(out, "risk.png"))
             print(f"plot: {png}" if png else "plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
         print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
+    if any(spec.config.get("lazy", {}).get("role") for spec in specs):
+        _lazy_report(out, args.quiet)
     return 1 if bad else 0
+
+
+def _lazy_report(out, quiet=False) -> None:
+    from . import lazy
+
+    table, plots = lazy.report(out)
+    if not quiet:
+        print(table)
+        for path in plots:
+            print(f"plot: {path}")
 
 
 def report_command(args) -> int:
@@ -113,6 +125,10 @@ def report_command(args) -> int:
     print(table)
     for path in plots:
         print(f"plot: {path}")
+    from . import lazy
+
+    if lazy.has_lazy(args.dir):
+        _lazy_report(args.dir)
     return 0
 
 

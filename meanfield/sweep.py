@@ -10,7 +10,8 @@ with streams 0 (initial particles), 1 (problem: teacher, data, Monte Carlo sampl
 2 (dynamics: minibatches, noise). They depend on the run's identity only, never on a worker
 or array-task number, so any sharding of a sweep reproduces the same runs; and runs that
 differ only in the width m share their streams (the first particles of a width-m run are
-those of every wider run with the same seed).
+those of every wider run with the same seed). Stream 3 draws the held-out test sample of
+``[lazy]`` (``meanfield.lazy``).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from ._teacher import Teacher
 __all__ = ["ConfigError", "Experiment", "RunSpec", "build", "execute", "plan", "run_shard", "seed_sequence",
            "write_index"]
 
-STREAMS = {"init": 0, "problem": 1, "dynamics": 2}
+STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 FINISHED = ("complete", "diverged")
 
 
@@ -119,6 +120,10 @@ def build(config: dict) -> Experiment:
     else:
         with np.load(pc["data"], allow_pickle=False) as archive:
             problem = FiniteDataProblem(model, archive["X"], archive["y"], pc["loss"])
+    if pc.get("tangent"):
+        from ._tangent import TangentProblem
+
+        problem = TangentProblem(problem, W0)
     name = dc["integrator"]
     if name == "gradient_descent":
         integrator = gradient_descent(problem, dc["step"])

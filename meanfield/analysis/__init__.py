@@ -13,7 +13,9 @@ Plots (each returns a :class:`matplotlib.figure.Figure`)
     :func:`plot_risk` (risk against time across widths, seed bands), :func:`plot_rate`
     (a metric against m with its fitted slope and interval), :func:`plot_norm_histogram`
     (|a| against a reference density), :func:`plot_phase_diagram` and
-    :func:`plot_theory_vs_simulation` (signal propagation), :func:`plot_modes` (deep linear).
+    :func:`plot_theory_vs_simulation` (signal propagation), :func:`plot_modes` (deep linear),
+    :func:`plot_particle_trajectories`, :func:`plot_displacement`, :func:`plot_tangent_distance`
+    (lazy versus active).
 """
 try:
     import matplotlib  # noqa: F401
@@ -23,6 +25,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(f"meanfield.analysis needs xarray, pandas and matplotlib ({error.name} is missing): "
                       'pip install "meanfield[analysis]"') from error
 
+from ._particles import (
+    plot_displacement,
+    plot_particle_trajectories,
+    plot_tangent_distance,
+    projection_directions,
+)
 from ._load import Sweep, moments, open_run, open_sweep, particle_observables, quantiles
 from ._plots import initial_norm_density, pick_times, plot_norm_histogram, plot_rate, plot_risk
 
@@ -38,11 +46,15 @@ __all__ = [
     "open_sweep",
     "particle_observables",
     "pick_times",
+    "plot_displacement",
     "plot_modes",
     "plot_norm_histogram",
+    "plot_particle_trajectories",
     "plot_phase_diagram",
     "plot_rate",
     "plot_risk",
+    "plot_tangent_distance",
     "plot_theory_vs_simulation",
+    "projection_directions",
     "quantiles",
 ]
