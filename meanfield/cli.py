@@ -77,6 +77,11 @@ def run_command(args) -> int:
             print(table)
             for path in plots:
                 print(f"plot: {path}")
+        from . import landscape
+
+        landscape_text = landscape.after_runs(out, specs)
+        if landscape_text:
+            print(landscape_text)
         if curves:
             print(report.risk_table(curves))
             png = report.plot_risk(curves, os.path.join(out, "risk.png"))
@@ -100,6 +105,12 @@ def report_command(args) -> int:
     print(table)
     for path in plots:
         print(f"plot: {path}")
+    from . import landscape
+
+    landscape.connectivity_missing(args.dir)
+    landscape_text = landscape.report_text(args.dir)
+    if landscape_text:
+        print(landscape_text)
     return 0
 
 
