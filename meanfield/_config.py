@@ -403,15 +403,16 @@ def plan(path, overrides=()) -> list[RunSpec]:
         if name in document:
             sections[name].setdefault("enabled", True)
     zipped = sweep.pop("zip", None)
+    overridden_zip = False
     origins = {}
     for text in overrides:
         section, name, value, via = parse_override(file, text)
         sections[section][name] = value
         sweep.pop(f"{section}.{name}", None)
-        if isinstance(zipped, dict):
-            zipped.pop(f"{section}.{name}", None)
+        if isinstance(zipped, dict) and zipped.pop(f"{section}.{name}", None) is not None:
+            overridden_zip = True
         origins[f"{section}.{name}"] = via
-    zip_axis = _zip_axis(file, zipped)
+    zip_axis = _zip_axis(file, zipped, dedupe=overridden_zip)
     axes = []
     for dotted in sorted(sweep):
         section, name = _split_key(file, dotted, f"[sweep] {json.dumps(dotted)}")
@@ -466,9 +467,10 @@ def _sweep_values(file, where, values):
     return list(range(start, stop, step))
 
 
-def _zip_axis(file, zipped):
-    """The keys and value tuples of ``[sweep.zip]`` (lists of equal length, zipped), or None."""
-    if zipped is None:
+def _zip_axis(file, zipped, dedupe=False):
+    """The keys and value tuples of ``[sweep.zip]`` (lists of equal length, zipped), or None.
+    With ``dedupe`` (a ``--set`` replaced one of its keys) repeated tuples are merged."""
+    if zipped is None or (dedupe and not zipped):
         return None
     if not isinstance(zipped, dict) or not zipped:
         raise ConfigError(f'{file}: [sweep.zip] must be a table of "section.key" = [values] lists of equal length')
@@ -488,6 +490,8 @@ def _zip_axis(file, zipped):
         shown = ", ".join(f"{json.dumps(k)} has {n}" for k, n in lengths.items())
         raise ConfigError(f"{file}: [sweep.zip]: the lists must have equal lengths ({shown})")
     rows = list(zip(*columns))
+    if dedupe:
+        rows = list({json.dumps(row): row for row in rows}.values())
     if len(set(map(json.dumps, rows))) != len(rows):
         raise ConfigError(f"{file}: [sweep.zip]: the zipped tuples must be distinct")
     return keys, rows

@@ -64,6 +64,9 @@ def run_command(args) -> int:
         if not args.quiet:
             print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
                   f"{counts['waiting']} waiting for their reference")
+    from . import landscape
+
+    landscape_text = landscape.after_runs(out, specs)  # connectivity pairs are measured even when quiet
     if not args.quiet:
         counts = {}
         for s in summaries:
@@ -77,9 +80,6 @@ def run_command(args) -> int:
             print(table)
             for path in plots:
                 print(f"plot: {path}")
-        from . import landscape
-
-        landscape_text = landscape.after_runs(out, specs)
         if landscape_text:
             print(landscape_text)
         if curves:

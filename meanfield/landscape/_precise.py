@@ -78,11 +78,11 @@ def descend_to_precision(problem, W, grad_tol: float = 1e-9, step: float = 1.0, 
         raise ValueError(f"step must be a finite number > 0, got {step!r}")
     if not grad_tol > 0:
         raise ValueError(f"grad_tol must be > 0, got {grad_tol!r}")
+    if np.dtype(problem.model.dtype) != np.float64:
+        raise ValueError("descend_to_precision needs a float64 model (float32 gradients stop near 1e-4)")
     max_step = step if max_step is None else float(max_step)
     mask = problem.model.trainable
     W = np.array(W, dtype=np.float64)
-    if np.dtype(problem.model.dtype) != np.float64:
-        raise ValueError("descend_to_precision needs a float64 model (float32 gradients stop near 1e-4)")
     m = W.shape[0]
     evaluation = problem.evaluate(W)
     value, velocity = float(evaluation.value), evaluation.velocity.copy()
