@@ -395,3 +395,22 @@ def test_seed_range_expands_and_overrides_of_zipped_keys_merge_rows(tmp_path):
     merged = sweep.plan(path, ["model.m=7"])
     assert [(s.config["model"]["d"], s.config["model"]["m"]) for s in merged] == [(4, 7), (4, 7), (5, 7), (5, 7)]
     assert json.loads(json.dumps(specs[0].config))["landscape"]["enabled"] is False
+
+
+def test_plots_show_the_census_and_the_paths():
+    rows = [{"k": 6, "n": 6, "fraction": 0.1, "ci_low": 0.05, "ci_high": 0.2},
+            {"k": 8, "n": 8, "fraction": 0.3, "ci_low": 0.2, "ci_high": 0.4},
+            {"k": 6, "n": 7, "fraction": 0.0, "ci_low": 0.0, "ci_high": 0.1}]
+    figure = landscape.plot_census(rows)
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "teacher neurons k" and "spurious" in axes.get_ylabel()
+    assert [c.get_label() for c in axes.containers] == ["n = k", "n = k + 1"]
+    assert [list(c.lines[0].get_ydata()) for c in axes.containers] == [[0.1, 0.3], [0.0]]
+    model = mf.Model(d=3, activation="relu")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=3, k=1))
+    W = mf.initialize(model, 4, np.random.default_rng(0))
+    result = landscape.connectivity(problem, W, W[::-1], n_points=5)
+    figure = landscape.plot_paths(result)
+    lines = figure.axes[0].lines
+    assert len(lines) == 4 and all(len(line.get_xdata()) == 5 for line in lines)
+    assert np.allclose(lines[0].get_ydata(), result["linear"]["risk"])

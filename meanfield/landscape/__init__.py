@@ -6,7 +6,7 @@ x = W[:, model.trainable].ravel(), n_var = m * model.trainable.sum(); the Hessia
 the objective F (grad F = -v / m).
 """
 from ._census import (after_runs, census, census_table, connectivity_missing, connectivity_rows,
-                      connectivity_table, report_text, store_endpoint)
+                      connectivity_table, plot_census, plot_paths, report_text, store_endpoint)
 from ._connectivity import PATHS, connectivity, match_particles, path_points
 from ._endpoint import KINDS, EndPoint, classify
 from ._hessian import Spectrum, gradient, hessian, hessian_operator, spectrum_extremes
@@ -34,5 +34,7 @@ __all__ = [
     "hessian_operator",
     "match_particles",
     "path_points",
+    "plot_census",
+    "plot_paths",
     "spectrum_extremes",
 ]

@@ -300,3 +300,45 @@ def after_runs(out_dir, specs) -> str:
     if any(s.config.get("connectivity", {}).get("enabled") for s in specs):
         connectivity_missing(out_dir)
     return report_text(out_dir)
+
+
+def plot_census(rows):
+    """Fraction of runs at spurious minima against k, one line per n - k, with the 95 %
+    Clopper-Pearson intervals as error bars. Returns a matplotlib Figure (Agg, object API)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.2), dpi=110)
+    axes = figure.add_subplot()
+    by_excess = defaultdict(list)
+    for r in rows:
+        by_excess[r["n"] - r["k"]].append(r)
+    for excess, group in sorted(by_excess.items()):
+        group = sorted(group, key=lambda r: r["k"])
+        k = np.array([r["k"] for r in group])
+        fraction = np.array([r["fraction"] for r in group])
+        errors = np.array([[r["fraction"] - r["ci_low"] for r in group], [r["ci_high"] - r["fraction"] for r in group]])
+        axes.errorbar(k, fraction, yerr=errors, marker="o", capsize=3, label=f"n = k + {excess}" if excess else "n = k")
+    axes.set_xlabel("teacher neurons k")
+    axes.set_ylabel("fraction of runs at spurious minima")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_paths(result):
+    """Risk along the paths of :func:`connectivity` (one line per path) against t."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.2), dpi=110)
+    axes = figure.add_subplot()
+    for name in PATH_NAMES:
+        if name in result:
+            axes.plot(result["t"], result[name]["risk"], label=f"{name} (barrier {result[name]['barrier']:.2e})")
+    axes.set_xlabel("path parameter t")
+    axes.set_ylabel("risk F(W(t))")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
