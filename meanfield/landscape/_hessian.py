@@ -193,6 +193,7 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
         H, error = hessian(problem, W64, hessian_method, return_error=True)
         values, vectors = np.linalg.eigh(H)
         error = error + 4 * EPS * float(np.abs(values).max(initial=0.0)) * n_var
+        error = float(error)
         return Spectrum(float(values[0]), float(values[-1]), error, error, "dense", vectors[:, 0])
     if method != "lanczos":
         raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
