@@ -255,9 +255,9 @@ particles = false
 [landscape]
 step = 0.2
 [sweep.zip]
-"model.d" = [4, 8]
+"model.d" = [5, 8]
 "problem.teacher.k" = [4, 8]
-"model.m" = [5, 8]
+"model.m" = [4, 8]
 [sweep]
 "run.seed" = {start = 0, stop = 3}
 """
@@ -268,7 +268,7 @@ def test_census_file_runs_end_to_end(tmp_path, capsys):
     path.write_text(SMALL_CENSUS)
     specs = sweep.plan(path)
     assert [(s.swept["model.d"], s.swept["model.m"], s.swept["run.seed"]) for s in specs] == \
-        [(4, 5, 0), (4, 5, 1), (4, 5, 2), (8, 8, 0), (8, 8, 1), (8, 8, 2)]
+        [(5, 4, 0), (5, 4, 1), (5, 4, 2), (8, 8, 0), (8, 8, 1), (8, 8, 2)]
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
     kinds = []
@@ -281,7 +281,7 @@ def test_census_file_runs_end_to_end(tmp_path, capsys):
             if g.attrs["kind"] != "not_converged":
                 assert g.attrs["grad_norm"] <= 1e-9
     rows = landscape.census(out)
-    assert [(r["k"], r["n"], r["runs"]) for r in rows] == [(4, 5, 3), (8, 8, 3)]
+    assert [(r["k"], r["n"], r["d"], r["runs"]) for r in rows] == [(4, 4, 5, 3), (8, 8, 8, 3)]
     for r in rows:
         spurious = r["kinds"].get("spurious_minimum", 0)
         ci = binomtest(spurious, 3).proportion_ci(method="exact")
