@@ -210,7 +210,10 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
             if spec.config.get("landscape", {}).get("enabled"):  # killed between the run and its landscape stage
                 from .landscape import store_endpoint
 
-                store_endpoint(final, spec.config)
+                try:
+                    store_endpoint(final, spec.config)
+                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                    return _summary(spec, "failed", final, risk, t, f"landscape stage: {type(error).__name__}: {error}")
             return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
     start = time.perf_counter()
     try:

@@ -211,9 +211,10 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
         try:
             values, vectors = eigsh(operator, k=1, which=which, tol=tol, maxiter=maxiter, v0=v0)
         except ArpackNoConvergence as error:
-            if len(error.eigenvalues) == 0:
-                raise
-            values, vectors = error.eigenvalues, error.eigenvectors
+            if len(error.eigenvalues):
+                values, vectors = error.eigenvalues, error.eigenvectors
+            else:  # finite-difference noise can stall a tight tolerance; the residual is reported anyway
+                values, vectors = eigsh(operator, k=1, which=which, tol=max(tol, 1e-6), maxiter=maxiter, v0=v0)
         u = vectors[:, 0] / np.linalg.norm(vectors[:, 0])
         Hu = operator.matvec(u)
         value = float(u @ Hu)
