@@ -12,7 +12,6 @@ from scipy.stats import binomtest
 
 import meanfield as mf
 from meanfield import landscape, sweep
-from meanfield._config import ConfigError
 from meanfield.cli import main
 
 
