@@ -24,7 +24,14 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
             sliced_projections (200), times (all recorded times, or the recorded times nearest
             to a list)
-[sweep]     "section.key" = [values, ...] for any key above
+[landscape] enabled (true when the table is present), grad_tol (1e-9), risk_threshold (1e-6),
+            eig_tol (0), step (dynamics.step), max_steps (100000), spectrum ("auto"),
+            hessian ("auto"): precise descent after t_max, then classification (meanfield.landscape)
+[connectivity]  enabled (true when present), n_points (41), match (true): barriers between the
+            end points of runs with seeds 2i and 2i + 1
+[sweep]     "section.key" = [values, ...] for any key above, or a range {start = 0, stop = 500}
+            (step = 1); [sweep.zip] "section.key" = [...] lists of equal length, zipped, then
+            crossed with the plain [sweep] lists
 
 With ``[limit] reference_m = M`` every run of the file ("member") is compared with a
 reference run of width M that has the same config otherwise (same seed: same streams). The
@@ -164,6 +171,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "lazy": {
         "test_samples": Key("int_or_none", None, minimum=1),
         "tangent": Key("bool", False),
+    },
+    # Landscape stage (meanfield.landscape): present in the file = enabled. After t_max each run
+    # continues by precise gradient descent to grad_tol and its end point is classified.
+    "landscape": {
+        "enabled": Key("bool", False),
+        "grad_tol": Key("float", 1e-9, minimum=0, strict_minimum=True),
+        "risk_threshold": Key("float", 1e-6, minimum=0, strict_minimum=True),
+        "eig_tol": Key("float", 0.0, minimum=0),
+        "step": Key("float_or_none", None, minimum=0, strict_minimum=True),
+        "max_steps": Key("int", 100_000, minimum=1),
+        "spectrum": Key("str", "auto", choices=("auto", "dense", "lanczos")),
+        "hessian": Key("str", "auto", choices=("auto", "analytic", "finite_difference")),
+    },
+    # Mode connectivity: present in the file = enabled. Runs that differ only in their seed are
+    # paired (seeds 2i and 2i + 1) and the risk is measured along paths between their end points.
+    "connectivity": {
+        "enabled": Key("bool", False),
+        "n_points": Key("int", 41, minimum=2),
+        "match": Key("bool", True),
     },
 }
 
@@ -380,18 +406,29 @@ def plan(path, overrides=()) -> list[RunSpec]:
     file = os.fspath(path)
     document = load_document(file)
     sections, sweep = _sections(file, document)
+    for name in ("landscape", "connectivity"):
+        if name in document:
+            sections[name].setdefault("enabled", True)
+    zipped = sweep.pop("zip", None)
+    overridden_zip = False
     origins = {}
     for text in overrides:
         section, name, value, via = parse_override(file, text)
         sections[section][name] = value
         sweep.pop(f"{section}.{name}", None)
+        if isinstance(zipped, dict) and zipped.pop(f"{section}.{name}", None) is not None:
+            overridden_zip = True
         origins[f"{section}.{name}"] = via
+    zip_axis = _zip_axis(file, zipped, dedupe=overridden_zip)
     axes = []
     for dotted in sorted(sweep):
         section, name = _split_key(file, dotted, f"[sweep] {json.dumps(dotted)}")
-        values = sweep[dotted]
+        if zip_axis is not None and dotted in zip_axis[0]:
+            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)}: also in [sweep.zip]; give it in one of them")
+        values = _sweep_values(file, f"[sweep] {json.dumps(dotted)}", sweep[dotted])
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)} = {values!r}: must be a non-empty list of values")
+            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)} = {values!r}: must be a non-empty list of values "
+                              "or a range {start = 0, stop = 100} (step = 1)")
         checked = [_check_value(file, section, name, SCHEMA[section][name], v,
                                 via=f"[sweep] {json.dumps(dotted)}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
                    for i, v in enumerate(values)]
@@ -401,9 +438,16 @@ def plan(path, overrides=()) -> list[RunSpec]:
 
     runs = []
     base_dir = os.path.dirname(os.path.abspath(file))
-    for index, combination in enumerate(itertools.product(*(values for *_, values in axes))):
+    zip_rows = [()] if zip_axis is None else zip_axis[1]
+    zip_keys = [] if zip_axis is None else zip_axis[0]
+    products = itertools.product(zip_rows, *(values for *_, values in axes))
+    for index, (row, *combination) in enumerate(products):
         raw = copy.deepcopy(sections)
         swept = {}
+        for dotted, value in zip(zip_keys, row):
+            section, name = dotted.rsplit(".", 1)
+            raw[section][name] = value
+            swept[dotted] = value
         for (dotted, section, name, _), value in zip(axes, combination):
             raw[section][name] = value
             swept[dotted] = value
@@ -411,6 +455,54 @@ def plan(path, overrides=()) -> list[RunSpec]:
         runs.append(_spec(index, config, swept, file))
     references = _references(runs, file)
     return runs + references + _tangents(runs, len(runs) + len(references), file)
+
+
+def _sweep_values(file, where, values):
+    """A sweep's list of values, or a range table {start, stop, step = 1} expanded into one."""
+    if not isinstance(values, dict):
+        return values
+    allowed = {"start", "stop", "step"}
+    text = f"{file}: {where} = {json.dumps(values) if _jsonable(values) else repr(values)}"
+    unknown = set(values) - allowed
+    if unknown or "stop" not in values:
+        raise ConfigError(f"{text}: a range must be a table {{start = 0, stop = 100}} with integer start (default 0), "
+                          "stop (required) and step (default 1)" + (f"; unknown key {sorted(unknown)[0]!r}"
+                                                                    if unknown else ""))
+    start, stop, step = values.get("start", 0), values["stop"], values.get("step", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)) or step < 1 \
+            or stop <= start:
+        raise ConfigError(f"{text}: a range needs integers start < stop and step >= 1")
+    return list(range(start, stop, step))
+
+
+def _zip_axis(file, zipped, dedupe=False):
+    """The keys and value tuples of ``[sweep.zip]`` (lists of equal length, zipped), or None.
+    With ``dedupe`` (a ``--set`` replaced one of its keys) repeated tuples are merged."""
+    if zipped is None or (dedupe and not zipped):
+        return None
+    if not isinstance(zipped, dict) or not zipped:
+        raise ConfigError(f'{file}: [sweep.zip] must be a table of "section.key" = [values] lists of equal length')
+    keys, columns = [], []
+    for dotted in sorted(zipped):
+        where = f"[sweep.zip] {json.dumps(dotted)}"
+        section, name = _split_key(file, dotted, where)
+        values = _sweep_values(file, where, zipped[dotted])
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{file}: {where} = {values!r}: must be a non-empty list of values")
+        columns.append([_check_value(file, section, name, SCHEMA[section][name], v,
+                                     via=f"{where}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                        for i, v in enumerate(values)])
+        keys.append(dotted)
+    lengths = {key: len(column) for key, column in zip(keys, columns)}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{json.dumps(k)} has {n}" for k, n in lengths.items())
+        raise ConfigError(f"{file}: [sweep.zip]: the lists must have equal lengths ({shown})")
+    rows = list(zip(*columns))
+    if dedupe:
+        rows = list({json.dumps(row): row for row in rows}.values())
+    if len(set(map(json.dumps, rows))) != len(rows):
+        raise ConfigError(f"{file}: [sweep.zip]: the zipped tuples must be distinct")
+    return keys, rows
 
 
 def _spec(index, config, swept, file) -> RunSpec:
@@ -586,6 +678,19 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
     if config["run"]["backend"] == "cuda":
         _check_cuda(fail)
     _check_lazy(config, fail)
+    if config["landscape"]["enabled"] and model["dtype"] != "float64":
+        fail("model", "dtype", '[landscape] descends to a gradient norm of 1e-9 and needs "float64"')
+    if config["landscape"]["enabled"] and integrator not in ("gradient_descent", "heavy_ball"):
+        fail("dynamics", "integrator", '[landscape] classifies the end points of deterministic runs: use '
+                                        '"gradient_descent" or "heavy_ball"')
+    if config["connectivity"]["enabled"] and (teacher["kind"] != "orthonormal" or teacher["rotate"]
+                                               or problem["kind"] != "population"
+                                               or problem["method"] == "monte_carlo"):
+        fail("connectivity", "enabled", "pairs runs of different seeds, which must train on the same problem: "
+                                        'needs kind = "population" (not "monte_carlo") with an orthonormal, '
+                                        "unrotated teacher")
+    if config["connectivity"]["enabled"] and limit["reference_m"] is not None:
+        fail("connectivity", "enabled", "[connectivity] and [limit] pair runs differently: use one per file")
     return config
 
 

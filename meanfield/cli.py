@@ -70,6 +70,9 @@ def run_command(args) -> int:
         if not args.quiet:
             print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
                   f"{counts['waiting']} waiting for their reference")
+    from . import landscape
+
+    landscape_text = landscape.after_runs(out, specs)  # connectivity pairs are measured even when quiet
     if not args.quiet:
         counts = {}
         for s in summaries:
@@ -83,6 +86,8 @@ def run_command(args) -> int:
             print(table)
             for path in plots:
                 print(f"plot: {path}")
+        if landscape_text:
+            print(landscape_text)
         if curves:
             print(report.risk_table(curves))
             png = report.plot_risk(curves, os.path.join(out, "risk.png"))
@@ -111,24 +116,27 @@ def report_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
-    from . import experiments
+    from . import experiments, landscape, lazy
 
     figures = experiments.report(args.dir)  # files of [experiment] kinds
     for path in figures:
         print(f"plot: {path}")
-    if figures and not limits.pairs(args.dir):
-        return 0
-    counts = limits.compute_missing(args.dir, jobs=args.jobs)
-    print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
-          f"{counts['waiting']} waiting for their reference")
-    table, plots = report.limit_rates(args.dir, n_times=args.times)
-    print(table)
-    for path in plots:
-        print(f"plot: {path}")
-    from . import lazy
-
-    if lazy.has_lazy(args.dir):
+    has_lazy = lazy.has_lazy(args.dir)
+    landscape.connectivity_missing(args.dir)
+    landscape_text = landscape.report_text(args.dir)
+    # The distances to the limit are the default report; other kinds print only their own.
+    if limits.pairs(args.dir) or not (figures or has_lazy or landscape_text):
+        counts = limits.compute_missing(args.dir, jobs=args.jobs)
+        print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
+              f"{counts['waiting']} waiting for their reference")
+        table, plots = report.limit_rates(args.dir, n_times=args.times)
+        print(table)
+        for path in plots:
+            print(f"plot: {path}")
+    if has_lazy:
         _lazy_report(args.dir)
+    if landscape_text:
+        print(landscape_text)
     return 0
 
 

@@ -216,6 +216,13 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
         attrs = read_attrs(final)
         if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
             risk, t = _final_values(final)
+            if spec.config.get("landscape", {}).get("enabled"):  # killed between the run and its landscape stage
+                from .landscape import store_endpoint
+
+                try:
+                    store_endpoint(final, spec.config)
+                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                    return _summary(spec, "failed", final, risk, t, f"landscape stage: {type(error).__name__}: {error}")
             return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
     start = time.perf_counter()
     try:
@@ -263,6 +270,10 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                 writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
                 raise
             path = final if trajectory.status in FINISHED else part
+            if spec.config.get("landscape", {}).get("enabled") and trajectory.status == "complete":
+                from .landscape import store_endpoint
+
+                store_endpoint(path, spec.config, experiment.problem)
             risk, t = _final_values(path)
             return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
     except RunLocked as error:
