@@ -33,7 +33,7 @@ import tomllib
 import h5py
 import numpy as np
 
-from ._config import _REQUIRED, ConfigError, Key, _check_value, canonical_json, load_document
+from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
 from ._store import _git_revision, _now, _versions
 
 KINDS = ("signal_propagation", "deep_linear")
@@ -71,14 +71,6 @@ class ListKey:
                 raise bad
             out.append(int(v) if self.integer else float(v))
         return out
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 _ACTIVATIONS = ("relu", "sigmoid", "tanh", "erf", "softplus", "linear")
