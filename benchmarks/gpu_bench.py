@@ -103,26 +103,26 @@ def peaks(dtype, tiny):
         if i < src.shape[0]:
             dst[i] = src[i]
 
-    threads = 64 if tiny else 256
+    threads = 8 if tiny else 256
     n_blocks = 2 if tiny else 132 * 64
     out = cuda.to_device(np.zeros(threads * n_blocks, dtype))
     seconds = timed(lambda: fma[n_blocks, threads](out, T(0.999), T(1e-3)), 3)
     flops = 2.0 * 4 * iterations * threads * n_blocks / seconds
-    size = 256 if tiny else 1 << 27
+    size = 16 if tiny else 1 << 27
     src, dst = cuda.to_device(np.ones(size, dtype)), cuda.device_array(size, dtype)
-    seconds = timed(lambda: copy[(size + 255) // 256, 256](src, dst), 3)
+    seconds = timed(lambda: copy[(size + threads - 1) // threads, threads](src, dst), 3)
     return flops, 2.0 * size * np.dtype(dtype).itemsize / seconds
 
 
 def population_case(m, dtype):
     model = mf.Model(d=D, activation="relu", dtype=dtype)
-    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=D, k=5))
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=D, k=min(5, D)))
     return model, problem, mf.initialize(model, m, np.random.default_rng(0))
 
 
 def data_case(m, dtype, n):
     model = mf.Model(d=D, activation="relu", dtype=dtype)
-    problem = mf.FiniteDataProblem.from_teacher(model, mf.Teacher.orthonormal(d=D, k=5), n, np.random.default_rng(1))
+    problem = mf.FiniteDataProblem.from_teacher(model, mf.Teacher.orthonormal(d=D, k=min(5, D)), n, np.random.default_rng(1))
     return model, problem, mf.initialize(model, m, np.random.default_rng(0))
 
 
@@ -142,7 +142,7 @@ def bench_size(name, m, dtype, repeats, cpu_budget, cpu_estimate):
     elif name == "pair field (quadrature, Q = 32)":
         model = mf.Model(d=D, activation="tanh", bias=True, dtype=dtype)
         W = mf.initialize(model, m, np.random.default_rng(0), mf.Init(b="gaussian"))
-        Q = 4 if SIM else 32
+        Q = 2 if SIM else 32
         nodes, weights = np.polynomial.hermite_e.hermegauss(Q)
         nodes, weights = nodes.astype(dtype), (weights / weights.sum()).astype(dtype)
         code = kernels.ACTIVATION_CODES["tanh"]
@@ -231,12 +231,12 @@ CASES = {  # name: (sizes, exponent of the cost in m, for extrapolating the CPU 
     "step: finite data gd": ([10**3, 10**4, 10**5, 10**6], 1),
     "step: online sgd": ([10**3, 10**4, 10**5, 10**6], 1),
 }
-TINY_SIZES = [37]
+TINY_SIZES = [11]  # with d = 3, N = 13, batch = 5: small enough for the simulator
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="m = 37 only (a smoke test, e.g. in the simulator)")
+    parser.add_argument("--tiny", action="store_true", help="m = 11, d = 3 only (a smoke test, e.g. in the simulator)")
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpu-budget", type=float, default=30.0,
@@ -248,9 +248,9 @@ def main(argv=None):
     if not usable:
         print(f"gpu_bench: CUDA is not usable here ({device})", file=sys.stderr)
         return 2
-    global N_DATA, BATCH
+    global N_DATA, BATCH, D
     if args.tiny:
-        N_DATA, BATCH = 53, 17
+        N_DATA, BATCH, D = 13, 5, 3
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     import numba
     lines = [f"## {datetime.date.today().isoformat()}: {device}", "",

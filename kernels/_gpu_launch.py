@@ -8,9 +8,10 @@ kernel is a float32. Each factory is memoised: one compilation per (dtype, d).
 import numpy as np
 from numba import config, float32, float64
 
-# 128 threads on a GPU; 32 in numba's CUDA simulator, which runs every thread of a block as a
-# Python thread (and where small blocks make small test sizes cross tile and block edges).
-THREADS_PER_BLOCK = 32 if config.ENABLE_CUDASIM else 128
+# 128 threads on a GPU; 8 in numba's CUDA simulator, which runs every thread of a block as a
+# Python thread (the simulator's cost grows with the threads launched, and small blocks make
+# small test sizes cross tile and block edges). A power of two: the reductions are trees.
+THREADS_PER_BLOCK = 8 if config.ENABLE_CUDASIM else 128
 # Blocks a launch should have to fill a device (a few per SM of the largest GPUs); small
 # in the simulator so that test sizes split into several chunks.
 TARGET_BLOCKS = 4 if config.ENABLE_CUDASIM else 1024

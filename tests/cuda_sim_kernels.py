@@ -3,8 +3,8 @@
 Run by tests/test_cuda.py in a subprocess with the simulator switched on (the variable is
 read once per process). Every GPU kernel is compared with its CPU twin and with the numpy
 references of tests/test_kernels.py: float64 to 1e-10 relative, float32 to 1e-4, on odd
-sizes (m = 37, N = 53, d = 5) that cross the simulator's 32-thread blocks and shared-memory
-tiles with partial last ones.
+sizes (m = 19, N = 23, d = 5) that cross the simulator's 8-thread blocks and shared-memory
+tiles with partial last ones (kernels/_gpu_launch.py).
 """
 import math
 import os
@@ -25,7 +25,7 @@ assert config.ENABLE_CUDASIM, "run these tests with NUMBA_ENABLE_CUDASIM=1 (test
 
 DTYPES = [np.float64, np.float32]
 RTOL = {np.float64: 1e-10, np.float32: 1e-4}
-M, N, D = 37, 53, 5
+M, N, D = 19, 23, 5
 
 
 def dev(array):
@@ -39,7 +39,7 @@ def dev(array):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("act", ["relu", "erf", "linear"])
 def test_closed_form_pair_field(act, dtype):
-    """K and G of 37 points against 53 sources (two blocks, two tiles, both partial)."""
+    """K and G of 19 points against 23 sources (three blocks, three tiles, the last ones partial)."""
     points, sources = closed_case(np.random.default_rng(1), n=M, m=N, d=D)
     points[5, :D] = 0.0  # a zero input weight (relu's degenerate branch)
     points = points.astype(dtype)
@@ -68,14 +68,14 @@ def test_closed_form_pair_field(act, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_quadrature_pair_field(act, dtype):
-    """Gauss-Hermite pair sums (Q = 3, with biases) of 13 points against 37 sources (two
+    """Gauss-Hermite pair sums (Q = 3, with biases) of 13 points against 19 sources (three
     tiles), equal to the CPU kernel (tested against numpy in tests/test_kernels.py); the point
     equal to a source, the antiparallel one and a zero input weight take the degenerate
     branches."""
-    points, sources = closed_case(np.random.default_rng(9), n=13, m=37, d=D)
+    points, sources = closed_case(np.random.default_rng(9), n=13, m=M, d=D)
     rng = np.random.default_rng(10)
     points[:, D] = 0.5 * rng.standard_normal(13)
-    sources[:, D] = 0.5 * rng.standard_normal(37)
+    sources[:, D] = 0.5 * rng.standard_normal(M)
     points[1] = sources[4]
     points[5, :D] = 0.0
     points, sources = points.astype(dtype), sources.astype(dtype)
@@ -176,7 +176,7 @@ def test_network_output(dtype):
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("size", [1, 37, 601])  # 601 > 8 blocks x 32 threads: the grid stride
+@pytest.mark.parametrize("size", [1, 19, 101])  # 101 > 8 blocks x 8 threads: the grid stride
 def test_sums(size, dtype):
     x = np.random.default_rng(size).standard_normal(size).astype(dtype)
     np.testing.assert_allclose(gpu_reductions.device_sum(dev(x)), x.astype(np.float64).sum(),
@@ -451,7 +451,7 @@ def test_meanfield_run_backend_cuda_end_to_end(tmp_path, kind, extra):
 
 
 def test_gpu_benchmark_runs_at_tiny_size(capsys):
-    """benchmarks/gpu_bench.py runs every case end to end (m = 37; the simulator's timings
+    """benchmarks/gpu_bench.py runs every case end to end (m = 11, d = 3; the simulator's timings
     mean nothing, this only keeps the script from rotting until it runs on a GPU)."""
     import importlib.util
 
@@ -460,5 +460,5 @@ def test_gpu_benchmark_runs_at_tiny_size(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--tiny", "--repeats", "1", "--dtype", "float32"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "| 37 |" in line]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and f"| {bench.TINY_SIZES[0]} |" in line]
     assert {row.split("|")[1].strip() for row in rows} == set(bench.CASES)
