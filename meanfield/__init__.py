@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import kernels  # noqa: E402
 from ._isotropic import IsotropicProblem  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
+from ._flow import ODE_METHODS, StepSizeError, flow, step_size_error  # noqa: E402
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "ODE_METHODS",
     "Evaluation",
     "FiniteDataProblem",
     "Init",
@@ -45,9 +47,11 @@ __all__ = [
     "RadialFlow",
     "RadialSolution",
     "State",
+    "StepSizeError",
     "TangentProblem",
     "Teacher",
     "Trajectory",
+    "flow",
     "gradient_descent",
     "heavy_ball",
     "initialize",
@@ -57,6 +61,7 @@ __all__ = [
     "restore",
     "run",
     "sgd",
+    "step_size_error",
     "tangent_predict",
     "time_grid",
 ]
