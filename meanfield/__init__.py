@@ -24,6 +24,7 @@ from . import kernels  # noqa: E402
 from ._isotropic import IsotropicProblem  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._flow import ODE_METHODS, StepSizeError, flow, step_size_error  # noqa: E402
+from ._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
@@ -36,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "ODE_METHODS",
+    "REFINE_METHODS",
+    "Refinement",
     "Evaluation",
     "FiniteDataProblem",
     "Init",
@@ -58,6 +61,7 @@ __all__ = [
     "kernels",
     "langevin",
     "record_steps",
+    "refine",
     "restore",
     "run",
     "sgd",
