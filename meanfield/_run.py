@@ -99,7 +99,7 @@ class Trajectory:
         self.times.append(state.t)
         self.risk.append(evaluation.value)
         self.grad_norm.append(evaluation.grad_norm)
-        for name, value in state.measured.items():
+        for name, value in getattr(state, "measured", {}).items():
             self.observables.setdefault(name, []).append(value)
         if self.keep_particles:
             if self.particles is None:
@@ -224,9 +224,10 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
 
 def _record(problem, state, watchers, measures) -> None:
     evaluation = problem.evaluate(state.W, points=state.tracers)
-    state.measured = {}
-    for measure in measures:
-        state.measured.update(measure(state))
+    if measures:
+        state.measured = {}
+        for measure in measures:
+            state.measured.update(measure(state))
     for watcher in watchers:
         watcher.observe(state, evaluation)
 
