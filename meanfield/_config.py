@@ -660,7 +660,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             problem["data"], problem["data_sha256"] = _check_data(file, base_dir, problem["data"], model["d"],
                                                                  problem["loss"], via("problem", "data"))
     integrator = dynamics["integrator"]
-    _check_flow(config, raw, fail)
+    _check_flow(config, raw, fail, via)
     if integrator == "sgd" and dynamics["batch_size"] is None:
         fail("dynamics", "batch_size", '"sgd" needs a batch_size (an integer >= 1)')
     if integrator == "langevin" and dynamics["beta"] is None:
@@ -708,7 +708,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
     return config
 
 
-def _check_flow(config: dict, raw: dict, fail) -> None:
+def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
     """Cross-key rules of the "flow" integrator and of ``[record] step_error``; drops the flow keys
     from the configs of other integrators and step_error when false (their ids stay unchanged)."""
     dynamics, record = config["dynamics"], config["record"]
@@ -727,8 +727,10 @@ def _check_flow(config: dict, raw: dict, fail) -> None:
             fail(section, name, 'pairs records of two runs by their step, which "flow" (adaptive steps) does not '
                                 'share: use "gradient_descent" or "heavy_ball"')
     else:
+        # A swept integrator may meet flow keys meant for its flow runs: those are dropped.
+        swept_integrator = via is not None and via("dynamics", "integrator") is not None
         for name in FLOW_KEYS:
-            if name in raw["dynamics"]:
+            if name in raw["dynamics"] and not swept_integrator:
                 fail("dynamics", name, f'only for integrator = "flow", not "{integrator}"')
             del dynamics[name]
     if record["step_error"]:
