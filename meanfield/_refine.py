@@ -123,7 +123,7 @@ class _Objective:
 
 def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1e-12, max_iter: int = 200,
            newton_steps: int = 20, risk_threshold: float = 1e-6, eig_tol: float = 0.0,
-           classify: bool = True) -> Refinement:
+           classify: bool = True, time_limit: float | None = None) -> Refinement:
     """Refine W (e.g. the end of :func:`meanfield.flow`) to a critical point with |grad F| <= grad_tol.
 
     Parameters
@@ -149,6 +149,9 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
     classify : bool
         Classify the end point (computes the spectrum extremes); otherwise ``end_point`` is
         None and the eigenvalues NaN.
+    time_limit : float, optional
+        Stop the scipy iterations after this many seconds (checked once per iteration; no
+        Newton steps follow then).
 
     Returns
     -------
@@ -167,8 +170,13 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
     x0 = np.asarray(objective.W[:, objective.mask], dtype=np.float64).ravel()
     grad_norms = [float(np.linalg.norm(objective.jac(x0)))]
 
+    timed_out = []
+
     def callback(intermediate_result):
         grad_norms.append(float(np.linalg.norm(objective.jac(np.asarray(intermediate_result.x)))))
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            timed_out.append(True)
+            raise StopIteration
         # F-based step acceptance has hit the rounding of F: |grad F| no longer moves
         if len(grad_norms) > STALL_ITERATIONS and \
                 grad_norms[-1] >= 0.99 * grad_norms[-1 - STALL_ITERATIONS] and analytic and newton_steps > 0:
@@ -190,7 +198,9 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
         x, message, iterations = x0, "already at grad_tol", 0
     _, g = objective.evaluate(x)
     used = method
-    if float(np.linalg.norm(g)) > grad_tol and analytic and newton_steps > 0:
+    if timed_out:
+        message = f"{message}; stopped at the time limit of {time_limit:g} s"
+    elif float(np.linalg.norm(g)) > grad_tol and analytic and newton_steps > 0:
         x, steps, newton_message = _newton_on_gradient(objective, x, grad_tol, newton_steps, grad_norms)
         iterations += steps
         used = f"{method}+newton"

@@ -111,6 +111,17 @@ def test_finite_data_hessian_against_finite_differences(act, loss, bias, train_r
     _check_hessian(problem, W, rng, 1e-8)
 
 
+def test_monte_carlo_population_hessian_is_that_of_its_fixed_sample():
+    model = mf.Model(d=3, activation="sigmoid")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=3, k=2, activation="sigmoid"), loss="logistic",
+                                   mc_samples=300, rng=np.random.default_rng(9))
+    assert problem.method == "monte_carlo" and problem.has_analytic_hessian
+    W = mf.initialize(model, 3, np.random.default_rng(10))
+    sample = mf.FiniteDataProblem(model, problem._X, problem._y, "logistic")
+    assert np.array_equal(problem.hessian(W), sample.hessian(W))
+    _check_hessian(problem, W, np.random.default_rng(11), 1e-8)
+
+
 # -- the flow -------------------------------------------------------------------------------------
 
 def _quadratic():
