@@ -148,7 +148,20 @@ def budget_table(name, problem, W0, budget, fractions, flow_budget, refine_itera
     integrator = mf.flow(problem, "RK45", rtol=1e-6, atol=1e-9)
     state = integrator.init(W0)
     start = time.perf_counter()
-    _, norm, status = _flow_until(problem, integrator, state, TARGET, flow_budget, start)
+    # step the solver one step at a time, so that the budget holds even where it stalls
+    integrator.advance(state, 1e-3, 1e7)
+    solver, system, _, _ = state.scratch["flow"]
+    status = "budget"
+    while time.perf_counter() - start < flow_budget and solver.status == "running":
+        solver.step()
+        if solver.nfev % 50 < 7:
+            system.unpack(solver.y, state.W, None)
+            if grad_norm(problem, state.W) <= TARGET:
+                status = "reached"
+                break
+    system.unpack(solver.y, state.W, None)
+    state.t, state.info["nfev"] = solver.t, solver.nfev
+    norm = grad_norm(problem, state.W)
     flow_seconds = time.perf_counter() - start
     norms = np.linalg.norm(state.W[:, :d], axis=1)
     rows.append(("flow RK45 (rtol 1e-6, atol 1e-9)", flow_seconds, norm,

@@ -76,8 +76,18 @@ class Refinement:
     seconds: float = 0.0
 
 
+class _TimeLimit(Exception):
+    """Raised inside the scipy iterations when the refinement's time limit is spent."""
+
+
 class _Objective:
     """F, grad F, H and H v over the trainable coordinates, caching the last evaluation."""
+
+    deadline = math.inf
+
+    def _check_time(self):
+        if time.perf_counter() > self.deadline:
+            raise _TimeLimit
 
     def __init__(self, problem: Problem, W):
         self.problem = problem
@@ -110,11 +120,13 @@ class _Objective:
         return self.evaluate(x)[1].copy()
 
     def hess(self, x):
+        self._check_time()
         self.n_hessians += 1
         H = np.asarray(self.problem.hessian(self.state(x)), dtype=np.float64)
         return 0.5 * (H + H.T)
 
     def hessp(self, x, p):
+        self._check_time()
         self.n_hessians += 1
         V = np.zeros_like(self.W)
         V[:, self.mask] = np.asarray(p, dtype=np.float64).reshape(self.m, -1)
@@ -150,8 +162,8 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
         Classify the end point (computes the spectrum extremes); otherwise ``end_point`` is
         None and the eigenvalues NaN.
     time_limit : float, optional
-        Stop the scipy iterations after this many seconds (checked once per iteration; no
-        Newton steps follow then).
+        Stop the scipy iterations after this many seconds (checked at every iteration and
+        Hessian call; the result is the last iterate, and no Newton steps follow).
 
     Returns
     -------
@@ -171,9 +183,13 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
     grad_norms = [float(np.linalg.norm(objective.jac(x0)))]
 
     timed_out = []
+    last = [x0]
+    if time_limit is not None:
+        objective.deadline = start + time_limit
 
     def callback(intermediate_result):
-        grad_norms.append(float(np.linalg.norm(objective.jac(np.asarray(intermediate_result.x)))))
+        last[0] = np.array(intermediate_result.x, dtype=np.float64)
+        grad_norms.append(float(np.linalg.norm(objective.jac(last[0]))))
         if time_limit is not None and time.perf_counter() - start > time_limit:
             timed_out.append(True)
             raise StopIteration
@@ -191,9 +207,14 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
     else:
         options["norm"] = 2.0
     if grad_norms[0] > grad_tol:
-        with np.errstate(invalid="ignore"):  # a collapsed trust radius late in the run: Newton finishes
-            result = minimize(objective.fun, x0, method=method, options=options, **kwargs)
-        x, message, iterations = np.asarray(result.x, dtype=np.float64), str(result.message), int(result.nit)
+        try:
+            with np.errstate(invalid="ignore"):  # a collapsed trust radius late in the run: Newton finishes
+                result = minimize(objective.fun, x0, method=method, options=options, **kwargs)
+            x, message, iterations = np.asarray(result.x, dtype=np.float64), str(result.message), int(result.nit)
+        except _TimeLimit:
+            timed_out.append(True)
+            x, message, iterations = last[0], "interrupted inside an iteration", len(grad_norms) - 1
+        objective.deadline = math.inf
     else:
         x, message, iterations = x0, "already at grad_tol", 0
     _, g = objective.evaluate(x)
