@@ -29,10 +29,9 @@ with e = a/|a| and e_perp = y/|y|,
 
 Written with y (|y| = |b| sin theta) these have no 1/sin theta that cancels: y is computed
 as b - t a entry by entry (absolute error eps |b|), so the blocks stay accurate up to
-collinear pairs, where the sin theta terms vanish; relu is not twice differentiable at
-a = 0, where the blocks are set to 0. The Hessian of F away from that set and from nothing
-else: the relu kernel is C^2 at collinear pairs (a |theta|^3 term), so the Hessian there is
-the limit of these formulas.
+collinear pairs, where the sin theta terms vanish. The relu kernel is C^2 at collinear
+pairs (a |theta|^3 term), so the Hessian there is the limit of these formulas; it is not
+twice differentiable at a = 0, where the blocks are set to 0.
 
 Hessian of F, particle-major over the trainable coordinates (a_i, then c_i when the readout
 is trained), n_loc = d (+1) per particle:
@@ -244,12 +243,13 @@ def closed_form_hessian_vector_product(W, teacher, activation_code, s, inv_alpha
         a_i = W[i, :d]
         c_i = W[i, d + 1]
         vc_i = V[i, d + 1] if train_readout else 0.0
-        # (H V)_{a_i} = sum_j [s^2 c_i c_j M(a_i, a_j) V_aj + s^2 c_i c_j H(a_i, a_j) V_ai
-        #                      + s^2 c_i grad_1 kappa(a_i, a_j) V_cj + s^2 c_j grad_1 kappa(a_i, a_j) V_ci]
+        # (H V)_{a_i} = sum_j [s^2 c_i c_j (M(a_i, a_j) V_aj + H(a_i, a_j) V_ai)
+        #                      + s^2 grad_1 kappa(a_i, a_j) (c_i V_cj + c_j V_ci)]
         #               - (s/alpha) sum_t c*_t [c_i H(a_i, a*_t) V_ai + grad_1 kappa(a_i, a*_t) V_ci]
-        # (H V)_{c_i} = sum_j [s^2 c_j grad_1 kappa(a_j, a_i).V_aj + s^2 kappa(a_i, a_j) V_cj]
-        #               + s^2 c_i grad_1 kappa(a_i, a_i).V_ai... (the j = i term of the first sum)
-        #               + (grad F_{a_i} / c_i).V_ai: the remaining diagonal terms (see below)
+        # (H V)_{c_i} = sum_j [s^2 c_j (grad_1 kappa(a_i, a_j) . V_ai + grad_1 kappa(a_j, a_i) . V_aj)
+        #                      + s^2 kappa(a_i, a_j) V_cj]
+        #               - (s/alpha) sum_t c*_t grad_1 kappa(a_i, a*_t) . V_ai
+        # (the j = i terms give the diagonal blocks of the module docstring).
         acc_c = 0.0
         for j in range(m):
             a_j = W[j, :d]
@@ -279,7 +279,6 @@ def closed_form_hessian_vector_product(W, teacher, activation_code, s, inv_alpha
                 out[i, k] += w_m * (mv + hv) + s2 * (c_i * vc_j + c_j * vc_i) * grad_k
                 grad_dot_vi += grad_k * V[i, k]
             if train_readout:
-                # from d2F/dc_i da_i: the sum over k of s^2 c_k grad_1 kappa(a_i, a_k) . V_ai
                 acc_c += s2 * c_j * grad_dot_vi + s2 * kappa * vc_j
                 (_, g_a2, g_b2, _, _, _, _, _, _, _, _, _, _) = _second_derivatives(a_j, a_i, d, activation_code)
                 dot2 = 0.0
