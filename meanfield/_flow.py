@@ -82,7 +82,9 @@ def flow(problem: Problem, method: str = "RK45", rtol: float = 1e-8, atol: float
         A ``solve_ivp`` method: explicit Runge-Kutta ``"RK45"`` (Dormand-Prince 5(4)),
         ``"DOP853"`` (order 8), ``"RK23"``; stiff ``"BDF"``, ``"Radau"``, ``"LSODA"``.
     rtol, atol : float
-        Relative and absolute tolerances of the local error estimate, per coordinate.
+        Relative and absolute tolerances of the local error estimate, per coordinate. The
+        solver works in float64; with a float32 model the velocity carries rounding errors of
+        about 1e-7 relative, so tolerances much below that only cost steps.
     max_step : float
         Largest step in t.
     jacobian : str
