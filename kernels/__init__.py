@@ -8,12 +8,16 @@ from ._scalar import (
     LOSS_CODES,
     activation,
     activation_derivative,
+    activation_second_derivative,
     loss,
     loss_derivative,
+    loss_second_derivative,
 )
 from .deep_random import deep_random_forward
 from .finite_data import finite_data_field, network_output
+from .finite_data_hessian import finite_data_hessian, finite_data_hessian_vector_product
 from .population import closed_form_pair_field, quadrature_pair_field
+from .population_hessian import closed_form_hessian, closed_form_hessian_vector_product
 from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
 
@@ -22,11 +26,17 @@ __all__ = [
     "LOSS_CODES",
     "activation",
     "activation_derivative",
+    "activation_second_derivative",
     "loss",
     "loss_derivative",
+    "loss_second_derivative",
     "finite_data_field",
     "network_output",
     "closed_form_pair_field",
+    "closed_form_hessian",
+    "closed_form_hessian_vector_product",
+    "finite_data_hessian",
+    "finite_data_hessian_vector_product",
     "quadrature_pair_field",
     "all_finite",
     "euler_update",

@@ -2,8 +2,8 @@
 
 Activations and losses are selected by small integer codes so that one compiled kernel
 serves all of them (numba caches one machine-code version per dtype, not per activation).
-Adding an activation means writing its value and derivative here, giving it the next code
-and registering its name in ``ACTIVATION_CODES``; nothing else changes.
+Adding an activation means writing its value, first and second derivatives here, giving it
+the next code and registering its name in ``ACTIVATION_CODES``; nothing else changes.
 
 All functions are written for float32 and float64 alike: every constant goes through
 :func:`like`, so a float32 kernel never promotes to double precision.
@@ -20,6 +20,7 @@ TANH = 2
 ERF = 3  # erf(z / sqrt(2)), the activation with the arcsine closed form
 SOFTPLUS = 4
 LINEAR = 5
+GELU = 6  # z Phi(z), Phi the standard normal CDF (exact, not the tanh approximation)
 
 ACTIVATION_CODES = {
     "relu": RELU,
@@ -28,6 +29,7 @@ ACTIVATION_CODES = {
     "erf": ERF,
     "softplus": SOFTPLUS,
     "linear": LINEAR,
+    "gelu": GELU,
 }
 
 # Loss codes; ``f`` is the prediction and ``y`` the label.
@@ -76,6 +78,9 @@ def activation(z, code):
         return math.erf(z * like(z, 0.7071067811865476))
     elif code == SOFTPLUS:
         return math.log1p(math.exp(-abs(z))) + (z if z > zero else zero)
+    elif code == GELU:
+        # z Phi(z) = z (1 + erf(z / sqrt 2)) / 2; erfc keeps the relative accuracy for z << 0
+        return like(z, 0.5) * z * math.erfc(-z * like(z, 0.7071067811865476))
     else:
         return z
 
@@ -98,8 +103,38 @@ def activation_derivative(z, code):
         return like(z, 0.7978845608028654) * math.exp(-like(z, 0.5) * z * z)
     elif code == SOFTPLUS:
         return _sigmoid(z)
+    elif code == GELU:
+        # Phi(z) + z phi(z), phi(z) = exp(-z^2/2) / sqrt(2 pi)
+        phi = like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
+        return like(z, 0.5) * math.erfc(-z * like(z, 0.7071067811865476)) + z * phi
     else:
         return one
+
+
+@njit(cache=True)
+def activation_second_derivative(z, code):
+    """sigma''(z) for the activation ``code`` (relu'' = 0 away from the kink z = 0, where the
+    second derivative is a Dirac mass that the Hessians of this package leave out)."""
+    zero = like(z, 0.0)
+    one = like(z, 1.0)
+    two = like(z, 2.0)
+    if code == SIGMOID:
+        s = _sigmoid(z)
+        return s * (one - s) * (one - two * s)
+    elif code == TANH:
+        t = math.tanh(z)
+        return -two * t * (one - t * t)
+    elif code == ERF:
+        # d^2/dz^2 erf(z/sqrt 2) = -z sqrt(2/pi) exp(-z^2/2)
+        return -z * like(z, 0.7978845608028654) * math.exp(-like(z, 0.5) * z * z)
+    elif code == SOFTPLUS:
+        s = _sigmoid(z)
+        return s * (one - s)
+    elif code == GELU:
+        # (2 - z^2) phi(z)
+        return (two - z * z) * like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
+    else:  # relu (away from 0) and linear
+        return zero
 
 
 @njit(cache=True)
@@ -124,3 +159,15 @@ def loss_derivative(f, y, code):
         return -y * _sigmoid(-y * f)
     else:
         return -y * math.exp(-y * f)
+
+
+@njit(cache=True)
+def loss_second_derivative(f, y, code):
+    """d^2 l / df^2 at (f, y) (labels +-1 for the classification losses, y^2 = 1)."""
+    if code == SQUARED:
+        return like(f, 1.0)
+    elif code == LOGISTIC:
+        s = _sigmoid(-y * f)
+        return y * y * s * (like(f, 1.0) - s)
+    else:
+        return y * y * math.exp(-y * f)

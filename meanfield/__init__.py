@@ -23,6 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import kernels  # noqa: E402
 from ._isotropic import IsotropicProblem  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
+from ._flow import ODE_METHODS, StepSizeError, flow, step_size_error  # noqa: E402
+from ._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 from ._run import Trajectory, record_steps, run, time_grid
@@ -34,6 +36,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "ODE_METHODS",
+    "REFINE_METHODS",
+    "Refinement",
     "Evaluation",
     "FiniteDataProblem",
     "Init",
@@ -45,18 +50,22 @@ __all__ = [
     "RadialFlow",
     "RadialSolution",
     "State",
+    "StepSizeError",
     "TangentProblem",
     "Teacher",
     "Trajectory",
+    "flow",
     "gradient_descent",
     "heavy_ball",
     "initialize",
     "kernels",
     "langevin",
     "record_steps",
+    "refine",
     "restore",
     "run",
     "sgd",
+    "step_size_error",
     "tangent_predict",
     "time_grid",
 ]

@@ -15,10 +15,15 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             tangent (false: train the tangent model at the initial particles instead)
 [problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
             (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
-[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin"), step, t_max,
-            momentum (0.9), batch_size, beta, weight_decay (0)
+[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow"), step
+            (required except for "flow"), t_max, momentum (0.9), batch_size, beta, weight_decay (0);
+            for "flow" only: ode_method ("RK45"; one of meanfield.ODE_METHODS), rtol (1e-8),
+            atol (1e-10) (kept in the resolved config of flow runs only, so that the ids of
+            other runs do not change)
 [record]    times (101), spacing ("linear" | "log"), t_min, particles (true),
-            particles_dtype ("float64" | "float32"), checkpoint_seconds (60)
+            particles_dtype ("float64" | "float32"), checkpoint_seconds (60), step_error (false:
+            record the distance to the exact flow, "gradient_descent" and "heavy_ball"; kept
+            in the resolved config only when true)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
@@ -92,7 +97,9 @@ class Key:
         return text
 
 
-INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin")
+INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin", "flow")
+ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield._flow.ODE_METHODS
+FLOW_KEYS = ("ode_method", "rtol", "atol")
 PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
 METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
@@ -147,6 +154,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key("int_or_none", None, minimum=1),
         "beta": Key("float_or_none", None, minimum=0, strict_minimum=True),
         "weight_decay": Key("float", 0.0, minimum=0),
+        "ode_method": Key("str", "RK45", choices=ODE_METHODS),
+        "rtol": Key("float", 1e-8, minimum=0, strict_minimum=True, maximum=1),
+        "atol": Key("float", 1e-10, minimum=0, strict_minimum=True),
     },
     "record": {
         "times": Key("int", 101, minimum=2),
@@ -155,6 +165,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "particles": Key("bool", True),
         "particles_dtype": Key("str", "float64", choices=DTYPES),
         "checkpoint_seconds": Key("float", 60.0, minimum=0, strict_minimum=True),
+        "step_error": Key("bool", False),
     },
     "run": {
         "seed": Key("int", 0, minimum=0),
@@ -597,6 +608,8 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
         for name, key in keys.items():
             if name in raw[section]:
                 out[name] = _check_value(file, section, name, key, raw[section][name], via(section, name))
+            elif (section, name) == ("dynamics", "step") and raw["dynamics"].get("integrator") == "flow":
+                out[name] = None  # adaptive steps
             elif key.default is _REQUIRED:
                 raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
             else:
@@ -647,6 +660,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             problem["data"], problem["data_sha256"] = _check_data(file, base_dir, problem["data"], model["d"],
                                                                  problem["loss"], via("problem", "data"))
     integrator = dynamics["integrator"]
+    _check_flow(config, raw, fail, via)
     if integrator == "sgd" and dynamics["batch_size"] is None:
         fail("dynamics", "batch_size", '"sgd" needs a batch_size (an integer >= 1)')
     if integrator == "langevin" and dynamics["beta"] is None:
@@ -657,7 +671,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
         if dynamics["batch_size"] > problem["n_samples"]:
             fail("dynamics", "batch_size", f"must be <= n_samples = {problem['n_samples']}")
     dt = dynamics["step"] / (1 - dynamics["momentum"]) if integrator == "heavy_ball" else dynamics["step"]
-    if dynamics["t_max"] < dt:
+    if integrator != "flow" and dynamics["t_max"] < dt:
         fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
     if record["t_min"] is not None and record["t_min"] >= dynamics["t_max"]:
         fail("record", "t_min", f"must be < t_max = {dynamics['t_max']:g}")
@@ -692,6 +706,41 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
     if config["connectivity"]["enabled"] and limit["reference_m"] is not None:
         fail("connectivity", "enabled", "[connectivity] and [limit] pair runs differently: use one per file")
     return config
+
+
+def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
+    """Cross-key rules of the "flow" integrator and of ``[record] step_error``; drops the flow keys
+    from the configs of other integrators and step_error when false (their ids stay unchanged)."""
+    dynamics, record = config["dynamics"], config["record"]
+    integrator = dynamics["integrator"]
+    if integrator == "flow":
+        dynamics["step"] = None  # the solver chooses its steps; a given step is not used
+        for name in ("batch_size", "beta"):
+            if dynamics[name] is not None:
+                fail("dynamics", name, 'not used by "flow" (the exact, deterministic gradient flow)')
+        if dynamics["weight_decay"] != 0:
+            fail("dynamics", "weight_decay", 'not used by "flow" (the exact gradient flow of F)')
+        if config["run"]["backend"] != "cpu":
+            fail("run", "backend", '"flow" runs on the CPU (scipy\'s solvers); allowed: "cpu"')
+        if config["limit"]["reference_m"] is not None or config["lazy"]["tangent"]:
+            section, name = ("limit", "reference_m") if config["limit"]["reference_m"] is not None else ("lazy", "tangent")
+            fail(section, name, 'pairs records of two runs by their step, which "flow" (adaptive steps) does not '
+                                'share: use "gradient_descent" or "heavy_ball"')
+    else:
+        # A swept integrator may meet flow keys meant for its flow runs: those are dropped.
+        swept_integrator = via is not None and via("dynamics", "integrator") is not None
+        for name in FLOW_KEYS:
+            if name in raw["dynamics"] and not swept_integrator:
+                fail("dynamics", name, f'only for integrator = "flow", not "{integrator}"')
+            del dynamics[name]
+    if record["step_error"]:
+        if integrator not in ("gradient_descent", "heavy_ball"):
+            fail("record", "step_error", 'measures the distance of a fixed-step run to the exact flow: needs '
+                                         f'integrator = "gradient_descent" or "heavy_ball", not "{integrator}"')
+        if config["run"]["backend"] != "cpu":
+            fail("record", "step_error", 'the exact flow is integrated on the CPU: needs backend = "cpu"')
+    else:
+        del record["step_error"]
 
 
 def _check_cuda(fail) -> None:

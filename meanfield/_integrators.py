@@ -43,6 +43,11 @@ class State:
     tracers : ndarray, shape (n, d + 2) or None
         Tracer particles: moved by the field of the measure of ``W`` with the same scheme,
         without acting on it (synchronous coupling, propagation of chaos).
+    measured : dict
+        Values of the run's measures at the current record (``meanfield.run(measures=...)``).
+    info : dict
+        What an adaptive integrator reports (method, tolerances, evaluation counts); JSON
+        values, written to a run file's ``integrator_info`` attribute.
     """
 
     W: np.ndarray
@@ -53,6 +58,8 @@ class State:
     buffers: dict = field(default_factory=dict)
     scratch: dict = field(default_factory=dict)
     tracers: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
 
 
 class Integrator(NamedTuple):
@@ -68,6 +75,9 @@ class Integrator(NamedTuple):
         Parameters, for the record.
     stochastic : bool
         Whether ``step`` draws from ``state.rng``.
+    advance : callable or None
+        Adaptive integrators (``meanfield.flow``) have no fixed step: ``advance(state, t,
+        t_bound)`` integrates to time t, and ``dt`` is 0.
     """
 
     init: Callable
@@ -76,6 +86,7 @@ class Integrator(NamedTuple):
     name: str
     params: dict
     stochastic: bool
+    advance: Callable | None = None
 
 
 def _positive(name, value):
@@ -199,7 +210,7 @@ def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
-            rng: np.random.Generator | None = None, tracers=None) -> State:
+            rng: np.random.Generator | None = None, tracers=None, time: float | None = None) -> State:
     """Rebuild a state saved by a checkpoint, so that stepping it continues the saved run.
 
     Parameters
@@ -217,6 +228,9 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
         The generator, in the state it had at ``step``.
     tracers : ndarray, shape (n, d + 2), optional
         The tracer particles at ``step``.
+    time : float, optional
+        The time of the checkpoint: required by adaptive integrators (whose ``step`` counts
+        evaluations, not time); fixed-step ones use ``step * dt``.
     """
     state = integrator.init(W, rng, tracers)
     for name, array in (buffers or {}).items():
@@ -227,6 +241,12 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
     if missing:
         raise ValueError(f"the checkpoint lacks the buffers {sorted(missing)} of {integrator.name}")
     state.step = int(step)
-    state.t = state.step * integrator.dt
+    if integrator.advance is not None:
+        if time is None:
+            raise ValueError(f"restoring {integrator.name} needs the time of the checkpoint")
+        state.t = float(time)
+        state.info["nfev"] = state.step
+    else:
+        state.t = state.step * integrator.dt
     state.value = float(value)
     return state

@@ -40,7 +40,7 @@ class Model:
         Input dimension.
     activation : str
         One of ``relu``, ``sigmoid``, ``tanh``, ``erf`` (erf(z/sqrt 2)), ``softplus``,
-        ``linear``.
+        ``linear``, ``gelu`` (z Phi(z), Phi the standard normal CDF).
     bias : bool
         Whether the bias column b is trained (otherwise it stays 0).
     train_readout : bool

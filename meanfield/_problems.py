@@ -93,6 +93,49 @@ class Problem:
             points = self.model.check_state(points, "points")
         return W, points
 
+    @property
+    def has_analytic_hessian(self) -> bool:
+        """Whether :meth:`hessian` and :meth:`hessian_vector_product` are available."""
+        return False
+
+    def hessian(self, W) -> np.ndarray:
+        """Dense Hessian of F over the trainable coordinates (see ``meanfield.landscape``).
+
+        Variables are particle-major, x = W[:, model.trainable].ravel(), n_var =
+        m * model.trainable.sum(); it is the Hessian of F itself (grad F = -v / m). Computed
+        in float64 by a compiled kernel; only where ``has_analytic_hessian``.
+
+        Returns
+        -------
+        ndarray, shape (n_var, n_var), float64
+        """
+        raise NotImplementedError(f"{type(self).__name__} ({self.method}) has no analytic Hessian")
+
+    def hessian_vector_product(self, W, V) -> np.ndarray:
+        """(H V) without forming H, in the particle layout.
+
+        Parameters
+        ----------
+        W : ndarray, shape (m, d + 2)
+        V : ndarray, shape (m, d + 2)
+            Direction; its frozen columns are ignored.
+
+        Returns
+        -------
+        ndarray, shape (m, d + 2), float64
+            The Hessian of F applied to V; frozen columns are 0.
+        """
+        raise NotImplementedError(f"{type(self).__name__} ({self.method}) has no analytic Hessian")
+
+    def _hessian_arrays(self, W, V=None):
+        W = np.ascontiguousarray(self.model.check_state(W), dtype=np.float64)
+        if V is None:
+            return W, None
+        V = np.asarray(V, dtype=np.float64)
+        if V.shape != W.shape:
+            raise ValueError(f"V must have the shape of W, {W.shape}, got {V.shape}")
+        return W, np.ascontiguousarray(V)
+
 
 def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                      value_offset: float = 0.0) -> Evaluation:
@@ -107,6 +150,27 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
         alpha, model.bias, model.train_readout, TILE_SIZE, velocity, pts_velocity)
     return Evaluation(float(value) + value_offset / alpha**2, velocity,
                       None if points is None else pts_velocity)
+
+
+def _data_hessian(model: Model, loss: str, W, X, y) -> np.ndarray:
+    """Dense Hessian of the empirical objective on (X, y) (``kernels.finite_data_hessian``)."""
+    m = W.shape[0]
+    n_var = m * int(model.trainable.sum())
+    H = np.empty((n_var, n_var))
+    kernels.finite_data_hessian(W, np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
+                                model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
+                                model.alpha_value(m), model.bias, model.train_readout, TILE_SIZE, H)
+    return H
+
+
+def _data_hessian_vector_product(model: Model, loss: str, W, X, y, V) -> np.ndarray:
+    m = W.shape[0]
+    out = np.empty_like(W)
+    kernels.finite_data_hessian_vector_product(
+        W, np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), model.activation_code,
+        kernels.LOSS_CODES[loss], model.output_scale(m), model.alpha_value(m), model.bias, model.train_readout,
+        TILE_SIZE, V, out)
+    return out
 
 
 def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None):
@@ -327,6 +391,43 @@ class PopulationProblem(Problem):
             points_velocity, _, _ = self._pair_velocity(points, W, np.empty_like(points))
         return Evaluation(value, velocity, points_velocity)
 
+    @property
+    def has_analytic_hessian(self) -> bool:
+        """True in closed form (relu, erf, linear; relu away from a_i = 0) and for Monte Carlo
+        (the empirical Hessian of the fixed sample); quadrature has none (finite differences)."""
+        return self.method in ("closed_form", "monte_carlo")
+
+    def _closed_form_arguments(self, W):
+        m = W.shape[0]
+        teacher = np.ascontiguousarray(self.teacher.W, dtype=np.float64)
+        return (W, teacher, self.model.activation_code, self.model.output_scale(m),
+                1.0 / self.model.alpha_value(m), self.model.train_readout)
+
+    def hessian(self, W) -> np.ndarray:
+        W, _ = self._hessian_arrays(W)
+        if self.method == "monte_carlo":
+            return _data_hessian(self.model, self.loss, W, self._X, self._y)
+        if self.method != "closed_form":
+            return super().hessian(W)
+        n_var = W.shape[0] * int(self.model.trainable.sum())
+        H = np.empty((n_var, n_var))
+        kernels.closed_form_hessian(*self._closed_form_arguments(W), H)
+        return H
+
+    hessian.__doc__ = Problem.hessian.__doc__
+
+    def hessian_vector_product(self, W, V) -> np.ndarray:
+        W, V = self._hessian_arrays(W, V)
+        if self.method == "monte_carlo":
+            return _data_hessian_vector_product(self.model, self.loss, W, self._X, self._y, V)
+        if self.method != "closed_form":
+            return super().hessian_vector_product(W, V)
+        out = np.empty_like(W)
+        kernels.closed_form_hessian_vector_product(*self._closed_form_arguments(W), V, out)
+        return out
+
+    hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__
+
 
 class FiniteDataProblem(Problem):
     """Empirical risk on a fixed training set (x_n, y_n), n = 1..N.
@@ -388,3 +489,20 @@ class FiniteDataProblem(Problem):
         """Empirical objective, particle velocities and (optionally) the field at ``points``."""
         W, points = self._state(W, points)
         return _data_evaluation(self.model, self.loss, W, self.X, self.y, points, out)
+
+    @property
+    def has_analytic_hessian(self) -> bool:
+        """Always: every activation and loss has a second derivative (relu's away from its kink)."""
+        return True
+
+    def hessian(self, W) -> np.ndarray:
+        W, _ = self._hessian_arrays(W)
+        return _data_hessian(self.model, self.loss, W, self.X, self.y)
+
+    hessian.__doc__ = Problem.hessian.__doc__
+
+    def hessian_vector_product(self, W, V) -> np.ndarray:
+        W, V = self._hessian_arrays(W, V)
+        return _data_hessian_vector_product(self.model, self.loss, W, self.X, self.y, V)
+
+    hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__

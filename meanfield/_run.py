@@ -76,6 +76,8 @@ class Trajectory:
         The integrator state at the end.
     method : str
         How the problem computes its objective (closed form, quadrature, Monte Carlo, data).
+    observables : dict
+        name -> ndarray (T,): the values of the run's measures at each record.
     """
 
     keep_particles: bool = False
@@ -89,6 +91,7 @@ class Trajectory:
     message: str = ""
     final: State | None = None
     method: str = ""
+    observables: dict = field(default_factory=dict)
 
     def observe(self, state: State, evaluation: Evaluation) -> None:
         """Record one frame (called by :func:`run` at each recording step)."""
@@ -96,6 +99,8 @@ class Trajectory:
         self.times.append(state.t)
         self.risk.append(evaluation.value)
         self.grad_norm.append(evaluation.grad_norm)
+        for name, value in getattr(state, "measured", {}).items():
+            self.observables.setdefault(name, []).append(value)
         if self.keep_particles:
             if self.particles is None:
                 self.particles = []
@@ -112,6 +117,7 @@ class Trajectory:
         self.times = np.asarray(self.times, dtype=np.float64)
         self.risk = np.asarray(self.risk, dtype=np.float64)
         self.grad_norm = np.asarray(self.grad_norm, dtype=np.float64)
+        self.observables = {name: np.asarray(values, dtype=np.float64) for name, values in self.observables.items()}
         if self.particles is not None:
             self.particles = np.stack(self.particles)
         if self.tracers is not None:
@@ -125,7 +131,7 @@ class Trajectory:
 
 def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
         rng: np.random.Generator | None = None, observers=(), keep_particles: bool = False,
-        state: State | None = None, tracers=None) -> Trajectory:
+        state: State | None = None, tracers=None, measures=()) -> Trajectory:
     """Integrate from ``W0`` up to time ``t_max``, recording on a time grid.
 
     Parameters
@@ -156,15 +162,31 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     state : State, optional
         Continue this state (from :func:`meanfield.restore`) instead of starting from
         ``W0``; records at or before ``state.step`` are taken as already made.
+    measures : sequence of callables
+        Each is called with the state at every record and returns {name: float}; the values
+        are in ``state.measured`` for the observers and in ``trajectory.observables``
+        (e.g. :class:`meanfield.StepSizeError`).
 
     Returns
     -------
     Trajectory
         ``status`` is ``"diverged"`` when a step produced NaN or inf; the run stops at that
         step and nothing is clipped.
+
+    Notes
+    -----
+    An adaptive integrator (``meanfield.flow``) is advanced from record to record exactly:
+    records are at the requested times (not rounded to steps), and ``state.step`` counts
+    its right-hand-side evaluations.
     """
     if not (math.isfinite(t_max) and t_max > 0):
         raise ValueError(f"t_max must be a finite number > 0, got {t_max!r}")
+    for measure in measures:
+        if hasattr(measure, "set_horizon"):
+            measure.set_horizon(t_max)
+    if integrator.advance is not None:
+        return _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state,
+                             tracers, measures)
     n_steps = int(round(t_max / integrator.dt))
     if n_steps < 1:
         raise ValueError(f"t_max = {t_max} is shorter than one step (dt = {integrator.dt})")
@@ -181,9 +203,7 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
-            evaluation = problem.evaluate(state.W, points=state.tracers)
-            for watcher in watchers:
-                watcher.observe(state, evaluation)
+            _record(problem, state, watchers, measures)
             next_record += 1
         if state.step == n_steps:
             break
@@ -197,6 +217,54 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
             break
         for hook in stepped:
             hook(state)
+    for watcher in watchers:
+        watcher.close(state, status, message)
+    return trajectory
+
+
+def _record(problem, state, watchers, measures) -> None:
+    evaluation = problem.evaluate(state.W, points=state.tracers)
+    if measures:
+        state.measured = {}
+        for measure in measures:
+            state.measured.update(measure(state))
+    for watcher in watchers:
+        watcher.observe(state, evaluation)
+
+
+def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state, tracers,
+                  measures) -> Trajectory:
+    """The loop of :func:`run` for an integrator with ``advance`` (records at the exact times)."""
+    grid = time_grid(t_max) if times is None else np.asarray(times, dtype=np.float64)
+    grid = np.unique(np.clip(grid, 0.0, t_max))
+    trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
+    watchers = [trajectory, *observers]
+    if state is None:
+        state = integrator.init(W0, rng, tracers)
+        next_record = 0
+    else:
+        next_record = int(np.searchsorted(grid, state.t, side="right"))
+    stepped = [w.after_step for w in watchers if hasattr(w, "after_step")]
+    status = "complete"
+    targets = list(grid[next_record:])
+    if not targets or targets[-1] < t_max:
+        targets.append(t_max)
+    for target in targets:
+        if target > state.t:
+            integrator.advance(state, float(target), float(t_max))
+            finite = kernels.all_finite(state.W) and (state.tracers is None or kernels.all_finite(state.tracers))
+            if not (math.isfinite(state.value) and finite):
+                status = "diverged"
+                break
+        if next_record < len(grid) and target == grid[next_record]:
+            _record(problem, state, watchers, measures)
+            next_record += 1
+        for hook in stepped:
+            hook(state)
+    if status == "diverged":
+        message = state.info.get("message") or f"diverged at t = {state.t:g}: the state became NaN or inf"
+    else:
+        message = f"reached t = {state.t:g} with {state.info.get('nfev', state.step)} evaluations ({integrator.name})"
     for watcher in watchers:
         watcher.close(state, status, message)
     return trajectory

@@ -4,13 +4,16 @@ Layout (``T`` records, ``m`` particles, ``p = d + 2`` coordinates)::
 
     /                               attrs: config (JSON), config_sha256, run_id, status,
                                     message, method, creator, versions (JSON), git_revision,
-                                    host, start_time, end_time, resumed (count)
+                                    host, start_time, end_time, resumed (count),
+                                    integrator_info (JSON: an adaptive integrator's method,
+                                    tolerances and evaluation counts)
     /h5md                           attrs: version = [1, 1]; groups creator, author (name, version)
     /particles/neurons/position/    step (T,) int64, time (T,) float64,
                                     value (T, m, p), attr columns = ["a_0", ..., "b", "c"]
     /particles/tracers/position/    the same for tracer particles (n, p), when the run has them;
                                     attr blocks = JSON [[label, start, stop], ...]
-    /observables/<name>/            step (T,), time (T,), value (T,)   (risk, grad_norm)
+    /observables/<name>/            step (T,), time (T,), value (T,)   (risk, grad_norm, and the
+                                    values of the run's measures: step_error, step_risk_gap)
     /parameters/model               attrs: activation, d, m, scaling, output_scale, alpha, ...
     /parameters/teacher/position    (k, p) teacher neurons (teacher problems)
     /checkpoint/active              which slot holds the last complete checkpoint (-1: none)
@@ -161,7 +164,7 @@ class RunFile:
     """
 
     def __init__(self, handle: h5py.File, part_path: str, final_path: str, checkpoint_seconds: float,
-                 records: int):
+                 records: int, observables=()):
         self.file = handle
         self.part_path = part_path
         self.final_path = final_path
@@ -170,12 +173,13 @@ class RunFile:
         self._last_checkpoint = time.monotonic()
         self._particles = "particles/neurons/position" in handle
         self._tracers = "particles/tracers/position" in handle
+        self.observables = tuple(observables)
         handle.swmr_mode = True
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
     def _layout(cls, path, header: dict, model, m: int, teacher_W, buffer_shapes, particles: bool,
-                particles_dtype: str, tracer_blocks) -> h5py.File:
+                particles_dtype: str, tracer_blocks, observables=()) -> h5py.File:
         f = h5py.File(path, "w", libver="latest")
         for key, value in header.items():
             f.attrs[key] = value
@@ -203,7 +207,7 @@ class RunFile:
             value = _series(group, (n_tracers, p), np.dtype(particles_dtype), compress=True)
             value.attrs["columns"] = column_names(model.d)
             group.attrs["blocks"] = json.dumps(tracer_blocks)
-        for name in OBSERVABLES:
+        for name in (*OBSERVABLES, *observables):
             _series(f.create_group(f"observables/{name}"), (), np.float64, compress=False)
         params = f.create_group("parameters/model")
         for key, value in (("activation", model.activation), ("d", model.d), ("m", m), ("p", p),
@@ -240,20 +244,21 @@ class RunFile:
     @classmethod
     def create(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,
                particles: bool = True, particles_dtype: str = "float64",
-               checkpoint_seconds: float = 60.0, tracer_blocks=()) -> "RunFile":
+               checkpoint_seconds: float = 60.0, tracer_blocks=(), observables=()) -> "RunFile":
         """A new run file at ``part_path`` (renamed to ``final_path`` when the run ends).
 
         ``buffer_shapes`` maps the integrator's state buffers to their shapes;
-        ``tracer_blocks`` lists ``(label, start, stop)`` row ranges of the tracer array.
+        ``tracer_blocks`` lists ``(label, start, stop)`` row ranges of the tracer array;
+        ``observables`` names the series of the run's measures (``state.measured``).
         """
         f = cls._layout(part_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
-                        list(tracer_blocks))
-        return cls(f, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0)
+                        list(tracer_blocks), observables)
+        return cls(f, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0, observables)
 
     @classmethod
     def resume(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,
                particles: bool = True, particles_dtype: str = "float64", checkpoint_seconds: float = 60.0,
-               tracer_blocks=()):
+               tracer_blocks=(), observables=()):
         """Continue an unfinished run file.
 
         Returns ``(writer, checkpoint)`` where ``checkpoint`` is None when the file holds no
@@ -273,14 +278,14 @@ class RunFile:
             checkpoint = read_checkpoint(old)
             if checkpoint is None:
                 return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_shapes, particles,
-                                  particles_dtype, checkpoint_seconds, tracer_blocks), None
+                                  particles_dtype, checkpoint_seconds, tracer_blocks, observables), None
             n = checkpoint["records"]
             step = checkpoint["step"]
             header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
             fresh_path = part_path + ".new"
             f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
-                            list(tracer_blocks))
-            groups = [f"observables/{name}" for name in OBSERVABLES]
+                            list(tracer_blocks), observables)
+            groups = [f"observables/{name}" for name in (*OBSERVABLES, *observables)]
             if particles:
                 groups.append("particles/neurons/position")
             if tracer_blocks:
@@ -292,7 +297,7 @@ class RunFile:
                     for start in range(0, n, FRAME_BLOCK):
                         stop = min(n, start + FRAME_BLOCK)
                         dst[start:stop] = src[start:stop]
-        writer = cls(f, fresh_path, final_path, checkpoint_seconds, n)
+        writer = cls(f, fresh_path, final_path, checkpoint_seconds, n, observables)
         writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], step, checkpoint["time"],
                                         checkpoint["value"], checkpoint["rng_state"], checkpoint["tracers"])
         writer.file.flush()
@@ -305,6 +310,8 @@ class RunFile:
         """Append one record to every series, then checkpoint and flush."""
         n = self.records
         values = {"risk": evaluation.value, "grad_norm": evaluation.grad_norm}
+        measured = getattr(state, "measured", {})
+        values.update({name: measured.get(name, np.nan) for name in self.observables})
         for name, value in values.items():
             self._append(f"observables/{name}", n, state, value)
         if self._particles:
@@ -322,7 +329,9 @@ class RunFile:
         """Finish the file: final checkpoint, status and end time; rename it into place."""
         if status != "diverged":
             self.checkpoint(state)
-        self.finish(status, message)
+        info = getattr(state, "info", None)
+        extra = {"integrator_info": json.dumps(info)} if info else None
+        self.finish(status, message, extra)
 
     # -- writing -------------------------------------------------------------------------
     def _append(self, group, n, state, value):

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ._config import ConfigError, RunSpec, plan
+from ._flow import StepSizeError, flow
 from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._model import Init, Model
 from ._problems import FiniteDataProblem, PopulationProblem, Problem
@@ -67,6 +68,7 @@ class Experiment:
     teacher: Teacher | None
     tracers: np.ndarray | None = None
     tracer_blocks: tuple = ()
+    measures: tuple = ()
 
 
 def _model(config: dict) -> Model:
@@ -131,6 +133,8 @@ def build(config: dict) -> Experiment:
         integrator = heavy_ball(problem, dc["step"], dc["momentum"])
     elif name == "sgd":
         integrator = sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"])
+    elif name == "flow":
+        integrator = flow(problem, dc["ode_method"], dc["rtol"], dc["atol"])
     else:
         integrator = langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"])
     if config["run"]["backend"] == "cuda":
@@ -139,8 +143,9 @@ def build(config: dict) -> Experiment:
         problem, integrator = to_device(problem, integrator)
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
     tracers, blocks = _tracers(config)
+    measures = (StepSizeError(problem, W0),) if rc.get("step_error") else ()
     return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
-                      tracers, blocks)
+                      tracers, blocks, measures)
 
 
 def paths(out_dir, spec: RunSpec):
@@ -233,9 +238,10 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
             record = spec.config["record"]
             header = RunFile.header(spec, experiment.problem.method)
             teacher_W = experiment.teacher.W if experiment.teacher is not None else None
+            observables = tuple(name for measure in experiment.measures for name in measure.names)
             args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
                     record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
-                    experiment.tracer_blocks)
+                    experiment.tracer_blocks, observables)
             state = None
             if os.path.exists(part) and not restart:
                 try:
@@ -252,18 +258,19 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                     if checkpoint["rng_state"] is not None:
                         rng.bit_generator.state = checkpoint["rng_state"]
                     state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"],
-                                    checkpoint["value"], checkpoint["buffers"], rng, checkpoint["tracers"])
+                                    checkpoint["value"], checkpoint["buffers"], rng, checkpoint["tracers"],
+                                    checkpoint["time"])
             else:
                 writer = RunFile.create(*args)
             observers = [writer]
             tqdm = _tqdm() if step_bar else None
-            if tqdm is not None:
+            if tqdm is not None and experiment.integrator.advance is None:
                 total = int(round(experiment.t_max / experiment.integrator.dt))
                 observers.append(_StepBar(tqdm, total, spec.id[:8]))
             try:
                 trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
                                  times=experiment.times, rng=experiment.rng, observers=observers, state=state,
-                                 tracers=experiment.tracers)
+                                 tracers=experiment.tracers, measures=experiment.measures)
             except BaseException as error:
                 if not writer.file.id.valid:
                     raise

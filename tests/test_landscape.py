@@ -107,8 +107,9 @@ def test_auto_uses_the_analytic_hessian_when_the_problem_has_one():
     assert np.allclose(landscape.hessian(wrapped, W, method="finite_difference"), exact, atol=1e-12)
     u = np.ones(exact.shape[0])
     assert np.allclose(landscape.hessian_operator(wrapped, W).matvec(u), 2 * exact @ u)
+    quadrature = mf.PopulationProblem(problem.model, problem.teacher, method="quadrature", quadrature_order=4)
     with pytest.raises(ValueError, match="no analytic Hessian"):
-        landscape.hessian(problem, W, method="analytic")
+        landscape.hessian(quadrature, W, method="analytic")
 
 
 def _symmetric_critical_point(k):

@@ -63,6 +63,8 @@ def phi(z, activation: str):
         return np.logaddexp(0.0, z)
     if activation == "linear":
         return z.copy()
+    if activation == "gelu":
+        return z * special.ndtr(z)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
@@ -82,6 +84,8 @@ def dphi(z, activation: str):
         return special.expit(z)
     if activation == "linear":
         return np.ones_like(z)
+    if activation == "gelu":
+        return special.ndtr(z) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
