@@ -14,9 +14,10 @@ from scipy.special import erf as sp_erf
 
 from meanfield import kernels
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "erf", "softplus", "linear")
+# Every activation the kernels know (a new one in kernels/_scalar.py must get a reference here).
+ACTIVATIONS = tuple(kernels.ACTIVATION_CODES)
 LOSSES = ("squared", "logistic", "exponential")
-SMOOTH = ("sigmoid", "tanh", "erf", "softplus", "linear")
+SMOOTH = tuple(a for a in ACTIVATIONS if a != "relu")
 
 
 # ---------------------------------------------------------------------------------------
@@ -37,6 +38,8 @@ def np_sigma(z, name):
         return np.logaddexp(0.0, z)
     if name == "linear":
         return np.asarray(z, dtype=np.float64).copy()
+    if name == "gelu":
+        return z * 0.5 * (1.0 + sp_erf(z / np.sqrt(2.0)))
     raise ValueError(name)
 
 
@@ -55,6 +58,8 @@ def np_sigma_prime(z, name):
         return 1.0 / (1.0 + np.exp(-z))
     if name == "linear":
         return np.ones_like(z, dtype=np.float64)
+    if name == "gelu":
+        return 0.5 * (1.0 + sp_erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
     raise ValueError(name)
 
 
