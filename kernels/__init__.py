@@ -13,7 +13,7 @@ from ._scalar import (
 )
 from .deep_random import deep_random_forward
 from .finite_data import finite_data_field, network_output
-from .population import closed_form_pair_field, quadrature_pair_field
+from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
 
@@ -27,6 +27,8 @@ __all__ = [
     "finite_data_field",
     "network_output",
     "closed_form_pair_field",
+    "fused_closed_form_pair_field",
+    "acos_branchless",
     "quadrature_pair_field",
     "all_finite",
     "euler_update",
