@@ -12,10 +12,10 @@ from ._scalar import (
     loss_derivative,
 )
 from .deep_random import deep_random_forward
-from .finite_data import finite_data_field, network_output
+from .finite_data import finite_data_field, network_output, unfused_finite_data_field
 from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .tangent import tangent_field, tangent_output
-from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
+from .updates import all_finite, euler_update, heavy_ball_update, langevin_update, sum_of_squares
 
 __all__ = [
     "ACTIVATION_CODES",
@@ -26,6 +26,7 @@ __all__ = [
     "loss_derivative",
     "finite_data_field",
     "network_output",
+    "unfused_finite_data_field",
     "closed_form_pair_field",
     "fused_closed_form_pair_field",
     "acos_branchless",
@@ -34,6 +35,7 @@ __all__ = [
     "euler_update",
     "heavy_ball_update",
     "langevin_update",
+    "sum_of_squares",
     "deep_random_forward",
     "tangent_field",
     "tangent_output",

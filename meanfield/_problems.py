@@ -11,6 +11,7 @@ Integrators only use these, so a new problem is one new class.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -44,7 +45,10 @@ class Evaluation(NamedTuple):
     @property
     def grad_norm(self) -> float:
         """Euclidean norm of grad F over all particle coordinates, |v| / m (v = -m grad F)."""
-        return float(np.linalg.norm(self.velocity)) / self.velocity.shape[0]
+        v = self.velocity
+        if v.ndim != 2:
+            return float(np.linalg.norm(v)) / v.shape[0]
+        return math.sqrt(kernels.sum_of_squares(v)) / v.shape[0]
 
 
 class Problem:

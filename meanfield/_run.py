@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from ._integrators import Integrator, State
+from ._integrators import Integrator, State, share_evaluation
 from ._problems import Evaluation, Problem
 
 SPACINGS = ("linear", "log")
@@ -181,7 +181,11 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
-            evaluation = problem.evaluate(state.W, points=state.tracers)
+            # The next step starts from this same evaluation when it can (one evaluation
+            # per recorded step, not two); otherwise a separate one.
+            evaluation = None if state.step == n_steps else share_evaluation(integrator, problem, state)
+            if evaluation is None:
+                evaluation = problem.evaluate(state.W, points=state.tracers)
             for watcher in watchers:
                 watcher.observe(state, evaluation)
             next_record += 1
@@ -197,6 +201,7 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
             break
         for hook in stepped:
             hook(state)
+    state.scratch.pop("evaluation", None)
     for watcher in watchers:
         watcher.close(state, status, message)
     return trajectory
