@@ -148,3 +148,23 @@ def test_run_evaluates_once_per_recorded_step():
         assert len(calls) == 2 * n + 1
         np.testing.assert_array_equal(shared.risk, separate.risk)
         np.testing.assert_array_equal(shared.W, separate.W)
+
+
+def test_cpu_suite_smoke():
+    """benchmarks/cpu_suite.py at tiny sizes: its numpy baselines compute the same step as
+    meanfield (finite data and population), and a run with records reports an overhead."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_suite.py"
+    spec = importlib.util.spec_from_file_location("cpu_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    suite.D = 4
+    suite.TEACHER_K = 2
+    finite = suite.worker({"kind": "finite", "m": 6, "N": 20, "dtype": "float64", "repeats": 1})
+    assert finite["check_numpy"] < 1e-12 and finite["ours"] > 0
+    population = suite.worker({"kind": "population", "m": 6, "dtype": "float64", "repeats": 1})
+    assert population["check_numpy"] < 1e-12
+    record = suite.worker({"kind": "record", "m": 6, "N": 20, "steps": 10, "repeats": 1})
+    assert record["plain"] > 0 and record["ours"] > 0
