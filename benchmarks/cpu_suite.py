@@ -12,7 +12,8 @@ is its own; inside it ours, the numpy step (written as a user would write it) an
 eager with autograd run side by side, interleaved, ``--repeats`` times each, and the table
 gives medians. The floor is the workload's compulsory flop count divided by the machine's
 matrix-product rate, measured in the same process (numpy ``@`` on 2048 x 2048 matrices of
-the workload's dtype). PyTorch is optional: without it the column says so.
+the workload's dtype), timed interleaved with the workload itself so that both see the
+same load on a shared machine. PyTorch is optional: without it the column says so.
 
 Workloads (one step = objective + velocity of every particle):
 
@@ -87,6 +88,14 @@ def _interleaved(fns: dict, repeats: int) -> dict:
             fn()
             samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _matmul(dtype, n: int = 2048):
+    """A callable doing one n x n product with numpy ``@`` (2 n^3 flops), and n."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    return lambda: a @ b
 
 
 def matmul_rate(dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -230,11 +239,13 @@ def work_finite(m, N, dtype, repeats, baselines=True):
     if not baselines:
         times = _interleaved(fns, repeats)
         peak = _peak_mib()
-        result.update(ours=times["ours"], peak_mib=peak)
+        times.update(_interleaved({"matmul": _matmul(dtype)}, repeats))
+        result.update(ours=times["ours"], peak_mib=peak, matmul_flops=2.0 * 2048**3 / times["matmul"])
         return result
     peak = _peak_mib()  # before any baseline allocates its N x m arrays
     X, y = problem.X, problem.y
     fns["previous"] = _previous_finite(problem, W)
+    fns["matmul"] = _matmul(dtype)
     fns["numpy"] = lambda: numpy_finite_step(W, X, y)
     value, v = problem.value_and_velocity(W)
     nv, nvel = numpy_finite_step(W, X, y)
@@ -247,7 +258,7 @@ def work_finite(m, N, dtype, repeats, baselines=True):
         result["check_torch"] = max(abs(value - tv) / abs(tv), _rel_err(v, tvel.numpy()))
     times = _interleaved(fns, repeats)
     result.update(ours=times["ours"], numpy=times["numpy"], torch=times.get("torch"), peak_mib=peak,
-                  previous=times["previous"])
+                  previous=times["previous"], matmul_flops=2.0 * 2048**3 / times["matmul"])
     return result
 
 
@@ -286,7 +297,7 @@ def work_population(m, dtype, repeats):
     peak = _peak_mib()
     T = problem._teacher_W
     y2 = problem.label_second_moment
-    fns = {"ours": ours, "previous": _previous_population(problem, W),
+    fns = {"ours": ours, "previous": _previous_population(problem, W), "matmul": _matmul(dtype),
            "numpy": lambda: numpy_population_step(W, T, y2)}
     value, v = problem.value_and_velocity(W)
     nv, nvel = numpy_population_step(W, T, y2)
@@ -301,7 +312,7 @@ def work_population(m, dtype, repeats):
         result["check_torch"] = max(abs(value - tv) / abs(tv), _rel_err(v, tvel.numpy()))
     times = _interleaved(fns, repeats)
     result.update(ours=times["ours"], numpy=times["numpy"], torch=times.get("torch"), peak_mib=peak,
-                  previous=times["previous"])
+                  previous=times["previous"], matmul_flops=2.0 * 2048**3 / times["matmul"])
     return result
 
 
@@ -482,7 +493,10 @@ def main(argv=None):
             continue
         res = run_worker(spec)
         dtype = spec.get("dtype", "float64")
-        floor = res.get("floor_flops", 0) / rates[dtype] if "floor_flops" in res else None
+        # The floor from the matrix-product rate measured in the workload's own process,
+        # interleaved with it (same load), else the one measured at the start.
+        rate = res.get("matmul_flops", rates[dtype])
+        floor = res["floor_flops"] / rate if "floor_flops" in res else None
         row = {"workload": family, "size": size, "dtype": dtype, **res, "floor": floor,
                "numpy_ratio": _ratio(res["ours"], res.get("numpy")),
                "torch_ratio": _ratio(res["ours"], res.get("torch")),
