@@ -425,13 +425,16 @@ def plan(quick: bool):
         N, ms, mL, NL, r = 10_000, (1000, 4000, 10_000), 10_000, 100_000, 7
     m_mid = ms[1]
     rows = []
+    big = max(3, r // 2)  # fewer repeats where one numpy or PyTorch step takes seconds
     for m in ms:
-        rows.append(("F", f"N={N} m={m}", {"kind": "finite", "m": m, "N": N, "dtype": "float64", "repeats": r}))
+        rows.append(("F", f"N={N} m={m}", {"kind": "finite", "m": m, "N": N, "dtype": "float64",
+                                            "repeats": big if m == ms[-1] else r}))
     rows.append(("F-large", f"N={NL} m={mL}",
                  {"kind": "finite", "m": mL, "N": NL, "dtype": "float64", "repeats": max(2, r // 3),
                   "baselines": False}))
     for m in ms:
-        rows.append(("P", f"m={m}", {"kind": "population", "m": m, "dtype": "float64", "repeats": r}))
+        rows.append(("P", f"m={m}", {"kind": "population", "m": m, "dtype": "float64",
+                                      "repeats": big if m == ms[-1] else r}))
     rows.append(("F32", f"N={N} m={m_mid}", {"kind": "finite", "m": m_mid, "N": N, "dtype": "float32", "repeats": r}))
     rows.append(("P32", f"m={m_mid}", {"kind": "population", "m": m_mid, "dtype": "float32", "repeats": r}))
     rows.append(("S", f"batch=256 m={ms[-1]}",
@@ -440,7 +443,7 @@ def plan(quick: bool):
                  {"kind": "steps", "family": "L", "m": ms[-1], "N": N, "steps": 3, "repeats": max(3, r // 2)}))
     rows.append(("record", f"N={N // 4} m={m_mid} 100 steps",
                  {"kind": "record", "m": m_mid, "N": N // 4, "steps": 100 if not quick else 20,
-                  "repeats": 2 * r + 1}))
+                  "repeats": r}))
     return rows
 
 
