@@ -265,14 +265,14 @@ def work_finite(m, N, dtype, repeats, baselines=True):
 def _previous_finite(problem, W):
     """The finite-data step with the previous (unfused) kernel, kept as the reference."""
     from meanfield import kernels
-    from meanfield._model import TILE_SIZE
+    from meanfield._problems import tile_rows
     model = problem.model
     m = W.shape[0]
     velocity = np.empty_like(W)
     pts = np.empty((0, W.shape[1]), dtype=W.dtype)
     return lambda: kernels.unfused_finite_data_field(
         W, problem.X, problem.y, pts, model.activation_code, kernels.LOSS_CODES[problem.loss],
-        model.output_scale(m), model.alpha_value(m), model.bias, model.train_readout, TILE_SIZE,
+        model.output_scale(m), model.alpha_value(m), model.bias, model.train_readout, tile_rows(m),
         velocity, np.empty_like(pts))
 
 
@@ -470,10 +470,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--only", nargs="*", help="families to run (F F-large P F32 P32 S L record compile)")
     parser.add_argument("--json", default=str(HERE / "cpu_results.json"), help="where to write the table")
+    parser.add_argument("--markdown", metavar="JSON", help="print a written table as markdown and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
         return 0
 
     torch_ok = True
@@ -538,6 +542,32 @@ def main(argv=None):
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"written {args.json}")
     return 0
+
+
+def markdown(table: dict) -> str:
+    """The table of a JSON written by this script, as markdown."""
+    f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = ["| workload | size | ours | numpy | PyTorch | floor | numpy/ours | PyTorch/ours | floor/ours "
+             "| previous kernel/ours | peak MiB |", "|" + "---|" * 11]
+    for row in table["rows"]:
+        if row["workload"] == "compile":
+            continue
+        note = ""
+        if row["workload"] == "record":
+            note = f" (overhead {100 * row['overhead']:.1f} %; before: {100 * row['overhead_previous']:.1f} %)"
+        elif row["workload"] in ("S", "L"):
+            note = f" ({row['steps_per_s']:.1f} steps/s)"
+        prev = _ratio(row["ours"], row.get("previous"))
+        lines.append(f"| {row['workload']} | {row['size']}{note} | {_fmt_time(row['ours'])} | "
+                     f"{_fmt_time(row.get('numpy'))} | {_fmt_time(row.get('torch'))} | {_fmt_time(row.get('floor'))} | "
+                     f"{f(row.get('numpy_ratio'))} | {f(row.get('torch_ratio'))} | {f(row.get('floor_fraction'))} | "
+                     f"{f(prev)} | {row['peak_mib']:.0f} |")
+    for row in table["rows"]:
+        if row["workload"] == "compile":
+            cold, warm = row["cold"], row["cached"]
+            lines.append(f"\nCompile: first process {cold['ours']:.1f} s (F {cold['F']:.1f} s, P {cold['P']:.1f} s, "
+                         f"import {cold['import']:.1f} s); second process, numba cache reused: {warm['ours']:.2f} s.")
+    return "\n".join(lines)
 
 
 def _cpu_name() -> str:

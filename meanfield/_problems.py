@@ -98,6 +98,20 @@ class Problem:
         return W, points
 
 
+# Rows per sample tile of the finite-data kernel: about 2^22 pre-activations (two tiles of
+# 32 MiB in float64), at least TILE_SIZE and at most 2048 rows. Each tile is two BLAS products
+# and one parallel sweep, each a synchronisation of the threads; at m = 1000 the 512-row tile
+# made 60 of them per step, and on a loaded 2-core machine the step took 297 ms against 109 ms
+# with 2048 rows (benchmarks/CPU_RESULTS.md).
+TILE_ENTRIES = 1 << 22
+MAX_TILE_ROWS = 2048
+
+
+def tile_rows(m: int) -> int:
+    """Rows of data per tile of ``kernels.finite_data_field`` for width m."""
+    return int(min(MAX_TILE_ROWS, max(TILE_SIZE, TILE_ENTRIES // max(m, 1))))
+
+
 def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                      value_offset: float = 0.0) -> Evaluation:
     """Evaluation of the empirical objective on the sample (X, y) through the tiled kernel."""
@@ -108,7 +122,7 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
     alpha = model.alpha_value(m)
     value = kernels.finite_data_field(
         W, X, y, pts, model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
-        alpha, model.bias, model.train_readout, TILE_SIZE, velocity, pts_velocity)
+        alpha, model.bias, model.train_readout, tile_rows(m), velocity, pts_velocity)
     return Evaluation(float(value) + value_offset / alpha**2, velocity,
                       None if points is None else pts_velocity)
 
