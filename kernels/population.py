@@ -9,8 +9,10 @@ measure carried by ``sources`` (weights = their output weights c_j),
 
     K_i = sum_j c_j kappa(w_i, w_j),      G_i = sum_j c_j grad_{(a, b)} kappa(w_i, w_j),
 
-in one pass over the n x m pairs, parallel over points, with no pair-sized temporary. The
-objective and the velocity are assembled from K and G in ``meanfield``.
+parallel over points, with no pair-sized temporary. The objective and the velocity are
+assembled from K and G in ``meanfield``. The closed form goes by tiles: the dot products and
+the force sums by BLAS on each thread, the kernel in between in a vectorised loop (a
+branch-free arccos for relu); the quadrature goes in one fused pass over the pairs.
 
 Two ways to evaluate kappa:
 
