@@ -34,6 +34,8 @@ from ._scalar import ERF, LINEAR, RELU, activation, activation_derivative, like
 # above M N K = 65536 * 4 (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD).
 _TILE_ROWS = 32
 _BLAS_SERIAL_MNK = 240_000
+# Square tiles of the self-interaction (48 x 48 x d = 230400 products at d = 100).
+_SELF_TILE = 48
 
 
 @njit(cache=True)
@@ -370,6 +372,112 @@ def _closed_form_tiles(points, sources, activation_code, n_chunks, K, G):
                 G[i, d] = zero
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _relu_pair_row(dot, norm_i, inv_i, c_i, norm_j, inv_j, c_j, col_K, col_beta, both):
+    """``_relu_row`` for a tile of the self-interaction, both ways.
+
+    On exit ``dot[t] = alpha_ij = (pi - theta) / 2 pi`` (symmetric). Returns the row's
+    (sum_j c_j kappa_ij, sum_j c_j |a_j| sin theta_ij); when ``both``, also adds the column
+    sides c_i kappa_ij to ``col_K[t]`` and c_i |a_i| sin theta_ij to ``col_beta[t]``.
+    """
+    one = like(norm_i, 1.0)
+    pi = like(norm_i, math.pi)
+    inv_2pi = like(norm_i, 0.15915494309189535)
+    sin_acc = like(norm_i, 0.0)
+    k_acc = like(norm_i, 0.0)
+    for t in range(dot.shape[0]):
+        dt = dot[t]
+        cos_t = min(max(dt * inv_i * inv_j[t], -one), one)
+        angle = pi - acos_branchless(cos_t)
+        sin_t = math.sqrt(one - cos_t * cos_t)
+        kappa = (norm_i * norm_j[t] * sin_t + angle * dt) * inv_2pi
+        k_acc += c_j[t] * kappa
+        sin_acc += c_j[t] * norm_j[t] * sin_t
+        if both:
+            col_K[t] += c_i * kappa
+            col_beta[t] += c_i * norm_i * sin_t
+        dot[t] = angle * inv_2pi
+    return k_acc, sin_acc
+
+
+@njit(cache=True, parallel=True)
+def _relu_self_tiles(sources, n_chunks, K, G):
+    """Relu pair sums of a measure with itself, on the tiles j >= i only (kappa and alpha
+    are symmetric): half the Gram products and half the arccos of ``_closed_form_tiles``.
+
+    With cA_j = c_j a_j: G_i = sum_j alpha_ij cA_j + (sum_j c_j beta_ij) a_i; a tile (I, J)
+    with I < J adds alpha_IJ cA_J to the rows I and alpha_IJ^T cA_I to the rows J, into
+    per-thread accumulators (rows of J belong to other threads' blocks).
+    """
+    m, p = sources.shape
+    d = p - 2
+    dtype = sources.dtype
+    zero = dtype.type(0.0)
+    A = np.ascontiguousarray(sources[:, :d])
+    c = sources[:, d + 1].copy()
+    norm = np.empty(m, dtype=dtype)
+    inv = np.empty(m, dtype=dtype)
+    _row_norms(A, norm, inv)
+    cA = np.empty((m, d), dtype=dtype)
+    for j in range(m):
+        for k in range(d):
+            cA[j, k] = c[j] * A[j, k]
+    size = _SELF_TILE
+    n_blocks = (m + size - 1) // size
+    n_chunks = max(1, min(n_chunks, n_blocks))
+    K_acc = np.zeros((n_chunks, m), dtype=dtype)
+    beta_acc = np.zeros((n_chunks, m), dtype=dtype)
+    force_acc = np.zeros((n_chunks, m, d), dtype=dtype)
+    for chunk in prange(n_chunks):
+        dot_buf = np.empty(size * size, dtype=dtype)
+        part_buf = np.empty(size * d, dtype=dtype)
+        # Blocks dealt round-robin: block I has n_blocks - I tiles, so this balances threads.
+        for blk in range(chunk, n_blocks, n_chunks):
+            i0 = blk * size
+            rows = min(size, m - i0)
+            for jb in range(blk, n_blocks):
+                j0 = jb * size
+                cols = min(size, m - j0)
+                both = jb != blk
+                tile = dot_buf[:rows * cols].reshape((rows, cols))
+                np.dot(A[i0:i0 + rows], A[j0:j0 + cols].T, tile)
+                for r in range(rows):
+                    i = i0 + r
+                    k, b = _relu_pair_row(tile[r], norm[i], inv[i], c[i], norm[j0:j0 + cols], inv[j0:j0 + cols],
+                                          c[j0:j0 + cols], K_acc[chunk, j0:j0 + cols],
+                                          beta_acc[chunk, j0:j0 + cols], both)
+                    K_acc[chunk, i] += k
+                    beta_acc[chunk, i] += b
+                part = part_buf[:rows * d].reshape((rows, d))
+                np.dot(tile, cA[j0:j0 + cols], part)
+                for r in range(rows):
+                    for k in range(d):
+                        force_acc[chunk, i0 + r, k] += part[r, k]
+                if both:
+                    part = part_buf[:cols * d].reshape((cols, d))
+                    np.dot(tile.T, cA[i0:i0 + rows], part)
+                    for t in range(cols):
+                        for k in range(d):
+                            force_acc[chunk, j0 + t, k] += part[t, k]
+    inv_2pi = dtype.type(0.15915494309189535)
+    for i in prange(m):
+        k_sum = zero
+        b_sum = zero
+        for chunk in range(n_chunks):
+            k_sum += K_acc[chunk, i]
+            b_sum += beta_acc[chunk, i]
+        K[i] = k_sum
+        # a_i = 0: no gradient (as in the reference); inv[i] is 0 there.
+        live = dtype.type(1.0) if norm[i] > zero else zero
+        beta = b_sum * inv[i] * inv_2pi
+        for k in range(d):
+            f = zero
+            for chunk in range(n_chunks):
+                f += force_acc[chunk, i, k]
+            G[i, k] = live * f + beta * A[i, k]
+        G[i, d] = zero
+
+
 def closed_form_pair_field(points, sources, activation_code, K, G):
     """Closed-form pair sums for relu, erf or linear activations without bias.
 
@@ -397,7 +505,10 @@ def closed_form_pair_field(points, sources, activation_code, K, G):
     G : ndarray, shape (n, d + 1), output
         G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0 (no bias).
     """
-    _closed_form_tiles(points, sources, activation_code, get_num_threads(), K, G)
+    if points is sources and activation_code == RELU:
+        _relu_self_tiles(sources, get_num_threads(), K, G)
+    else:
+        _closed_form_tiles(points, sources, activation_code, get_num_threads(), K, G)
 
 
 @njit(cache=True)
