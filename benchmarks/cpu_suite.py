@@ -55,6 +55,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 D = 100
 TEACHER_K = 10
+MATMUL_N = 2048  # side of the reference matrix product
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,8 +91,9 @@ def _interleaved(fns: dict, repeats: int) -> dict:
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def _matmul(dtype, n: int = 2048):
-    """A callable doing one n x n product with numpy ``@`` (2 n^3 flops), and n."""
+def _matmul(dtype, n: int | None = None):
+    """A callable doing one n x n product with numpy ``@`` (2 n^3 flops; n = MATMUL_N)."""
+    n = MATMUL_N if n is None else n
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
@@ -228,7 +230,7 @@ def _population_problem(m, dtype, seed=0):
     return problem, mf.initialize(model, m, rng)
 
 
-def work_finite(m, N, dtype, repeats, baselines=True):
+def work_finite(m, N, dtype, repeats, baselines=True, previous=True):
     problem, W = _finite_problem(m, N, dtype)
     out = np.empty_like(W)
     ours = lambda: problem.evaluate(W, out=out)  # noqa: E731
@@ -240,11 +242,12 @@ def work_finite(m, N, dtype, repeats, baselines=True):
         times = _interleaved(fns, repeats)
         peak = _peak_mib()
         times.update(_interleaved({"matmul": _matmul(dtype)}, repeats))
-        result.update(ours=times["ours"], peak_mib=peak, matmul_flops=2.0 * 2048**3 / times["matmul"])
+        result.update(ours=times["ours"], peak_mib=peak, matmul_flops=2.0 * MATMUL_N**3 / times["matmul"])
         return result
     peak = _peak_mib()  # before any baseline allocates its N x m arrays
     X, y = problem.X, problem.y
-    fns["previous"] = _previous_finite(problem, W)
+    if previous:
+        fns["previous"] = _previous_finite(problem, W)
     fns["matmul"] = _matmul(dtype)
     fns["numpy"] = lambda: numpy_finite_step(W, X, y)
     value, v = problem.value_and_velocity(W)
@@ -258,7 +261,7 @@ def work_finite(m, N, dtype, repeats, baselines=True):
         result["check_torch"] = max(abs(value - tv) / abs(tv), _rel_err(v, tvel.numpy()))
     times = _interleaved(fns, repeats)
     result.update(ours=times["ours"], numpy=times["numpy"], torch=times.get("torch"), peak_mib=peak,
-                  previous=times["previous"], matmul_flops=2.0 * 2048**3 / times["matmul"])
+                  previous=times.get("previous"), matmul_flops=2.0 * MATMUL_N**3 / times["matmul"])
     return result
 
 
@@ -289,7 +292,7 @@ def _previous_population(problem, W):
     return step
 
 
-def work_population(m, dtype, repeats):
+def work_population(m, dtype, repeats, previous=True):
     problem, W = _population_problem(m, dtype)
     out = np.empty_like(W)
     ours = lambda: problem.evaluate(W, out=out)  # noqa: E731
@@ -297,8 +300,9 @@ def work_population(m, dtype, repeats):
     peak = _peak_mib()
     T = problem._teacher_W
     y2 = problem.label_second_moment
-    fns = {"ours": ours, "previous": _previous_population(problem, W), "matmul": _matmul(dtype),
-           "numpy": lambda: numpy_population_step(W, T, y2)}
+    fns = {"ours": ours, "matmul": _matmul(dtype), "numpy": lambda: numpy_population_step(W, T, y2)}
+    if previous:
+        fns["previous"] = _previous_population(problem, W)
     value, v = problem.value_and_velocity(W)
     nv, nvel = numpy_population_step(W, T, y2)
     result = {"floor_flops": 4.0 * m * m * D,
@@ -311,7 +315,7 @@ def work_population(m, dtype, repeats):
         result["check_torch"] = max(abs(value - tv) / abs(tv), _rel_err(v, tvel.numpy()))
     times = _interleaved(fns, repeats)
     result.update(ours=times["ours"], numpy=times["numpy"], torch=times.get("torch"), peak_mib=peak,
-                  previous=times["previous"], matmul_flops=2.0 * 2048**3 / times["matmul"])
+                  previous=times.get("previous"), matmul_flops=2.0 * MATMUL_N**3 / times["matmul"])
     return result
 
 
@@ -400,9 +404,10 @@ def work_compile():
 def worker(spec):
     kind = spec["kind"]
     if kind == "finite":
-        return work_finite(spec["m"], spec["N"], spec["dtype"], spec["repeats"], spec.get("baselines", True))
+        return work_finite(spec["m"], spec["N"], spec["dtype"], spec["repeats"], spec.get("baselines", True),
+                           spec.get("previous", True))
     if kind == "population":
-        return work_population(spec["m"], spec["dtype"], spec["repeats"])
+        return work_population(spec["m"], spec["dtype"], spec["repeats"], spec.get("previous", True))
     if kind == "steps":
         return work_steps(spec["family"], spec["m"], spec["N"], spec["steps"], spec["repeats"])
     if kind == "record":
