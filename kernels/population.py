@@ -478,7 +478,7 @@ def _relu_self_tiles(sources, n_chunks, K, G):
         G[i, d] = zero
 
 
-def closed_form_pair_field(points, sources, activation_code, K, G):
+def closed_form_pair_field(points, sources, activation_code, K, G, symmetric=True):
     """Closed-form pair sums for relu, erf or linear activations without bias.
 
     K_i = sum_j c_j kappa(a_i, a_j) and G_i = sum_j c_j grad_{a_i} kappa(a_i, a_j), with
@@ -504,8 +504,12 @@ def closed_form_pair_field(points, sources, activation_code, K, G):
         K_i = sum_j c_j kappa(a_i, a_j).
     G : ndarray, shape (n, d + 1), output
         G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0 (no bias).
+    symmetric : bool
+        When ``points is sources`` (relu), compute only the tiles j >= i
+        (``_relu_self_tiles``). Its sums are rounded differently from the general tiles';
+        pass False where other points must get bitwise the same field (tracers on particles).
     """
-    if points is sources and activation_code == RELU:
+    if symmetric and points is sources and activation_code == RELU:
         _relu_self_tiles(sources, get_num_threads(), K, G)
     else:
         _closed_form_tiles(points, sources, activation_code, get_num_threads(), K, G)

@@ -127,14 +127,16 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                       None if points is None else pts_velocity)
 
 
-def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None):
+def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None,
+              symmetric: bool = True):
     """Pair sums K (n,) and G (n, d + 1) of ``points`` against ``sources`` (see
-    ``kernels.closed_form_pair_field``), in closed form or with the Gauss-Hermite rule."""
+    ``kernels.closed_form_pair_field``, and its ``symmetric``), in closed form or with the
+    Gauss-Hermite rule."""
     n, p = points.shape
     K = np.empty(n, dtype=points.dtype)
     G = np.empty((n, p - 1), dtype=points.dtype)
     if closed_form:
-        kernels.closed_form_pair_field(points, sources, activation_code, K, G)
+        kernels.closed_form_pair_field(points, sources, activation_code, K, G, symmetric)
     else:
         kernels.quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G)
     return K, G
@@ -313,13 +315,13 @@ class PopulationProblem(Problem):
         dtype = self.model.dtype
         return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
 
-    def _pair(self, points, sources):
+    def _pair(self, points, sources, symmetric=True):
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
-                         getattr(self, "_nodes", None), getattr(self, "_weights", None))
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric)
 
-    def _pair_velocity(self, points, W, out):
+    def _pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
-        K_w, G_w = self._pair(points, W)
+        K_w, G_w = self._pair(points, W, symmetric)
         K_t, G_t = self._pair(points, self._teacher_W)
         return pair_velocity(self.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
 
@@ -338,7 +340,9 @@ class PopulationProblem(Problem):
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
                                     self._value_offset)
         velocity = np.empty_like(W) if out is None else out
-        velocity, K_w, K_t = self._pair_velocity(W, W, velocity)
+        # With tracers, the particles take the general tiles too: a tracer on a particle then
+        # gets bitwise the particle's velocity.
+        velocity, K_w, K_t = self._pair_velocity(W, W, velocity, symmetric=points is None)
         value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
         points_velocity = None
         if points is not None:

@@ -172,3 +172,16 @@ def test_self_interaction_tiles_match_general_tiles_and_numpy():
     kappa = (np.outer(n, n) * np.sqrt(1 - cos**2) + (np.pi - theta) * (A @ A.T)) / (2 * np.pi)
     np.testing.assert_allclose(K, kappa @ c, rtol=0, atol=1e-13 * np.abs(K).max())
     assert np.all(G[0] == 0)
+
+
+def test_relu_tracers_on_particles_get_their_velocity_bitwise():
+    """With tracers the closed-form relu problem evaluates the particles on the general tiles
+    too (not the symmetric ones), so a tracer started on a particle stays on it exactly."""
+    import meanfield as mf
+
+    model = mf.Model(3, "relu")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(3, 2))
+    W0 = mf.initialize(model, 60, np.random.default_rng(14))
+    tracers = np.vstack([W0, mf.initialize(model, 2, np.random.default_rng(15))])
+    run = mf.run(problem, mf.gradient_descent(problem, 0.1), W0, t_max=0.5, tracers=tracers, keep_particles=True)
+    np.testing.assert_array_equal(run.tracers[:, :60], run.particles)
