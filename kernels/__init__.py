@@ -14,12 +14,12 @@ from ._scalar import (
     loss_second_derivative,
 )
 from .deep_random import deep_random_forward
-from .finite_data import finite_data_field, network_output
+from .finite_data import finite_data_field, network_output, unfused_finite_data_field
 from .finite_data_hessian import finite_data_hessian, finite_data_hessian_vector_product
-from .population import closed_form_pair_field, quadrature_pair_field
+from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .population_hessian import closed_form_hessian, closed_form_hessian_vector_product
 from .tangent import tangent_field, tangent_output
-from .updates import all_finite, euler_update, heavy_ball_update, langevin_update
+from .updates import all_finite, euler_update, heavy_ball_update, langevin_update, sum_of_squares
 
 __all__ = [
     "ACTIVATION_CODES",
@@ -32,16 +32,20 @@ __all__ = [
     "loss_second_derivative",
     "finite_data_field",
     "network_output",
+    "unfused_finite_data_field",
     "closed_form_pair_field",
     "closed_form_hessian",
     "closed_form_hessian_vector_product",
     "finite_data_hessian",
     "finite_data_hessian_vector_product",
+    "fused_closed_form_pair_field",
+    "acos_branchless",
     "quadrature_pair_field",
     "all_finite",
     "euler_update",
     "heavy_ball_update",
     "langevin_update",
+    "sum_of_squares",
     "deep_random_forward",
     "tangent_field",
     "tangent_output",

@@ -1,6 +1,7 @@
 """In-place particle updates of the integrators (one pass over the state, no temporaries)."""
 import math
 
+import numpy as np
 from numba import njit, prange
 
 
@@ -69,3 +70,26 @@ def all_finite(W):
         if not math.isfinite(flat[k]):
             return False
     return True
+
+
+@njit(cache=True, parallel=True)
+def sum_of_squares(W):
+    """sum_ik W[i, k]^2, accumulated in float64 (for |grad F| at every record).
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, p), float32 or float64
+
+    Returns
+    -------
+    float
+        The squared Frobenius norm, float64.
+    """
+    total = 0.0
+    for i in prange(W.shape[0]):
+        row = 0.0
+        for k in range(W.shape[1]):
+            x = np.float64(W[i, k])
+            row += x * x
+        total += row
+    return total

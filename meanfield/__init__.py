@@ -19,6 +19,13 @@ import os
 # cores and a step runs ~10x slower on 2 cores; passive waiting removes that. It takes
 # effect only if set before numba starts its thread pool, and a user's value is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The same fight from the other side: after each product OpenBLAS's worker threads spin for
+# 2^28 cycles (about 0.1 s) by default, taking a core from the numba loop that follows; 2^4
+# puts them to sleep at once. Measured on 2 cores, N = 10^4, m = 4000: the finite-data step
+# 0.70 s -> 0.49 s (benchmarks/CPU_RESULTS.md). Read when OpenBLAS loads (numba's products
+# use scipy's OpenBLAS, loaded below), so it has no effect if scipy.linalg came first; a
+# user's value is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import kernels  # noqa: E402
 from ._isotropic import IsotropicProblem  # noqa: E402

@@ -78,6 +78,10 @@ class Integrator(NamedTuple):
     advance : callable or None
         Adaptive integrators (``meanfield.flow``) have no fixed step: ``advance(state, t,
         t_bound)`` integrates to time t, and ``dt`` is 0.
+    problem : Problem or None
+        The problem whose full evaluation ``step`` starts from, when it does (deterministic
+        velocity: no minibatch). :func:`meanfield.run` then hands the evaluation it made for
+        a record to the next step (:func:`share_evaluation`) instead of evaluating twice.
     """
 
     init: Callable
@@ -87,6 +91,7 @@ class Integrator(NamedTuple):
     params: dict
     stochastic: bool
     advance: Callable | None = None
+    problem: object = None
 
 
 def _positive(name, value):
@@ -113,9 +118,26 @@ def _make_init(problem: Problem, stochastic: bool, extra_buffers=(), tracers_all
     return init
 
 
+def share_evaluation(integrator: Integrator, problem: Problem, state: State):
+    """Evaluate ``problem`` at ``state`` so that the next ``integrator.step`` can reuse it.
+
+    Returns the evaluation (its velocity lives in the state's scratch buffer, overwritten
+    by the step after next), or None when the integrator does not start from the full
+    evaluation of this problem (minibatches, another problem, other backends).
+    """
+    if integrator.problem is None or integrator.problem is not problem or "velocity" not in state.scratch:
+        return None
+    evaluation = problem.evaluate(state.W, points=state.tracers, out=state.scratch["velocity"])
+    state.scratch["evaluation"] = (state.step, evaluation)
+    return evaluation
+
+
 def _evaluate(problem: Problem, state: State, batch_size):
     out = state.scratch["velocity"]
     if batch_size is None:
+        shared = state.scratch.pop("evaluation", None)
+        if shared is not None and shared[0] == state.step:
+            return shared[1]
         return problem.evaluate(state.W, points=state.tracers, out=out)
     return problem.batch_evaluate(state.W, state.rng, batch_size, points=state.tracers, out=out)
 
@@ -138,7 +160,8 @@ def gradient_descent(problem: Problem, step: float) -> Integrator:
             kernels.euler_update(state.tracers, evaluation.points_velocity, eta)
         return _advance(state, evaluation.value, eta)
 
-    return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", {"step": eta}, False)
+    return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", {"step": eta}, False,
+                      problem=problem)
 
 
 def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrator:
@@ -162,7 +185,7 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrat
         return _advance(state, evaluation.value, dt)
 
     return Integrator(_make_init(problem, False, ("momentum",)), step_fn, dt, "heavy_ball",
-                      {"step": eta, "momentum": float(momentum)}, False)
+                      {"step": eta, "momentum": float(momentum)}, False, problem=problem)
 
 
 def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay: float = 0.0,
@@ -200,7 +223,8 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
     params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
     refuse = ("tracers are coupled to the particles through shared randomness, which Langevin noise does not "
               "have yet: use tracers with gradient_descent, heavy_ball or sgd") if noise_scale > 0 else ""
-    return Integrator(_make_init(problem, stochastic, (), refuse), step_fn, eta, name, params, stochastic)
+    return Integrator(_make_init(problem, stochastic, (), refuse), step_fn, eta, name, params, stochastic,
+                      problem=problem if batch_size is None else None)
 
 
 def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.0) -> Integrator:

@@ -11,6 +11,7 @@ Integrators only use these, so a new problem is one new class.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -44,7 +45,10 @@ class Evaluation(NamedTuple):
     @property
     def grad_norm(self) -> float:
         """Euclidean norm of grad F over all particle coordinates, |v| / m (v = -m grad F)."""
-        return float(np.linalg.norm(self.velocity)) / self.velocity.shape[0]
+        v = self.velocity
+        if v.ndim != 2:
+            return float(np.linalg.norm(v)) / v.shape[0]
+        return math.sqrt(kernels.sum_of_squares(v)) / v.shape[0]
 
 
 class Problem:
@@ -137,6 +141,20 @@ class Problem:
         return W, np.ascontiguousarray(V)
 
 
+# Rows per sample tile of the finite-data kernel: about 2^22 pre-activations (two tiles of
+# 32 MiB in float64), at least TILE_SIZE and at most 2048 rows. Each tile is two BLAS products
+# and one parallel sweep, each a synchronisation of the threads; at m = 1000 the 512-row tile
+# made 60 of them per step, and on a loaded 2-core machine the step took 297 ms against 109 ms
+# with 2048 rows (benchmarks/CPU_RESULTS.md).
+TILE_ENTRIES = 1 << 22
+MAX_TILE_ROWS = 2048
+
+
+def tile_rows(m: int) -> int:
+    """Rows of data per tile of ``kernels.finite_data_field`` for width m."""
+    return int(min(MAX_TILE_ROWS, max(TILE_SIZE, TILE_ENTRIES // max(m, 1))))
+
+
 def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                      value_offset: float = 0.0) -> Evaluation:
     """Evaluation of the empirical objective on the sample (X, y) through the tiled kernel."""
@@ -147,7 +165,7 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
     alpha = model.alpha_value(m)
     value = kernels.finite_data_field(
         W, X, y, pts, model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
-        alpha, model.bias, model.train_readout, TILE_SIZE, velocity, pts_velocity)
+        alpha, model.bias, model.train_readout, tile_rows(m), velocity, pts_velocity)
     return Evaluation(float(value) + value_offset / alpha**2, velocity,
                       None if points is None else pts_velocity)
 
@@ -173,14 +191,16 @@ def _data_hessian_vector_product(model: Model, loss: str, W, X, y, V) -> np.ndar
     return out
 
 
-def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None):
+def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None,
+              symmetric: bool = True):
     """Pair sums K (n,) and G (n, d + 1) of ``points`` against ``sources`` (see
-    ``kernels.closed_form_pair_field``), in closed form or with the Gauss-Hermite rule."""
+    ``kernels.closed_form_pair_field``, and its ``symmetric``), in closed form or with the
+    Gauss-Hermite rule."""
     n, p = points.shape
     K = np.empty(n, dtype=points.dtype)
     G = np.empty((n, p - 1), dtype=points.dtype)
     if closed_form:
-        kernels.closed_form_pair_field(points, sources, activation_code, K, G)
+        kernels.closed_form_pair_field(points, sources, activation_code, K, G, symmetric)
     else:
         kernels.quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G)
     return K, G
@@ -359,13 +379,13 @@ class PopulationProblem(Problem):
         dtype = self.model.dtype
         return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
 
-    def _pair(self, points, sources):
+    def _pair(self, points, sources, symmetric=True):
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
-                         getattr(self, "_nodes", None), getattr(self, "_weights", None))
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric)
 
-    def _pair_velocity(self, points, W, out):
+    def _pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
-        K_w, G_w = self._pair(points, W)
+        K_w, G_w = self._pair(points, W, symmetric)
         K_t, G_t = self._pair(points, self._teacher_W)
         return pair_velocity(self.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
 
@@ -384,7 +404,9 @@ class PopulationProblem(Problem):
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
                                     self._value_offset)
         velocity = np.empty_like(W) if out is None else out
-        velocity, K_w, K_t = self._pair_velocity(W, W, velocity)
+        # With tracers, the particles take the general tiles too: a tracer on a particle then
+        # gets bitwise the particle's velocity.
+        velocity, K_w, K_t = self._pair_velocity(W, W, velocity, symmetric=points is None)
         value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
         points_velocity = None
         if points is not None:

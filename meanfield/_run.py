@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from ._integrators import Integrator, State
+from ._integrators import Integrator, State, share_evaluation
 from ._problems import Evaluation, Problem
 
 SPACINGS = ("linear", "log")
@@ -203,7 +203,10 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
-            _record(problem, state, watchers, measures)
+            # The next step starts from this same evaluation when it can (one evaluation
+            # per recorded step, not two); otherwise _record makes a separate one.
+            evaluation = None if state.step == n_steps else share_evaluation(integrator, problem, state)
+            _record(problem, state, watchers, measures, evaluation)
             next_record += 1
         if state.step == n_steps:
             break
@@ -217,13 +220,15 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
             break
         for hook in stepped:
             hook(state)
+    state.scratch.pop("evaluation", None)
     for watcher in watchers:
         watcher.close(state, status, message)
     return trajectory
 
 
-def _record(problem, state, watchers, measures) -> None:
-    evaluation = problem.evaluate(state.W, points=state.tracers)
+def _record(problem, state, watchers, measures, evaluation=None) -> None:
+    if evaluation is None:
+        evaluation = problem.evaluate(state.W, points=state.tracers)
     if measures:
         state.measured = {}
         for measure in measures:

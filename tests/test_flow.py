@@ -231,7 +231,9 @@ def test_flow_then_refine_certifies_the_teacher_student_global_minimum(method):
     traj = mf.run(problem, mf.flow(problem, "RK45", rtol=1e-6, atol=1e-9), W0, 60.0)
     result = mf.refine(problem, traj.W, method=method, grad_tol=1e-12)
     assert result.converged and result.grad_norm <= 1e-12
-    assert result.end_point.kind == "global_minimum" and result.risk < 1e-20
+    # F = (K_ww - 2 K_wt + K_tt) / 2 with K of order k: at the minimum it is 0 up to the rounding
+    # of that cancellation (~k eps), whatever order the kernel sums in.
+    assert result.end_point.kind == "global_minimum" and result.risk < 100 * k * np.finfo(float).eps
     assert result.lambda_min > 0  # students on the teachers: a strict minimum
 
 

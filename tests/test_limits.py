@@ -66,9 +66,10 @@ def test_plan_has_members_and_one_reference_per_seed(tmp_path):
     ("finite_data", "sgd", "batch_size = 16", "n_samples = 64"),
 ])
 def test_tracer_deviation_is_zero_when_m_equals_M(tmp_path, kind, integrator, dynamics, extra):
-    """Stored distances: the member of width M follows its reference exactly (deviation and
-    risk gap exactly 0 at every time), the narrower member does not; for the population and
-    the finite-data problems."""
+    """Stored distances: the member of width M follows its reference to rounding (deviation
+    and risk gap ~1e-16 at every time: the member sums its self-interaction on the symmetric
+    tiles, the reference's tracers on the general ones), the narrower member does not; for the
+    population and the finite-data problems."""
     path = experiment(tmp_path, kind, integrator, dynamics=dynamics, extra=extra)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
@@ -81,9 +82,9 @@ def test_tracer_deviation_is_zero_when_m_equals_M(tmp_path, kind, integrator, dy
             gap = f["observables/limit/risk_gap/value"][()]
             assert deviation.shape == (5,) and deviation[0] == 0  # tracers start on the particles
             if m == 8:
-                assert np.all(deviation == 0) and np.all(gap == 0)
+                assert np.all(deviation <= 1e-13) and np.all(np.abs(gap) <= 1e-13), (deviation, gap)
             else:
-                assert np.all(deviation[1:] > 0) and np.all(np.isfinite(deviation))
+                assert np.all(deviation[1:] > 1e-6) and np.all(np.isfinite(deviation)), deviation
     assert limits.compute_missing(out) == {"measured": 0, "up_to_date": 4, "waiting": 0}
 
 
