@@ -36,6 +36,10 @@ _TILE_ROWS = 32
 _BLAS_SERIAL_MNK = 240_000
 # Square tiles of the self-interaction (48 x 48 x d = 230400 products at d = 100).
 _SELF_TILE = 48
+# Accumulator sets of _relu_self_tiles: a constant, not the thread count, so that the sums
+# (and a run's files) are bitwise the same whatever NUMBA_NUM_THREADS is (sweeps with --jobs,
+# Slurm tasks); it bounds the threads this kernel uses and its memory (8 m d numbers).
+_SELF_CHUNKS = 8
 
 
 @njit(cache=True)
@@ -510,7 +514,7 @@ def closed_form_pair_field(points, sources, activation_code, K, G, symmetric=Tru
         pass False where other points must get bitwise the same field (tracers on particles).
     """
     if symmetric and points is sources and activation_code == RELU:
-        _relu_self_tiles(sources, get_num_threads(), K, G)
+        _relu_self_tiles(sources, _SELF_CHUNKS, K, G)
     else:
         _closed_form_tiles(points, sources, activation_code, get_num_threads(), K, G)
 

@@ -85,11 +85,17 @@ def sum_of_squares(W):
     float
         The squared Frobenius norm, float64.
     """
-    total = 0.0
-    for i in prange(W.shape[0]):
+    # Row sums in parallel, then their sum in order: the same bits whatever the thread count
+    # (a prange reduction would sum per thread).
+    m = W.shape[0]
+    rows = np.empty(m, dtype=np.float64)
+    for i in prange(m):
         row = 0.0
         for k in range(W.shape[1]):
             x = np.float64(W[i, k])
             row += x * x
-        total += row
+        rows[i] = row
+    total = 0.0
+    for i in range(m):
+        total += rows[i]
     return total

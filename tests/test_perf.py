@@ -4,6 +4,8 @@ references: the fused scalar kernels they replace and plain numpy.
 Sizes are chosen to cross the tile boundaries of the tuned kernels (several row blocks and
 several source tiles, with partial last tiles), and stay small enough to run in milliseconds.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,28 @@ def test_relu_tracers_on_particles_get_their_velocity_bitwise():
     tracers = np.vstack([W0, mf.initialize(model, 2, np.random.default_rng(15))])
     run = mf.run(problem, mf.gradient_descent(problem, 0.1), W0, t_max=0.5, tracers=tracers, keep_particles=True)
     np.testing.assert_array_equal(run.tracers[:, :60], run.particles)
+
+
+def test_reductions_do_not_depend_on_the_thread_count():
+    """The self-interaction pair sums and the squared norm give the same bits with 1, 2 and 3
+    threads: a sweep run with --jobs or as Slurm tasks (other thread counts) writes the same
+    files as one run alone. In a subprocess, where NUMBA_NUM_THREADS allows 3 threads."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, numba\n"
+        "from meanfield import kernels\n"
+        "rng = np.random.default_rng(0)\n"
+        "W = rng.standard_normal((203, 7)); W[:, 5] = 0\n"
+        "out = []\n"
+        "for threads in (1, 2, 3):\n"
+        "    numba.set_num_threads(threads)\n"
+        "    K, G = np.empty(203), np.empty((203, 6))\n"
+        "    kernels.closed_form_pair_field(W, W, kernels.ACTIVATION_CODES['relu'], K, G)\n"
+        "    out.append((K.tobytes(), G.tobytes(), kernels.sum_of_squares(W)))\n"
+        "assert out[0] == out[1] == out[2], 'thread-count dependent'\n"
+        "print('same')\n")
+    env = dict(os.environ, NUMBA_NUM_THREADS="3")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "same", result.stdout + result.stderr
