@@ -45,10 +45,7 @@ class Evaluation(NamedTuple):
     @property
     def grad_norm(self) -> float:
         """Euclidean norm of grad F over all particle coordinates, |v| / m (v = -m grad F)."""
-        v = self.velocity
-        if v.ndim != 2:
-            return float(np.linalg.norm(v)) / v.shape[0]
-        return math.sqrt(kernels.sum_of_squares(v)) / v.shape[0]
+        return math.sqrt(kernels.sum_of_squares(self.velocity)) / self.velocity.shape[0]
 
 
 class Problem:
@@ -113,6 +110,9 @@ class Problem:
         -------
         ndarray, shape (n_var, n_var), float64
         """
+        # Not a stub: the default for problems without a Hessian kernel (quadrature, isotropic,
+        # tangent, deep linear). Callers check ``has_analytic_hessian`` first, and
+        # ``meanfield.landscape`` then uses finite differences of the gradient instead.
         raise NotImplementedError(f"{type(self).__name__} ({self.method}) has no analytic Hessian")
 
     def hessian_vector_product(self, W, V) -> np.ndarray:
@@ -129,6 +129,8 @@ class Problem:
         ndarray, shape (m, d + 2), float64
             The Hessian of F applied to V; frozen columns are 0.
         """
+        # The default, as for ``hessian``: landscape's operators fall back to finite
+        # differences of the gradient when ``has_analytic_hessian`` is False.
         raise NotImplementedError(f"{type(self).__name__} ({self.method}) has no analytic Hessian")
 
     def _hessian_arrays(self, W, V=None):
@@ -170,24 +172,26 @@ def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
                       None if points is None else pts_velocity)
 
 
+def _data_hessian_arguments(model: Model, loss: str, W, X, y) -> tuple:
+    """The arguments ``kernels.finite_data_hessian`` and its vector product share (float64)."""
+    m = W.shape[0]
+    return (W, np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), model.activation_code,
+            kernels.LOSS_CODES[loss], model.output_scale(m), model.alpha_value(m), model.bias,
+            model.train_readout, TILE_SIZE)
+
+
 def _data_hessian(model: Model, loss: str, W, X, y) -> np.ndarray:
     """Dense Hessian of the empirical objective on (X, y) (``kernels.finite_data_hessian``)."""
-    m = W.shape[0]
-    n_var = m * int(model.trainable.sum())
+    n_var = W.shape[0] * int(model.trainable.sum())
     H = np.empty((n_var, n_var))
-    kernels.finite_data_hessian(W, np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
-                                model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
-                                model.alpha_value(m), model.bias, model.train_readout, TILE_SIZE, H)
+    kernels.finite_data_hessian(*_data_hessian_arguments(model, loss, W, X, y), H)
     return H
 
 
 def _data_hessian_vector_product(model: Model, loss: str, W, X, y, V) -> np.ndarray:
-    m = W.shape[0]
+    """H V of the empirical objective on (X, y) (``kernels.finite_data_hessian_vector_product``)."""
     out = np.empty_like(W)
-    kernels.finite_data_hessian_vector_product(
-        W, np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), model.activation_code,
-        kernels.LOSS_CODES[loss], model.output_scale(m), model.alpha_value(m), model.bias, model.train_readout,
-        TILE_SIZE, V, out)
+    kernels.finite_data_hessian_vector_product(*_data_hessian_arguments(model, loss, W, X, y), V, out)
     return out
 
 

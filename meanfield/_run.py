@@ -191,15 +191,8 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     if n_steps < 1:
         raise ValueError(f"t_max = {t_max} is shorter than one step (dt = {integrator.dt})")
     steps = record_steps(time_grid(t_max) if times is None else times, integrator.dt, n_steps)
-    trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
-    watchers = [trajectory, *observers]
-
-    if state is None:
-        state = integrator.init(W0, rng, tracers)
-        next_record = 0
-    else:
-        next_record = int(np.searchsorted(steps, state.step, side="right"))
-    stepped = [w.after_step for w in watchers if hasattr(w, "after_step")]
+    trajectory, watchers, stepped, state, next_record = _start(
+        problem, integrator, W0, rng, observers, keep_particles, state, tracers, steps, "step")
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
     while True:
         if next_record < len(steps) and state.step == steps[next_record]:
@@ -226,6 +219,21 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     return trajectory
 
 
+def _start(problem, integrator, W0, rng, observers, keep_particles, state, tracers, marks, clock):
+    """What both run loops set up: the trajectory, the watchers (trajectory first), the
+    watchers' ``after_step`` hooks, the state (new, or the one resumed) and the index of the
+    next record: the first mark (a step, or a time for ``clock = "t"``) after the state's."""
+    trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
+    watchers = [trajectory, *observers]
+    if state is None:
+        state = integrator.init(W0, rng, tracers)
+        next_record = 0
+    else:
+        next_record = int(np.searchsorted(marks, getattr(state, clock), side="right"))
+    stepped = [w.after_step for w in watchers if hasattr(w, "after_step")]
+    return trajectory, watchers, stepped, state, next_record
+
+
 def _record(problem, state, watchers, measures, evaluation=None) -> None:
     if evaluation is None:
         evaluation = problem.evaluate(state.W, points=state.tracers)
@@ -242,14 +250,8 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
     """The loop of :func:`run` for an integrator with ``advance`` (records at the exact times)."""
     grid = time_grid(t_max) if times is None else np.asarray(times, dtype=np.float64)
     grid = np.unique(np.clip(grid, 0.0, t_max))
-    trajectory = Trajectory(keep_particles=keep_particles, method=getattr(problem, "method", ""))
-    watchers = [trajectory, *observers]
-    if state is None:
-        state = integrator.init(W0, rng, tracers)
-        next_record = 0
-    else:
-        next_record = int(np.searchsorted(grid, state.t, side="right"))
-    stepped = [w.after_step for w in watchers if hasattr(w, "after_step")]
+    trajectory, watchers, stepped, state, next_record = _start(
+        problem, integrator, W0, rng, observers, keep_particles, state, tracers, grid, "t")
     status = "complete"
     targets = list(grid[next_record:])
     if not targets or targets[-1] < t_max:
