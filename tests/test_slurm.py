@@ -112,7 +112,12 @@ def _in_queue(job_id) -> str:
 
 
 def _wait_for(job_id, outputs, timeout_s=JOB_TIMEOUT_S):
-    """Wait (bounded) until the job has left the queue and every output file exists."""
+    """Wait (bounded) until the job has left the queue and every output file exists.
+
+    Both conditions, because neither alone is proof: a CI run once saw an empty queue while
+    one array task's run file was not yet in place (its log existed, with no error). Giving
+    the expected run files as outputs makes the wait end on what the test checks.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         queued = _in_queue(job_id)
@@ -120,8 +125,10 @@ def _wait_for(job_id, outputs, timeout_s=JOB_TIMEOUT_S):
         if not queued and not missing:
             return
         if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p}\n{Path(p).read_text()}" for p in outputs
+                             if str(p).endswith(".out") and Path(p).exists())
             pytest.fail(f"job {job_id} not finished after {timeout_s} s: queue {queued or 'empty'!r}, "
-                        f"missing {missing}", pytrace=False)
+                        f"missing {missing}\n{logs}", pytrace=False)
         time.sleep(0.5)
 
 
@@ -200,7 +207,7 @@ def test_sweep_sbatch_template_matches_local_run(slurm, job_env, sweep_file, loc
     job_id = _sbatch(["--array=0-2", f"--output={tmp_path}/sweep-%a.out", str(SWEEP_SBATCH), str(sweep_file),
                       str(out)], job_env, tmp_path)
     logs = [tmp_path / f"sweep-{i}.out" for i in range(3)]
-    _wait_for(job_id, logs)
+    _wait_for(job_id, logs + [out / name for name in _run_files(local_reference)])
     log_text = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in logs)
     assert out.is_dir() and len(_run_files(out)) == N_RUNS, f"run files missing; logs:\n{log_text}"
     assert "NUMBA_NUM_THREADS=1" in log_text, log_text
@@ -216,8 +223,9 @@ def test_sweep_sbatch_template_takes_file_and_out_from_the_environment(
     job_id = _sbatch([f"--array=0-{N_RUNS - 1}", f"--output={tmp_path}/sweep-%a.out", str(SWEEP_SBATCH)], env,
                      tmp_path)
     logs = [tmp_path / f"sweep-{i}.out" for i in range(N_RUNS)]
-    _wait_for(job_id, logs)
-    assert out.is_dir() and len(_run_files(out)) == N_RUNS, "\n".join(p.read_text() for p in logs)
+    _wait_for(job_id, logs + [out / name for name in _run_files(local_reference)])
+    assert out.is_dir() and len(_run_files(out)) == N_RUNS, \
+        f"{sorted(os.listdir(out))}\n" + "\n".join(p.read_text() for p in logs)
     assert_same_runs(local_reference, out)
 
 
