@@ -43,6 +43,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import h5py
@@ -52,6 +53,41 @@ OBSERVABLES = ("risk", "grad_norm")
 RNG_STATE_BYTES = 4096
 LOCKING_VARIABLE = "MEANFIELD_FILE_LOCKING"
 FRAME_BLOCK = 64  # frames copied at once when a run is resumed
+
+
+UPDATE_WAIT_S = 30.0  # how long a writer waits for readers to close a file it must update
+
+
+def _is_lock_error(error: OSError) -> bool:
+    return "unable to lock file" in str(error)
+
+
+def open_for_update(path, wait_s: float | None = None, **kwargs) -> h5py.File:
+    """Open an HDF5 file ``r+``, waiting for readers that hold it to close it.
+
+    HDF5 takes an exclusive file lock to open for writing, so a reader in another process (a
+    concurrent shard rebuilding ``index.h5``, ``meanfield status``, a notebook watching a run
+    with ``swmr=True``) makes the open fail at once. Readers that come and go are waited for,
+    retrying for ``wait_s`` seconds (``UPDATE_WAIT_S`` by default). A reader that stays
+    longer does not get to fail a finished run: the file is then opened without HDF5's lock,
+    with a warning; such a reader may see the update only after it reopens the file.
+    """
+    wait_s = UPDATE_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            return h5py.File(path, "r+", **kwargs)
+        except OSError as error:
+            if not _is_lock_error(error):
+                raise
+            if time.monotonic() >= deadline:
+                break
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
+    print(f"meanfield: {os.fspath(path)} is held open by a reader after {wait_s:g} s; updating it "
+          "without HDF5's file lock", file=sys.stderr, flush=True)
+    return h5py.File(path, "r+", locking=False, **kwargs)
 
 
 class RunLocked(RuntimeError):
@@ -380,7 +416,7 @@ class RunFile:
         path of the file.
         """
         self.file.close()
-        with h5py.File(self.part_path, "r+", libver="latest") as f:
+        with open_for_update(self.part_path, libver="latest") as f:
             f.attrs["status"] = status
             f.attrs["message"] = message
             f.attrs["end_time"] = _now()

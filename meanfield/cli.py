@@ -62,6 +62,10 @@ def run_command(args) -> int:
     summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
                                 quiet=args.quiet, restart=args.restart, specs=specs)
     bad = [s for s in summaries if s["status"] in ("failed", "locked")]
+    if args.quiet:  # a failure is never silent: a batch job's log must say why it exits 1
+        for s in bad:
+            print(f"meanfield: run {s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}",
+                  file=sys.stderr, flush=True)
     with_limit = any(spec.config.get("limit", {}).get("role") for spec in specs)
     if with_limit:
         from . import limits

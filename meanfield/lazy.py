@@ -35,6 +35,7 @@ import numpy as np
 
 from ._config import canonical_json, tangent_config
 from ._model import Model
+from ._store import open_for_update
 from ._tangent import tangent_predict
 from ._teacher import Teacher
 
@@ -139,7 +140,7 @@ def compute(path, tangent_path=None) -> dict:
 
 def write(path, results: dict) -> None:
     """Store the series under ``/observables/<name>`` of a finished run file (replacing old ones)."""
-    with h5py.File(path, "r+", libver="latest") as f:
+    with open_for_update(path, libver="latest") as f:
         for name in SERIES:
             if name not in results:
                 continue

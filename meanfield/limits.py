@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ._config import canonical_json, reference_config
+from ._store import open_for_update
 
 
 def _load(path):
@@ -141,7 +142,7 @@ def compute(member_path, reference_path) -> dict:
 def write(member_path, results: dict) -> None:
     """Store the metrics in the member file under ``/observables/limit`` (replacing old ones)."""
     reference_id, reference_m = results["_reference"]
-    with h5py.File(member_path, "r+", libver="latest") as f:
+    with open_for_update(member_path, libver="latest") as f:
         if "observables/limit" in f:
             del f["observables/limit"]
         group = f.create_group("observables/limit")

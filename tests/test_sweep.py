@@ -457,3 +457,80 @@ def test_main_job_output_has_the_risk_table_and_plot(tmp_path, capsys):
     assert "runs: 4 complete" in text
     png = out / "risk.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+_HOLD_OPEN = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "r", libver="latest", swmr=True)
+print("open", flush=True)
+time.sleep(float(sys.argv[2]))
+f.close()
+"""
+
+
+def _finish_while_read(monkeypatch, hold_s):
+    """Make every run's finish start while another process holds its file open for reading,
+    as a concurrent shard's ``write_index`` or a notebook watching the run does."""
+    from meanfield import _store
+
+    real_finish = _store.RunFile.finish
+    readers = []
+
+    def finish(self, status, message, extra=None):
+        reader = subprocess.Popen([sys.executable, "-c", _HOLD_OPEN, self.part_path, str(hold_s)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "open"
+        readers.append(reader)
+        return real_finish(self, status, message, extra)
+
+    monkeypatch.setattr(_store.RunFile, "finish", finish)
+    return readers
+
+
+def test_a_reader_holding_the_file_does_not_fail_the_finished_run(tmp_path, monkeypatch, capsys):
+    """HDF5 refuses to open a file for writing while another process reads it; finishing a
+    run waits for the reader instead of failing the run (a CI Slurm sweep once lost a run so)."""
+    path = write(tmp_path, BASE)
+    out = tmp_path / "out"
+    out.mkdir()
+    readers = _finish_while_read(monkeypatch, hold_s=1.0)
+    (spec,) = sweep.plan(path)
+    summary = sweep.execute(spec, out)
+    assert len(readers) == 1 and readers[0].wait(timeout=30) == 0
+    assert summary["status"] == "complete", summary["message"]
+    final, part, _ = sweep.paths(out, spec)
+    assert os.path.exists(final) and not os.path.exists(part)
+    with h5py.File(final, "r") as f:
+        assert f.attrs["status"] == "complete"
+    assert "without HDF5's file lock" not in capsys.readouterr().err
+
+
+def test_a_reader_that_stays_open_is_warned_about_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    from meanfield import _store
+
+    monkeypatch.setattr(_store, "UPDATE_WAIT_S", 0.3)
+    path = write(tmp_path, BASE)
+    out = tmp_path / "out"
+    out.mkdir()
+    readers = _finish_while_read(monkeypatch, hold_s=3.0)
+    (spec,) = sweep.plan(path)
+    summary = sweep.execute(spec, out)
+    assert summary["status"] == "complete", summary["message"]
+    assert readers[0].poll() is None, "the reader should still hold the file when the run finished"
+    assert "is held open by a reader after 0.3 s" in capsys.readouterr().err
+    readers[0].wait(timeout=30)
+    with h5py.File(sweep.paths(out, spec)[0], "r") as f:
+        assert f.attrs["status"] == "complete"
+
+
+def test_quiet_runs_still_report_failures_on_stderr(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, BASE)
+
+    def build(config):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sweep, "build", build)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "failed: RuntimeError: boom" in captured.err
+    assert captured.out == ""

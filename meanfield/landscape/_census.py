@@ -31,6 +31,7 @@ from collections import defaultdict
 import h5py
 import numpy as np
 
+from .._store import open_for_update
 from ._connectivity import PATHS, connectivity
 from ._endpoint import classify
 from ._precise import descend_to_precision
@@ -81,7 +82,7 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
     attrs = end.as_dict()
     attrs.update(steps=descent.steps, rejected=descent.rejected, step=descent.step, time=descent.time,
                  message=descent.message)
-    with h5py.File(path, "r+") as f:
+    with open_for_update(path) as f:
         group = f.create_group("landscape")
         group.create_dataset("end_point", data=descent.W)
         for key, value in attrs.items():
@@ -219,7 +220,7 @@ def connectivity_missing(out_dir) -> dict:
             partner_id = f.attrs["run_id"]
         settings = config["connectivity"]
         result = connectivity(problem, W_A, W_B, settings["n_points"], settings["match"])
-        with h5py.File(path, "r+") as f:
+        with open_for_update(path) as f:
             group = f.create_group("connectivity")
             group.attrs["partner_id"] = partner_id
             group.attrs["partner_seed"] = seed + 1
