@@ -50,7 +50,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# The thread settings meanfield makes on import (meanfield/__init__.py), made here before
+# numpy loads its own OpenBLAS, so that every column runs under the same settings. Without
+# them numpy's BLAS workers spin ~0.1 s after each baseline product and take a core from
+# whatever is timed next: F at m = 1000 measured 110 ms against 63 ms for the same kernel
+# timed right after the numpy step (2 cores, 2026-11-27), which made it look like a regression.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 D = 100
