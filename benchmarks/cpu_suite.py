@@ -1,6 +1,6 @@
 """CPU benchmark suite: meanfield's kernels against numpy, PyTorch eager and the FLOP floor.
 
-    python benchmarks/cpu_suite.py                 # the full table (~25 min on a loaded 2-core machine)
+    python benchmarks/cpu_suite.py                 # the full table (~9 min on an idle 2-core machine)
     python benchmarks/cpu_suite.py --quick         # small sizes, a smoke run (~1 min)
     python benchmarks/cpu_suite.py --only F P      # some workload families only
 
