@@ -36,10 +36,6 @@ _TILE_ROWS = 32
 _BLAS_SERIAL_MNK = 240_000
 # Square tiles of the self-interaction (48 x 48 x d = 230400 products at d = 100).
 _SELF_TILE = 48
-# Accumulator sets of _relu_self_tiles: a constant, not the thread count, so that the sums
-# (and a run's files) are bitwise the same whatever NUMBA_NUM_THREADS is (sweeps with --jobs,
-# Slurm tasks); it bounds the threads this kernel uses and its memory (8 m d numbers).
-_SELF_CHUNKS = 8
 
 
 @njit(cache=True)
@@ -404,14 +400,59 @@ def _relu_pair_row(dot, norm_i, inv_i, c_i, norm_j, inv_j, c_j, col_K, col_beta,
     return k_acc, sin_acc
 
 
+@njit(cache=True)
+def _round_robin_pair(n_slots, round_index, k):
+    """Blocks of the k-th pair of a round of the circle method (round-robin tournament).
+
+    Over the rounds 0 .. n_slots - 2 every pair of the (even) ``n_slots`` blocks meets
+    exactly once, and within a round each block is in exactly one pair.
+    """
+    last = n_slots - 1
+    if k == 0:
+        return round_index, last
+    return (round_index + k) % last, (round_index - k + last) % last
+
+
+@njit(cache=True)
+def _relu_self_tile(A, norm, inv, c, cA, i0, rows, j0, cols, both, dot_buf, part_buf, K, beta, G):
+    """One tile (I, J) of ``_relu_self_tiles``: adds to the rows of I and, when ``both``
+    (I != J), to the rows of J. The caller makes sure no other thread writes those rows."""
+    d = A.shape[1]
+    tile = dot_buf[:rows * cols].reshape((rows, cols))
+    np.dot(A[i0:i0 + rows], A[j0:j0 + cols].T, tile)
+    for r in range(rows):
+        i = i0 + r
+        k, b = _relu_pair_row(tile[r], norm[i], inv[i], c[i], norm[j0:j0 + cols], inv[j0:j0 + cols],
+                              c[j0:j0 + cols], K[j0:j0 + cols], beta[j0:j0 + cols], both)
+        K[i] += k
+        beta[i] += b
+    part = part_buf[:rows * d].reshape((rows, d))
+    np.dot(tile, cA[j0:j0 + cols], part)
+    for r in range(rows):
+        for k in range(d):
+            G[i0 + r, k] += part[r, k]
+    if both:
+        part = part_buf[:cols * d].reshape((cols, d))
+        np.dot(tile.T, cA[i0:i0 + rows], part)
+        for t in range(cols):
+            for k in range(d):
+                G[j0 + t, k] += part[t, k]
+
+
 @njit(cache=True, parallel=True)
-def _relu_self_tiles(sources, n_chunks, K, G):
+def _relu_self_tiles(sources, n_workers, K, G):
     """Relu pair sums of a measure with itself, on the tiles j >= i only (kappa and alpha
     are symmetric): half the Gram products and half the arccos of ``_closed_form_tiles``.
 
     With cA_j = c_j a_j: G_i = sum_j alpha_ij cA_j + (sum_j c_j beta_ij) a_i; a tile (I, J)
-    with I < J adds alpha_IJ cA_J to the rows I and alpha_IJ^T cA_I to the rows J, into
-    per-thread accumulators (rows of J belong to other threads' blocks).
+    with I < J adds alpha_IJ cA_J to the rows of I and alpha_IJ^T cA_I to the rows of J.
+    The tiles run in rounds of a round-robin tournament over the blocks (the diagonal tiles
+    first, then the circle method's rounds), in which each block is in one tile at most, so
+    the tiles of a round run in parallel with no two threads writing the same row and no
+    per-thread copies of the sums. Each row gets its terms in the same order whatever the
+    number of threads, so the sums (and a run's files) are bitwise the same for any
+    NUMBA_NUM_THREADS (sweeps with --jobs, Slurm tasks), and up to n_blocks / 2 threads
+    share the work. ``n_workers`` only sets how many work buffers run at once.
     """
     m, p = sources.shape
     d = p - 2
@@ -428,57 +469,39 @@ def _relu_self_tiles(sources, n_chunks, K, G):
             cA[j, k] = c[j] * A[j, k]
     size = _SELF_TILE
     n_blocks = (m + size - 1) // size
-    n_chunks = max(1, min(n_chunks, n_blocks))
-    K_acc = np.zeros((n_chunks, m), dtype=dtype)
-    beta_acc = np.zeros((n_chunks, m), dtype=dtype)
-    force_acc = np.zeros((n_chunks, m, d), dtype=dtype)
-    for chunk in prange(n_chunks):
-        dot_buf = np.empty(size * size, dtype=dtype)
-        part_buf = np.empty(size * d, dtype=dtype)
-        # Blocks dealt round-robin: block I has n_blocks - I tiles, so this balances threads.
-        for blk in range(chunk, n_blocks, n_chunks):
+    n_slots = n_blocks + n_blocks % 2  # an odd count gets a phantom block: its pairs are skipped
+    n_pairs = n_slots // 2
+    n_workers = max(1, min(n_workers, n_blocks))
+    beta = np.zeros(m, dtype=dtype)
+    K[:] = zero
+    G[:, :] = zero
+    dot_buf = np.empty((n_workers, size * size), dtype=dtype)
+    part_buf = np.empty((n_workers, size * d), dtype=dtype)
+    for worker in prange(n_workers):
+        for blk in range(worker, n_blocks, n_workers):
             i0 = blk * size
             rows = min(size, m - i0)
-            for jb in range(blk, n_blocks):
-                j0 = jb * size
-                cols = min(size, m - j0)
-                both = jb != blk
-                tile = dot_buf[:rows * cols].reshape((rows, cols))
-                np.dot(A[i0:i0 + rows], A[j0:j0 + cols].T, tile)
-                for r in range(rows):
-                    i = i0 + r
-                    k, b = _relu_pair_row(tile[r], norm[i], inv[i], c[i], norm[j0:j0 + cols], inv[j0:j0 + cols],
-                                          c[j0:j0 + cols], K_acc[chunk, j0:j0 + cols],
-                                          beta_acc[chunk, j0:j0 + cols], both)
-                    K_acc[chunk, i] += k
-                    beta_acc[chunk, i] += b
-                part = part_buf[:rows * d].reshape((rows, d))
-                np.dot(tile, cA[j0:j0 + cols], part)
-                for r in range(rows):
-                    for k in range(d):
-                        force_acc[chunk, i0 + r, k] += part[r, k]
-                if both:
-                    part = part_buf[:cols * d].reshape((cols, d))
-                    np.dot(tile.T, cA[i0:i0 + rows], part)
-                    for t in range(cols):
-                        for k in range(d):
-                            force_acc[chunk, j0 + t, k] += part[t, k]
+            _relu_self_tile(A, norm, inv, c, cA, i0, rows, i0, rows, False, dot_buf[worker], part_buf[worker],
+                            K, beta, G)
+    for round_index in range(n_slots - 1):
+        for worker in prange(n_workers):
+            for pair in range(worker, n_pairs, n_workers):
+                one, other = _round_robin_pair(n_slots, round_index, pair)
+                lo = min(one, other)
+                hi = max(one, other)
+                if hi >= n_blocks:
+                    continue
+                i0 = lo * size
+                j0 = hi * size
+                _relu_self_tile(A, norm, inv, c, cA, i0, min(size, m - i0), j0, min(size, m - j0), True,
+                                dot_buf[worker], part_buf[worker], K, beta, G)
     inv_2pi = dtype.type(0.15915494309189535)
     for i in prange(m):
-        k_sum = zero
-        b_sum = zero
-        for chunk in range(n_chunks):
-            k_sum += K_acc[chunk, i]
-            b_sum += beta_acc[chunk, i]
-        K[i] = k_sum
         # a_i = 0: no gradient (as in the reference); inv[i] is 0 there.
         live = dtype.type(1.0) if norm[i] > zero else zero
-        beta = b_sum * inv[i] * inv_2pi
+        b = beta[i] * inv[i] * inv_2pi
         for k in range(d):
-            f = zero
-            for chunk in range(n_chunks):
-                f += force_acc[chunk, i, k]
-            G[i, k] = live * f + beta * A[i, k]
+            G[i, k] = live * G[i, k] + b * A[i, k]
         G[i, d] = zero
 
 
@@ -514,7 +537,7 @@ def closed_form_pair_field(points, sources, activation_code, K, G, symmetric=Tru
         pass False where other points must get bitwise the same field (tracers on particles).
     """
     if symmetric and points is sources and activation_code == RELU:
-        _relu_self_tiles(sources, _SELF_CHUNKS, K, G)
+        _relu_self_tiles(sources, get_num_threads(), K, G)
     else:
         _closed_form_tiles(points, sources, activation_code, get_num_threads(), K, G)
 

@@ -151,17 +151,19 @@ def test_cpu_suite_smoke():
     assert finite["check_numpy"] < 1e-12 and finite["ours"] > 0
 
 
-def test_self_interaction_tiles_match_general_tiles_and_numpy():
-    """closed_form_pair_field(W, W) (relu: only the tiles j >= i, both ways, per-thread sums)
-    equals the general tiles (the same particles as another array) and a plain numpy
-    arc-cosine kernel, over several 48-particle blocks (m = 130, a partial last one), with
-    a zero particle, a repeated one and an opposite one."""
+@pytest.mark.parametrize("m", [130, 170, 48, 20])
+def test_self_interaction_tiles_match_general_tiles_and_numpy(m):
+    """closed_form_pair_field(W, W) (relu: only the tiles j >= i, both ways, in round-robin
+    rounds) equals the general tiles (the same particles as another array) and a plain numpy
+    arc-cosine kernel: 3 blocks of 48 (odd: a phantom block sits out each round), 4 blocks
+    (even), one full block, one partial block; a partial last block, a zero particle, a
+    repeated one and an opposite one. A tile missed or done twice by the schedule fails."""
     rng = np.random.default_rng(13)
-    W = _cloud(rng, 130, 4, np.float64)
+    W = _cloud(rng, m, 4, np.float64)
     d = 4
     code = kernels.ACTIVATION_CODES["relu"]
-    K, G = np.full(130, np.nan), np.full((130, 5), np.nan)
-    K_gen, G_gen = np.empty(130), np.empty((130, 5))
+    K, G = np.full(m, np.nan), np.full((m, 5), np.nan)
+    K_gen, G_gen = np.empty(m), np.empty((m, 5))
     kernels.closed_form_pair_field(W, W, code, K, G)
     kernels.closed_form_pair_field(W, W.copy(), code, K_gen, G_gen)
     np.testing.assert_allclose(K, K_gen, rtol=0, atol=1e-13 * np.abs(K_gen).max())
@@ -190,9 +192,10 @@ def test_relu_tracers_on_particles_get_their_velocity_bitwise():
 
 
 def test_reductions_do_not_depend_on_the_thread_count():
-    """The self-interaction pair sums and the squared norm give the same bits with 1, 2 and 3
-    threads: a sweep run with --jobs or as Slurm tasks (other thread counts) writes the same
-    files as one run alone. In a subprocess, where NUMBA_NUM_THREADS allows 3 threads."""
+    """The self-interaction pair sums and the squared norm give the same bits with 1, 2, 3 and
+    12 threads (more threads than the 5 and 10 blocks' pairs per round, and than the cores):
+    a sweep run with --jobs or as Slurm tasks (other thread counts) writes the same files as
+    one run alone. In a subprocess, where NUMBA_NUM_THREADS allows 12 threads."""
     import subprocess
     import sys
 
@@ -200,15 +203,16 @@ def test_reductions_do_not_depend_on_the_thread_count():
         "import numpy as np, numba\n"
         "from meanfield import kernels\n"
         "rng = np.random.default_rng(0)\n"
-        "W = rng.standard_normal((203, 7)); W[:, 5] = 0\n"
-        "out = []\n"
-        "for threads in (1, 2, 3):\n"
-        "    numba.set_num_threads(threads)\n"
-        "    K, G = np.empty(203), np.empty((203, 6))\n"
-        "    kernels.closed_form_pair_field(W, W, kernels.ACTIVATION_CODES['relu'], K, G)\n"
-        "    out.append((K.tobytes(), G.tobytes(), kernels.sum_of_squares(W)))\n"
-        "assert out[0] == out[1] == out[2], 'thread-count dependent'\n"
+        "for m in (203, 470):\n"
+        "    W = rng.standard_normal((m, 7)); W[:, 5] = 0\n"
+        "    out = []\n"
+        "    for threads in (1, 2, 3, 12):\n"
+        "        numba.set_num_threads(threads)\n"
+        "        K, G = np.empty(m), np.empty((m, 6))\n"
+        "        kernels.closed_form_pair_field(W, W, kernels.ACTIVATION_CODES['relu'], K, G)\n"
+        "        out.append((K.tobytes(), G.tobytes(), kernels.sum_of_squares(W)))\n"
+        "    assert all(o == out[0] for o in out), f'thread-count dependent at m = {m}'\n"
         "print('same')\n")
-    env = dict(os.environ, NUMBA_NUM_THREADS="3")
+    env = dict(os.environ, NUMBA_NUM_THREADS="12")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == "same", result.stdout + result.stderr
