@@ -16,6 +16,7 @@ those of every wider run with the same seed). Stream 3 draws the held-out test s
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import json
 import math
@@ -24,6 +25,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 
 import h5py
@@ -398,19 +400,36 @@ def write_index(out_dir) -> None:
             for key, value in values.items():
                 row[f"{section}.{key}"] = value
         rows.append(row)
-    pid = os.getpid()
-    index_tmp = os.path.join(out_dir, f".index.h5.{pid}")
-    with h5py.File(index_tmp, "w") as f:
-        for row in rows:
-            f[row["id"]] = h5py.ExternalLink(row["file"], "/")
-    os.replace(index_tmp, os.path.join(out_dir, "index.h5"))
+    with _replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
+        with h5py.File(index_tmp, "w") as f:
+            for row in rows:
+                f[row["id"]] = h5py.ExternalLink(row["file"], "/")
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    catalog_tmp = os.path.join(out_dir, f".catalog.csv.{pid}")
-    with open(catalog_tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(catalog_tmp, os.path.join(out_dir, "catalog.csv"))
+    with _replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
+        with open(catalog_tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def _replacing(path):
+    """A fresh temporary name beside ``path``, renamed onto it when the block ends.
+
+    Unique per call (a random suffix), not only per process id: shards on different nodes
+    of a cluster share the directory and may have the same pid. Created by the caller with
+    the default permissions (the umask's, as the final file would get). Removed if the block
+    raises.
+    """
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

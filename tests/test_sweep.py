@@ -534,3 +534,40 @@ def test_quiet_runs_still_report_failures_on_stderr(tmp_path, monkeypatch, capsy
     captured = capsys.readouterr()
     assert "failed: RuntimeError: boom" in captured.err
     assert captured.out == ""
+
+
+def test_index_files_are_replaced_whole_with_unique_temporary_names(tmp_path, monkeypatch):
+    """index.h5 and catalog.csv are written under a fresh name and renamed into place: two
+    shards with the same pid (on two nodes of a cluster) never share a temporary file, a
+    failed write leaves neither a temporary file nor a changed index, and the files get the
+    umask's permissions like any other output."""
+    path = write(tmp_path, merged(sweep={"model.m": [8, 10]}))
+    out = tmp_path / "out"
+    sweep.run_shard(path, out)
+    names = []
+    real_file = h5py.File
+
+    def recording_file(name, mode="r", *args, **kwargs):
+        if mode == "w":
+            names.append(os.path.basename(name))
+        return real_file(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.h5py, "File", recording_file)
+    sweep.write_index(out)
+    sweep.write_index(out)
+    assert len(names) == 2 and names[0] != names[1] and all(n.startswith(".index.h5.") for n in names)
+    monkeypatch.setattr(sweep.h5py, "File", real_file)
+    before = (out / "catalog.csv").read_bytes()
+
+    def failing_writerows(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep.csv.DictWriter, "writerows", failing_writerows)
+    with pytest.raises(OSError, match="disk full"):
+        sweep.write_index(out)
+    assert (out / "catalog.csv").read_bytes() == before
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("index.h5", "catalog.csv"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
