@@ -40,8 +40,8 @@ from ._run import run, time_grid
 from ._store import RunFile, RunLock, RunLocked, read_attrs
 from ._teacher import Teacher
 
-__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "execute", "plan", "run_shard", "seed_sequence",
-           "write_index"]
+__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "plan", "run_shard",
+           "seed_sequence", "write_index"]
 
 STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 FINISHED = ("complete", "diverged")
@@ -376,13 +376,10 @@ def format_summary_line(summary: dict) -> str:
     return line
 
 
-def write_index(out_dir) -> None:
-    """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
-    run: id, status, file, config values, final risk) from the run files in ``out_dir``.
-
-    Written under temporary names and renamed, so a reader never sees a half-written index;
-    concurrent shards each write a complete view of what was there.
-    """
+def catalog_rows(out_dir) -> list[dict]:
+    """One row per run file in ``out_dir`` (finished or being written): id, status, file,
+    final_risk, final_time and every config value as ``section.key``. Files that cannot be
+    read yet (being created) are left out."""
     out_dir = os.fspath(out_dir)
     rows = []
     for name in sorted(os.listdir(out_dir)):
@@ -394,12 +391,23 @@ def write_index(out_dir) -> None:
             risk, t = _final_values(path)
         except (OSError, KeyError):
             continue
-        config = json.loads(attrs["config"])
         row = {"id": attrs["run_id"], "status": attrs["status"], "file": name, "final_risk": risk, "final_time": t}
-        for section, values in config.items():
+        for section, values in json.loads(attrs["config"]).items():
             for key, value in values.items():
                 row[f"{section}.{key}"] = value
         rows.append(row)
+    return rows
+
+
+def write_index(out_dir) -> None:
+    """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
+    run: id, status, file, config values, final risk) from the run files in ``out_dir``.
+
+    Written under temporary names and renamed, so a reader never sees a half-written index;
+    concurrent shards each write a complete view of what was there.
+    """
+    out_dir = os.fspath(out_dir)
+    rows = catalog_rows(out_dir)
     with _replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
         with h5py.File(index_tmp, "w") as f:
             for row in rows:

@@ -239,30 +239,8 @@ def _newest_run_file(directory: str) -> float:
     return newest
 
 
-def _catalog_rows(directory: str) -> list[dict]:
-    """What ``meanfield.sweep.write_index`` writes, for a directory it cannot write into."""
-    from ..sweep import _final_values
-
-    rows = []
-    for name in sorted(os.listdir(directory)):
-        if not (name.endswith(".h5") or name.endswith(".h5.part")) or name == "index.h5":
-            continue
-        path = os.path.join(directory, name)
-        try:
-            attrs = read_attrs(path)
-            risk, t = _final_values(path)
-        except (OSError, KeyError):
-            continue
-        row = {"id": attrs["run_id"], "status": attrs["status"], "file": name, "final_risk": risk, "final_time": t}
-        for section, values in json.loads(attrs["config"]).items():
-            for key, value in values.items():
-                row[f"{section}.{key}"] = value
-        rows.append(row)
-    return rows
-
-
 def _read_catalog(directory: str, refresh) -> pd.DataFrame:
-    from ..sweep import write_index
+    from ..sweep import catalog_rows, write_index
 
     csv_path = os.path.join(directory, "catalog.csv")
     stale = (not os.path.exists(csv_path)) or os.path.getmtime(csv_path) < _newest_run_file(directory)
@@ -270,7 +248,7 @@ def _read_catalog(directory: str, refresh) -> pd.DataFrame:
         try:
             write_index(directory)
         except OSError:  # a read-only directory: build the same table in memory
-            frame = pd.DataFrame(_catalog_rows(directory))
+            frame = pd.DataFrame(catalog_rows(directory))  # what write_index would write
             if len(frame):
                 return frame.set_index("id")
             return pd.DataFrame(columns=["status", "file"], index=pd.Index([], name="id"))
