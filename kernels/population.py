@@ -29,13 +29,19 @@ from numba import get_num_threads, njit, prange
 
 from ._scalar import ERF, LINEAR, RELU, activation, activation_derivative, like
 
-# Tiles of the BLAS closed-form kernel: _TILE_ROWS points x (as many sources as keep
-# M N K = rows x sources x d at most _BLAS_SERIAL_MNK). OpenBLAS multithreads a gemm only
-# above M N K = 65536 * 4 (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD).
+# Tiles of the BLAS closed-form kernels keep M N K (rows x sources x d) at most
+# _BLAS_SERIAL_MNK, so that OpenBLAS runs each product on the calling numba thread: it gives
+# a gemm floor(M N K / 262144) threads (SMP_THRESHOLD_MIN 65536 x GEMM_MULTITHREAD_THRESHOLD
+# 4, interface/gemm.c), one below 524288. Above, its threads fight numba's: 30-100x slower
+# (m = 500, d = 2000: 1.75 s against 55 ms). General tiles: up to _TILE_ROWS points (fewer
+# at d > 940) x up to 256 sources.
 _TILE_ROWS = 32
-_BLAS_SERIAL_MNK = 240_000
-# Square tiles of the self-interaction (48 x 48 x d = 230400 products at d = 100).
-_SELF_TILE = 48
+_BLAS_SERIAL_MNK = 480_000
+# Square tiles of the self-interaction: the largest side with side^2 d <= _BLAS_SERIAL_MNK
+# (69 at d = 100, 21 at d = 1000), at most _SELF_TILE_MAX. A fixed side of 48 crossed the
+# limit at d > 227: at m = 2000 the self-interaction took 0.65 s at d = 400 and 13 s at
+# d = 1000 (now 81 ms and 0.31 s).
+_SELF_TILE_MAX = 128
 
 
 @njit(cache=True)
@@ -330,8 +336,7 @@ def _closed_form_tiles(points, sources, activation_code, n_chunks, K, G):
     inv_j = np.empty(m, dtype=dtype)
     _row_norms(A_i, norm_i, inv_i)
     _row_norms(A_j, norm_j, inv_j)
-    rows_max = _TILE_ROWS
-    cols_max = max(16, min(256, _BLAS_SERIAL_MNK // (rows_max * max(d, 1))))
+    rows_max, cols_max = general_tile_shape(d)
     n_blocks = (n + rows_max - 1) // rows_max
     n_chunks = max(1, min(n_chunks, n_blocks))
     for chunk in prange(n_chunks):
@@ -401,6 +406,20 @@ def _relu_pair_row(dot, norm_i, inv_i, c_i, norm_j, inv_j, c_j, col_K, col_beta,
 
 
 @njit(cache=True)
+def general_tile_shape(d):
+    """(points, sources) per tile of the general closed-form kernel for input dimension d."""
+    rows = max(1, min(_TILE_ROWS, _BLAS_SERIAL_MNK // (16 * max(d, 1))))
+    return rows, max(1, min(256, _BLAS_SERIAL_MNK // (rows * max(d, 1))))
+
+
+@njit(cache=True)
+def self_tile_size(d):
+    """Side of the square tiles of the relu self-interaction for input dimension d."""
+    side = int(math.sqrt(_BLAS_SERIAL_MNK / max(d, 1)))
+    return max(1, min(_SELF_TILE_MAX, side))
+
+
+@njit(cache=True)
 def _round_robin_pair(n_slots, round_index, k):
     """Blocks of the k-th pair of a round of the circle method (round-robin tournament).
 
@@ -467,7 +486,7 @@ def _relu_self_tiles(sources, n_workers, K, G):
     for j in range(m):
         for k in range(d):
             cA[j, k] = c[j] * A[j, k]
-    size = _SELF_TILE
+    size = self_tile_size(d)
     n_blocks = (m + size - 1) // size
     n_slots = n_blocks + n_blocks % 2  # an odd count gets a phantom block: its pairs are skipped
     n_pairs = n_slots // 2

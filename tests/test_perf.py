@@ -151,19 +151,35 @@ def test_cpu_suite_smoke():
     assert finite["check_numpy"] < 1e-12 and finite["ours"] > 0
 
 
-@pytest.mark.parametrize("m", [130, 170, 48, 20])
-def test_self_interaction_tiles_match_general_tiles_and_numpy(m):
+def test_blas_tiles_stay_on_one_openblas_thread():
+    """Every product the closed-form kernels issue from inside numba's threads has
+    M N K < 524288, below which OpenBLAS runs a gemm on the calling thread (it takes
+    floor(M N K / 262144) threads, interface/gemm.c); above, its threads fight numba's and
+    the step was 30-100x slower (d = 400 to 2000)."""
+    from meanfield.kernels import population as pop
+
+    for d in [1, 2, 5, 25, 99, 100, 101, 227, 228, 400, 940, 941, 1000, 2000, 5000, 30000, 100000]:
+        side = pop.self_tile_size(d)
+        rows, cols = pop.general_tile_shape(d)
+        assert side >= 1 and rows >= 1 and cols >= 1
+        if d <= 480_000:
+            assert side * side * d < 524288, (d, side)
+            assert rows * cols * d < 524288, (d, rows, cols)
+    assert pop.self_tile_size(100) >= 48 and pop.general_tile_shape(100) == (32, 150)
+
+
+@pytest.mark.parametrize("m, d", [(130, 4), (170, 4), (48, 4), (20, 4), (60, 1500), (30, 40000)])
+def test_self_interaction_tiles_match_general_tiles_and_numpy(m, d):
     """closed_form_pair_field(W, W) (relu: only the tiles j >= i, both ways, in round-robin
     rounds) equals the general tiles (the same particles as another array) and a plain numpy
     arc-cosine kernel: 3 blocks of 48 (odd: a phantom block sits out each round), 4 blocks
     (even), one full block, one partial block; a partial last block, a zero particle, a
     repeated one and an opposite one. A tile missed or done twice by the schedule fails."""
     rng = np.random.default_rng(13)
-    W = _cloud(rng, m, 4, np.float64)
-    d = 4
+    W = _cloud(rng, m, d, np.float64)
     code = kernels.ACTIVATION_CODES["relu"]
-    K, G = np.full(m, np.nan), np.full((m, 5), np.nan)
-    K_gen, G_gen = np.empty(m), np.empty((m, 5))
+    K, G = np.full(m, np.nan), np.full((m, d + 1), np.nan)
+    K_gen, G_gen = np.empty(m), np.empty((m, d + 1))
     kernels.closed_form_pair_field(W, W, code, K, G)
     kernels.closed_form_pair_field(W, W.copy(), code, K_gen, G_gen)
     np.testing.assert_allclose(K, K_gen, rtol=0, atol=1e-13 * np.abs(K_gen).max())
