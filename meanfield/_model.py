@@ -11,7 +11,24 @@ from . import kernels
 ACTIVATIONS = tuple(kernels.ACTIVATION_CODES)
 SCALINGS = ("mean_field", "sum")
 DTYPES = ("float64", "float32")
-TILE_SIZE = 512  # rows of data per tile in the finite-data kernels
+TILE_SIZE = 512  # rows of data per tile in the finite-data Hessian kernels and the CUDA kernels
+
+# Rows per sample tile of the CPU data kernels (field, output, tangent) at width m: about
+# 2^22 pre-activations (a tile of 32 MiB in float64), between MIN_TILE_ROWS and
+# MAX_TILE_ROWS. Each tile is two BLAS products and one parallel sweep, each a
+# synchronisation of the threads; at m = 1000 the 512-row tile made 60 of them per step, and
+# on a loaded 2-core machine the step took 297 ms against 109 ms with 2048 rows
+# (benchmarks/CPU_RESULTS.md). The floor is low so that memory stays bounded at large m: a
+# fixed 512 rows made each tile 4 GB at m = 10^6.
+TILE_ENTRIES = 1 << 22
+MIN_TILE_ROWS = 16
+MAX_TILE_ROWS = 2048
+
+
+def tile_rows(m: int) -> int:
+    """Rows of data per tile of the CPU data kernels (``kernels.finite_data_field``,
+    ``network_output``, ``tangent_field``, ``tangent_output``) for width m."""
+    return int(min(MAX_TILE_ROWS, max(MIN_TILE_ROWS, TILE_ENTRIES // max(m, 1))))
 
 
 @dataclass(frozen=True)
@@ -151,7 +168,7 @@ class Model:
         X = np.ascontiguousarray(X, dtype=self.dtype)
         m = W.shape[0]
         out = np.empty(X.shape[0], dtype=self.dtype)
-        kernels.network_output(W, X, self.activation_code, self.output_scale(m), TILE_SIZE, out)
+        kernels.network_output(W, X, self.activation_code, self.output_scale(m), tile_rows(m), out)
         return self.alpha_value(m) * out
 
 

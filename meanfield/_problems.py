@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
-from ._model import TILE_SIZE, Model
+from ._model import TILE_SIZE, Model, tile_rows
 from ._teacher import CLASSIFICATION_LOSSES, Teacher
 
 LOSSES = tuple(kernels.LOSS_CODES)
@@ -143,18 +143,6 @@ class Problem:
         return W, np.ascontiguousarray(V)
 
 
-# Rows per sample tile of the finite-data kernel: about 2^22 pre-activations (two tiles of
-# 32 MiB in float64), at least TILE_SIZE and at most 2048 rows. Each tile is two BLAS products
-# and one parallel sweep, each a synchronisation of the threads; at m = 1000 the 512-row tile
-# made 60 of them per step, and on a loaded 2-core machine the step took 297 ms against 109 ms
-# with 2048 rows (benchmarks/CPU_RESULTS.md).
-TILE_ENTRIES = 1 << 22
-MAX_TILE_ROWS = 2048
-
-
-def tile_rows(m: int) -> int:
-    """Rows of data per tile of ``kernels.finite_data_field`` for width m."""
-    return int(min(MAX_TILE_ROWS, max(TILE_SIZE, TILE_ENTRIES // max(m, 1))))
 
 
 def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from ._model import TILE_SIZE
+from ._model import tile_rows
 from ._problems import Evaluation, FiniteDataProblem, Problem
 
 
@@ -99,7 +99,7 @@ class TangentProblem(Problem):
         velocity = np.empty_like(W) if out is None else out
         alpha = model.alpha_value(m)
         value = kernels.tangent_field(W, self.W0, X, y, model.activation_code, kernels.LOSS_CODES[self.loss],
-                                      model.output_scale(m), alpha, model.bias, model.train_readout, TILE_SIZE,
+                                      model.output_scale(m), alpha, model.bias, model.train_readout, tile_rows(m),
                                       velocity)
         return Evaluation(float(value) + value_offset / alpha**2, velocity, None)
 
@@ -120,7 +120,7 @@ class TangentProblem(Problem):
         X = np.ascontiguousarray(X, dtype=self.model.dtype)
         out = np.empty(X.shape[0], dtype=self.model.dtype)
         m = W.shape[0]
-        kernels.tangent_output(W, self.W0, X, self.model.activation_code, self.model.output_scale(m), TILE_SIZE,
+        kernels.tangent_output(W, self.W0, X, self.model.activation_code, self.model.output_scale(m), tile_rows(m),
                                out)
         return self.model.alpha_value(m) * out
 
@@ -145,5 +145,5 @@ def tangent_predict(model, W, W0, X) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=model.dtype)
     out = np.empty(X.shape[0], dtype=model.dtype)
     m = W.shape[0]
-    kernels.tangent_output(W, W0, X, model.activation_code, model.output_scale(m), TILE_SIZE, out)
+    kernels.tangent_output(W, W0, X, model.activation_code, model.output_scale(m), tile_rows(m), out)
     return model.alpha_value(m) * out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from ._model import ACTIVATIONS, TILE_SIZE
+from ._model import ACTIVATIONS, tile_rows
 
 CLASSIFICATION_LOSSES = ("logistic", "exponential")
 
@@ -99,7 +99,8 @@ class Teacher:
         """f*(x) for each row of X, shape (N,), float64."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         out = np.empty(X.shape[0])
-        kernels.network_output(self.W, X, kernels.ACTIVATION_CODES[self.activation], 1.0, TILE_SIZE, out)
+        kernels.network_output(self.W, X, kernels.ACTIVATION_CODES[self.activation], 1.0, tile_rows(self.W.shape[0]),
+                               out)
         return out
 
     def labels(self, X, rng: np.random.Generator | None, loss: str = "squared",

@@ -232,3 +232,18 @@ def test_reductions_do_not_depend_on_the_thread_count():
     env = dict(os.environ, NUMBA_NUM_THREADS="12")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == "same", result.stdout + result.stderr
+
+
+def test_data_tiles_stay_bounded_in_memory_at_large_width():
+    """The CPU data kernels take tile_rows(m) rows of data per tile, each tile an rows x m
+    array: about 2^22 entries from m = 2^22 / 16 down to m = 2^22 / 2048, never fewer than
+    16 rows or more than 2048; at m = 10^6 a tile is 16 rows (128 MB in float64), not 512
+    (4 GB)."""
+    from meanfield._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES, tile_rows
+
+    for m in [1, 10, 1000, 2048, 2049, 4000, 10_000, 100_000, 262_144, 10**6, 10**7]:
+        rows = tile_rows(m)
+        assert MIN_TILE_ROWS <= rows <= MAX_TILE_ROWS
+        assert rows * m <= max(TILE_ENTRIES, MIN_TILE_ROWS * m)
+        assert rows == MAX_TILE_ROWS or rows == MIN_TILE_ROWS or rows * m > TILE_ENTRIES - m
+    assert tile_rows(10**6) == 16 and tile_rows(1000) == 2048
