@@ -62,15 +62,19 @@ def _is_lock_error(error: OSError) -> bool:
     return "unable to lock file" in str(error)
 
 
-def open_for_update(path, wait_s: float | None = None, **kwargs) -> h5py.File:
-    """Open an HDF5 file ``r+``, waiting for readers that hold it to close it.
+def open_for_update(path, wait_s: float | None = None, only_writer: bool = False, **kwargs) -> h5py.File:
+    """Open an HDF5 file ``r+``, waiting for other processes that hold it to close it.
 
     HDF5 takes an exclusive file lock to open for writing, so a reader in another process (a
     concurrent shard rebuilding ``index.h5``, ``meanfield status``, a notebook watching a run
     with ``swmr=True``) makes the open fail at once. Readers that come and go are waited for,
-    retrying for ``wait_s`` seconds (``UPDATE_WAIT_S`` by default). A reader that stays
-    longer does not get to fail a finished run: the file is then opened without HDF5's lock,
-    with a warning; such a reader may see the update only after it reopens the file.
+    retrying for ``wait_s`` seconds (``UPDATE_WAIT_S`` by default).
+
+    After that, with ``only_writer`` (the caller holds the run's ``RunLock``, so whoever
+    holds the file can only be reading it), the file is opened without HDF5's lock, with a
+    warning: a reader that stays does not get to fail a finished run, and sees the update
+    when it reopens the file. Without it, another writer may hold the file, and writing
+    beside it could corrupt it: OSError, naming the file.
     """
     wait_s = UPDATE_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
@@ -85,6 +89,9 @@ def open_for_update(path, wait_s: float | None = None, **kwargs) -> h5py.File:
                 break
         time.sleep(delay)
         delay = min(2 * delay, 0.5)
+    if not only_writer:
+        raise OSError(errno.EAGAIN, f"another process has held {os.fspath(path)} open for more than {wait_s:g} s "
+                      "(HDF5 file lock); close it and run the command again")
     print(f"meanfield: {os.fspath(path)} is held open by a reader after {wait_s:g} s; updating it "
           "without HDF5's file lock", file=sys.stderr, flush=True)
     return h5py.File(path, "r+", locking=False, **kwargs)
@@ -416,7 +423,8 @@ class RunFile:
         path of the file.
         """
         self.file.close()
-        with open_for_update(self.part_path, libver="latest") as f:
+        # The run's RunLock is held: no other process writes this file.
+        with open_for_update(self.part_path, only_writer=True, libver="latest") as f:
             f.attrs["status"] = status
             f.attrs["message"] = message
             f.attrs["end_time"] = _now()

@@ -571,3 +571,23 @@ def test_index_files_are_replaced_whole_with_unique_temporary_names(tmp_path, mo
     os.umask(umask)
     for name in ("index.h5", "catalog.csv"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_update_beside_a_long_holder_fails_clearly_unless_only_writer(tmp_path):
+    """Post-run updates (limits, lazy series, census) may meet another writer: after the wait
+    they raise a clear OSError instead of writing without the lock."""
+    from meanfield._store import open_for_update
+
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f["a"] = np.zeros(3)
+    reader = subprocess.Popen([sys.executable, "-c", _HOLD_OPEN, str(path), "5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(OSError, match=r"held .*x\.h5 open for more than 0\.2 s"):
+            open_for_update(path, wait_s=0.2)
+    finally:
+        reader.kill()
+        reader.wait()
+    with open_for_update(path, wait_s=0.2) as f:  # free again: opens at once
+        f.attrs["done"] = 1
