@@ -487,11 +487,11 @@ def _finish_while_read(monkeypatch, hold_s):
     return readers
 
 
-@pytest.mark.parametrize("hold_s, warned", [(1.0, False), (3.0, True)], ids=["reader-leaves", "reader-stays"])
+@pytest.mark.parametrize("hold_s, warned", [(1.0, False), (4.0, True)], ids=["reader-leaves", "reader-stays"])
 def test_a_reader_holding_the_file_does_not_fail_the_finished_run(tmp_path, monkeypatch, capsys, hold_s, warned):
     """HDF5 refuses to open a file for writing while another process reads it (a CI Slurm
     sweep once lost a run so). Finishing a run waits for a reader that leaves (1 s, within
-    the 2 s wait); one that stays (3 s) gets a warning, and the run completes either way."""
+    the 2 s wait); one that stays (4 s) gets a warning, and the run completes either way."""
     from meanfield import _store
 
     monkeypatch.setattr(_store, "UPDATE_WAIT_S", 2.0)
