@@ -251,6 +251,9 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"meanfield {args.command}: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:  # the machine's, not the input's: disk full, permissions, a file held open
+        print(f"meanfield {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -581,3 +581,23 @@ def test_an_update_beside_a_long_holder_fails_clearly_unless_only_writer(tmp_pat
         reader.wait()
     with open_for_update(path, wait_s=0.2) as f:  # free again: opens at once
         f.attrs["done"] = 1
+
+
+def test_an_os_error_after_the_runs_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """An error of the machine (here: a run file held open past the wait while the distances
+    to the limit are stored) ends the command with its message and status 1, no traceback;
+    the runs themselves are complete."""
+    from meanfield import limits
+
+    path = write(tmp_path, merged(limit={"reference_m": 16}, sweep={"model.m": [8, 16]}))
+
+    def held(out_dir, jobs=1):
+        raise OSError(11, "another process has held x.h5 open for more than 30 s (HDF5 file lock); "
+                          "close it and run the command again")
+
+    monkeypatch.setattr(limits, "compute_missing", held)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meanfield run: [Errno 11] another process has held x.h5 open") and "Traceback" not in err
+    statuses = [row["status"] for row in sweep.catalog_rows(tmp_path / "out")]
+    assert len(statuses) >= 2 and set(statuses) == {"complete"}, statuses
