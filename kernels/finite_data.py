@@ -18,6 +18,13 @@ from ._scalar import RELU, activation, activation_derivative, loss, loss_derivat
 _ROW_CHUNKS = 8
 
 
+@njit(cache=True)
+def split_columns(W, d):
+    """Columns of particles W, shape (n, d + 2): a as a C-contiguous (n, d) copy (a BLAS
+    operand), b and c as contiguous (n,) copies."""
+    return np.ascontiguousarray(W[:, :d]), W[:, d].copy(), W[:, d + 1].copy()
+
+
 @njit(cache=True, parallel=True)
 def _activate(pre, bias, code, sigma, sigma_prime, rows):
     """sigma and sigma' of ``pre[:rows] + bias`` into ``sigma`` and ``sigma_prime``."""
@@ -69,12 +76,8 @@ def unfused_finite_data_field(W, X, y, points, activation_code, loss_code, outpu
     al = T(alpha)
     tile = min(tile_size, N)
 
-    A = np.ascontiguousarray(W[:, :d])
-    b = W[:, d].copy()
-    c = W[:, d + 1].copy()
-    A_pts = np.ascontiguousarray(points[:, :d])
-    b_pts = points[:, d].copy()
-    c_pts = points[:, d + 1].copy()
+    A, b, c = split_columns(W, d)
+    A_pts, b_pts, c_pts = split_columns(points, d)
 
     pre = np.empty((tile, m), dtype=W.dtype)
     sig = np.empty((tile, m), dtype=W.dtype)
@@ -249,12 +252,8 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
     al = T(alpha)
     tile = min(tile_size, N)
 
-    A = np.ascontiguousarray(W[:, :d])
-    b = W[:, d].copy()
-    c = W[:, d + 1].copy()
-    A_pts = np.ascontiguousarray(points[:, :d])
-    b_pts = points[:, d].copy()
-    c_pts = points[:, d + 1].copy()
+    A, b, c = split_columns(W, d)
+    A_pts, b_pts, c_pts = split_columns(points, d)
 
     pre = np.empty((tile, m), dtype=W.dtype)
     sig = np.empty((tile, m), dtype=W.dtype)
@@ -340,9 +339,7 @@ def network_output(W, X, activation_code, output_scale, tile_size, out):
     T = W.dtype.type
     s = T(output_scale)
     tile = min(tile_size, N)
-    A = np.ascontiguousarray(W[:, :d])
-    b = W[:, d].copy()
-    c = W[:, d + 1].copy()
+    A, b, c = split_columns(W, d)
     pre = np.empty((tile, m), dtype=W.dtype)
     for start in range(0, N, tile):
         rows = min(tile, N - start)

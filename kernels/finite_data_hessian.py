@@ -25,6 +25,7 @@ from numba import njit, prange
 
 from ._scalar import (activation, activation_derivative, activation_second_derivative,
                       loss_derivative, loss_second_derivative)
+from .finite_data import split_columns
 
 
 @njit(cache=True, parallel=True)
@@ -125,9 +126,7 @@ def finite_data_hessian(W, X, y, activation_code, loss_code, output_scale, alpha
     n_var = m * n_loc
     s = output_scale
     tile = min(tile_size, N)
-    A = np.ascontiguousarray(W[:, :d])
-    b = W[:, d].copy()
-    c = W[:, d + 1].copy()
+    A, b, c = split_columns(W, d)
     pre = np.empty((tile, m))
     sig = np.empty((tile, m))
     d1 = np.empty((tile, m))
@@ -199,12 +198,8 @@ def finite_data_hessian_vector_product(W, X, y, activation_code, loss_code, outp
     N, d = X.shape
     s = output_scale
     tile = min(tile_size, N)
-    A = np.ascontiguousarray(W[:, :d])
-    b = W[:, d].copy()
-    c = W[:, d + 1].copy()
-    Va = np.ascontiguousarray(V[:, :d])
-    Vb = V[:, d].copy()
-    Vc = V[:, d + 1].copy()
+    A, b, c = split_columns(W, d)
+    Va, Vb, Vc = split_columns(V, d)
     pre = np.empty((tile, m))
     pre_v = np.empty((tile, m))
     sig = np.empty((tile, m))

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._scalar import loss, loss_derivative
-from .finite_data import _activate, _assemble, _backward
+from .finite_data import _activate, _assemble, _backward, split_columns
 
 
 @njit(cache=True, parallel=True)
@@ -72,9 +72,7 @@ def tangent_field(W, W0, X, y, activation_code, loss_code, output_scale, alpha, 
     al = T(alpha)
     tile = min(tile_size, N)
 
-    A0 = np.ascontiguousarray(W0[:, :d])
-    b0 = W0[:, d].copy()
-    c0 = W0[:, d + 1].copy()
+    A0, b0, c0 = split_columns(W0, d)
     dA = np.ascontiguousarray(W[:, :d] - W0[:, :d])
     db = W[:, d] - W0[:, d]
     c = W[:, d + 1].copy()
@@ -131,9 +129,7 @@ def tangent_output(W, W0, X, activation_code, output_scale, tile_size, out):
     T = W.dtype.type
     s = T(output_scale)
     tile = min(tile_size, N)
-    A0 = np.ascontiguousarray(W0[:, :d])
-    b0 = W0[:, d].copy()
-    c0 = W0[:, d + 1].copy()
+    A0, b0, c0 = split_columns(W0, d)
     dA = np.ascontiguousarray(W[:, :d] - W0[:, :d])
     db = W[:, d] - W0[:, d]
     c = W[:, d + 1].copy()
