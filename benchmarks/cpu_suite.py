@@ -55,6 +55,7 @@ from pathlib import Path
 # them numpy's BLAS workers spin ~0.1 s after each baseline product and take a core from
 # whatever is timed next: F at m = 1000 measured 110 ms against 63 ms for the same kernel
 # timed right after the numpy step (2 cores, 2026-11-27), which made it look like a regression.
+# Set here rather than by importing meanfield first: the compile worker times that import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
@@ -288,7 +289,7 @@ def _torch_phase(result, ours, make_step, value, v, repeats):
 def _previous_finite(problem, W):
     """The finite-data step with the previous (unfused) kernel, kept as the reference."""
     from meanfield import kernels
-    from meanfield._problems import tile_rows
+    from meanfield._model import tile_rows
     model = problem.model
     m = W.shape[0]
     velocity = np.empty_like(W)
