@@ -464,7 +464,12 @@ def read_checkpoint(f: h5py.File) -> dict | None:
 def read_attrs(path) -> dict:
     """Root attributes of a run file (finished or being written), as Python values."""
     with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        return {key: (value.decode() if isinstance(value, bytes) else value) for key, value in f.attrs.items()}
+        return attrs_of(f)
+
+
+def attrs_of(f: h5py.File) -> dict:
+    """Root attributes of an open run file, as Python values."""
+    return {key: (value.decode() if isinstance(value, bytes) else value) for key, value in f.attrs.items()}
 
 
 def read_series(path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, re
 from ._model import Init, Model
 from ._problems import FiniteDataProblem, PopulationProblem, Problem
 from ._run import run, time_grid
-from ._store import RunFile, RunLock, RunLocked, read_attrs
+from ._store import RunFile, RunLock, RunLocked, attrs_of, read_attrs
 from ._teacher import Teacher
 
 __all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "plan", "run_shard",
@@ -163,10 +163,15 @@ def _summary(spec: RunSpec, status: str, path: str, risk=math.nan, time_=math.na
 
 def _final_values(path):
     with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        risk = f["observables/risk"]
-        if risk["value"].shape[0] == 0:
-            return math.nan, math.nan
-        return float(risk["value"][-1]), float(risk["time"][-1])
+        return _last_risk(f)
+
+
+def _last_risk(f: h5py.File) -> tuple[float, float]:
+    """(risk, time) of the last record of an open run file; NaNs before the first."""
+    risk = f["observables/risk"]
+    if risk["value"].shape[0] == 0:
+        return math.nan, math.nan
+    return float(risk["value"][-1]), float(risk["time"][-1])
 
 
 class _StepBar:
@@ -387,8 +392,9 @@ def catalog_rows(out_dir) -> list[dict]:
             continue
         path = os.path.join(out_dir, name)
         try:
-            attrs = read_attrs(path)
-            risk, t = _final_values(path)
+            with h5py.File(path, "r", libver="latest", swmr=True) as f:
+                attrs = attrs_of(f)
+                risk, t = _last_risk(f)
         except (OSError, KeyError):
             continue
         row = {"id": attrs["run_id"], "status": attrs["status"], "file": name, "final_risk": risk, "final_time": t}
