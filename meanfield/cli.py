@@ -62,10 +62,10 @@ def run_command(args) -> int:
     summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
                                 quiet=args.quiet, restart=args.restart, specs=specs)
     bad = [s for s in summaries if s["status"] in ("failed", "locked")]
+    reasons = [f"{s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}" for s in bad]
     if args.quiet:  # a failure is never silent: a batch job's log must say why it exits 1
-        for s in bad:
-            print(f"meanfield: run {s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}",
-                  file=sys.stderr, flush=True)
+        for reason in reasons:
+            print(f"meanfield: run {reason}", file=sys.stderr, flush=True)
     with_limit = any(spec.config.get("limit", {}).get("role") for spec in specs)
     if with_limit:
         from . import limits
@@ -82,8 +82,8 @@ def run_command(args) -> int:
         for s in summaries:
             counts[s["status"]] = counts.get(s["status"], 0) + 1
         print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-        for s in bad:
-            print(f"  {s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}")
+        for reason in reasons:
+            print(f"  {reason}")
         curves = report.risk_curves(summaries)
         if with_limit:
             table, plots = report.limit_rates(out)
