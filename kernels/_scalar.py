@@ -21,6 +21,7 @@ ERF = 3  # erf(z / sqrt(2)), the activation with the arcsine closed form
 SOFTPLUS = 4
 LINEAR = 5
 GELU = 6  # z Phi(z), Phi the standard normal CDF (exact, not the tanh approximation)
+NORMAL_CDF = 7  # Phi(z): the sigmoid-like activation whose pair terms have a closed form
 
 ACTIVATION_CODES = {
     "relu": RELU,
@@ -30,6 +31,7 @@ ACTIVATION_CODES = {
     "softplus": SOFTPLUS,
     "linear": LINEAR,
     "gelu": GELU,
+    "normal_cdf": NORMAL_CDF,
 }
 
 # Loss codes; ``f`` is the prediction and ``y`` the label.
@@ -81,6 +83,8 @@ def activation(z, code):
     elif code == GELU:
         # z Phi(z) = z (1 + erf(z / sqrt 2)) / 2; erfc keeps the relative accuracy for z << 0
         return like(z, 0.5) * z * math.erfc(-z * like(z, 0.7071067811865476))
+    elif code == NORMAL_CDF:
+        return like(z, 0.5) * math.erfc(-z * like(z, 0.7071067811865476))
     else:
         return z
 
@@ -107,6 +111,8 @@ def activation_derivative(z, code):
         # Phi(z) + z phi(z), phi(z) = exp(-z^2/2) / sqrt(2 pi)
         phi = like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
         return like(z, 0.5) * math.erfc(-z * like(z, 0.7071067811865476)) + z * phi
+    elif code == NORMAL_CDF:
+        return like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
     else:
         return one
 
@@ -133,6 +139,8 @@ def activation_second_derivative(z, code):
     elif code == GELU:
         # (2 - z^2) phi(z)
         return (two - z * z) * like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
+    elif code == NORMAL_CDF:
+        return -z * like(z, 0.3989422804014327) * math.exp(-like(z, 0.5) * z * z)
     else:  # relu (away from 0) and linear
         return zero
 

@@ -69,6 +69,10 @@ class CudaProblem(Problem):
         self.loss = problem.loss
         self.method = problem.method
         self._scratch = {}
+        if isinstance(problem, PopulationProblem) and problem.method == "closed_form" and problem.with_bias:
+            # No GPU twin of kernels.bias_pair_field yet: refuse rather than run the bias-free kernel.
+            raise ValueError("the CUDA backend has no closed form with biases yet: run this problem on the CPU "
+                             "(backend = \"cpu\") or with method = \"quadrature\"")
         if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature"):
             self._kind = "pair"
             self._teacher = cuda.to_device(problem._teacher_W)

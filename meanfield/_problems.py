@@ -21,7 +21,10 @@ from ._model import TILE_SIZE, Model, tile_rows
 from ._teacher import CLASSIFICATION_LOSSES, Teacher
 
 LOSSES = tuple(kernels.LOSS_CODES)
+# Closed forms without bias (arc-cosine and arcsine kernels) and with biases (bivariate normal
+# CDF, kernels/population_bias.py); bias-free runs keep the bias-free kernels.
 CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
+BIAS_CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "normal_cdf", "linear")
 METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
 
 
@@ -184,14 +187,16 @@ def _data_hessian_vector_product(model: Model, loss: str, W, X, y, V) -> np.ndar
 
 
 def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=None, weights=None,
-              symmetric: bool = True):
+              symmetric: bool = True, bias: bool = False):
     """Pair sums K (n,) and G (n, d + 1) of ``points`` against ``sources`` (see
-    ``kernels.closed_form_pair_field``, and its ``symmetric``), in closed form or with the
-    Gauss-Hermite rule."""
+    ``kernels.closed_form_pair_field``, and its ``symmetric``), in closed form (with biases:
+    ``kernels.bias_pair_field``) or with the Gauss-Hermite rule."""
     n, p = points.shape
     K = np.empty(n, dtype=points.dtype)
     G = np.empty((n, p - 1), dtype=points.dtype)
-    if closed_form:
+    if closed_form and bias:
+        kernels.bias_pair_field(points, sources, activation_code, K, G)
+    elif closed_form:
         kernels.closed_form_pair_field(points, sources, activation_code, K, G, symmetric)
     else:
         kernels.quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G)
@@ -322,14 +327,16 @@ class PopulationProblem(Problem):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         pair_ok = loss == "squared" and teacher.activation == model.activation
-        closed_ok = (pair_ok and model.activation in CLOSED_FORM_ACTIVATIONS
-                     and not model.bias and not teacher.has_bias)
+        # Bias-free problems keep the bias-free kernels (bitwise the same runs as before).
+        self.with_bias = bool(model.bias or teacher.has_bias)
+        closed_ok = pair_ok and model.activation in (
+            BIAS_CLOSED_FORM_ACTIVATIONS if self.with_bias else CLOSED_FORM_ACTIVATIONS)
         if method == "auto":
             method = "closed_form" if closed_ok else "quadrature" if pair_ok else "monte_carlo"
         if method == "closed_form" and not closed_ok:
             raise ValueError(
-                "method='closed_form' needs the squared loss, no bias in student or teacher, and the "
-                f"same activation in both, one of {CLOSED_FORM_ACTIVATIONS}")
+                "method='closed_form' needs the squared loss and the same activation in student and "
+                f"teacher, one of {BIAS_CLOSED_FORM_ACTIVATIONS} ({CLOSED_FORM_ACTIVATIONS} without bias)")
         if method == "quadrature" and not pair_ok:
             raise ValueError("method='quadrature' needs the squared loss and the teacher's activation "
                              "equal to the student's")
@@ -357,6 +364,9 @@ class PopulationProblem(Problem):
 
     def describe(self) -> str:
         """One line saying how the population expectation is computed."""
+        if self.method == "closed_form" and self.with_bias:
+            return (f"population risk in closed form with biases ({self.model.activation} kernel, "
+                    "bivariate normal CDF)")
         if self.method == "closed_form":
             return f"population risk in closed form ({self.model.activation} kernel)"
         if self.method == "quadrature":
@@ -373,7 +383,8 @@ class PopulationProblem(Problem):
 
     def _pair(self, points, sources, symmetric=True):
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
-                         getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric)
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric,
+                         self.with_bias)
 
     def _pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
@@ -407,9 +418,10 @@ class PopulationProblem(Problem):
 
     @property
     def has_analytic_hessian(self) -> bool:
-        """True in closed form (relu, erf, linear; relu away from a_i = 0) and for Monte Carlo
-        (the empirical Hessian of the fixed sample); quadrature has none (finite differences)."""
-        return self.method in ("closed_form", "monte_carlo")
+        """True in closed form without bias (relu, erf, linear; relu away from a_i = 0) and for
+        Monte Carlo (the empirical Hessian of the fixed sample); the closed forms with biases and
+        quadrature have none (finite differences of the exact velocity)."""
+        return self.method == "monte_carlo" or (self.method == "closed_form" and not self.with_bias)
 
     def _closed_form_arguments(self, W):
         m = W.shape[0]
@@ -421,7 +433,7 @@ class PopulationProblem(Problem):
         W, _ = self._hessian_arrays(W)
         if self.method == "monte_carlo":
             return _data_hessian(self.model, self.loss, W, self._X, self._y)
-        if self.method != "closed_form":
+        if not self.has_analytic_hessian:
             return super().hessian(W)
         n_var = W.shape[0] * int(self.model.trainable.sum())
         H = np.empty((n_var, n_var))
@@ -434,7 +446,7 @@ class PopulationProblem(Problem):
         W, V = self._hessian_arrays(W, V)
         if self.method == "monte_carlo":
             return _data_hessian_vector_product(self.model, self.loss, W, self._X, self._y, V)
-        if self.method != "closed_form":
+        if not self.has_analytic_hessian:
             return super().hessian_vector_product(W, V)
         out = np.empty_like(W)
         kernels.closed_form_hessian_vector_product(*self._closed_form_arguments(W), V, out)

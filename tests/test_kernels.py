@@ -40,6 +40,8 @@ def np_sigma(z, name):
         return np.asarray(z, dtype=np.float64).copy()
     if name == "gelu":
         return z * 0.5 * (1.0 + sp_erf(z / np.sqrt(2.0)))
+    if name == "normal_cdf":
+        return 0.5 * (1.0 + sp_erf(z / np.sqrt(2.0)))
     raise ValueError(name)
 
 
@@ -60,6 +62,8 @@ def np_sigma_prime(z, name):
         return np.ones_like(z, dtype=np.float64)
     if name == "gelu":
         return 0.5 * (1.0 + sp_erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+    if name == "normal_cdf":
+        return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
     raise ValueError(name)
 
 

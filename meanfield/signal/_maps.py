@@ -65,6 +65,8 @@ def phi(z, activation: str):
         return z.copy()
     if activation == "gelu":
         return z * special.ndtr(z)
+    if activation == "normal_cdf":
+        return special.ndtr(z)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
@@ -86,6 +88,8 @@ def dphi(z, activation: str):
         return np.ones_like(z)
     if activation == "gelu":
         return special.ndtr(z) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    if activation == "normal_cdf":
+        return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
