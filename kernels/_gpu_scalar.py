@@ -8,14 +8,21 @@ kernels evaluate, with the same typed constants (``like(z, value)`` is a float32
 float32 kernel), and a new activation or loss in ``_scalar.py`` (a branch in ``activation``
 and ``activation_derivative``, private helpers included) is on the GPU with no change here,
 as long as its body uses what CUDA supports (``math`` functions, arithmetic, ``like``).
+
+One ``math`` function differs on the device: ``math.sin`` in float32 (``_device_sin``), whose
+libdevice version carries a double-precision slow path.
 """
+import math
 import types
 
-from numba import cuda
+from numba import cuda, float32
+from numba.core import types as nb_types
+from numba.core.extending import overload
 from numba.core.registry import CPUDispatcher
 
-from . import _scalar
+from . import _gaussian, _scalar
 from . import population as _population
+from . import population_bias as _population_bias
 
 
 def device_twins(module, **device_helpers):
@@ -46,3 +53,47 @@ loss_derivative = _scalar_twins["loss_derivative"]
 _population_twins = device_twins(_population, activation=activation, activation_derivative=activation_derivative)
 closed_form_pair = _population_twins["_closed_form_pair"]
 quadrature_pair = _population_twins["_quadrature_pair"]
+
+
+def _device_sin(x):
+    """sin(x); in a float32 CUDA kernel, sinpi(x / pi), which has no double precision in it.
+
+    libdevice's sinf reduces arguments beyond |x| ~ 1e5 (Payne-Hanek) in double precision,
+    so a float32 kernel calling math.sin has f64 instructions (tests/cuda_ptx_kernels.py
+    forbids them); sinpif reduces exactly in single precision. The rounding of x / pi costs
+    about one ulp of the argument, so about one ulp of the result (|x cot x| <= 1 for
+    |x| <= pi / 2, the range of the Genz rule). Float64 keeps math.sin. Called as Python (the
+    CUDA simulator), this is math.sin.
+    """
+    return math.sin(x)
+
+
+@overload(_device_sin, target="cuda")
+def _device_sin_overload(x):
+    if isinstance(x, nb_types.Float) and x.bitwidth == 32:
+        from numba.cuda import libdevice
+
+        def impl(x):
+            return libdevice.sinpif(x * float32(0.3183098861837907))  # 1 / pi
+        return impl
+
+    def impl(x):
+        return math.sin(x)
+    return impl
+
+
+# ``math`` as the device twins of ``_gaussian`` see it: the same module but for sin.
+_device_math = types.ModuleType("math")
+_device_math.__dict__.update(vars(math))
+_device_math.sin = _device_sin
+
+_gaussian_twins = device_twins(_gaussian, math=_device_math)
+normal_pdf = _gaussian_twins["normal_pdf"]
+normal_cdf = _gaussian_twins["normal_cdf"]
+bivariate_normal_cdf = _gaussian_twins["bivariate_normal_cdf"]
+bivariate_normal_excess = _gaussian_twins["bivariate_normal_excess"]
+_bias_twins = device_twins(_population_bias, normal_pdf=normal_pdf, normal_cdf=normal_cdf,
+                           bivariate_normal_cdf=bivariate_normal_cdf,
+                           bivariate_normal_excess=bivariate_normal_excess,
+                           _excess_small_rho=_gaussian_twins["_excess_small_rho"])
+bias_pair = _bias_twins["bias_pair"]

@@ -4,9 +4,10 @@ For every point w_i and the measure sum_j c_j delta_{(a_j, b_j)} of the sources,
 
     K_i = sum_j c_j kappa(w_i, w_j),      G_i = sum_j c_j grad_{(a_i, b_i)} kappa(w_i, w_j),
 
-with kappa in closed form (``population._closed_form_pair``: relu, erf, linear, no bias) or
-by the symmetrised Gauss-Hermite rule (``population._quadrature_pair``: any activation, with
-bias), both compiled for the device from the CPU source. One thread per point; the sources
+with kappa in closed form (``population._closed_form_pair``: relu, erf, linear, no bias;
+``population_bias.bias_pair``: relu, erf, normal CDF, linear, with biases) or by the
+symmetrised Gauss-Hermite rule (``population._quadrature_pair``: any activation, with bias),
+all compiled for the device from the CPU source. One thread per point; the sources
 are read in tiles held in shared memory (the tiled N-body scheme: every block loads a tile
 of sources once and all its threads use it), and each thread keeps its G_i in a local array
 of length d.
@@ -17,13 +18,26 @@ import math
 from numba import cuda
 
 from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
-from ._gpu_scalar import closed_form_pair, quadrature_pair
+from ._gpu_scalar import bias_pair, closed_form_pair, quadrature_pair
+from .population_bias import BIAS_CLOSED_FORM_CODES
+
+# How a pair kernel computes kappa (``pair_kernel``'s ``method``).
+CLOSED_FORM = "closed_form"  # population._closed_form_pair: no bias
+QUADRATURE = "quadrature"  # population._quadrature_pair: Gauss-Hermite, any activation
+BIAS_CLOSED_FORM = "bias_closed_form"  # population_bias.bias_pair: closed form with biases
+PAIR_METHODS = (CLOSED_FORM, QUADRATURE, BIAS_CLOSED_FORM)
 
 
 @functools.lru_cache(maxsize=None)
-def pair_kernel(T, d, quadrature=False):
-    """The pair-sum kernel for floating type ``T``, input dimension ``d``, and closed form
-    (``quadrature=False``) or Gauss-Hermite rule."""
+def pair_kernel(T, d, method=CLOSED_FORM):
+    """The pair-sum kernel for floating type ``T``, input dimension ``d`` and ``method`` (one
+    of ``PAIR_METHODS``); the three share the tiling and differ in the pair function only."""
+    if method not in PAIR_METHODS:
+        raise ValueError(f"method must be one of {PAIR_METHODS}, got {method!r}")
+    # Booleans, not the string: the kernel closes over them as compile-time constants (the
+    # branches not taken are not compiled), and CUDA kernels have no strings.
+    quadrature = method == QUADRATURE
+    with_bias = method == BIAS_CLOSED_FORM
     row = d + 3  # a_j (d), |a_j|, b_j, c_j in shared memory
 
     def kernel(points, sources, activation_code, nodes, weights, tile, K, G):
@@ -71,6 +85,9 @@ def pair_kernel(T, d, quadrature=False):
                         kappa, alpha, beta, gb = quadrature_pair(dot, norm_i, shared[base + d], b_i,
                                                                  shared[base + d + 1], activation_code, nodes,
                                                                  weights)
+                    elif with_bias:
+                        kappa, alpha, beta, gb = bias_pair(dot, norm_i, shared[base + d], b_i, shared[base + d + 1],
+                                                           activation_code)
                     else:
                         kappa, alpha, beta = closed_form_pair(dot, norm_i, shared[base + d], activation_code)
                         gb = zero
@@ -91,7 +108,7 @@ def pair_kernel(T, d, quadrature=False):
     return cuda.jit(kernel)
 
 
-def _pair_field(points, sources, activation_code, nodes, weights, K, G, quadrature):
+def _pair_field(points, sources, activation_code, nodes, weights, K, G, method):
     check_device_arrays(points, sources, nodes, weights, K, G)
     n, p = points.shape
     if n == 0:
@@ -100,7 +117,7 @@ def _pair_field(points, sources, activation_code, nodes, weights, K, G, quadratu
     T = numba_type(points.dtype)
     tile = tile_rows(d + 3, points.dtype.itemsize)
     shared = tile * (d + 3) * points.dtype.itemsize
-    pair_kernel(T, d, quadrature)[blocks(n), THREADS_PER_BLOCK, 0, shared](
+    pair_kernel(T, d, method)[blocks(n), THREADS_PER_BLOCK, 0, shared](
         points, sources, int(activation_code), nodes, weights, tile, K, G)
 
 
@@ -121,7 +138,7 @@ def closed_form_pair_field(points, sources, activation_code, K, G):
         G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0.
     """
     no_rule = _no_rule(points.dtype)
-    _pair_field(points, sources, activation_code, no_rule, no_rule, K, G, False)
+    _pair_field(points, sources, activation_code, no_rule, no_rule, K, G, CLOSED_FORM)
 
 
 def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G):
@@ -140,7 +157,34 @@ def quadrature_pair_field(points, sources, activation_code, nodes, weights, K, G
     G : device array, shape (n, d + 1), output
         G_i[:d] = sum_j c_j grad_{a_i} kappa_Q, G_i[d] = sum_j c_j d kappa_Q / d b_i.
     """
-    _pair_field(points, sources, activation_code, nodes, weights, K, G, True)
+    _pair_field(points, sources, activation_code, nodes, weights, K, G, QUADRATURE)
+
+
+def bias_pair_field(points, sources, activation_code, K, G):
+    """Closed-form pair sums with biases for relu, erf(z/sqrt 2), the normal CDF or linear (on the GPU).
+
+    Same contract as ``meanfield.kernels.bias_pair_field``, on device arrays: the pair function
+    is ``population_bias.bias_pair`` compiled for the device, summed with the tiling of the
+    other pair kernels (one thread per point, sources in shared memory) instead of the CPU's
+    BLAS tiles, so the sums agree to rounding.
+
+    Parameters
+    ----------
+    points : device array, shape (n, d + 2), float32 or float64
+        Points w_i = (a_i, b_i, c_i) (c_i is not used).
+    sources : device array, shape (m, d + 2), same dtype
+        Measure sum_j c_j delta_{(a_j, b_j)}.
+    activation_code : int
+        RELU, ERF, NORMAL_CDF or LINEAR.
+    K : device array, shape (n,), output
+        K_i = sum_j c_j kappa(w_i, w_j).
+    G : device array, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa(w_i, w_j), G_i[d] = sum_j c_j d kappa / d b_i.
+    """
+    if activation_code not in BIAS_CLOSED_FORM_CODES:
+        raise ValueError(f"no closed form with biases for activation code {activation_code}")
+    no_rule = _no_rule(points.dtype)
+    _pair_field(points, sources, activation_code, no_rule, no_rule, K, G, BIAS_CLOSED_FORM)
 
 
 @functools.lru_cache(maxsize=None)
@@ -211,8 +255,9 @@ def ptx_signatures(T, d):
 
     M, V = T[:, ::1], T[::1]
     return [
-        ("closed_form_pair_field", pair_kernel(T, d, False).py_func, (M, M, int64, V, V, int64, V, M)),
-        ("quadrature_pair_field", pair_kernel(T, d, True).py_func, (M, M, int64, V, V, int64, V, M)),
+        ("closed_form_pair_field", pair_kernel(T, d, CLOSED_FORM).py_func, (M, M, int64, V, V, int64, V, M)),
+        ("quadrature_pair_field", pair_kernel(T, d, QUADRATURE).py_func, (M, M, int64, V, V, int64, V, M)),
+        ("bias_pair_field", pair_kernel(T, d, BIAS_CLOSED_FORM).py_func, (M, M, int64, V, V, int64, V, M)),
         ("pair_velocity", _pair_velocity_kernel(T).py_func,
          (M, int64, T, T, boolean, boolean, V, M, V, M, M, V)),
     ]

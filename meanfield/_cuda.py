@@ -69,12 +69,11 @@ class CudaProblem(Problem):
         self.loss = problem.loss
         self.method = problem.method
         self._scratch = {}
-        if isinstance(problem, PopulationProblem) and problem.method == "closed_form" and problem.with_bias:
-            # No GPU twin of kernels.bias_pair_field yet: refuse rather than run the bias-free kernel.
-            raise ValueError("the CUDA backend has no closed form with biases yet: run this problem on the CPU "
-                             "(backend = \"cpu\") or with method = \"quadrature\"")
         if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature"):
             self._kind = "pair"
+            # A student or teacher with biases takes the closed form with biases, as on the CPU
+            # (PopulationProblem.with_bias); a bias-free problem keeps the bias-free kernel.
+            self._bias_closed_form = problem.method == "closed_form" and problem.with_bias
             self._teacher = cuda.to_device(problem._teacher_W)
             if problem.method == "quadrature":
                 self._rule = cuda.to_device(problem._nodes), cuda.to_device(problem._weights)
@@ -129,6 +128,9 @@ class CudaProblem(Problem):
         if self.method == "quadrature":
             gpu_population.quadrature_pair_field(points, W, code, *self._rule, K_w, G_w)
             gpu_population.quadrature_pair_field(points, self._teacher, code, *self._rule, K_t, G_t)
+        elif self._bias_closed_form:
+            gpu_population.bias_pair_field(points, W, code, K_w, G_w)
+            gpu_population.bias_pair_field(points, self._teacher, code, K_t, G_t)
         else:
             gpu_population.closed_form_pair_field(points, W, code, K_w, G_w)
             gpu_population.closed_form_pair_field(points, self._teacher, code, K_t, G_t)

@@ -48,7 +48,8 @@ def double_precision(ptx):
 
 
 def test_every_kernel_is_listed():
-    expected = {"closed_form_pair_field", "quadrature_pair_field", "pair_velocity", "finite_data_forward", "finite_data_loss",
+    expected = {"closed_form_pair_field", "quadrature_pair_field", "bias_pair_field", "pair_velocity",
+                "finite_data_forward", "finite_data_loss",
                 "finite_data_backward",
                 "euler_update", "heavy_ball_update", "langevin_update", "advance_noise_states", "device_sum",
                 "sum_of_squares", "all_finite"}
