@@ -40,7 +40,7 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ._gaussian import _excess_small_rho, bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
+from ._gaussian import bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
 from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU, like
 from .population import _row_norms, general_tile_shape
 
@@ -96,17 +96,29 @@ def _relu_bias_pair(dot, r_i, r_j, b_i, b_j):
     rho = min(max(dot / (r_i * r_j), -one), one)
     s = math.sqrt((one - rho) * (one + rho))
     g_i = _one_sided_ratio(beta_i - rho * beta_j, s)
-    g_j = _one_sided_ratio(beta_j - rho * beta_i, s)
+    # g_j from g_i through an exact identity, not as (beta_j - rho beta_i) / s: near rho = +-1
+    # each ratio carries a rounding error eps |beta| / s, and only their difference (rho > 0)
+    # or sum (rho < 0) cancels in kappa and gb; computed apart, an exact duplicate with
+    # |b| ~ 3 lost 1e-10 relative (measured against mpmath).
+    if rho >= zero:
+        g_j = (beta_i + beta_j) * s / (one + rho) - g_i  # g_i + g_j = (beta_i + beta_j)(1 - rho) / s
+    else:
+        g_j = g_i - (beta_i - beta_j) * s / (one - rho)  # g_i - g_j = (beta_i - beta_j)(1 + rho) / s
     pdf_i = normal_pdf(beta_i)
     pdf_j = normal_pdf(beta_j)
     cdf_gi = normal_cdf(g_i)
     cdf_gj = normal_cdf(g_j)
     P = bivariate_normal_cdf(beta_i, beta_j, rho)
-    # s phi(beta_j) phi(g_i) = s phi(beta_i) phi(g_j): the bivariate density term, 0 at s = 0.
-    tail = s * pdf_j * normal_pdf(g_i) if s > zero else zero
+    if s > zero:
+        # s phi(beta_j) phi(g_i) = s phi(beta_i) phi(g_j): the bivariate density term.
+        tail = s * pdf_j * normal_pdf(g_i)
+        # E[relu(h_j) | h_i = 0] / r_j = s (phi(g_j) + g_j Phi(g_j)), insensitive to g_j's rounding
+        mean_j = s * (normal_pdf(g_j) + g_j * cdf_gj)
+    else:
+        tail = zero
+        mean_j = max(beta_j - rho * beta_i, zero)
     kappa = (b_i * b_j + dot) * P + b_i * r_j * pdf_j * cdf_gi + b_j * r_i * pdf_i * cdf_gj + r_i * r_j * tail
-    s_pdf_gj = s * normal_pdf(g_j) if s > zero else zero
-    beta = pdf_i / r_i * (r_j * s_pdf_gj + (b_j - rho * r_j * beta_i) * cdf_gj)
+    beta = pdf_i * r_j / r_i * mean_j
     gb = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
     return kappa, P, beta, gb
 
@@ -207,7 +219,7 @@ def _bias_tiles(points, sources, activation_code, n_chunks, K, G):
     norm_i = np.empty(n, dtype=dtype)
     inv_i = np.empty(n, dtype=dtype)
     norm_j = np.empty(m, dtype=dtype)
-    inv_j = np.empty(m, dtype=dtype)
+    inv_j = np.empty(m, dtype=dtype)  # unused: _row_norms fills both
     _row_norms(A_i, norm_i, inv_i)
     _row_norms(A_j, norm_j, inv_j)
     rows_max, cols_max = general_tile_shape(d)
