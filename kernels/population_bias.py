@@ -40,9 +40,9 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ._gaussian import bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
+from ._gaussian import _excess_small_rho, bivariate_normal_cdf, normal_cdf, normal_pdf
 from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU, like
-from .population import _row_norms, general_tile_shape
+from .population import _round_robin_pair, general_tile_shape, self_tile_size
 
 # Activations with a closed form with biases (by code).
 BIAS_CLOSED_FORM_CODES = (RELU, ERF, NORMAL_CDF, LINEAR)
@@ -70,29 +70,64 @@ def _clip(x, bound):
 
 
 @njit(cache=True)
-def _relu_bias_pair(dot, r_i, r_j, b_i, b_j):
-    """(kappa, alpha, beta, gb) of the relu pair term with biases (module docstring)."""
+def _relu_degenerate(r_i, r_j, b_i, b_j):
+    """(kappa, alpha, beta, gb) of relu when a_i = 0 or a_j = 0: a constant pre-activation
+    factors out, E[relu(r z + b)] = r phi(b / r) + b Phi(b / r)."""
+    zero = like(r_i, 0.0)
+    one = like(r_i, 1.0)
+    on_i = one if b_i > zero else zero
+    if r_i == zero and r_j == zero:
+        return max(b_i, zero) * max(b_j, zero), zero, zero, on_i * max(b_j, zero)
+    if r_i == zero:
+        t = _clip(b_j / r_j, like(r_i, _RATIO_CLIP))
+        mean_j = r_j * normal_pdf(t) + b_j * normal_cdf(t)
+        # grad_{a_i} E[relu(a_i . x + b_i) relu(h_j)] at a_i = 0, b_i > 0: E[x relu(h_j)] = Phi(t) a_j
+        return max(b_i, zero) * mean_j, on_i * normal_cdf(t), zero, on_i * mean_j
+    t = _clip(b_i / r_i, like(r_i, _RATIO_CLIP))
+    relu_j = max(b_j, zero)
+    mean_i = r_i * normal_pdf(t) + b_i * normal_cdf(t)
+    return relu_j * mean_i, zero, relu_j * normal_pdf(t) / r_i, relu_j * normal_cdf(t)
+
+
+@njit(cache=True)
+def particle_features(r, b, code):
+    """The five per-particle numbers the pair terms need, computed once per particle.
+
+    relu: (r, b, beta = b / r clipped at +-50, phi(beta), Phi(beta)); normal CDF and erf:
+    (n = sqrt(1 + r^2), u = b / n, phi(u), Phi(u), erf(u / sqrt 2)); linear: (r, b, 0, 0, 0).
+    """
+    zero = like(r, 0.0)
+    one = like(r, 1.0)
+    if code == RELU:
+        beta = _clip(b / r, like(r, _RATIO_CLIP)) if r > zero else zero
+        return r, b, beta, normal_pdf(beta), normal_cdf(beta)
+    if code == ERF or code == NORMAL_CDF:
+        n = math.sqrt(one + r * r)
+        u = b / n
+        return n, u, normal_pdf(u), normal_cdf(u), math.erf(u * like(r, 0.7071067811865476))
+    return r, b, zero, zero, zero
+
+
+@njit(cache=True)
+def _bivariate_with(h, k, rho, cdf_h, cdf_k):
+    """Phi_2(h, k; rho) given Phi(h) and Phi(k) (two erfc fewer per pair for |rho| < 0.925)."""
+    if abs(rho) < like(h, 0.925):
+        return cdf_h * cdf_k + _excess_small_rho(h, k, rho)
+    return bivariate_normal_cdf(h, k, rho)
+
+
+@njit(cache=True)
+def _relu_pair_both(dot, r_i, b_i, beta_i, pdf_i, cdf_i, r_j, b_j, beta_j, pdf_j, cdf_j, both):
+    """relu: (kappa, alpha, beta_ij, gb_ij, beta_ji, gb_ji); the last two only when ``both``."""
     zero = like(dot, 0.0)
     one = like(dot, 1.0)
     if r_i == zero or r_j == zero:
-        # A constant pre-activation factors out: kappa = relu(h_i) relu(h_j) with one of them
-        # deterministic; E[relu(r z + b)] = r phi(b / r) + b Phi(b / r).
-        if r_i == zero and r_j == zero:
-            on_i = one if b_i > zero else zero
-            return max(b_i, zero) * max(b_j, zero), zero, zero, on_i * max(b_j, zero)
-        if r_i == zero:
-            on_i = one if b_i > zero else zero
-            t = _clip(b_j / r_j, like(dot, _RATIO_CLIP))
-            mean_j = r_j * normal_pdf(t) + b_j * normal_cdf(t)
-            # grad_{a_i} E[relu(a_i . x + b_i)] relu(h_j) at a_i = 0, b_i > 0: E[x relu(h_j)] = a_j Phi(t)
-            return max(b_i, zero) * mean_j, on_i * normal_cdf(t), zero, on_i * mean_j
-        t = _clip(b_i / r_i, like(dot, _RATIO_CLIP))
-        relu_j = max(b_j, zero)
-        mean_i = r_i * normal_pdf(t) + b_i * normal_cdf(t)
-        return relu_j * mean_i, zero, relu_j * normal_pdf(t) / r_i, relu_j * normal_cdf(t)
-    bound = like(dot, _RATIO_CLIP)
-    beta_i = _clip(b_i / r_i, bound)
-    beta_j = _clip(b_j / r_j, bound)
+        kappa, alpha, beta_ij, gb_ij = _relu_degenerate(r_i, r_j, b_i, b_j)
+        beta_ji = zero
+        gb_ji = zero
+        if both:
+            _, _, beta_ji, gb_ji = _relu_degenerate(r_j, r_i, b_j, b_i)
+        return kappa, alpha, beta_ij, gb_ij, beta_ji, gb_ji
     rho = min(max(dot / (r_i * r_j), -one), one)
     s = math.sqrt((one - rho) * (one + rho))
     g_i = _one_sided_ratio(beta_i - rho * beta_j, s)
@@ -104,58 +139,81 @@ def _relu_bias_pair(dot, r_i, r_j, b_i, b_j):
         g_j = (beta_i + beta_j) * s / (one + rho) - g_i  # g_i + g_j = (beta_i + beta_j)(1 - rho) / s
     else:
         g_j = g_i - (beta_i - beta_j) * s / (one - rho)  # g_i - g_j = (beta_i - beta_j)(1 + rho) / s
-    pdf_i = normal_pdf(beta_i)
-    pdf_j = normal_pdf(beta_j)
     cdf_gi = normal_cdf(g_i)
     cdf_gj = normal_cdf(g_j)
-    P = bivariate_normal_cdf(beta_i, beta_j, rho)
+    P = _bivariate_with(beta_i, beta_j, rho, cdf_i, cdf_j)
+    mean_i = zero
     if s > zero:
+        pdf_gi = normal_pdf(g_i)
         # s phi(beta_j) phi(g_i) = s phi(beta_i) phi(g_j): the bivariate density term.
-        tail = s * pdf_j * normal_pdf(g_i)
+        tail = s * pdf_j * pdf_gi
         # E[relu(h_j) | h_i = 0] / r_j = s (phi(g_j) + g_j Phi(g_j)), insensitive to g_j's rounding
         mean_j = s * (normal_pdf(g_j) + g_j * cdf_gj)
+        if both:
+            mean_i = s * (pdf_gi + g_i * cdf_gi)
     else:
         tail = zero
         mean_j = max(beta_j - rho * beta_i, zero)
+        mean_i = max(beta_i - rho * beta_j, zero)
     kappa = (b_i * b_j + dot) * P + b_i * r_j * pdf_j * cdf_gi + b_j * r_i * pdf_i * cdf_gj + r_i * r_j * tail
-    beta = pdf_i * r_j / r_i * mean_j
-    gb = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
-    return kappa, P, beta, gb
+    beta_ij = pdf_i * r_j / r_i * mean_j
+    gb_ij = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
+    beta_ji = zero
+    gb_ji = zero
+    if both:
+        beta_ji = pdf_j * r_i / r_j * mean_i
+        gb_ji = b_i * P + r_i * pdf_i * cdf_gj + rho * r_i * pdf_j * cdf_gi
+    return kappa, P, beta_ij, gb_ij, beta_ji, gb_ji
 
 
 @njit(cache=True)
-def _gaussian_cdf_pair(dot, r_i, r_j, b_i, b_j, erf_form):
-    """(kappa, alpha, beta, gb) for sigma = Phi (``erf_form`` False) or erf(z / sqrt 2) = 2 Phi - 1.
+def _gaussian_cdf_pair_both(dot, n_i, u_i, pdf_i, cdf_i, erf_i, n_j, u_j, pdf_j, cdf_j, erf_j, erf_form, both):
+    """sigma = Phi (``erf_form`` False) or erf(z / sqrt 2) = 2 Phi - 1: (kappa, alpha, beta_ij,
+    gb_ij, beta_ji, gb_ji), the last two only when ``both``.
 
     E[Phi(h_i) Phi(h_j)] = Phi_2(u_i, u_j; q) with u = b / sqrt(1 + r^2) and
     q = a_i . a_j / (n_i n_j): Phi(h) = P(Y < h) for an independent Y ~ N(0, 1).
     """
+    zero = like(dot, 0.0)
     one = like(dot, 1.0)
-    n_i = math.sqrt(one + r_i * r_i)
-    n_j = math.sqrt(one + r_j * r_j)
-    u_i = b_i / n_i
-    u_j = b_j / n_j
     q = min(max(dot / (n_i * n_j), -one), one)
     s = math.sqrt((one - q) * (one + q))  # > 0: |a_i . a_j| <= r_i r_j < n_i n_j
-    z = (u_j - q * u_i) / s
-    pdf_i = normal_pdf(u_i)
-    density = pdf_i * normal_pdf(z) / s  # d Phi_2 / d q
-    excess = bivariate_normal_excess(u_i, u_j, q)
+    z_i = (u_j - q * u_i) / s
+    density = pdf_i * normal_pdf(z_i) / s  # d Phi_2 / d q
+    if abs(q) < like(dot, 0.925):
+        excess = _excess_small_rho(u_i, u_j, q)
+    else:
+        excess = bivariate_normal_cdf(u_i, u_j, q) - cdf_i * cdf_j
+    du_j = zero
     if erf_form:
         sqrt_half = like(dot, 0.7071067811865476)
         two = like(dot, 2.0)
-        four = like(dot, 4.0)
-        kappa = four * excess + math.erf(u_i * sqrt_half) * math.erf(u_j * sqrt_half)
-        # d kappa / d u_i = 4 phi(u_i) Phi(z) - 2 phi(u_i) = 2 phi(u_i) erf(z / sqrt 2)
-        d_u = two * pdf_i * math.erf(z * sqrt_half)
-        d_q = four * density
+        kappa = like(dot, 4.0) * excess + erf_i * erf_j
+        # d kappa / d u_i = 4 phi(u_i) Phi(z_i) - 2 phi(u_i) = 2 phi(u_i) erf(z_i / sqrt 2)
+        du_i = two * pdf_i * math.erf(z_i * sqrt_half)
+        if both:
+            du_j = two * pdf_j * math.erf((u_i - q * u_j) / s * sqrt_half)
+        d_q = like(dot, 4.0) * density
     else:
-        kappa = excess + normal_cdf(u_i) * normal_cdf(u_j)
-        d_u = pdf_i * normal_cdf(z)
+        kappa = excess + cdf_i * cdf_j
+        du_i = pdf_i * normal_cdf(z_i)
+        if both:
+            du_j = pdf_j * normal_cdf((u_i - q * u_j) / s)
         d_q = density
     # d u_i / d a_i = -u_i a_i / n_i^2, d u_i / d b_i = 1 / n_i, d q / d a_i = a_j / (n_i n_j) - q a_i / n_i^2
-    inv_ni2 = one / (n_i * n_i)
-    return kappa, d_q / (n_i * n_j), -(d_u * u_i + d_q * q) * inv_ni2, d_u / n_i
+    return (kappa, d_q / (n_i * n_j), -(du_i * u_i + d_q * q) / (n_i * n_i), du_i / n_i,
+            -(du_j * u_j + d_q * q) / (n_j * n_j), du_j / n_j)
+
+
+@njit(cache=True)
+def _pair_both(dot, fi0, fi1, fi2, fi3, fi4, fj0, fj1, fj2, fj3, fj4, code, both):
+    """(kappa, alpha, beta_ij, gb_ij, beta_ji, gb_ji) from the two particles' features."""
+    if code == RELU:
+        return _relu_pair_both(dot, fi0, fi1, fi2, fi3, fi4, fj0, fj1, fj2, fj3, fj4, both)
+    if code == ERF or code == NORMAL_CDF:
+        return _gaussian_cdf_pair_both(dot, fi0, fi1, fi2, fi3, fi4, fj0, fj1, fj2, fj3, fj4, code == ERF, both)
+    zero = like(dot, 0.0)
+    return dot + fi1 * fj1, like(dot, 1.0), zero, fj1, zero, fi1
 
 
 @njit(cache=True)
@@ -177,24 +235,37 @@ def bias_pair(dot, r_i, r_j, b_i, b_j, code):
     -------
     (kappa, alpha, beta, gb) with grad_{a_i} kappa = alpha a_j + beta a_i, d kappa / d b_i = gb.
     """
-    if code == RELU:
-        return _relu_bias_pair(dot, r_i, r_j, b_i, b_j)
-    if code == ERF:
-        return _gaussian_cdf_pair(dot, r_i, r_j, b_i, b_j, True)
-    if code == NORMAL_CDF:
-        return _gaussian_cdf_pair(dot, r_i, r_j, b_i, b_j, False)
-    return dot + b_i * b_j, like(dot, 1.0), like(dot, 0.0), b_j
+    fi0, fi1, fi2, fi3, fi4 = particle_features(r_i, b_i, code)
+    fj0, fj1, fj2, fj3, fj4 = particle_features(r_j, b_j, code)
+    kappa, alpha, beta, gb, _, _ = _pair_both(dot, fi0, fi1, fi2, fi3, fi4, fj0, fj1, fj2, fj3, fj4, code, False)
+    return kappa, alpha, beta, gb
 
 
 @njit(cache=True)
-def _bias_row(dot, r_i, b_i, r_j, b_j, c_j, code):
+def _features_of(A, b, code, features):
+    """features[i] = particle_features(|a_i|, b_i) for every row of A (n, d)."""
+    for i in range(A.shape[0]):
+        acc = A.dtype.type(0.0)
+        for k in range(A.shape[1]):
+            acc += A[i, k] * A[i, k]
+        f0, f1, f2, f3, f4 = particle_features(math.sqrt(acc), b[i], code)
+        features[i, 0] = f0
+        features[i, 1] = f1
+        features[i, 2] = f2
+        features[i, 3] = f3
+        features[i, 4] = f4
+
+
+@njit(cache=True)
+def _bias_row(dot, fi, fj, c_j, code):
     """One row of a tile: on entry dot[t] = a_i . a_j, on exit c_j alpha_ij; returns the row's
-    (sum c_j kappa, sum c_j beta, sum c_j gb)."""
-    k_acc = like(r_i, 0.0)
-    beta_acc = like(r_i, 0.0)
-    gb_acc = like(r_i, 0.0)
+    (sum c_j kappa, sum c_j beta, sum c_j gb). ``fi`` (5,) and ``fj`` (cols, 5) are features."""
+    k_acc = like(dot[0], 0.0)
+    beta_acc = like(dot[0], 0.0)
+    gb_acc = like(dot[0], 0.0)
     for t in range(dot.shape[0]):
-        kappa, alpha, beta, gb = bias_pair(dot[t], r_i, r_j[t], b_i, b_j[t], code)
+        kappa, alpha, beta, gb, _, _ = _pair_both(dot[t], fi[0], fi[1], fi[2], fi[3], fi[4], fj[t, 0], fj[t, 1],
+                                                  fj[t, 2], fj[t, 3], fj[t, 4], code, False)
         cj = c_j[t]
         k_acc += cj * kappa
         beta_acc += cj * beta
@@ -205,7 +276,7 @@ def _bias_row(dot, r_i, b_i, r_j, b_j, c_j, code):
 
 @njit(cache=True, parallel=True)
 def _bias_tiles(points, sources, activation_code, n_chunks, K, G):
-    """Body of :func:`bias_pair_field`; ``n_chunks`` contiguous runs of point blocks."""
+    """Body of :func:`bias_pair_field` for any points; ``n_chunks`` contiguous runs of point blocks."""
     n, p = points.shape
     m = sources.shape[0]
     d = p - 2
@@ -213,15 +284,11 @@ def _bias_tiles(points, sources, activation_code, n_chunks, K, G):
     zero = dtype.type(0.0)
     A_i = np.ascontiguousarray(points[:, :d])
     A_j = np.ascontiguousarray(sources[:, :d])
-    b_i = points[:, d].copy()
-    b_j = sources[:, d].copy()
     c_j = sources[:, d + 1].copy()
-    norm_i = np.empty(n, dtype=dtype)
-    inv_i = np.empty(n, dtype=dtype)
-    norm_j = np.empty(m, dtype=dtype)
-    inv_j = np.empty(m, dtype=dtype)  # unused: _row_norms fills both
-    _row_norms(A_i, norm_i, inv_i)
-    _row_norms(A_j, norm_j, inv_j)
+    f_i = np.empty((n, 5), dtype=dtype)
+    f_j = np.empty((m, 5), dtype=dtype)
+    _features_of(A_i, points[:, d], activation_code, f_i)
+    _features_of(A_j, sources[:, d], activation_code, f_j)
     rows_max, cols_max = general_tile_shape(d)
     n_blocks = (n + rows_max - 1) // rows_max
     n_chunks = max(1, min(n_chunks, n_blocks))
@@ -245,9 +312,8 @@ def _bias_tiles(points, sources, activation_code, n_chunks, K, G):
                 tile = dot_buf[:rows * cols].reshape((rows, cols))
                 np.dot(A_rows, A_j[j0:j0 + cols].T, tile)
                 for r in range(rows):
-                    i = i0 + r
-                    k, beta, gb = _bias_row(tile[r], norm_i[i], b_i[i], norm_j[j0:j0 + cols], b_j[j0:j0 + cols],
-                                            c_j[j0:j0 + cols], activation_code)
+                    k, beta, gb = _bias_row(tile[r], f_i[i0 + r], f_j[j0:j0 + cols], c_j[j0:j0 + cols],
+                                            activation_code)
                     k_row[r] += k
                     beta_row[r] += beta
                     gb_row[r] += gb
@@ -262,7 +328,103 @@ def _bias_tiles(points, sources, activation_code, n_chunks, K, G):
                 G[i, d] = gb_row[r]
 
 
-def bias_pair_field(points, sources, activation_code, K, G):
+@njit(cache=True)
+def _bias_self_tile(A, f, c, cA, code, i0, rows, j0, cols, both, dot_buf, part_buf, K, beta, gb, G):
+    """One tile (I, J) of ``_bias_self_tiles``: adds to the rows of I and, when ``both``
+    (I != J), to the rows of J. The caller makes sure no other thread writes those rows."""
+    d = A.shape[1]
+    tile = dot_buf[:rows * cols].reshape((rows, cols))
+    np.dot(A[i0:i0 + rows], A[j0:j0 + cols].T, tile)
+    for r in range(rows):
+        i = i0 + r
+        k_acc = like(tile[0, 0], 0.0)
+        beta_acc = like(tile[0, 0], 0.0)
+        gb_acc = like(tile[0, 0], 0.0)
+        for t in range(cols):
+            j = j0 + t
+            kappa, alpha, beta_ij, gb_ij, beta_ji, gb_ji = _pair_both(
+                tile[r, t], f[i, 0], f[i, 1], f[i, 2], f[i, 3], f[i, 4], f[j, 0], f[j, 1], f[j, 2], f[j, 3], f[j, 4],
+                code, both)
+            k_acc += c[j] * kappa
+            beta_acc += c[j] * beta_ij
+            gb_acc += c[j] * gb_ij
+            if both:
+                K[j] += c[i] * kappa
+                beta[j] += c[i] * beta_ji
+                gb[j] += c[i] * gb_ji
+            tile[r, t] = alpha
+        K[i] += k_acc
+        beta[i] += beta_acc
+        gb[i] += gb_acc
+    part = part_buf[:rows * d].reshape((rows, d))
+    np.dot(tile, cA[j0:j0 + cols], part)
+    for r in range(rows):
+        for k in range(d):
+            G[i0 + r, k] += part[r, k]
+    if both:
+        part = part_buf[:cols * d].reshape((cols, d))
+        np.dot(tile.T, cA[i0:i0 + rows], part)
+        for t in range(cols):
+            for k in range(d):
+                G[j0 + t, k] += part[t, k]
+
+
+@njit(cache=True, parallel=True)
+def _bias_self_tiles(sources, code, n_workers, K, G):
+    """Pair sums of a measure with itself on the tiles j >= i only: kappa and alpha are
+    symmetric, and one evaluation of a pair's transcendental functions gives both (i, j) and
+    (j, i) (``_pair_both``). The tiles run in the rounds of a round-robin tournament over
+    blocks, as in ``population._relu_self_tiles`` (its docstring says why): each row gets its
+    terms in the same order for any number of threads, so the sums are bitwise the same.
+    """
+    m, p = sources.shape
+    d = p - 2
+    dtype = sources.dtype
+    zero = dtype.type(0.0)
+    A = np.ascontiguousarray(sources[:, :d])
+    c = sources[:, d + 1].copy()
+    f = np.empty((m, 5), dtype=dtype)
+    _features_of(A, sources[:, d], code, f)
+    cA = np.empty((m, d), dtype=dtype)
+    for j in range(m):
+        for k in range(d):
+            cA[j, k] = c[j] * A[j, k]
+    size = self_tile_size(d)
+    n_blocks = (m + size - 1) // size
+    n_slots = n_blocks + n_blocks % 2  # an odd count gets a phantom block: its pairs are skipped
+    n_pairs = n_slots // 2
+    n_workers = max(1, min(n_workers, n_blocks))
+    beta = np.zeros(m, dtype=dtype)
+    gb = np.zeros(m, dtype=dtype)
+    K[:] = zero
+    G[:, :] = zero
+    dot_buf = np.empty((n_workers, size * size), dtype=dtype)
+    part_buf = np.empty((n_workers, size * d), dtype=dtype)
+    for worker in prange(n_workers):
+        for blk in range(worker, n_blocks, n_workers):
+            i0 = blk * size
+            rows = min(size, m - i0)
+            _bias_self_tile(A, f, c, cA, code, i0, rows, i0, rows, False, dot_buf[worker], part_buf[worker],
+                            K, beta, gb, G)
+    for round_index in range(n_slots - 1):
+        for worker in prange(n_workers):
+            for pair in range(worker, n_pairs, n_workers):
+                one, other = _round_robin_pair(n_slots, round_index, pair)
+                lo = min(one, other)
+                hi = max(one, other)
+                if hi >= n_blocks:
+                    continue
+                i0 = lo * size
+                j0 = hi * size
+                _bias_self_tile(A, f, c, cA, code, i0, min(size, m - i0), j0, min(size, m - j0), True,
+                                dot_buf[worker], part_buf[worker], K, beta, gb, G)
+    for i in prange(m):
+        for k in range(d):
+            G[i, k] += beta[i] * A[i, k]
+        G[i, d] = gb[i]
+
+
+def bias_pair_field(points, sources, activation_code, K, G, symmetric=True):
     """Closed-form pair sums with biases for relu, erf(z/sqrt 2), the normal CDF or linear.
 
     K_i = sum_j c_j kappa(w_i, w_j), G_i[:d] = sum_j c_j grad_{a_i} kappa(w_i, w_j) and
@@ -280,7 +442,15 @@ def bias_pair_field(points, sources, activation_code, K, G):
         RELU, ERF, NORMAL_CDF or LINEAR.
     K : ndarray, shape (n,), output
     G : ndarray, shape (n, d + 1), output
+    symmetric : bool
+        When ``points is sources``, evaluate each pair once for both orders on the tiles
+        j >= i (``_bias_self_tiles``, about half the work). Its sums are rounded differently
+        from the general tiles'; pass False where other points must get bitwise the same
+        field (tracers on particles).
     """
     if activation_code not in BIAS_CLOSED_FORM_CODES:
         raise ValueError(f"no closed form with biases for activation code {activation_code}")
-    _bias_tiles(points, sources, activation_code, get_num_threads(), K, G)
+    if symmetric and points is sources:
+        _bias_self_tiles(sources, activation_code, get_num_threads(), K, G)
+    else:
+        _bias_tiles(points, sources, activation_code, get_num_threads(), K, G)

@@ -195,7 +195,7 @@ def pair_sums(points, sources, activation_code: int, closed_form: bool, nodes=No
     K = np.empty(n, dtype=points.dtype)
     G = np.empty((n, p - 1), dtype=points.dtype)
     if closed_form and bias:
-        kernels.bias_pair_field(points, sources, activation_code, K, G)
+        kernels.bias_pair_field(points, sources, activation_code, K, G, symmetric)
     elif closed_form:
         kernels.closed_form_pair_field(points, sources, activation_code, K, G, symmetric)
     else:

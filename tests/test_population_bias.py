@@ -430,3 +430,25 @@ def test_problem_is_zero_at_the_teacher_and_bias_free_runs_keep_their_kernels():
     problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=5, k=2))
     assert problem.method == "closed_form" and not problem.with_bias
     assert problem.has_analytic_hessian
+
+
+@pytest.mark.parametrize("name", tuple(CODES))
+@pytest.mark.parametrize("m", (1, 35, 52))
+def test_self_interaction_tiles_match_general_tiles(name, m):
+    # d = 1500: self tiles of 17 particles (self_tile_size), so m = 35 has an odd number of
+    # blocks (a phantom block in the round robin) and m = 52 an even one.
+    rng = np.random.default_rng(m)
+    d = 1500
+    W = rng.normal(size=(m, d + 2))
+    W[:, :d] *= rng.uniform(0.2, 3.0, size=(m, 1)) / math.sqrt(d)
+    if m > 30:
+        W[5] = W[30]
+        W[6, :d] = -W[29, :d]
+        W[7, :d] = 0.0
+    K_self, G_self = np.empty(m), np.empty((m, d + 1))
+    K_gen, G_gen = np.empty(m), np.empty((m, d + 1))
+    kernels.bias_pair_field(W, W, CODES[name], K_self, G_self, True)
+    kernels.bias_pair_field(W, W, CODES[name], K_gen, G_gen, False)
+    scale = np.abs(W[:, d + 1]).sum() * (1 + np.abs(W[:, :d + 1]).max())
+    assert np.allclose(K_self, K_gen, rtol=1e-13, atol=1e-14 * scale)
+    assert np.allclose(G_self, G_gen, rtol=1e-12, atol=1e-13 * scale)
