@@ -68,6 +68,7 @@ def _device_sin(x):
     return math.sin(x)
 
 
+# Not inline="always": numba-cuda 0.30 then fails to lower the float32 product (mul of "omitted").
 @overload(_device_sin, target="cuda")
 def _device_sin_overload(x):
     if isinstance(x, nb_types.Float) and x.bitwidth == 32:
@@ -92,8 +93,6 @@ normal_pdf = _gaussian_twins["normal_pdf"]
 normal_cdf = _gaussian_twins["normal_cdf"]
 bivariate_normal_cdf = _gaussian_twins["bivariate_normal_cdf"]
 bivariate_normal_excess = _gaussian_twins["bivariate_normal_excess"]
-_bias_twins = device_twins(_population_bias, normal_pdf=normal_pdf, normal_cdf=normal_cdf,
-                           bivariate_normal_cdf=bivariate_normal_cdf,
-                           bivariate_normal_excess=bivariate_normal_excess,
-                           _excess_small_rho=_gaussian_twins["_excess_small_rho"])
+# Every _gaussian twin, whichever of them population_bias imports (private ones included).
+_bias_twins = device_twins(_population_bias, **_gaussian_twins)
 bias_pair = _bias_twins["bias_pair"]

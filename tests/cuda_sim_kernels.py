@@ -2,9 +2,10 @@
 
 Run by tests/test_cuda.py in a subprocess with the simulator switched on (the variable is
 read once per process). Every GPU kernel is compared with its CPU twin and with the numpy
-references of tests/test_kernels.py: float64 to 1e-10 relative, float32 to 1e-4, on odd
-sizes (m = 19, N = 23, d = 5) that cross the simulator's 8-thread blocks and shared-memory
-tiles with partial last ones (kernels/_gpu_launch.py).
+references of tests/test_kernels.py: float64 to 1e-10 relative, float32 to 1e-4 (the closed
+forms with biases against their CPU kernel: 1e-12 and 1e-5), on odd sizes (m = 19, N = 23,
+d = 5) that cross the simulator's 8-thread blocks and shared-memory tiles with partial last
+ones (kernels/_gpu_launch.py).
 """
 import math
 import os
@@ -16,7 +17,7 @@ from numba import config, cuda
 
 import meanfield as mf
 from meanfield import kernels
-from meanfield._cuda import to_device
+from meanfield._cuda import CudaProblem, to_device
 from meanfield._problems import pair_velocity as cpu_pair_velocity
 from meanfield.kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
 from test_kernels import assert_close_scaled, closed_case, make_data, ref_field, ref_grad_closed, ref_kappa_closed
@@ -89,6 +90,70 @@ def test_quadrature_pair_field(act, dtype):
     K, G = K.copy_to_host(), G.copy_to_host()
     assert_close_scaled(K, K_cpu, RTOL[dtype])
     assert_close_scaled(G, G_cpu, RTOL[dtype])
+
+
+def bias_case(dtype, n=13, m=19):
+    """Points and sources with biases, and the edge cases of the closed forms with biases.
+
+    The degenerate directions are built from the dyadic vector u = (1, 2, -2, 0, 0) / 4
+    (|u| = 3/4, every product and sum exact), so that rho is exactly +1 or -1 whatever the
+    order of the dot products: the GPU sums a . a' in its own order and the CPU by BLAS, and
+    near |rho| = 1 the Phi_2 in alpha moves like sqrt(1 - rho^2), so a one-ulp difference in
+    rho would be a sqrt(ulp) difference in the sums, not a test of the kernel.
+    """
+    rng = np.random.default_rng(12)
+    points = rng.standard_normal((n, D + 2))
+    sources = rng.standard_normal((m, D + 2))
+    points[:, :D] *= rng.uniform(0.3, 2.0, size=(n, 1)) / np.sqrt(D)
+    sources[:, :D] *= rng.uniform(0.3, 2.0, size=(m, 1)) / np.sqrt(D)
+    u = np.array([1.0, 2.0, -2.0, 0.0, 0.0]) / 4.0
+    sources[4, :D], sources[4, D] = u, 0.3
+    points[1] = sources[4]  # exactly duplicated particles: rho = 1, beta_i = beta_j (0 / 0 ratios)
+    sources[6, :D], sources[6, D] = -2.0 * u, -0.4
+    points[3, :D], points[3, D] = u, 1.1  # rho = -1 exactly
+    points[4, :D], points[4, D] = 0.5 * u, -0.8  # rho = 1 with other biases (+-inf ratios)
+    points[2, :D], points[2, D] = 0.0, 0.7  # a_i = 0: h_i = b_i is a constant (relu's gradient in a_i: Phi)
+    points[5, :D], points[5, D] = 0.0, 0.0  # a_i = 0 and b_i = 0 (relu has no derivative: 0)
+    sources[9, :D], sources[9, D] = 0.0, 0.6  # a_j = 0
+    points[6, D], sources[7, D] = 5.0, -5.0  # |b| = 5
+    points[7, :D], points[7, D] = 1e-3 * u, 5.0  # |beta| = 6667, clipped at 50
+    return points.astype(dtype), sources.astype(dtype)
+
+
+BIAS_RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["relu", "erf", "normal_cdf", "linear"])
+def test_bias_pair_field(act, dtype):
+    """The closed forms with biases: K and G (G[:, d] the bias derivatives) of 13 points against
+    19 sources (two blocks of 8 threads, tiles of 8, 8 and 3 sources) equal the CPU kernel's
+    (tested against quadrature and finite differences in tests/test_population_bias.py), at
+    the degenerate cases of ``bias_case`` too. Measured worst error relative to the largest
+    sum (2026-12-02): 2.2e-16 in float64, 1.7e-7 in float32."""
+    points, sources = bias_case(dtype)
+    n, m = len(points), len(sources)
+    code = kernels.ACTIVATION_CODES[act]
+    K_cpu, G_cpu = np.empty(n, dtype), np.empty((n, D + 1), dtype)
+    kernels.bias_pair_field(points, sources, code, K_cpu, G_cpu)
+    K, G = cuda.device_array(n, dtype), cuda.device_array((n, D + 1), dtype)
+    gpu_population.bias_pair_field(dev(points), dev(sources), code, K, G)
+    K, G = K.copy_to_host(), G.copy_to_host()
+    assert K.dtype == dtype and G.dtype == dtype
+    assert np.all(np.isfinite(K)) and np.all(np.isfinite(G))
+    rtol = BIAS_RTOL[dtype]
+    assert_close_scaled(K, K_cpu, rtol)
+    assert_close_scaled(G[:, :D], G_cpu[:, :D], rtol)
+    assert_close_scaled(G[:, D], G_cpu[:, D], rtol)
+    if act == "relu":
+        assert np.all(G[5] == 0) and K[5] == 0  # a_i = 0, b_i = 0
+
+
+def test_bias_pair_field_refuses_other_activations():
+    points = sources = np.ones((3, D + 2))
+    K, G = cuda.device_array(3), cuda.device_array((3, D + 1))
+    with pytest.raises(ValueError, match="no closed form with biases"):
+        gpu_population.bias_pair_field(dev(points), dev(sources), kernels.ACTIVATION_CODES["tanh"], K, G)
 
 
 @pytest.mark.parametrize("bias,train_readout", [(False, True), (True, False)])
@@ -325,6 +390,43 @@ def test_cuda_run_matches_cpu_quadrature():
     np.testing.assert_allclose(gpu.risk, cpu.risk, rtol=1e-10)
     assert_close_scaled(gpu.W, cpu.W, 1e-10)
     assert np.abs(gpu.W[:, D] - W0[:, D]).max() > 0  # the biases moved
+
+
+@pytest.mark.parametrize("act,student_bias,dtype", [("relu", True, "float64"), ("erf", False, "float64"),
+                                                     ("normal_cdf", True, "float32")])
+def test_cuda_problem_with_biases_matches_cpu(act, student_bias, dtype):
+    """A closed-form problem with biases (a biased teacher; the student with or without biases)
+    evaluates on the GPU through gpu_population.bias_pair_field: value, velocity (bias
+    column included) and tracer velocities equal the CPU problem's, with a duplicated
+    particle and rho = -1 between two particles (exact: ``bias_case``'s dyadic u). Then three
+    gradient steps from a generic state, as on the CPU (from exact duplicates the steps would
+    leave rho at 1 up to an ulp that the GPU and BLAS round differently, and the sums would
+    differ by sqrt(ulp): see ``bias_case``)."""
+    rng = np.random.default_rng(13)
+    model = mf.Model(d=D, activation=act, bias=student_bias, dtype=dtype)
+    problem = mf.PopulationProblem(model, mf.Teacher.random(D, 3, rng, act, bias=True))
+    assert problem.method == "closed_form" and problem.with_bias
+    W0 = mf.initialize(model, m=9, rng=rng, init=mf.Init(b="gaussian") if student_bias else None)
+    W = W0.copy()
+    u = np.array([1.0, 2.0, -2.0, 0.0, 0.0]) / 4.0
+    W[0, :D] = W[1, :D] = u
+    W[1, D:] = W[0, D:]
+    W[3, :D] = -u
+    tracers = np.ascontiguousarray(W[:3] + np.asarray(0.01, W.dtype))
+    device_problem = CudaProblem(problem)
+    evaluation, expected = device_problem.evaluate(W, tracers), problem.evaluate(W, tracers)
+    rtol = BIAS_RTOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(evaluation.value, expected.value, rtol=rtol)
+    assert evaluation.velocity.dtype == np.dtype(dtype)
+    assert_close_scaled(evaluation.velocity, expected.velocity, rtol)
+    assert_close_scaled(evaluation.points_velocity, expected.points_velocity, rtol)
+    assert (np.abs(evaluation.velocity[:, D]).max() > 0) == student_bias
+    if dtype == "float64":
+        integrator = mf.gradient_descent(problem, 0.3)
+        cpu = mf.run(problem, integrator, W0, 0.9, times=[0, 0.9])
+        gpu = mf.run(*to_device(problem, integrator), W0, 0.9, times=[0, 0.9])
+        np.testing.assert_allclose(gpu.risk, cpu.risk, rtol=1e-12)
+        assert_close_scaled(gpu.W, cpu.W, 1e-12)
 
 
 def test_cuda_sgd_on_finite_data_matches_cpu():
