@@ -100,7 +100,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._gaussian import bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
+from ._gaussian import _GL_W, _GL_X, _TWO_PI, bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
 from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU
 from .population_bias import _RATIO_CLIP, BIAS_CLOSED_FORM_CODES, _clip, _one_sided_ratio
 
@@ -125,6 +125,65 @@ def _perpendicular(a_i, a_j, d, p, u, u2):
         u2[k] = yk
         y2 += yk * yk
     return y2
+
+
+@njit(cache=True)
+def _upper_near_one_a2(h, k, a2):
+    """Genz's remainder ``_gaussian._upper_near_one`` with a2 = 1 - rho^2 given, not computed
+    from rho (same code, same constants).
+
+    Near collinear relu pairs the kernels know s = sqrt(1 - rho^2) to full relative accuracy
+    (from y = a_j - (a_i . a_j / |a_i|^2) a_i entry by entry), while 1 - rho^2 from the
+    rounded rho carries an absolute error of eps: at s ~ 1e-8 the whole of s. Phi_2 then
+    errs by about phi s (2e-9 in M, measured against mpmath), the error of the velocity's
+    Phi_2 too; with a2 = s^2 it is 1e-16.
+    """
+    half = 0.5
+    hk = h * k
+    if a2 <= 0.0:
+        return 0.0
+    a = math.sqrt(a2)
+    bs = (h - k) * (h - k)
+    c = (4.0 - hk) / 8.0
+    d = (12.0 - hk) / 16.0
+    total = a * math.exp(-half * (bs / a2 + hk)) * (
+        1.0 - c * (bs - a2) * (1.0 - d * bs / 5.0) / 3.0 + c * d * a2 * a2 / 5.0)
+    if hk > -160.0:
+        b = math.sqrt(bs)
+        total -= (math.exp(-half * hk) * 2.5066282746310002 * normal_cdf(-b / a) * b
+                  * (1.0 - c * bs * (1.0 - d * bs / 5.0) / 3.0))
+    a = half * a
+    for q in range(9, 19):
+        x = _GL_X[q]
+        w = _GL_W[q]
+        xs = (a * (x + 1.0)) * (a * (x + 1.0))
+        rs = math.sqrt(1.0 - xs)
+        total += a * w * (math.exp(-bs / (2.0 * xs) - hk / (1.0 + rs)) / rs
+                          - math.exp(-half * (bs / xs + hk)) * (1.0 + c * xs * (1.0 + d * xs)))
+        xs = a2 * (1.0 - x) * (1.0 - x) * 0.25
+        rs = math.sqrt(1.0 - xs)
+        total += a * w * math.exp(-half * (bs / xs + hk)) * (
+            math.exp(-hk * (1.0 - rs) / (2.0 * (1.0 + rs))) / rs - (1.0 + c * xs * (1.0 + d * xs)))
+    return total / _TWO_PI
+
+
+@njit(cache=True)
+def _bivariate_cdf_s(h, k, rho, s):
+    """Phi_2(h, k; rho) with s = sqrt(1 - rho^2) given (``bivariate_normal_cdf`` otherwise).
+
+    For |rho| < 0.925, s > 0.38 and rho's rounding is harmless: ``bivariate_normal_cdf``. Above,
+    its own branch with the remainder taken at a2 = s^2 (``_upper_near_one_a2``).
+    """
+    if abs(rho) < 0.925:
+        return bivariate_normal_cdf(h, k, rho)
+    uh = -h
+    uk = -k
+    if rho < 0.0:
+        uk = -uk
+    remainder = _upper_near_one_a2(uh, uk, s * s)
+    if rho > 0.0:
+        return normal_cdf(-max(uh, uk)) - remainder
+    return max(0.0, normal_cdf(-uh) - normal_cdf(-uk)) + remainder
 
 
 @njit(cache=True)
@@ -202,8 +261,32 @@ def _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2):
         # Phi_2 takes its rho = +-1 branch and 0/0 ratios their limit convention.
         rho = 1.0 if p > 0.0 else -1.0
         s = 0.0
-    g_i = _one_sided_ratio(beta_i - rho * beta_j, s)
-    g_j = _one_sided_ratio(beta_j - rho * beta_i, s)
+    if s > 0.0:
+        # The numerators beta_i - rho beta_j and beta_j - rho beta_i with 1 -+ rho taken from s
+        # (1 - rho = s^2 / (1 + rho)): from the rounded rho, 1 - rho has a relative error
+        # eps / s^2 near collinear pairs. The differences beta_i -+ beta_j are then exactly
+        # opposite in g_i and g_j, so g_i + g_j (rho > 0) and g_i - g_j (rho < 0), on which the
+        # blocks depend where the hyperplanes nearly coincide, carry no rounding error of 1 / s.
+        if rho >= 0.0:
+            c = s * s / (1.0 + rho)
+            g_i = ((beta_i - beta_j) + c * beta_j) / s
+            g_j = ((beta_j - beta_i) + c * beta_i) / s
+            # r_j (beta_j - rho beta_i) and r_i (beta_i - rho beta_j) with the raw biases: beyond
+            # the clip, |b_j| / r_j > 50, h_j has one sign almost surely and E[relu(h_j) | h_i = 0]
+            # is b_j - rho r_j beta_i, linear in b_j (the clipped ratio would give 50 r_j)
+            lin_j = (b_j - r_j * beta_i) + c * r_j * beta_i
+            lin_i = (b_i - r_i * beta_j) + c * r_i * beta_j
+        else:
+            c = s * s / (1.0 - rho)
+            g_i = ((beta_i + beta_j) - c * beta_j) / s
+            g_j = ((beta_i + beta_j) - c * beta_i) / s
+            lin_j = (b_j + r_j * beta_i) - c * r_j * beta_i
+            lin_i = (b_i + r_i * beta_j) - c * r_i * beta_j
+    else:
+        g_i = _one_sided_ratio(beta_i - rho * beta_j, s)
+        g_j = _one_sided_ratio(beta_j - rho * beta_i, s)
+        lin_j = b_j - rho * r_j * beta_i
+        lin_i = b_i - rho * r_i * beta_j
     pdf_i = normal_pdf(beta_i)
     pdf_j = normal_pdf(beta_j)
     cdf_gi = normal_cdf(g_i)
@@ -211,11 +294,13 @@ def _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2):
     # s phi(g): 0 at s = 0 (the bivariate density terms vanish with the plane).
     s_pdf_gi = s * normal_pdf(g_i) if s > 0.0 else 0.0
     s_pdf_gj = s * normal_pdf(g_j) if s > 0.0 else 0.0
-    P = bivariate_normal_cdf(beta_i, beta_j, rho)
+    P = _bivariate_cdf_s(beta_i, beta_j, rho, s)
     kappa = (b_i * b_j + p) * P + b_i * r_j * pdf_j * cdf_gi + b_j * r_i * pdf_i * cdf_gj + r_i * r_j * pdf_j * s_pdf_gi
     K = pdf_i / r_i
-    R0 = r_j * s_pdf_gj + (b_j - rho * r_j * beta_i) * cdf_gj  # E[relu(h_j) | h_i = 0]
-    R0_rev = r_i * s_pdf_gi + (b_i - rho * r_i * beta_j) * cdf_gi  # E[relu(h_i) | h_j = 0]
+    # E[relu(h_j) | h_i = 0] = r_j s phi(g_j) + lin_j Phi(g_j), lin_j = r_j s g_j (up to the clip):
+    # no inf * 0 at g_j = -inf; at s = 0 it is relu(lin_j) (Phi(0) = 1/2 only where lin_j = 0)
+    R0 = r_j * s_pdf_gj + lin_j * cdf_gj
+    R0_rev = r_i * s_pdf_gi + lin_i * cdf_gi  # E[relu(h_i) | h_j = 0]
     KR0 = K * R0
     # grad_1 kappa = KR0 a_i + P a_j, d/db_i = gb; grad_2 kappa = P a_i + (phi_j / r_j) R0_rev a_j.
     gb = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
