@@ -137,6 +137,8 @@ def random_pairs(rng, count, d=3):
             a_i = np.zeros(d)
         elif kind == 5:
             a_j, b_j = a_i.copy(), b_i  # the same neuron
+        if t % 12 == 6:
+            a_j *= 1e-3 / np.linalg.norm(a_j)  # b_j / |a_j| in the thousands
         cases.append((a_i, float(b_i), a_j, float(b_j)))
     return cases
 
@@ -452,3 +454,35 @@ def test_self_interaction_tiles_match_general_tiles(name, m):
     scale = np.abs(W[:, d + 1]).sum() * (1 + np.abs(W[:, :d + 1]).max())
     assert np.allclose(K_self, K_gen, rtol=1e-13, atol=1e-14 * scale)
     assert np.allclose(G_self, G_gen, rtol=1e-12, atol=1e-13 * scale)
+
+
+@pytest.mark.parametrize("name", ("relu", "erf", "normal_cdf"))
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 4e-15), (np.float32, 2e-7)])
+def test_small_correlation_series_matches_the_exact_formulas(name, dtype, tol):
+    # Pairs with |rho| <= 0.4 go through the Hermite series (population_bias.SERIES_RHO);
+    # the exact formulas are the reference (series=False). Correlations spread over
+    # [-0.4, 0.4] (d = 3 makes them large), |a| up to 4 and down to 1e-3, |b| up to 8 and one
+    # at 60 (beyond the clip of beta), a = 0: the series' worst cases.
+    rng = np.random.default_rng(21)
+    d, m = 3, 60
+    W = rng.normal(size=(m, d + 2))
+    W[:, :d] *= rng.uniform(0.2, 4.0, size=(m, 1)) / np.linalg.norm(W[:, :d], axis=1, keepdims=True)
+    W[:, d] = rng.uniform(-8.0, 8.0, size=m)
+    W[0, :d] = 0.0
+    W[1, :d] *= 1e-3 / np.linalg.norm(W[1, :d])
+    W[2, d] = 60.0
+    W[3, d] = -60.0
+    W = W.astype(dtype)
+    out = {}
+    for series in (True, False):
+        K, G = np.empty(m, dtype), np.empty((m, d + 1), dtype)
+        kernels.bias_pair_field(W, W, CODES[name], K, G, True, series)
+        out[series] = (K.astype(np.float64), G.astype(np.float64))
+    A = W[:, :d].astype(np.float64)
+    norms = np.linalg.norm(A, axis=1)
+    rho = (A @ A.T) / np.maximum(np.outer(norms, norms), 1e-300)
+    assert (np.abs(rho) <= 0.4).mean() > 0.2  # the series is exercised
+    per_pair = np.abs(W[:, d + 1]).astype(np.float64)
+    scale = per_pair.sum() * (1.0 + np.abs(W[:, :d + 1]).max()) ** 2
+    assert np.abs(out[True][0] - out[False][0]).max() <= tol * scale
+    assert np.abs(out[True][1] - out[False][1]).max() <= tol * scale
