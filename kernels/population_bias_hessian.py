@@ -186,16 +186,20 @@ def _bivariate_cdf_s(h, k, rho, s):
     return max(0.0, normal_cdf(-uh) - normal_cdf(-uk)) + remainder
 
 
-@njit(cache=True)
-def _relu_one_direction(a, r, b, d, u1, u2):
-    """Moments of H(r z + b) on the direction e = a / r (one non-constant pre-activation).
+# How the two vectors (u1, u2) of a pair's blocks are made from a_i and a_j (``_basis``).
+BASIS_A = 0  # u1 = a_i, u2 = a_j (smooth activations)
+BASIS_PLANE = 1  # u1 = a_i / |a_i|, u2 = y / |y|, y = a_j - (a_i . a_j / |a_i|^2) a_i (relu)
+BASIS_J = 2  # u1 = a_j / |a_j|, u2 = 0 (relu, a_i = 0)
+BASIS_I = 3  # u1 = a_i / |a_i|, u2 = 0 (relu, a_j = 0 or a_j collinear with a_i)
+BASIS_NONE = 4  # no vector (relu, a_i = a_j = 0)
 
-    Writes u1 = a / r, u2 = 0; returns (E[H], E[H z], E[H z^2] - E[H]) = (Phi(beta),
-    phi(beta), -beta phi(beta)) and the mean E[relu(r z + b)] = r phi(beta) + b Phi(beta).
-    """
-    for k in range(d):
-        u1[k] = a[k] / r
-        u2[k] = 0.0
+_ZERO_BLOCK = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@njit(cache=True)
+def _relu_one_direction(r, b):
+    """Moments of H(r z + b), z ~ N(0, 1), r > 0: (E[H], E[H z], E[H z^2] - E[H]) =
+    (Phi(beta), phi(beta), -beta phi(beta)), and E[relu(r z + b)] = r phi(beta) + b Phi(beta)."""
     beta = _clip(b / r, _RATIO_CLIP)
     pdf = normal_pdf(beta)
     cdf = normal_cdf(beta)
@@ -203,54 +207,36 @@ def _relu_one_direction(a, r, b, d, u1, u2):
 
 
 @njit(cache=True)
-def _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2):
-    """kappa, both gradients and the blocks M, H of the relu pair (module docstring).
-
-    Fills u1, u2 (length d); returns the 21 numbers of ``_pair_blocks``.
-    """
-    u = _dot(a_i, a_i, d)
-    v = _dot(a_j, a_j, d)
+def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
+    """The relu pair from its scalars (module docstring): p = a_i . a_j, u = |a_i|^2,
+    v = |a_j|^2, y2 = |y|^2 computed entry by entry. Returns the basis kind and the 21 numbers
+    of ``_pair_scalars``."""
     on_i = 1.0 if b_i > 0.0 else 0.0  # relu'(0) = 0, as in the velocity
     on_j = 1.0 if b_j > 0.0 else 0.0
     relu_i = max(b_i, 0.0)
     relu_j = max(b_j, 0.0)
     if u == 0.0 and v == 0.0:
-        for k in range(d):
-            u1[k] = 0.0
-            u2[k] = 0.0
         hh = on_i * on_j  # M = H(b_i) H(b_j) E[x~ x~^T] = H(b_i) H(b_j) I
-        return (relu_i * relu_j, 0.0, 0.0, on_i * relu_j, 0.0, 0.0, on_j * relu_i,
-                hh, 0.0, 0.0, 0.0, 0.0, 0.0, hh,
-                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return ((BASIS_NONE, relu_i * relu_j, 0.0, 0.0, on_i * relu_j, 0.0, 0.0, on_j * relu_i)
+                + (hh, 0.0, 0.0, 0.0, 0.0, 0.0, hh) + _ZERO_BLOCK)
     if u == 0.0:
         # h_i = b_i: kappa = relu(b_i) E[relu(h_j)]; H = E[delta(b_i) ...] = 0 (b_i != 0; at
-        # b_i = 0 the particle is singular and relu''(0) = 0 is used).
+        # b_i = 0 the particle is singular and relu''(0) = 0 is used). Basis e = a_j / r_j.
         r_j = math.sqrt(v)
-        cdf, pdf, zz, mean_j = _relu_one_direction(a_j, r_j, b_j, d, u1, u2)
-        return (relu_i * mean_j, 0.0, on_i * cdf, on_i * mean_j,
-                0.0, relu_i * pdf / r_j, relu_i * cdf,
-                on_i * cdf, on_i * zz, 0.0, 0.0, on_i * pdf, 0.0, on_i * cdf,
-                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        cdf, pdf, zz, mean_j = _relu_one_direction(r_j, b_j)
+        return ((BASIS_J, relu_i * mean_j, 0.0, on_i * cdf, on_i * mean_j, 0.0, relu_i * pdf / r_j, relu_i * cdf)
+                + (on_i * cdf, on_i * zz, 0.0, 0.0, on_i * pdf, 0.0, on_i * cdf) + _ZERO_BLOCK)
     r_i = math.sqrt(u)
     if v == 0.0:
-        # h_j = b_j: H = relu(b_j) E[delta(h_i) x~ x~^T], M = H(b_j) E[H(h_i) x~ x~^T].
-        cdf, pdf, zz, mean_i = _relu_one_direction(a_i, r_i, b_i, d, u1, u2)
+        # h_j = b_j: H = relu(b_j) E[delta(h_i) x~ x~^T], M = H(b_j) E[H(h_i) x~ x~^T]; e = a_i / r_i.
+        cdf, pdf, zz, mean_i = _relu_one_direction(r_i, b_i)
         beta_i = _clip(b_i / r_i, _RATIO_CLIP)
         k_r = relu_j * pdf / r_i
-        return (relu_j * mean_i, k_r, 0.0, relu_j * cdf,
-                on_j * cdf, 0.0, on_j * mean_i,
-                on_j * cdf, on_j * zz, 0.0, 0.0, on_j * pdf, 0.0, on_j * cdf,
-                k_r, k_r * (beta_i * beta_i - 1.0), 0.0, 0.0, -beta_i * k_r, 0.0, k_r)
+        return ((BASIS_I, relu_j * mean_i, k_r, 0.0, relu_j * cdf, on_j * cdf, 0.0, on_j * mean_i)
+                + (on_j * cdf, on_j * zz, 0.0, 0.0, on_j * pdf, 0.0, on_j * cdf)
+                + (k_r, k_r * (beta_i * beta_i - 1.0), 0.0, 0.0, -beta_i * k_r, 0.0, k_r))
     r_j = math.sqrt(v)
-    p = _dot(a_i, a_j, d)
-    y2 = _perpendicular(a_i, a_j, d, p, u, u2)
     t = math.sqrt(y2)
-    for k in range(d):
-        u1[k] = a_i[k] / r_i
-        if t > 0.0:
-            u2[k] = u2[k] / t
-        else:
-            u2[k] = 0.0
     beta_i = _clip(b_i / r_i, _RATIO_CLIP)
     beta_j = _clip(b_j / r_j, _RATIO_CLIP)
     if t > 0.0:
@@ -306,7 +292,7 @@ def _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2):
     gb = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
     rb = b_i * P + r_i * pdf_i * cdf_gj + rho * r_i * pdf_j * cdf_gi
     m_c = s_pdf_gi - rho * beta_j * cdf_gi
-    return (kappa, KR0, P, gb, P, pdf_j / r_j * R0_rev, rb,
+    return (BASIS_PLANE if t > 0.0 else BASIS_I, kappa, KR0, P, gb, P, pdf_j / r_j * R0_rev, rb,
             P, -beta_i * pdf_i * cdf_gj + rho * pdf_j * m_c, s * pdf_j * m_c,
             -pdf_j * (s * s * beta_j * cdf_gi + rho * s_pdf_gi),
             pdf_i * cdf_gj + rho * pdf_j * cdf_gi, s * pdf_j * cdf_gi, P,
@@ -315,16 +301,8 @@ def _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2):
 
 
 @njit(cache=True)
-def _gaussian_cdf_pair_blocks(a_i, a_j, b_i, b_j, d, erf_form, u1, u2):
-    """kappa, both gradients and the blocks M, H for sigma = Phi or erf(z/sqrt 2) (module
-    docstring); u1 = a_i, u2 = a_j."""
-    u = _dot(a_i, a_i, d)
-    v = _dot(a_j, a_j, d)
-    p = _dot(a_i, a_j, d)
-    uy2 = _perpendicular(a_i, a_j, d, p, u, u2) * u if u > 0.0 else 0.0  # u v - p^2 >= 0
-    for k in range(d):
-        u1[k] = a_i[k]
-        u2[k] = a_j[k]
+def _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, erf_form):
+    """sigma = Phi or erf(z/sqrt 2) from the pair's scalars (module docstring); basis (a_i, a_j)."""
     ni2 = 1.0 + u
     nj2 = 1.0 + v
     n_i = math.sqrt(ni2)
@@ -332,7 +310,7 @@ def _gaussian_cdf_pair_blocks(a_i, a_j, b_i, b_j, d, erf_form, u1, u2):
     x = b_i / n_i
     y = b_j / n_j
     q = min(max(p / (n_i * n_j), -1.0), 1.0)
-    S2 = (1.0 + u + v + uy2) / (ni2 * nj2)  # 1 - q^2 without cancellation; > 0
+    S2 = (1.0 + u + v + u * y2) / (ni2 * nj2)  # 1 - q^2 without cancellation (u v - p^2 = u y2); > 0
     S = math.sqrt(S2)
     zy = (y - q * x) / S
     zx = (x - q * y) / S
@@ -376,45 +354,92 @@ def _gaussian_cdf_pair_blocks(a_i, a_j, b_i, b_j, d, erf_form, u1, u2):
     G31 = f * psi_xx / (ni2 * n_i * n_j)
     G22 = f * psi_xy / (ni2 * nj2)
     G13 = f * psi_yy / (n_i * nj2 * n_j)
-    return (kappa, G20, G11, G10, G11, G02, G01,
+    return (BASIS_A, kappa, G20, G11, G10, G11, G02, G01,
             G11, G31, G22, G13, G21, G12, G11,
             G20, G40, G31, G22, G30, G21, G20)
 
 
 @njit(cache=True)
-def _pair_blocks(a_i, a_j, b_i, b_j, d, code, u1, u2):
-    """Everything the Hessian needs from one pair (w_i, w_j).
+def _pair_scalars(p, u, v, y2, b_i, b_j, code):
+    """Everything the Hessian needs from one pair (w_i, w_j), from its scalars.
 
     Parameters
     ----------
-    a_i, a_j : ndarray, shape (d,), float64
+    p, u, v : float
+        a_i . a_j, |a_i|^2, |a_j|^2.
+    y2 : float
+        |y|^2, y = a_j - (p / u) a_i, computed entry by entry (``_geometry``); 0 when u = 0.
     b_i, b_j : float
-    d : int
     code : int
         RELU, ERF, NORMAL_CDF or LINEAR.
-    u1, u2 : ndarray, shape (d,), float64, output
-        The two vectors of the block representation (module docstring).
 
     Returns
     -------
-    tuple of 21 floats
-        kappa; (f_i, f_j, f_b) with grad_1 kappa = (f_i a_i + f_j a_j, f_b); (r_i, r_j, r_b)
-        with grad_2 kappa = (r_i a_i + r_j a_j, r_b); M as (z0, z11, z12, z22, v1, v2, zb);
-        H likewise.
+    tuple of an int and 21 floats
+        The basis kind (``BASIS_*``: how u1, u2 are made from a_i, a_j); kappa; (f_i, f_j, f_b)
+        with grad_1 kappa = (f_i a_i + f_j a_j, f_b); (r_i, r_j, r_b) with grad_2 kappa =
+        (r_i a_i + r_j a_j, r_b); M as (z0, z11, z12, z22, v1, v2, zb); H likewise.
     """
     if code == RELU:
-        return _relu_pair_blocks(a_i, a_j, b_i, b_j, d, u1, u2)
+        return _relu_pair_scalars(p, u, v, y2, b_i, b_j)
     if code == ERF:
-        return _gaussian_cdf_pair_blocks(a_i, a_j, b_i, b_j, d, True, u1, u2)
+        return _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, True)
     if code == NORMAL_CDF:
-        return _gaussian_cdf_pair_blocks(a_i, a_j, b_i, b_j, d, False, u1, u2)
+        return _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, False)
     # linear: kappa = a_i . a_j + b_i b_j, M = I, H = 0
+    return ((BASIS_A, p + b_i * b_j, 0.0, 1.0, b_j, 1.0, 0.0, b_i)
+            + (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0) + _ZERO_BLOCK)
+
+
+@njit(cache=True)
+def _geometry(a_i, a_j, d, u, v):
+    """(p, y2) of a pair: p = a_i . a_j and |y|^2 with y = a_j - (p / u) a_i entry by entry (so
+    that s = |y| / |a_j| keeps its relative accuracy near collinear pairs); y2 = 0 if u or v is 0."""
+    p = _dot(a_i, a_j, d)
+    y2 = 0.0
+    if u > 0.0 and v > 0.0:
+        lam = p / u
+        for k in range(d):
+            yk = a_j[k] - lam * a_i[k]
+            y2 += yk * yk
+    return p, y2
+
+
+@njit(cache=True)
+def _basis(kind, a_i, a_j, d, p, u, v, y2, u1, u2):
+    """Fill u1, u2 (length d) for the basis ``kind`` of a pair (``BASIS_*``)."""
+    r_i = math.sqrt(u)
+    r_j = math.sqrt(v)
+    t = math.sqrt(y2)
+    lam = p / u if u > 0.0 else 0.0
     for k in range(d):
-        u1[k] = a_i[k]
-        u2[k] = a_j[k]
-    return (_dot(a_i, a_j, d) + b_i * b_j, 0.0, 1.0, b_j, 1.0, 0.0, b_i,
-            1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0,
-            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        if kind == BASIS_A:
+            u1[k] = a_i[k]
+            u2[k] = a_j[k]
+        elif kind == BASIS_PLANE:
+            u1[k] = a_i[k] / r_i
+            u2[k] = (a_j[k] - lam * a_i[k]) / t
+        elif kind == BASIS_J:
+            u1[k] = a_j[k] / r_j
+            u2[k] = 0.0
+        elif kind == BASIS_I:
+            u1[k] = a_i[k] / r_i
+            u2[k] = 0.0
+        else:
+            u1[k] = 0.0
+            u2[k] = 0.0
+
+
+@njit(cache=True)
+def _pair_blocks(a_i, a_j, b_i, b_j, d, code, u1, u2):
+    """``_pair_scalars`` of the pair (a_i, b_i), (a_j, b_j) with its basis filled into u1, u2;
+    returns the 21 numbers (no kind)."""
+    u = _dot(a_i, a_i, d)
+    v = _dot(a_j, a_j, d)
+    p, y2 = _geometry(a_i, a_j, d, u, v)
+    values = _pair_scalars(p, u, v, y2, b_i, b_j, code)
+    _basis(values[0], a_i, a_j, d, p, u, v, y2, u1, u2)
+    return values[1:]
 
 
 @njit(cache=True)
@@ -568,61 +593,173 @@ def _bias_hessian(W, teacher, activation_code, s, inv_alpha, train_bias, train_r
     return _singular_flags(W, activation_code, train_readout, flags)
 
 
+@njit(cache=True)
+def _project(kind, ai_v, aj_v, y_v, r_i, r_j, t):
+    """(u1 . v, u2 . v) for the basis ``kind`` from a_i . v, a_j . v and y . v (y . v from the
+    entries of y, so that u2 . v = y . v / |y| keeps its accuracy near collinear pairs)."""
+    if kind == BASIS_A:
+        return ai_v, aj_v
+    if kind == BASIS_PLANE:
+        return ai_v / r_i, y_v / t
+    if kind == BASIS_J:
+        return aj_v / r_j, 0.0
+    if kind == BASIS_I:
+        return ai_v / r_i, 0.0
+    return 0.0, 0.0
+
+
+@njit(cache=True)
+def _lift(kind, P1, P2, r_i, r_j, t, lam):
+    """(coefficient of a_i, coefficient of a_j) of u1 P1 + u2 P2 for the basis ``kind``.
+
+    For BASIS_PLANE, u2 = (a_j - lam a_i) / |y|: P2 / |y| is bounded (the e2 coefficients carry a
+    factor s = |y| / |a_j|, and u2 . v is at most |v|), so the split costs no accuracy.
+    """
+    if kind == BASIS_A:
+        return P1, P2
+    if kind == BASIS_PLANE:
+        q = P2 / t
+        return P1 / r_i - lam * q, q
+    if kind == BASIS_J:
+        return 0.0, P1 / r_j
+    if kind == BASIS_I:
+        return P1 / r_i, 0.0
+    return 0.0, 0.0
+
+
+@njit(cache=True)
+def _block_product(kind, z0, z11, z12, z22, v1, v2, zb, ai_v, aj_v, y_v, vb, r_i, r_j, t, lam):
+    """B (v, vb) as (coefficient of a_i, of a_j, of v itself, b component), from dot products."""
+    x1, x2 = _project(kind, ai_v, aj_v, y_v, r_i, r_j, t)
+    P1 = z11 * x1 + z12 * x2 + v1 * vb
+    P2 = z12 * x1 + z22 * x2 + v2 * vb
+    c_i, c_j = _lift(kind, P1, P2, r_i, r_j, t, lam)
+    return c_i, c_j, z0, v1 * x1 + v2 * x2 + zb * vb
+
+
 @njit(cache=True, parallel=True)
 def _bias_hessian_vector_product(W, teacher, activation_code, s, inv_alpha, train_bias, train_readout, V, out):
-    """Body of :func:`bias_closed_form_hessian_vector_product`; returns the number of singular particles."""
+    """Body of :func:`bias_closed_form_hessian_vector_product`; returns the number of singular particles.
+
+    Every term of (H V)_{w_i} is a combination of a_i, V_ai, a_j and V_aj: per pair, one pass
+    for the dot products a_i . a_j, a_i . V_aj, a_j . V_ai, one for y = a_j - lam a_i (|y|^2,
+    y . V_aj, y . V_ai, entry by entry), the block products in scalars, and one pass adding
+    c_j a_j + d_j V_aj; the a_i and V_ai terms are summed as scalars and added once.
+    """
     m, p = W.shape
     d = p - 2
     n_teacher = teacher.shape[0]
     s2 = s * s
+    norms = np.empty(m)  # |a_j|^2
+    self_dots = np.empty(m)  # a_j . V_aj
+    for j in range(m):
+        norms[j] = _dot(W[j], W[j], d)
+        self_dots[j] = _dot(W[j], V[j], d)
+    teacher_norms = np.empty(n_teacher)
+    for t_ in range(n_teacher):
+        teacher_norms[t_] = _dot(teacher[t_], teacher[t_], d)
     for i in prange(m):
-        u1 = np.empty(d)
-        u2 = np.empty(d)
-        acc = np.zeros(d + 1)
+        acc = np.zeros(d)
         a_i = W[i, :d]
         b_i = W[i, d]
         c_i = W[i, d + 1]
         va_i = V[i, :d]
         vb_i = V[i, d] if train_bias else 0.0
         vc_i = V[i, d + 1] if train_readout else 0.0
-        ai_vi = _dot(a_i, va_i, d)
+        u = norms[i]
+        r_i = math.sqrt(u)
+        ai_vi = self_dots[i]
+        coef_ai = 0.0  # of a_i in (H V)_{a_i}
+        coef_vi = 0.0  # of V_ai
+        acc_b = 0.0
         acc_c = 0.0
-        for j in range(m):
-            a_j = W[j, :d]
-            c_j = W[j, d + 1]
-            va_j = V[j, :d]
-            vb_j = V[j, d] if train_bias else 0.0
-            vc_j = V[j, d + 1] if train_readout else 0.0
-            (kappa, f_i, f_j, f_b, q_i, q_j, q_b, m0, m11, m12, m22, mv1, mv2, mb,
-             h0, h11, h12, h22, hv1, hv2, hb) = _pair_blocks(a_i, a_j, b_i, W[j, d], d, activation_code, u1, u2)
-            w = s2 * c_i * c_j
-            _apply_block(acc, w, u1, u2, d, m0, m11, m12, m22, mv1, mv2, mb, va_j, vb_j, train_bias)
-            _apply_block(acc, w, u1, u2, d, h0, h11, h12, h22, hv1, hv2, hb, va_i, vb_i, train_bias)
-            coef = s2 * (c_i * vc_j + c_j * vc_i)
-            if coef != 0.0:
+        for j in range(m + n_teacher):
+            teacher_pair = j >= m
+            if teacher_pair:
+                a_j = teacher[j - m, :d]
+                b_j = teacher[j - m, d]
+                c_j = teacher[j - m, d + 1]
+                v = teacher_norms[j - m]
+                va_j = va_i  # unused: no (a*, b*) variables
+                vb_j = 0.0
+                vc_j = 0.0
+                aj_vj = 0.0
+            else:
+                a_j = W[j, :d]
+                b_j = W[j, d]
+                c_j = W[j, d + 1]
+                v = norms[j]
+                va_j = V[j, :d]
+                vb_j = V[j, d] if train_bias else 0.0
+                vc_j = V[j, d + 1] if train_readout else 0.0
+                aj_vj = self_dots[j]
+            # pass 1: dot products
+            pdot = 0.0
+            ai_vj = 0.0
+            aj_vi = 0.0
+            for k in range(d):
+                pdot += a_i[k] * a_j[k]
+                ai_vj += a_i[k] * va_j[k]
+                aj_vi += a_j[k] * va_i[k]
+            # pass 2: y = a_j - lam a_i entry by entry (relu's s, the erf / Phi 1 - q^2)
+            lam = pdot / u if u > 0.0 else 0.0
+            y2 = 0.0
+            y_vj = 0.0
+            y_vi = 0.0
+            if u > 0.0 and v > 0.0 and activation_code != LINEAR:
                 for k in range(d):
-                    acc[k] += coef * (f_i * a_i[k] + f_j * a_j[k])
-                acc[d] += coef * f_b
+                    yk = a_j[k] - lam * a_i[k]
+                    y2 += yk * yk
+                    y_vj += yk * va_j[k]
+                    y_vi += yk * va_i[k]
+            (kind, kappa, f_i, f_j, f_b, q_i, q_j, q_b, m0, m11, m12, m22, mv1, mv2, mb,
+             h0, h11, h12, h22, hv1, hv2, hb) = _pair_scalars(pdot, u, v, y2, b_i, b_j, activation_code)
+            r_j = math.sqrt(v)
+            t = math.sqrt(y2)
+            coef_aj = 0.0  # of a_j (a*_t for a teacher pair)
+            coef_vj = 0.0  # of V_aj
+            if teacher_pair:
+                w = -s * inv_alpha * c_j
+                wh = w * c_i  # c_i H(w_i, w*_t) V_wi; the V_ci grad_1 kappa(w_i, w*_t) term
+                wg = w * vc_i
+            else:
+                w = s2 * c_i * c_j
+                wh = w
+                wg = s2 * (c_i * vc_j + c_j * vc_i)
+                if w != 0.0:
+                    # M(w_i, w_j) V_wj
+                    ci_, cj_, cv_, cb_ = _block_product(kind, m0, m11, m12, m22, mv1, mv2, mb, ai_vj, aj_vj, y_vj,
+                                                        vb_j, r_i, r_j, t, lam)
+                    coef_ai += w * ci_
+                    coef_aj += w * cj_
+                    coef_vj += w * cv_
+                    acc_b += w * cb_
+            if wh != 0.0:
+                # H(w_i, w_j) V_wi
+                ci_, cj_, cv_, cb_ = _block_product(kind, h0, h11, h12, h22, hv1, hv2, hb, ai_vi, aj_vi, y_vi,
+                                                    vb_i, r_i, r_j, t, lam)
+                coef_ai += wh * ci_
+                coef_aj += wh * cj_
+                coef_vi += wh * cv_
+                acc_b += wh * cb_
+            # gradient terms: (c_i V_cj + c_j V_ci) grad_1 kappa (students), V_ci grad_1 kappa(w_i, w*_t)
+            coef_ai += wg * f_i
+            coef_aj += wg * f_j
+            acc_b += wg * f_b
             if train_readout:
-                grad_dot_vi = f_i * ai_vi + f_j * _dot(a_j, va_i, d) + f_b * vb_i
-                grad2_dot_vj = q_i * _dot(a_i, va_j, d) + q_j * _dot(a_j, va_j, d) + q_b * vb_j
-                acc_c += s2 * (kappa * vc_j + c_j * (grad_dot_vi + grad2_dot_vj))
-        for t in range(n_teacher):
-            a_t = teacher[t, :d]
-            c_t = teacher[t, d + 1]
-            (_, f_i, f_j, f_b, _, _, _, _, _, _, _, _, _, _,
-             h0, h11, h12, h22, hv1, hv2, hb) = _pair_blocks(a_i, a_t, b_i, teacher[t, d], d, activation_code, u1, u2)
-            weight = -s * inv_alpha * c_t
-            _apply_block(acc, weight * c_i, u1, u2, d, h0, h11, h12, h22, hv1, hv2, hb, va_i, vb_i, train_bias)
-            if vc_i != 0.0:
+                grad_dot_vi = f_i * ai_vi + f_j * aj_vi + f_b * vb_i
+                if teacher_pair:
+                    acc_c += w * grad_dot_vi
+                else:
+                    grad2_dot_vj = q_i * ai_vj + q_j * aj_vj + q_b * vb_j
+                    acc_c += s2 * (kappa * vc_j + c_j * (grad_dot_vi + grad2_dot_vj))
+            # pass 3: the a_j and V_aj terms
+            if coef_aj != 0.0 or coef_vj != 0.0:
                 for k in range(d):
-                    acc[k] += weight * vc_i * (f_i * a_i[k] + f_j * a_t[k])
-                acc[d] += weight * vc_i * f_b
-            if train_readout:
-                acc_c += weight * (f_i * ai_vi + f_j * _dot(a_t, va_i, d) + f_b * vb_i)
+                    acc[k] += coef_aj * a_j[k] + coef_vj * va_j[k]
         for k in range(d):
-            out[i, k] = acc[k]
-        out[i, d] = acc[d] if train_bias else 0.0
+            out[i, k] = acc[k] + coef_ai * a_i[k] + coef_vi * va_i[k]
+        out[i, d] = acc_b if train_bias else 0.0
         out[i, d + 1] = acc_c if train_readout else 0.0
     flags = np.empty(m, dtype=np.bool_)
     return _singular_flags(W, activation_code, train_readout, flags)

@@ -392,3 +392,82 @@ def test_relu_blocks_near_coinciding_hyperplanes_against_mpmath(sign):
         H_ref, M_ref = reference(a_i, a_j, b_i, b_j)
         assert np.abs(assemble(values[14:21], u1, u2) - H_ref).max() <= 1e-15, s
         assert np.abs(assemble(values[7:14], u1, u2) - M_ref).max() <= 1e-15, s
+
+
+# ---------------------------------------------------------------------------------------
+# The landscape tools on the analytic Hessian, and their report of singular particles
+# ---------------------------------------------------------------------------------------
+
+class _AnalyticBiasProblem:
+    """A biased closed-form PopulationProblem with the analytic Hessian, as the wiring in
+    ``PopulationProblem`` will give it (``has_analytic_hessian``, ``hessian``,
+    ``hessian_vector_product``, ``hessian_singularities``); the rest is delegated."""
+
+    has_analytic_hessian = True
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.model = problem.model
+
+    def evaluate(self, W, points=None, out=None):
+        return self.problem.evaluate(W, points, out)
+
+    def hessian(self, W):
+        return _hessian(self.problem, np.asarray(W, dtype=np.float64))
+
+    def hessian_vector_product(self, W, V):
+        return _hvp(self.problem, np.asarray(W, dtype=np.float64), V)
+
+    def hessian_singularities(self, W):
+        return bias_hessian_singular_particles(W, self.model.activation_code, self.model.train_readout)
+
+
+def test_landscape_tools_on_the_analytic_hessian():
+    from meanfield import landscape
+    problem, rng = _problem("relu", seed=8, d=4)
+    W = _state(problem, rng, 6)
+    analytic = _AnalyticBiasProblem(problem)
+    H, error = landscape.hessian(analytic, W, return_error=True)
+    H_fd, error_fd = landscape.hessian(problem, W, return_error=True)  # finite differences
+    assert np.abs(H - H_fd).max() <= error_fd and error <= 1e-12 * np.abs(H).max()
+    values = np.linalg.eigvalsh(H)
+    for method in ("dense", "lanczos"):
+        spectrum = landscape.spectrum_extremes(analytic, W, method=method)
+        assert abs(spectrum.lambda_min - values[0]) <= 1e-8 * np.abs(values).max()
+        assert abs(spectrum.lambda_max - values[-1]) <= 1e-8 * np.abs(values).max()
+        assert spectrum.lambda_min_error < 1e-6
+
+
+def test_landscape_reports_particles_where_f_is_not_twice_differentiable():
+    from meanfield import landscape
+    problem, rng = _problem("relu", seed=9, d=3)
+    W = _state(problem, rng, 5)
+    W[2, :4] = 0.0
+    analytic = _AnalyticBiasProblem(problem)
+    with pytest.warns(RuntimeWarning, match=r"not twice differentiable at particles \[2\]"):
+        H, error = landscape.hessian(analytic, W, return_error=True)
+    assert np.isfinite(H).all() and error == math.inf
+    for method in ("dense", "lanczos"):
+        with pytest.warns(RuntimeWarning, match=r"particles \[2\]"):
+            spectrum = landscape.spectrum_extremes(analytic, W, method=method)
+        assert spectrum.lambda_min_error == math.inf and spectrum.lambda_max_error == math.inf
+    with pytest.warns(RuntimeWarning, match=r"particles \[2\]"):
+        _, error = landscape.hessian(analytic, W, method="finite_difference", return_error=True)
+    assert error == math.inf
+    # Neither a minimum nor a saddle can be claimed there.
+    with pytest.warns(RuntimeWarning):
+        point = landscape.classify(analytic, W, grad_tol=math.inf, risk_threshold=-1.0)
+    assert point.kind == "degenerate"
+
+
+def test_kernels_refuse_what_they_do_not_compute():
+    problem, rng = _problem("relu", seed=10)
+    W = _state(problem, rng, 3)
+    args = list(_arguments(problem, W))
+    args[2] = mf.kernels.ACTIVATION_CODES["sigmoid"]
+    with pytest.raises(ValueError, match="no closed form"):
+        bias_closed_form_hessian(*args, np.empty((15, 15)))
+    with pytest.raises(ValueError, match="shape"):
+        bias_closed_form_hessian(*_arguments(problem, W), np.empty((14, 14)))
+    with pytest.raises(TypeError, match="float64"):
+        bias_closed_form_hessian_vector_product(*_arguments(problem, W), W.astype(np.float32), np.empty_like(W))

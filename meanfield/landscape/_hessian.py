@@ -20,10 +20,19 @@ the reported error 1.9 to 2.7 times the actual one; the reported relative error 
 point was 2.7e-9 (relu closed form, m = 20, d = 6) and 1.0e-9 (erf); the relu kernel is only
 C^2 where a student is collinear with another neuron (a |theta|^3 term), where the truncation
 error is O(h): 9.3e-7 relative at the Safran-Shamir global minimum (students = teacher).
+
+Where F is not twice differentiable (a problem that says so through
+``problem.hessian_singularities(W)``, the particle indices; e.g. a relu particle with
+a_i = 0 and b_i = 0 in the closed forms), there is no Hessian to approximate: the matrix
+returned is the kernel's convention (or a finite difference across the kink), a
+``RuntimeWarning`` names the particles, and the reported error is inf (so is every
+eigenvalue's bound, and ``classify`` cannot call such a point a minimum or a saddle).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import warnings
 
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
@@ -43,6 +52,25 @@ def gradient(problem, W) -> np.ndarray:
     W = np.asarray(W)
     velocity = problem.evaluate(W).velocity
     return (-velocity[:, problem.model.trainable] / W.shape[0]).ravel().astype(np.float64)
+
+
+def singular_particles(problem, W) -> np.ndarray:
+    """Indices of the particles at which F is not twice differentiable, as the problem reports
+    them (``problem.hessian_singularities``; none for a problem without that method)."""
+    report = getattr(problem, "hessian_singularities", None)
+    if report is None:
+        return np.empty(0, dtype=np.int64)
+    return np.asarray(report(np.asarray(W)), dtype=np.int64).ravel()
+
+
+def _singular_error(problem, W) -> bool:
+    """True (after a warning naming them) when F has no Hessian at some particles of W."""
+    singular = singular_particles(problem, W)
+    if singular.size == 0:
+        return False
+    warnings.warn(f"F is not twice differentiable at particles {singular.tolist()} of W: the Hessian "
+                  "there is a convention, and its error is reported as inf", RuntimeWarning, stacklevel=3)
+    return True
 
 
 def _fd_step(W, mask) -> float:
@@ -77,7 +105,8 @@ def hessian(problem, W, method: str = "auto", return_error: bool = False):
         differences), ``"analytic"`` or ``"finite_difference"``.
     return_error : bool
         Also return an estimate of the spectral-norm error ||H - H_true||_2 (finite
-        differences: 2 ||H_h - H_2h||_2; analytic: n_var eps ||H||_2, rounding only).
+        differences: 2 ||H_h - H_2h||_2; analytic: n_var eps ||H||_2, rounding only; inf
+        where F is not twice differentiable, see the module docstring).
 
     Returns
     -------
@@ -92,14 +121,20 @@ def hessian(problem, W, method: str = "auto", return_error: bool = False):
     if method == "analytic" or (method == "auto" and analytic):
         H = np.asarray(problem.hessian(np.asarray(W)), dtype=np.float64)
         H = 0.5 * (H + H.T)
+        singular = _singular_error(problem, W)
         if not return_error:
             return H
+        if singular:
+            return H, float("inf")
         return H, float(H.shape[0] * EPS * np.linalg.norm(H, 2)) if H.size else 0.0
     W64, mask = _variables(problem, W)
     h = _fd_step(W64, mask)
     H = _fd_hessian(problem, W64, h)
+    singular = _singular_error(problem, W)
     if not return_error:
         return H
+    if singular:
+        return H, float("inf")
     H2 = _fd_hessian(problem, W64, 2 * h)
     return H, 2.0 * float(np.linalg.norm(H - H2, 2)) if H.size else 0.0
 
@@ -154,7 +189,8 @@ class Spectrum:
     lambda_min_error, lambda_max_error : float
         Error bounds: for the dense path the finite-difference (or rounding) error of the
         matrix (Weyl); for Lanczos, the residual |H u - lambda u| plus the finite-difference
-        error of the product at the eigenvector, 2 |(H_h - H_2h) u|.
+        error of the product at the eigenvector, 2 |(H_h - H_2h) u|. inf where F is not
+        twice differentiable at W (``problem.hessian_singularities``).
     method : str
         ``"dense"`` or ``"lanczos"``.
     vector_min : ndarray, shape (n_var,)
@@ -223,4 +259,6 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
             error += 2.0 * float(np.linalg.norm(Hu - coarse.matvec(u)))
         results.append((value, error, u))
     (low, low_error, u_low), (high, high_error, _) = results
+    if _singular_error(problem, W64):
+        low_error = high_error = float("inf")
     return Spectrum(low, high, low_error, high_error, "lanczos", u_low)
