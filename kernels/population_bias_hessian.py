@@ -105,6 +105,8 @@ from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU
 from .population_bias import _RATIO_CLIP, BIAS_CLOSED_FORM_CODES, _clip, _one_sided_ratio
 
 SQRT_HALF = 0.7071067811865476
+# |limit| beyond which Phi_2(h, k; rho) no longer changes in float64 (Phi(-40) = 4e-350).
+_PHI2_SATURATION = 40.0
 
 
 @njit(cache=True)
@@ -174,6 +176,10 @@ def _bivariate_cdf_s(h, k, rho, s):
     For |rho| < 0.925, s > 0.38 and rho's rounding is harmless: ``bivariate_normal_cdf``. Above,
     its own branch with the remainder taken at a2 = s^2 (``_upper_near_one_a2``).
     """
+    # Limits beyond +-40 change Phi_2 by at most Phi(-40) = 4e-350, nothing in float64, while
+    # Genz's remainder overflows for |h| ~ 1e4 (exp(-h k / 2) with h k << 0: NaN).
+    h = _clip(h, _PHI2_SATURATION)
+    k = _clip(k, _PHI2_SATURATION)
     if abs(rho) < 0.925:
         return bivariate_normal_cdf(h, k, rho)
     uh = -h
@@ -325,7 +331,8 @@ def _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, erf_form):
     psi_xx = (lx * lx - inv_S2) * psi
     psi_yy = (ly * ly - inv_S2) * psi
     psi_xy = (lx * ly + q * inv_S2) * psi
-    excess = bivariate_normal_excess(x, y, q)
+    # limits clipped where Phi_2 - Phi Phi is saturated (0 in float64; see _bivariate_cdf_s)
+    excess = bivariate_normal_excess(_clip(x, _PHI2_SATURATION), _clip(y, _PHI2_SATURATION), q)
     if erf_form:
         f = 4.0
         # Phi(z) - 1/2 = erf(z / sqrt 2) / 2, without cancellation for small z

@@ -177,8 +177,11 @@ def _edge_state(case, rng, d=3, m=6):
         W[1, d] = -5.0
         W[2, d] = 5.0
         W[2, :d] *= 0.5
-    elif case == "clipped_ratio":  # |b| / |a| beyond the clip at 50
+    elif case == "large_ratio":  # b / |a| = 90: relu(h_0) = h_0 but for 1e-1700
         W[0, :d] *= 1e-2 / np.linalg.norm(W[0, :d])
+        W[0, d] = 0.9
+    elif case == "huge_ratio":  # b / |a| = 9e5, a_0 nearly parallel to a_1 (|rho| > 0.925)
+        W[0, :d] = 1e-6 * (W[1, :d] / np.linalg.norm(W[1, :d]) + 0.1 * W[0, :d] / np.linalg.norm(W[0, :d]))
         W[0, d] = 0.9
     elif case == "duplicates_different_ratios":  # collinear a, different b / |a|
         W[1, :d] = 2.0 * W[0, :d]
@@ -197,7 +200,7 @@ def _edge_state(case, rng, d=3, m=6):
 # third derivatives jump): the central difference then errs by O(h), not O(h^2).
 C2_ONLY = {"rho_minus_one_coinciding_hyperplanes", "duplicates_equal_ratios"}
 EDGE_CASES = ("a_zero_b_positive", "a_zero_b_negative", "two_a_zero", "rho_minus_one",
-              "rho_minus_one_coinciding_hyperplanes", "large_bias", "clipped_ratio",
+              "rho_minus_one_coinciding_hyperplanes", "large_bias", "large_ratio", "huge_ratio",
               "duplicates_different_ratios", "duplicates_equal_ratios")
 
 
@@ -206,22 +209,27 @@ EDGE_CASES = ("a_zero_b_positive", "a_zero_b_negative", "two_a_zero", "rho_minus
 def test_hessian_at_edge_cases(activation, case):
     # Measured max relative error, 2026-12-02: at most 2e-10 everywhere except the relu cases
     # where two kink hyperplanes coincide (the central difference at h = 1e-7 errs by O(h):
-    # 2e-8 and 4e-8) and the clipped ratio (differences of the risk at h = 1e-4: 3e-8).
+    # 2e-8 and 4e-8) and the large ratio (differences of the risk at h = 1e-4: 3e-8).
     problem, rng = _problem(activation, seed=2)
     W = _edge_state(case, rng)
     H, count = _hessian(problem, W, with_count=True)
     assert count == 0 and np.isfinite(H).all()
     assert np.abs(H - H.T).max() <= 1e-14 * np.abs(H).max()
     c2_only = activation == "relu" and case in C2_ONLY
-    if activation == "relu" and case == "clipped_ratio":
-        # Reference: differences of the risk. The velocity's relu gradient (bias_pair's beta,
-        # commit 2a2c136) takes E[relu(h_j) | h_i = 0] from the clipped ratio, 50 r_j instead
-        # of b_j - rho r_j beta_i, once |b_j| / r_j > 50; the risk itself is right there.
+    if activation == "relu" and case == "large_ratio":
+        # Reference: differences of the risk, independent of the velocity's gradient formulas
+        # (whose relu bias force was wrong here while b / |a| was clipped at 50, before 93f88b3).
         reference = _fd_hessian_of_risk(problem, W, 1e-4)
-        assert _relative_error(H, reference) < 1e-6, _relative_error(H, reference)
+        tolerance = 1e-6
     else:
         reference = _fd_hessian(problem, W, 1e-7 if c2_only else 1e-5)
-        assert _relative_error(H, reference) < (3e-7 if c2_only else 1e-8), _relative_error(H, reference)
+        tolerance = 3e-7 if c2_only else 1e-8
+    if not np.isfinite(reference).all():
+        # The reference, not the Hessian (finite above): since 93f88b3 (ratios clipped at 1e18
+        # instead of 50) bivariate_normal_cdf returns NaN for |h| ~ 1e4 and |rho| >= 0.925
+        # (Genz's remainder overflows), and the velocity with it near a = 0.
+        pytest.xfail("velocity NaN: _gaussian.bivariate_normal_cdf overflows for |h| >~ 1e4, |rho| >= 0.925")
+    assert _relative_error(H, reference) < tolerance, _relative_error(H, reference)
     V = rng.standard_normal(W.shape)
     assert np.abs(_hvp(problem, W, V).ravel() - H @ V.ravel()).max() <= 1e-12 * np.abs(H).max()
 
