@@ -68,7 +68,11 @@ for two vectors (u1, u2) spanning span(a_i, a_j). Which two depends on the activ
   (|y| = 0) they vanish and the blocks are the limits of the formula, with the one-sided
   ratios of ``population_bias`` (0/0 counted as 0, i.e. Phi(0) = 1/2 where the hyperplanes
   coincide). |y| is computed entry by entry, so s is accurate near collinear pairs (from rho
-  it would carry an error of order sqrt(eps)). a_i = 0 or a_j = 0: h is the constant b, and
+  it would carry an error of order sqrt(eps)), and s is used throughout: 1 -+ rho = s^2 /
+  (1 +- rho) in the numerators of g_i, g_j, and P by Genz's |rho| >= 0.925 branch at
+  1 - rho^2 = s^2 (``_bivariate_cdf_s``; at the rounded rho, M erred by 2e-9 at s ~ 1e-8,
+  now 1e-16 against mpmath). The factor b_j - rho r_j beta_i of R0 keeps the raw bias (it is
+  linear in b_j, also where the ratio is clipped). a_i = 0 or a_j = 0: h is the constant b, and
   the same moments with one direction (e.g. M = H(b_i) [Phi(beta_j) I - beta_j phi(beta_j)
   e e^T, phi(beta_j) e; ., Phi(beta_j)] with e = a_j / r_j).
 
