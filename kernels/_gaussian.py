@@ -88,13 +88,18 @@ def _excess_small_rho(h, k, rho):
 
 
 @njit(cache=True)
-def _upper_near_one(h, k, rho):
-    """Genz's remainder for |rho| >= 0.925: P(X > h, Y > k) = Phi(-max(h, k)) - this / 2 pi
-    (rho > 0), with k and hk already reflected for rho < 0. Zero at |rho| = 1."""
+def _upper_near_one(h, k, a2):
+    """Genz's remainder for |rho| >= 0.925: P(X > h, Y > k) = Phi(-max(h, k)) - this
+    (rho > 0), with k already reflected for rho < 0; a2 = 1 - rho^2 (zero at |rho| = 1).
+
+    a2 is an argument, not computed from rho, so that a caller who knows s = sqrt(1 - rho^2)
+    to full relative accuracy (from the component of one weight vector orthogonal to the
+    other) can pass s^2: 1 - rho^2 from a rounded rho carries an absolute error of eps, the
+    whole of s^2 at s ~ 1e-8, and Phi_2 then errs by about phi(h) s.
+    """
     one = like(h, 1.0)
     half = like(h, 0.5)
     hk = h * k
-    a2 = (one - rho) * (one + rho)
     if a2 <= like(h, 0.0):
         return like(h, 0.0)
     a = math.sqrt(a2)
@@ -123,6 +128,35 @@ def _upper_near_one(h, k, rho):
 
 
 @njit(cache=True)
+def _saturate(x):
+    """x clipped to [-40, 40]: Phi(-40) = 4e-350 is 0 in float64 (and float32), so Phi_2 does
+    not change, while Genz's remainder overflows (exp(-h k / 2) with h k << 0) for |h| ~ 1e4."""
+    bound = like(x, 40.0)
+    return min(max(x, -bound), bound)
+
+
+@njit(cache=True)
+def bivariate_normal_cdf_s(h, k, rho, s):
+    """Phi_2(h, k; rho) with s = sqrt(1 - rho^2) given to full relative accuracy (used for
+    |rho| >= 0.925 only; see ``_upper_near_one``). Same arguments otherwise as
+    :func:`bivariate_normal_cdf`."""
+    zero = like(h, 0.0)
+    h = _saturate(h)
+    k = _saturate(k)
+    if abs(rho) < like(h, 0.925):
+        return normal_cdf(h) * normal_cdf(k) + _excess_small_rho(h, k, rho)
+    # Genz works with the upper orthant P(X > -h, Y > -k) = Phi_2(h, k; rho).
+    uh = -h
+    uk = -k
+    if rho < zero:
+        uk = -uk
+    remainder = _upper_near_one(uh, uk, s * s)
+    if rho > zero:
+        return normal_cdf(-max(uh, uk)) - remainder
+    return max(zero, normal_cdf(-uh) - normal_cdf(-uk)) + remainder
+
+
+@njit(cache=True)
 def bivariate_normal_cdf(h, k, rho):
     """Phi_2(h, k; rho) = P(Z_1 < h, Z_2 < k) for standard normals with correlation rho.
 
@@ -136,18 +170,8 @@ def bivariate_normal_cdf(h, k, rho):
     Genz's algorithm (module docstring); absolute error about 1e-16 in float64 (about 1e-7 in
     float32), rho = +-1 exactly included (then the probability of an interval of one normal).
     """
-    zero = like(h, 0.0)
-    if abs(rho) < like(h, 0.925):
-        return normal_cdf(h) * normal_cdf(k) + _excess_small_rho(h, k, rho)
-    # Genz works with the upper orthant P(X > -h, Y > -k) = Phi_2(h, k; rho).
-    uh = -h
-    uk = -k
-    if rho < zero:
-        uk = -uk
-    remainder = _upper_near_one(uh, uk, abs(rho))
-    if rho > zero:
-        return normal_cdf(-max(uh, uk)) - remainder
-    return max(zero, normal_cdf(-uh) - normal_cdf(-uk)) + remainder
+    one = like(h, 1.0)
+    return bivariate_normal_cdf_s(h, k, rho, math.sqrt(max((one - rho) * (one + rho), like(h, 0.0))))
 
 
 @njit(cache=True)

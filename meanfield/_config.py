@@ -58,6 +58,7 @@ import numpy as np
 
 from . import kernels
 from ._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
+from ._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
 from ._run import SPACINGS
 
 
@@ -642,11 +643,13 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             if problem[name] is not None:
                 fail("problem", name, 'only for kind = "finite_data"')
         pair_ok = problem["loss"] == "squared" and teacher["activation"] == model["activation"]
-        closed_ok = (pair_ok and model["activation"] in ("relu", "erf", "linear") and not model["bias"]
-                     and not teacher["bias"])
+        with_bias = model["bias"] or teacher["bias"]
+        closed_ok = pair_ok and model["activation"] in (
+            BIAS_CLOSED_FORM_ACTIVATIONS if with_bias else CLOSED_FORM_ACTIVATIONS)
         if problem["method"] == "closed_form" and not closed_ok:
-            fail("problem", "method", '"closed_form" needs the squared loss, no bias in student or teacher, '
-                                      "and the same relu, erf or linear activation in both")
+            fail("problem", "method", '"closed_form" needs the squared loss and the same activation in student '
+                                      f"and teacher, one of {', '.join(BIAS_CLOSED_FORM_ACTIVATIONS)} "
+                                      f"({', '.join(CLOSED_FORM_ACTIVATIONS)} without bias)")
         if problem["method"] == "quadrature" and not pair_ok:
             fail("problem", "method", '"quadrature" needs the squared loss and the teacher activation equal '
                                       "to the model's")

@@ -486,3 +486,49 @@ def test_small_correlation_series_matches_the_exact_formulas(name, dtype, tol):
     scale = per_pair.sum() * (1.0 + np.abs(W[:, :d + 1]).max()) ** 2
     assert np.abs(out[True][0] - out[False][0]).max() <= tol * scale
     assert np.abs(out[True][1] - out[False][1]).max() <= tol * scale
+
+
+def test_nearly_collinear_relu_pair_force_is_accurate():
+    # a_j = 2 a_i + delta u (u orthogonal to a_i), b_j = 2 b_i: sin(theta) = delta / |a_j| ~ 5e-9,
+    # while 1 - rho rounds to 0 or 1e-16 and s from rho is 0 or ~1e-8: alpha = Phi_2(beta, beta;
+    # rho) and beta are each off by ~1e-9, but G_0 = alpha a_j + beta a_i = (2 alpha + beta) a_i
+    # + alpha delta u needs only 2 alpha + beta to full accuracy (the u part is O(delta)), and
+    # their errors cancel there (measured: 0.75298033033878 both ways). References, with
+    # Z_2 = rho Z_1 + s V and s, rho from the construction: alpha = E_V[Phi(min(beta_i,
+    # (beta_j - s V) / rho))], beta = E[delta(h_i) relu(h_j)] in closed form given s, and the
+    # bias force E[H(h_i) relu(h_j)] = r_j rho E_V[phi(m) + c Phi(-m)], c = (s V + beta_j) / rho,
+    # m = max(-beta_i, -c) (insensitive to s: a check of the rest); 1-D quadratures with one kink.
+    rng = np.random.default_rng(12)
+    d = 6
+    for trial in range(4):
+        a_i = rng.normal(size=d)
+        u = rng.normal(size=d)
+        u -= (u @ a_i) / (a_i @ a_i) * a_i
+        u /= np.linalg.norm(u)
+        delta = 1e-8 * np.linalg.norm(a_i)
+        a_j = 2.0 * a_i + delta * u
+        b_i = rng.uniform(-1.0, 1.0)
+        W = np.zeros((2, d + 2))
+        W[0, :d], W[0, d], W[0, d + 1] = a_i, b_i, 0.0
+        W[1, :d], W[1, d], W[1, d + 1] = a_j, 2.0 * b_i, 1.0
+        K, G = np.empty(2), np.empty((2, d + 1))
+        kernels.bias_pair_field(W, W, CODES["relu"], K, G, trial % 2 == 0)
+        r_i, r_j = np.linalg.norm(a_i), np.linalg.norm(a_j)
+        s = delta / r_j
+        rho = math.sqrt((1.0 - s) * (1.0 + s))
+        beta_i, beta_j = b_i / r_i, 2.0 * b_i / r_j
+
+        def integrand(v):
+            c = (s * v + beta_j) / rho
+            low = max(-beta_i, -c)
+            return npdf(v) * (npdf(low) + c * ndtr(-low))
+
+        kink = (rho * beta_i - beta_j) / s
+        value, _ = quad(integrand, -40.0, 40.0, epsabs=1e-17, epsrel=1e-14, limit=500,
+                        points=[kink] if abs(kink) < 40 else None)
+        assert G[0, d] == pytest.approx(r_j * rho * value, rel=1e-12, abs=1e-14), trial
+        alpha, _ = quad(lambda v: npdf(v) * ndtr(min(beta_i, (beta_j - s * v) / rho)), -40.0, 40.0, epsabs=1e-17,
+                        epsrel=1e-14, limit=500, points=[-kink] if abs(kink) < 40 else None)
+        gamma = (beta_j - rho * beta_i) / s
+        beta = npdf(beta_i) * r_j / r_i * (s * npdf(gamma) + (beta_j - rho * beta_i) * ndtr(gamma))
+        assert G[0, :d] @ a_i / (a_i @ a_i) == pytest.approx(2.0 * alpha + beta, rel=1e-13), trial
