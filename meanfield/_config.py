@@ -643,7 +643,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             if problem[name] is not None:
                 fail("problem", name, 'only for kind = "finite_data"')
         pair_ok = problem["loss"] == "squared" and teacher["activation"] == model["activation"]
-        with_bias = model["bias"] or teacher["bias"]
+        with_bias = model["bias"] or teacher["bias"] or model["activation"] not in CLOSED_FORM_ACTIVATIONS
         closed_ok = pair_ok and model["activation"] in (
             BIAS_CLOSED_FORM_ACTIVATIONS if with_bias else CLOSED_FORM_ACTIVATIONS)
         if problem["method"] == "closed_form" and not closed_ok:

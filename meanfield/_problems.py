@@ -136,6 +136,11 @@ class Problem:
         # differences of the gradient when ``has_analytic_hessian`` is False.
         raise NotImplementedError(f"{type(self).__name__} ({self.method}) has no analytic Hessian")
 
+    def hessian_singularities(self, W) -> np.ndarray:
+        """Indices of the particles at which F is not twice differentiable (``meanfield.landscape``
+        then reports an infinite Hessian error); empty where F is, or where the problem cannot tell."""
+        return np.empty(0, dtype=np.int64)
+
     def _hessian_arrays(self, W, V=None):
         W = np.ascontiguousarray(self.model.check_state(W), dtype=np.float64)
         if V is None:
@@ -327,8 +332,10 @@ class PopulationProblem(Problem):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         pair_ok = loss == "squared" and teacher.activation == model.activation
-        # Bias-free problems keep the bias-free kernels (bitwise the same runs as before).
-        self.with_bias = bool(model.bias or teacher.has_bias)
+        # Whether the closed forms with biases (kernels.bias_pair_field) apply: biases in student
+        # or teacher, or an activation whose only closed form is that one (normal_cdf).
+        # Bias-free relu, erf and linear keep the bias-free kernels (bitwise the same runs).
+        self.with_bias = bool(model.bias or teacher.has_bias or model.activation not in CLOSED_FORM_ACTIVATIONS)
         closed_ok = pair_ok and model.activation in (
             BIAS_CLOSED_FORM_ACTIVATIONS if self.with_bias else CLOSED_FORM_ACTIVATIONS)
         if method == "auto":
@@ -418,16 +425,32 @@ class PopulationProblem(Problem):
 
     @property
     def has_analytic_hessian(self) -> bool:
-        """True in closed form without bias (relu, erf, linear; relu away from a_i = 0) and for
-        Monte Carlo (the empirical Hessian of the fixed sample); the closed forms with biases and
-        quadrature have none (finite differences of the exact velocity)."""
-        return self.method == "monte_carlo" or (self.method == "closed_form" and not self.with_bias)
+        """True in closed form (relu, erf, linear without bias: ``kernels.closed_form_hessian``;
+        relu, erf, normal CDF, linear with biases: ``kernels.bias_closed_form_hessian``) and for
+        Monte Carlo (the empirical Hessian of the fixed sample); quadrature has none (finite
+        differences of the velocity). relu has no Hessian at a particle with a_i = 0 and
+        b_i = 0: see :meth:`hessian_singularities`."""
+        return self.method in ("monte_carlo", "closed_form")
 
     def _closed_form_arguments(self, W):
         m = W.shape[0]
         teacher = np.ascontiguousarray(self.teacher.W, dtype=np.float64)
-        return (W, teacher, self.model.activation_code, self.model.output_scale(m),
-                1.0 / self.model.alpha_value(m), self.model.train_readout)
+        arguments = (W, teacher, self.model.activation_code, self.model.output_scale(m),
+                     1.0 / self.model.alpha_value(m))
+        if self.with_bias:  # the bias kernels take whether b is a variable (Model.trainable)
+            return arguments + (self.model.bias, self.model.train_readout)
+        return arguments + (self.model.train_readout,)
+
+    def hessian_singularities(self, W) -> np.ndarray:
+        """Particles at which F is not twice differentiable: in closed form with biases, relu
+        particles with a_i = 0 and b_i = 0 that enter F (``kernels.bias_hessian_singular_particles``;
+        their rows and columns of :meth:`hessian` are 0, the convention relu'(0) = relu''(0) = 0
+        of the velocity). Duplicated particles are not singular (the pair term is C^2 there)."""
+        if self.method != "closed_form" or not self.with_bias:
+            return super().hessian_singularities(W)
+        return kernels.bias_hessian_singular_particles(
+            np.ascontiguousarray(self.model.check_state(W), dtype=np.float64), self.model.activation_code,
+            self.model.train_readout)
 
     def hessian(self, W) -> np.ndarray:
         W, _ = self._hessian_arrays(W)
@@ -437,7 +460,8 @@ class PopulationProblem(Problem):
             return super().hessian(W)
         n_var = W.shape[0] * int(self.model.trainable.sum())
         H = np.empty((n_var, n_var))
-        kernels.closed_form_hessian(*self._closed_form_arguments(W), H)
+        kernel = kernels.bias_closed_form_hessian if self.with_bias else kernels.closed_form_hessian
+        kernel(*self._closed_form_arguments(W), H)
         return H
 
     hessian.__doc__ = Problem.hessian.__doc__
@@ -449,7 +473,9 @@ class PopulationProblem(Problem):
         if not self.has_analytic_hessian:
             return super().hessian_vector_product(W, V)
         out = np.empty_like(W)
-        kernels.closed_form_hessian_vector_product(*self._closed_form_arguments(W), V, out)
+        kernel = (kernels.bias_closed_form_hessian_vector_product if self.with_bias
+                  else kernels.closed_form_hessian_vector_product)
+        kernel(*self._closed_form_arguments(W), V, out)
         return out
 
     hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__

@@ -532,3 +532,36 @@ def test_nearly_collinear_relu_pair_force_is_accurate():
         gamma = (beta_j - rho * beta_i) / s
         beta = npdf(beta_i) * r_j / r_i * (s * npdf(gamma) + (beta_j - rho * beta_i) * ndtr(gamma))
         assert G[0, :d] @ a_i / (a_i @ a_i) == pytest.approx(2.0 * alpha + beta, rel=1e-13), trial
+
+
+@pytest.mark.parametrize("name", tuple(CODES))
+def test_problem_hessian_is_the_derivative_of_the_velocity(name):
+    # Through the problem API (kernels.bias_closed_form_hessian is tested in detail in
+    # tests/test_population_bias_hessian.py): H = -(1/m) d v / d x by central differences.
+    problem, W, _ = biased_problem(name, d=3, k=2, m=4, seed=6)
+    assert problem.has_analytic_hessian
+    model = problem.model
+    mask = model.trainable
+    m = W.shape[0]
+    H = problem.hessian(W)
+    n_loc = int(mask.sum())
+    h = 1e-6
+    fd = np.empty_like(H)
+    for i in range(m):
+        for col, t in enumerate(np.flatnonzero(mask)):
+            E = np.zeros_like(W)
+            E[i, t] = h
+            dv = (problem.evaluate(W + E).velocity - problem.evaluate(W - E).velocity) / (2 * h)
+            fd[:, i * n_loc + col] = -dv[:, mask].ravel() / m
+    assert np.allclose(H, fd, rtol=1e-6, atol=1e-7 * np.abs(H).max())
+    V = np.random.default_rng(1).normal(size=W.shape)
+    Hv = problem.hessian_vector_product(W, V)
+    assert np.allclose(Hv[:, mask].ravel(), H @ V[:, mask].ravel(), rtol=1e-12, atol=1e-12 * np.abs(H).max())
+    assert len(problem.hessian_singularities(W)) == 0
+
+
+def test_relu_particle_at_the_origin_is_reported_as_singular():
+    problem, W, _ = biased_problem("relu", d=3, k=2, m=4, seed=6)
+    W[2, :problem.model.d + 1] = 0.0  # a = 0 and b = 0: relu(a . x + b) has no second derivative there
+    assert list(problem.hessian_singularities(W)) == [2]
+    assert np.isfinite(problem.hessian(W)).all()
