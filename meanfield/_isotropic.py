@@ -46,6 +46,8 @@ from ._problems import Evaluation, Problem, _gauss_hermite, pair_objective, pair
 
 ISOTROPIC_METHODS = ("auto", "closed_form", "quadrature", "hermite")
 ISOTROPIC_CLOSED_FORM = ("relu", "erf", "linear")
+# With biases (or normal_cdf): the pair kernels of kernels.bias_pair_field and V in closed form.
+ISOTROPIC_BIAS_CLOSED_FORM = ("relu", "erf", "normal_cdf", "linear")
 # sigma - sigma(0) odd: V = 0 without bias.
 ODD_ACTIVATIONS = ("sigmoid", "tanh", "erf", "linear")
 INV_SQRT_2PI = 0.3989422804014327
@@ -196,7 +198,9 @@ class IsotropicProblem(Problem):
         relu, erf, linear without bias: the pair kernels of SCIENCE.md section 2 on the
         coordinates scaled by 1 +- Delta (relu and linear are 1-homogeneous in each argument,
         so U = (1 + Delta^2) kappa: one kernel call); V = Delta |a| / sqrt(2 pi) for relu and
-        0 for the odd erf and linear.
+        0 for the odd erf and linear. With biases (relu, erf, normal_cdf, linear; normal_cdf
+        also without): U by ``kernels.bias_pair_field`` on the scaled coordinates and V in
+        closed form (``_closed_form_V``).
     ``"quadrature"``
         Any activation, with or without bias: U by the symmetrised two-dimensional
         Gauss-Hermite rule of :func:`meanfield.kernels.quadrature_pair_field` of order
@@ -224,8 +228,8 @@ class IsotropicProblem(Problem):
         Measured against the quadrature of order 64 (d = 10, tau = 1): risk 4e-12, velocity
         3e-9 relative (tests/test_radial.py).
 
-    ``"auto"`` picks ``"closed_form"`` for relu (and erf, linear) without bias and
-    ``"quadrature"`` otherwise; ``"hermite"`` is only used when asked for.
+    ``"auto"`` picks ``"closed_form"`` for relu, erf, linear (with or without bias) and
+    normal_cdf, and ``"quadrature"`` otherwise; ``"hermite"`` is only used when asked for.
 
     Parameters
     ----------
@@ -267,11 +271,13 @@ class IsotropicProblem(Problem):
         self.s_minus = 1.0 - self.delta
         if method not in ISOTROPIC_METHODS:
             raise ValueError(f"method must be one of {ISOTROPIC_METHODS}, got {method!r}")
-        closed_ok = model.activation in ISOTROPIC_CLOSED_FORM and not model.bias
+        self.with_bias = bool(model.bias or model.activation not in ISOTROPIC_CLOSED_FORM)
+        closed_ok = model.activation in (ISOTROPIC_BIAS_CLOSED_FORM if self.with_bias else ISOTROPIC_CLOSED_FORM)
         if method == "auto":
             method = "closed_form" if closed_ok else "quadrature"
         if method == "closed_form" and not closed_ok:
-            raise ValueError(f"method='closed_form' needs no bias and an activation in {ISOTROPIC_CLOSED_FORM}")
+            raise ValueError(f"method='closed_form' needs an activation in {ISOTROPIC_BIAS_CLOSED_FORM} "
+                             f"({ISOTROPIC_CLOSED_FORM} without bias)")
         if method == "hermite":
             if model.bias:
                 raise ValueError("method='hermite' needs a model without bias")
@@ -303,6 +309,8 @@ class IsotropicProblem(Problem):
     def describe(self) -> str:
         """One line saying what the problem is and how its expectations are computed."""
         head = f"isotropic Gaussians (Delta = {self.delta:g}, d = {self.model.d}): population risk"
+        if self.method == "closed_form" and self.with_bias:
+            return f"{head} in closed form with biases ({self.model.activation} kernel, bivariate normal CDF)"
         if self.method == "closed_form":
             return f"{head} in closed form ({self.model.activation} kernel)"
         if self.method == "quadrature":
@@ -375,13 +383,45 @@ class IsotropicProblem(Problem):
             dVb += sign * (deriv @ w)
         return V, dV, dVb
 
+    def _closed_form_V(self, r, b):
+        """V, dV/dr and dV/db in closed form with biases, V = (g(s_+ r, b) - g(s_- r, b)) / 2 with
+        g(r, b) = E sigma(r z + b): relu r phi(b/r) + b Phi(b/r) (g_r = phi(b/r), g_b = Phi(b/r);
+        b/r = 0 at r = b = 0, the bias-free limit |a|/sqrt(2 pi)); normal CDF Phi(b/n),
+        n = sqrt(1 + r^2) (g_b = phi(b/n)/n, g_r = -phi(b/n) b r/n^3); erf 2 Phi(b/n) - 1; linear b."""
+        name = self.model.activation
+        V = np.zeros_like(r)
+        dV = np.zeros_like(r)
+        dVb = np.zeros_like(r)
+        for s, sign in ((self.s_plus, 0.5), (self.s_minus, -0.5)):
+            rs = s * r
+            if name == "relu":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    t = np.where(rs > 0, b / np.where(rs > 0, rs, 1.0), np.where(b > 0, np.inf, np.where(b < 0, -np.inf, 0.0)))
+                pdf = np.exp(-0.5 * np.minimum(t * t, 1e4)) * INV_SQRT_2PI
+                cdf = scipy.special.ndtr(t)
+                g, g_r, g_b = rs * pdf + b * cdf, pdf, cdf
+            elif name in ("erf", "normal_cdf"):
+                n = np.sqrt(1.0 + rs * rs)
+                u = b / n
+                pdf = np.exp(-0.5 * u * u) * INV_SQRT_2PI
+                scale = 2.0 if name == "erf" else 1.0
+                g = scale * scipy.special.ndtr(u) - (1.0 if name == "erf" else 0.0)
+                g_b, g_r = scale * pdf / n, -scale * pdf * u * rs / (n * n)
+            else:  # linear
+                g, g_r, g_b = b.copy(), np.zeros_like(r), np.ones_like(r)
+            V += sign * g
+            dV += sign * s * g_r
+            dVb += sign * g_b
+        return V, dV, dVb
+
     def _linear_field(self, points):
         """V at the points and its gradient in (a, b), shape (n,) and (n, d + 1), float64."""
         d = self.model.d
         r, hat = _unit_rows(points[:, :d])
         GV = np.zeros((points.shape[0], d + 1))
-        if self.method == "quadrature":
-            V, dV, dVb = self._quadrature_V(r, np.asarray(points[:, d], dtype=np.float64))
+        if self.method == "quadrature" or (self.method == "closed_form" and self.with_bias):
+            b = np.asarray(points[:, d], dtype=np.float64)
+            V, dV, dVb = (self._quadrature_V(r, b) if self.method == "quadrature" else self._closed_form_V(r, b))
             GV[:, d] = dVb
         else:
             V, dV = self.radial_V(r)
@@ -394,14 +434,14 @@ class IsotropicProblem(Problem):
 
     def _kernel(self, points, sources):
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
-                         getattr(self, "_nodes", None), getattr(self, "_weights", None))
+                         getattr(self, "_nodes", None), getattr(self, "_weights", None), bias=self.with_bias)
 
     def _pair(self, points, sources, same: bool):
         d = self.model.d
         n = points.shape[0]
         K = np.zeros(n)
         G = np.zeros((n, d + 1))
-        if self.method == "closed_form" and self.model.activation in ("relu", "linear"):
+        if self.method == "closed_form" and not self.with_bias and self.model.activation in ("relu", "linear"):
             # kappa(s a, s a') = s^2 kappa(a, a'): U = (s_+^2 + s_-^2)/2 kappa = (1 + Delta^2) kappa.
             k_, g_ = self._kernel(points, sources)
             factor = 1.0 + self.delta**2

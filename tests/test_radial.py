@@ -55,6 +55,11 @@ FD_CASES = [
     ("sigmoid", "quadrature", True, True, 1.0, "mean_field"),
     ("erf", "closed_form", False, True, 1.0, "mean_field"),
     ("tanh", "hermite", False, True, 1.0, "mean_field"),
+    ("relu", "closed_form", True, True, 1.0, "mean_field"),  # closed forms with biases
+    ("relu", "closed_form", True, False, 2.0, "mean_field"),
+    ("erf", "closed_form", True, True, 1.0, "mean_field"),
+    ("normal_cdf", "closed_form", True, True, 1.0, "mean_field"),
+    ("normal_cdf", "closed_form", False, True, 1.0, "mean_field"),
 ]
 
 
@@ -107,6 +112,8 @@ MC_CASES = [
     ("softplus", "hermite", False, True, 1.5),
     ("softplus", "quadrature", True, True, 1.0),
     ("sigmoid", "quadrature", True, True, 0.7),
+    ("relu", "closed_form", True, True, 1.0),
+    ("normal_cdf", "closed_form", True, True, 1.0),
 ]
 
 
@@ -144,7 +151,9 @@ def test_sample_law_and_finite_data():
 
 def test_methods_warnings_and_errors():
     assert _problem(3, "relu").method == "closed_form"
-    assert _problem(3, "relu", bias=True).method == "quadrature"
+    assert _problem(3, "relu", bias=True).method == "closed_form"
+    assert "with biases" in _problem(3, "relu", bias=True).describe()
+    assert _problem(3, "tanh", bias=True).method == "quadrature"
     assert _problem(3, "softplus").method == "quadrature"
     assert "closed form" in _problem(3, "relu").describe()
     assert "Gauss-Hermite" in _problem(3, "softplus").describe()
