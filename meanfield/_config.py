@@ -103,7 +103,7 @@ ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield._
 FLOW_KEYS = ("ode_method", "rtol", "atol")
 PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
-METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
+METHODS = ("auto", "closed_form", "series", "quadrature", "monte_carlo")
 BACKENDS = ("cpu", "cuda")
 LIMIT_METRICS = ("risk_gap", "tracer_deviation", "norm_w2", "readout_w2", "signed_norm_w2", "overlap_w2",
                  "sliced_w2", "w2", "sphere_w2")
@@ -650,9 +650,9 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             fail("problem", "method", '"closed_form" needs the squared loss and the same activation in student '
                                       f"and teacher, one of {', '.join(BIAS_CLOSED_FORM_ACTIVATIONS)} "
                                       f"({', '.join(CLOSED_FORM_ACTIVATIONS)} without bias)")
-        if problem["method"] == "quadrature" and not pair_ok:
-            fail("problem", "method", '"quadrature" needs the squared loss and the teacher activation equal '
-                                      "to the model's")
+        if problem["method"] in ("quadrature", "series") and not pair_ok:
+            fail("problem", "method", f'"{problem["method"]}" needs the squared loss and the teacher activation '
+                                      "equal to the model's")
     else:
         if (problem["n_samples"] is None) == (problem["data"] is None):
             fail("problem", "n_samples", 'kind = "finite_data" needs exactly one of n_samples (data drawn '

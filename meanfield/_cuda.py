@@ -85,6 +85,10 @@ class CudaProblem(Problem):
             self._kind = "data"
             self._X, self._y = cuda.to_device(problem.X), cuda.to_device(problem.y)
             self._offset = 0.0
+        elif isinstance(problem, PopulationProblem) and problem.method == "series":
+            raise ValueError('the CUDA backend has no Hermite-series kernel (the population risk of smooth '
+                             'activations): run on the cpu backend, or set method = "quadrature" (Gauss-Hermite, '
+                             'less accurate: see the PopulationProblem docstring)')
         else:
             raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
         self._trainable = None

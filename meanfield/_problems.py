@@ -25,7 +25,9 @@ LOSSES = tuple(kernels.LOSS_CODES)
 # CDF, kernels/population_bias.py); bias-free runs keep the bias-free kernels.
 CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
 BIAS_CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "normal_cdf", "linear")
-METHODS = ("auto", "closed_form", "quadrature", "monte_carlo")
+METHODS = ("auto", "closed_form", "series", "quadrature", "monte_carlo")
+# Per-pair truncation tolerance of the Hermite series (kernels.population_series).
+SERIES_TOL = 1e-10
 
 
 class Evaluation(NamedTuple):
@@ -278,6 +280,13 @@ class PopulationProblem(Problem):
         Squared loss, no bias, relu / erf / linear student with the same teacher activation:
         F = E[y^2] / (2 alpha^2) - (s/alpha) sum_i c_i E[y sigma(a_i.x)]
         + (s^2/2) sum_ij c_i c_j kappa(a_i, a_j), with the kernels kappa of SCIENCE.md section 2.
+    ``"series"``
+        Squared loss, any activation with the teacher's (tanh, sigmoid, softplus, gelu, ...),
+        with or without biases: kappa by Mehler's Hermite series in the correlation rho with
+        per-particle coefficients from a 1-D rule, the pairs near |rho| = 1 by longer series, the
+        1-D diagonal formula or a rotated-basis quadrature (``kernels.series_pair_sums``); each
+        pair's truncation is kept below ``SERIES_TOL`` = 1e-10, and ``last_error_bound`` holds a
+        bound on the velocity error of the last evaluation (``describe()`` says it).
     ``"quadrature"``
         Squared loss, any activation, with biases: the same expansion with kappa computed by
         Gauss-Hermite quadrature of order ``quadrature_order`` in the span of (a, a')
@@ -309,7 +318,7 @@ class PopulationProblem(Problem):
     flip_prob : float
         Probability of a flipped label (classification losses).
     method : str
-        ``"auto"``, ``"closed_form"``, ``"quadrature"`` or ``"monte_carlo"``.
+        ``"auto"``, ``"closed_form"``, ``"series"``, ``"quadrature"`` or ``"monte_carlo"``.
     quadrature_order : int
         Gauss-Hermite nodes per dimension.
     mc_samples : int
@@ -339,15 +348,19 @@ class PopulationProblem(Problem):
         closed_ok = pair_ok and model.activation in (
             BIAS_CLOSED_FORM_ACTIVATIONS if self.with_bias else CLOSED_FORM_ACTIVATIONS)
         if method == "auto":
-            method = "closed_form" if closed_ok else "quadrature" if pair_ok else "monte_carlo"
+            method = "closed_form" if closed_ok else "series" if pair_ok else "monte_carlo"
         if method == "closed_form" and not closed_ok:
             raise ValueError(
                 "method='closed_form' needs the squared loss and the same activation in student and "
                 f"teacher, one of {BIAS_CLOSED_FORM_ACTIVATIONS} ({CLOSED_FORM_ACTIVATIONS} without bias)")
-        if method == "quadrature" and not pair_ok:
-            raise ValueError("method='quadrature' needs the squared loss and the teacher's activation "
+        if method in ("quadrature", "series") and not pair_ok:
+            raise ValueError(f"method={method!r} needs the squared loss and the teacher's activation "
                              "equal to the student's")
         self.method = method
+        # Series only: a bound on the velocity error of the last evaluation (absolute, the
+        # largest over particles; see kernels.series_pair_sums for what it covers).
+        self.last_error_bound = None
+        self._pair_bounds = []
         self.quadrature_order = int(quadrature_order)
         self.mc_samples = int(mc_samples)
         dtype = model.dtype
@@ -376,6 +389,10 @@ class PopulationProblem(Problem):
                     "bivariate normal CDF)")
         if self.method == "closed_form":
             return f"population risk in closed form ({self.model.activation} kernel)"
+        if self.method == "series":
+            bound = "" if self.last_error_bound is None else (
+                f"; last evaluation: |error| <= {self.last_error_bound:.1e} in the velocity")
+            return (f"population risk by Hermite (Mehler) series, truncation <= {SERIES_TOL:g} per pair{bound}")
         if self.method == "quadrature":
             q = self.quadrature_order
             return f"population risk by Gauss-Hermite quadrature ({q} x {q} nodes per pair)"
@@ -389,9 +406,24 @@ class PopulationProblem(Problem):
         return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
 
     def _pair(self, points, sources, symmetric=True):
+        if self.method == "series":
+            K, G, bound = kernels.series_pair_sums(points, sources, self.model.activation_code, SERIES_TOL)
+            self._pair_bounds.append(bound)
+            return K, G
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
                          getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric,
                          self.with_bias)
+
+    def _series_velocity_bound(self, W, bound_w, bound_t) -> float:
+        """max_i of a bound on |v_i - v_i(exact)|_2 from the series' bounds on K and G
+        (v = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha]); rounding not included."""
+        m = W.shape[0]
+        s = self.model.output_scale(m)
+        inv_alpha = 1.0 / self.model.alpha_value(m)
+        c = np.abs(np.asarray(W[:, -1], dtype=np.float64))
+        field = c * (s * bound_w.G + inv_alpha * bound_t.G)
+        readout = (s * bound_w.K + inv_alpha * bound_t.K) if self.model.train_readout else 0.0
+        return float(np.max(m * s * (field + readout), initial=0.0))
 
     def _pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
@@ -414,9 +446,12 @@ class PopulationProblem(Problem):
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
                                     self._value_offset)
         velocity = np.empty_like(W) if out is None else out
+        self._pair_bounds = []
         # With tracers, the particles take the general tiles too: a tracer on a particle then
         # gets bitwise the particle's velocity.
         velocity, K_w, K_t = self._pair_velocity(W, W, velocity, symmetric=points is None)
+        if self.method == "series":
+            self.last_error_bound = self._series_velocity_bound(W, *self._pair_bounds[:2])
         value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
         points_velocity = None
         if points is not None:

@@ -380,7 +380,7 @@ def test_cuda_run_matches_cpu_quadrature():
     """A tanh student with biases (the Gauss-Hermite population risk, Q = 4) on the device."""
     model = mf.Model(d=D, activation="tanh", bias=True)
     problem = mf.PopulationProblem(model, mf.Teacher.random(D, 2, np.random.default_rng(1), "tanh", bias=True),
-                                   quadrature_order=4)
+                                   method="quadrature", quadrature_order=4)
     W0 = mf.initialize(model, m=7, rng=np.random.default_rng(0), init=mf.Init(b="gaussian"))
     integrator = mf.gradient_descent(problem, 0.3)
     cpu = mf.run(problem, integrator, W0, 0.6, times=[0, 0.6])
