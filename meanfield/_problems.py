@@ -277,9 +277,15 @@ class PopulationProblem(Problem):
     exponential). How E is computed is ``method``:
 
     ``"closed_form"``
-        Squared loss, no bias, relu / erf / linear student with the same teacher activation:
-        F = E[y^2] / (2 alpha^2) - (s/alpha) sum_i c_i E[y sigma(a_i.x)]
-        + (s^2/2) sum_ij c_i c_j kappa(a_i, a_j), with the kernels kappa of SCIENCE.md section 2.
+        Squared loss, the same activation in student and teacher:
+        F = E[y^2] / (2 alpha^2) - (s/alpha) sum_i c_i E[y sigma(a_i.x + b_i)]
+        + (s^2/2) sum_ij c_i c_j kappa(w_i, w_j). Without bias, relu / erf / linear by the
+        arc-cosine and arcsine kernels (``kernels.closed_form_pair_field``); with biases in
+        student or teacher (and normal_cdf always), relu / erf / normal_cdf / linear through the
+        bivariate normal CDF (``kernels.bias_pair_field``; pairs with |rho| <= 0.4 by a Hermite
+        series with closed-form coefficients). Within 1e-12 of 1-D adaptive quadrature of the
+        conditional expectation, 10^7-sample Monte Carlo and finite differences
+        (tests/test_population_bias.py), duplicated particles, rho = +-1 and a = 0 included.
     ``"series"``
         Squared loss, any activation with the teacher's (tanh, sigmoid, softplus, gelu, ...),
         with or without biases: kappa by Mehler's Hermite series in the correlation rho with
@@ -291,14 +297,14 @@ class PopulationProblem(Problem):
         Squared loss, any activation, with biases: the same expansion with kappa computed by
         Gauss-Hermite quadrature of order ``quadrature_order`` in the span of (a, a')
         (order^2 nodes per pair, symmetrised). The velocity is the exact gradient of this
-        discretised risk. Measured accuracy at the default order 32 against the closed
-        forms and Monte Carlo (tests/test_kernels.py, tests/test_population_law.py): linear
-        exact; sigmoid and softplus below 1e-9; tanh about 1e-5 and erf about 1e-5 in the
-        velocity once |a| is about 2 (order 64: 1e-7 and 1e-9). For relu (a kink) the error
-        decays only algebraically: over 20 random small problems, the risk error was 4e-3
-        (median; worst 1.4e-2) and the velocity error 3e-2 (worst 1.3e-1) at order 32, and
-        7e-4 (worst 3e-3) and 5e-3 (worst 3e-2) at order 200. Prefer the closed form or
-        Monte Carlo where percent-level velocities matter.
+        discretised risk. Kept for comparison and for the GPU (which has no series kernel);
+        it is slow (order^2 activations per pair) and inaccurate wherever |a| is not small.
+        Measured by ``benchmarks/quadrature_accuracy.py`` against the closed forms and the
+        series (20 random problems, d = 10, m = 8, |a| up to 3, b ~ N(0, 1); relative velocity
+        error, median / worst): order 32: relu 2.5e-2 / 9.1e-2, erf 1.2e-3 / 7.8e-3, normal_cdf
+        6.0e-4 / 2.8e-3, tanh 8.2e-3 / 4.3e-2, sigmoid 5.4e-5 / 2.8e-4, softplus 4.1e-6 /
+        2.2e-5, gelu 4.8e-4 / 2.8e-3; order 100: relu 1.3e-2 / 6.8e-2, tanh 2.0e-4 / 2.0e-3,
+        the others 1e-8 to 2e-7 / 1e-8 to 2e-5. Linear is exact.
     ``"monte_carlo"``
         Any loss: the empirical risk on a fixed sample of ``mc_samples`` inputs drawn once
         from ``rng`` (labels noise-free for the squared loss, whose noise adds the constant
