@@ -1048,6 +1048,8 @@ def main(argv=None):
         rows.append({"workload": "compile", "cold": cold, "cached": warm})
         print(f"compile: first process {cold['ours']:.1f} s (F {cold['F']:.1f} s, P {cold['P']:.1f} s, "
               f"import {cold['import']:.1f} s); second process with the cache {warm['ours']:.2f} s")
+    for target, measured, verdict in targets(rows):
+        print(f"target: {target}: {verdict} ({measured})")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": _cpu_name(), "cores": os.cpu_count(), "threads": _threads(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": versions["torch"],
@@ -1057,6 +1059,31 @@ def main(argv=None):
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"written {args.json} ({meta['wall_s'] / 60:.1f} min)")
     return 0
+
+
+def targets(rows) -> list[tuple[str, str, str]]:
+    """The issue's targets: (target, measured, verdict) for the rows present."""
+    out = []
+    for prefix, limit in (("PB-", 3.0), ("PS-", 10.0)):
+        sel = [r for r in rows if r["workload"].startswith(prefix)]
+        if not sel:
+            continue
+        vals = [f"{r['workload'][3:]} {r['size']} {r['p_ratio']:.2f}" if r.get("p_ratio") else
+                f"{r['workload'][3:]} {r['size']} -" for r in sel]
+        ok = all(r.get("p_ratio") is not None and r["p_ratio"] <= limit for r in sel)
+        out.append((f"{prefix}*: our step <= {limit:g}x our bias-free relu P step", "; ".join(vals),
+                    "met" if ok else "not met"))
+    sel = [r for r in rows if r.get("jax_ratio") is not None]
+    unmeasured = [f"{r['workload']} {r['size']}" for r in rows if r.get("jax") is not None and r.get("ours") is None]
+    if sel:
+        behind = [f"{r['workload']} {r['size']} {r['jax_ratio']:.2f}" for r in sel if r["jax_ratio"] <= 1.0]
+        ratios = [r["jax_ratio"] for r in sel]
+        out.append(("ours ahead of JAX jit on every workload",
+                    f"JAX/ours {min(ratios):.2f} to {max(ratios):.2f}"
+                    + (f"; behind or level: {', '.join(behind)}" if behind else "")
+                    + (f"; ours not measured: {', '.join(unmeasured)}" if unmeasured else ""),
+                    "met" if not behind and not unmeasured else "not met"))
+    return out
 
 
 def markdown(table: dict) -> str:
@@ -1103,6 +1130,9 @@ def markdown(table: dict) -> str:
     if notes:
         lines += ["", "| workload | size | how ours computes it | check (max relative error of value and velocity "
                   "against ours) |", "|---|---|---|---|"] + notes
+    goals = targets([row for row in table["rows"] if row["workload"] != "compile"])
+    if goals:
+        lines += ["", "| target | measured | |", "|---|---|---|"] + [f"| {t} | {v} | {ok} |" for t, v, ok in goals]
     if any(row.get("rate_spread", 1.0) > RATE_SPREAD for row in table["rows"]):
         lines.append(f"\n† the matrix-product rates measured in the row's processes differ by more than "
                      f"{100 * (RATE_SPREAD - 1):.0f} %: the load changed between them.")
