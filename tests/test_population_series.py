@@ -130,7 +130,7 @@ def quad_coefficient(name, k, r, b, n):
     def f(z):
         return float(np_sigma(name, r * z + b, k)) * special.eval_hermitenorm(n, z) / norm * math.exp(-0.5 * z * z)
 
-    value, _ = integrate.quad(f, -14.0, 14.0, epsabs=1e-14, epsrel=1e-13, limit=1000)
+    value, _ = integrate.quad(f, -14.0, 14.0, epsabs=5e-14, epsrel=1e-13, limit=1000)
     return value * INV_SQRT_2PI
 
 
