@@ -526,7 +526,7 @@ def _series_pair(rho, p_coef, i, s_coef, j, degree, powers):
     As sums over n of rho^n (source coefficient) (point coefficient), with the powers in a
     buffer (powers[n] = powers[n - 8] rho^8, a recurrence that vectorises): the sums vectorise
     along n, six operations per degree for the four series, where Horner's rule took eight
-    dependent ones (about 5 times faster at L = 150, measured).
+    dependent ones (1.6 times faster at L = 150 with the data in cache, measured).
     """
     one = like(rho, 1.0)
     zero = like(rho, 0.0)
@@ -581,10 +581,10 @@ def _near_pair(rho, i, j, r_i, b_i, r_j, b_j, p_coef, p_tails, p_norms, p_errors
     n_levels = min(levels.shape[0], s_tails.shape[2])
     log_rho = math.log(abs(rho))
     log_tol = math.log(tol)
-    # The bound decreases with the level: walk from ``guess`` (the level of the previous
-    # near pair of the row, usually a pair of the same cluster) to the first level that meets
-    # tol. Bisection cost more: its scattered reads of the source's row missed the cache one
-    # after the other (350 ns a pair against 30, measured).
+    # The bound decreases with the level: walk from ``guess`` (the level of the previous near
+    # pair, usually one of the same cluster) to the first level that meets tol. Bisection's
+    # scattered reads of the source's row missed the cache one after the other: 0.35 us more
+    # per near pair (measured, tanh, m = 1000 with 82 000 aligned pairs).
     level = min(max(guess, short_level), n_levels - 1)
     if (levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] <= log_tol:
         while level > short_level and (
@@ -1174,19 +1174,21 @@ def choose_threshold(rho, U, V, levels, tol):
     """
     if rho.size == 0:
         return 0.5
-    with np.errstate(divide="ignore"):
+    log_tol = math.log(tol)
+    with np.errstate(divide="ignore", invalid="ignore"):
         log_product = np.log(U * V)
-        log_tol = math.log(tol)
+        log_rho = np.log(rho)  # -inf at rho = 0: any degree will do
 
-        def degree(x):
-            """Smallest stored degree with x^(L+1) U V <= tol (the largest if none), for each x."""
-            ok = np.log(np.asarray(x, dtype=np.float64))[..., None] * (levels + 1.0) + log_product <= log_tol
-            return np.where(ok.any(axis=-1), levels[np.argmax(ok, axis=-1)], levels[-1])
+    def degree(log_x):
+        """Smallest stored degree with x^(L+1) U V <= tol (the largest if none), for each x."""
+        with np.errstate(invalid="ignore"):
+            ok = np.asarray(log_x)[..., None] * (levels + 1.0) + log_product <= log_tol
+        return np.where(ok.any(axis=-1), levels[np.argmax(ok, axis=-1)], levels[-1])
 
-    near_cost = _NEAR_COST + _NEAR_COST_PER_DEGREE * (degree(rho) + 1.0)
+    near_cost = _NEAR_COST + _NEAR_COST_PER_DEGREE * (degree(log_rho) + 1.0)
     best, best_cost = _THRESHOLDS[0], np.inf
     for c in _THRESHOLDS:
-        cost = _SHORT_COST_PER_DEGREE * (degree(c) + 1.0) + float(np.where(rho > c, near_cost, 0.0).mean())
+        cost = _SHORT_COST_PER_DEGREE * (degree(math.log(c)) + 1.0) + float(np.where(rho > c, near_cost, 0.0).mean())
         if cost < best_cost:
             best, best_cost = c, cost
     return best

@@ -168,6 +168,9 @@ def pair_terms_from_sums(P, S, K, G):
 # One-dimensional coefficients
 # ---------------------------------------------------------------------------------------
 
+# quad flags round-off on some of the oscillating He_60 integrands at epsabs 5e-14; its values
+# still agree with the tables to 3e-15 (measured at n <= 64, |a| <= 4, |b| <= 3).
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 @pytest.mark.parametrize("name", SMOOTH)
 def test_coefficients_match_scipy_quad(name):
     """The tables' Hermite coefficients of sigma, sigma', sigma'' to 1e-12 for |a| <= 4,
