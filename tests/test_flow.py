@@ -55,12 +55,13 @@ def test_gelu_and_every_second_derivative_against_references():
             assert abs(exact - central) < 1e-8, name
 
 
-def test_gelu_population_risk_by_quadrature_matches_monte_carlo():
+@pytest.mark.parametrize("method", ["series", "quadrature"])
+def test_gelu_population_risk_matches_monte_carlo(method):
     d = 3
     model = mf.Model(d=d, activation="gelu", bias=True)
     teacher = mf.Teacher.random(d, 2, np.random.default_rng(0), "gelu", bias=True)
-    problem = mf.PopulationProblem(model, teacher)
-    assert problem.method == "quadrature"
+    problem = mf.PopulationProblem(model, teacher, method=method)
+    assert mf.PopulationProblem(model, teacher).method == "series"
     W = mf.initialize(model, 4, np.random.default_rng(1), mf.Init(b="gaussian"))
     X = np.random.default_rng(2).standard_normal((100_000, d))
     residual = model.predict(W, X) - teacher.labels(X, None, "squared", 0.0, 0.0)
