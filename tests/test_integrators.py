@@ -128,7 +128,7 @@ def test_init_is_reproducible_and_seed_dependent():
     assert np.abs(W1 - W3).min() > 0
 
 
-@pytest.mark.parametrize("kind", ["population", "quadrature", "finite"])
+@pytest.mark.parametrize("kind", ["population", "quadrature", "series", "finite"])
 def test_float32_follows_float64_on_a_short_horizon(kind):
     """A float32 run agrees with the float64 run from the same initial state to float32 accuracy."""
     runs = {}
@@ -138,8 +138,9 @@ def test_float32_follows_float64_on_a_short_horizon(kind):
         if kind == "finite":
             problem = mf.FiniteDataProblem.from_teacher(model, teacher, 300, np.random.default_rng(3))
         else:
-            problem = mf.PopulationProblem(model, teacher, quadrature_order=12)
-            assert problem.method == ("closed_form" if kind == "population" else "quadrature")
+            method = "auto" if kind == "population" else kind
+            problem = mf.PopulationProblem(model, teacher, method=method, quadrature_order=12)
+            assert problem.method == ("closed_form" if kind == "population" else kind)
         W0 = mf.initialize(model, 40, np.random.default_rng(4), mf.Init(b="gaussian"))
         runs[dtype] = mf.run(problem, mf.gradient_descent(problem, 0.05), W0, t_max=5.0)
     r64, r32 = runs["float64"], runs["float32"]
@@ -236,11 +237,14 @@ def test_relu_teacher_student_reaches_small_risk():
     assert traj.risk[-1] < 1e-3 * traj.risk[0]
 
 
-@pytest.mark.parametrize("kind", ["population", "finite"])
+@pytest.mark.parametrize("kind", ["quadrature", "series", "finite"])
 @pytest.mark.parametrize("scheme", ["gradient_descent", "heavy_ball", "sgd"])
 def test_tracers_started_on_the_particles_follow_them_exactly(kind, scheme):
     """Tracers started at the particles of the same system stay on them to rounding (deviation
-    ~1e-16 when m = M with identical points); elsewhere they move without acting.
+    ~1e-16 when m = M with identical points); elsewhere they move without acting. With the
+    Hermite series, to its accuracy: a tracer's pair with its own particle is not recognised as
+    the diagonal (rho rounds below 1) and takes another regime of the series, within its
+    per-pair tolerance 1e-10 (measured: 2e-13 after t = 2).
 
     Not bitwise: a tracer and its particle sit at different positions of arrays of different
     lengths, so on some CPUs one is summed in a SIMD body and the other in the remainder loop
@@ -250,7 +254,7 @@ def test_tracers_started_on_the_particles_follow_them_exactly(kind, scheme):
     if kind == "finite":
         problem = mf.FiniteDataProblem.from_teacher(model, teacher, 60, np.random.default_rng(1))
     else:
-        problem = mf.PopulationProblem(model, teacher, quadrature_order=8)
+        problem = mf.PopulationProblem(model, teacher, method=kind, quadrature_order=8)
     make = {"gradient_descent": lambda: mf.gradient_descent(problem, 0.1),
             "heavy_ball": lambda: mf.heavy_ball(problem, 0.02, 0.8),
             "sgd": lambda: mf.sgd(problem, 0.1, batch_size=16)}[scheme]
@@ -261,7 +265,8 @@ def test_tracers_started_on_the_particles_follow_them_exactly(kind, scheme):
                           keep_particles=True)
     without = mf.run(problem, make(), W0, t_max=2.0, rng=np.random.default_rng(4))
     np.testing.assert_array_equal(with_tracers.W, without.W)  # tracers do not act
-    np.testing.assert_allclose(with_tracers.tracers[:, :9], with_tracers.particles, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(with_tracers.tracers[:, :9], with_tracers.particles, rtol=0,
+                               atol=1e-11 if kind == "series" else 1e-13)
     assert np.abs(with_tracers.final.tracers[9:] - others).max() > 1e-3  # and they do move
 
 
