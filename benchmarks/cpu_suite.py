@@ -5,11 +5,13 @@
     python benchmarks/cpu_suite.py --only F P PB       # some workload families only (PB, PS: every PB-*, PS-*)
     python benchmarks/cpu_suite.py --libs ours jax     # some libraries only (ours still writes the inputs)
 
-Most of the full run is the PB/PS rows at m = 4000 (PyTorch eager takes ~25 s a step there)
-and, while the smooth activations go by quadrature, our PS steps (35-70 s each at m = 1000;
-at m = 4000 they are skipped when m = 1000 predicts more than ``--max-step`` seconds, and
-the baselines are then checked against numpy). ``--budget`` caps each process's timed
-repeats; a step longer than the budget is timed by its first call (the table says so).
+Most of the full run is the baselines of the PB/PS rows at m = 4000 (PyTorch eager takes
+~25 s a step there, numpy and JAX 2-12 s) and of P and F-large at m = 10^4. ``--budget``
+caps each process's timed repeats; a step longer than the budget is timed by its first
+call (the table says so). Where our PB/PS step at the smaller m predicts (m^2 scaling) more
+than ``--max-step`` seconds at the larger m (as the Gauss-Hermite quadrature did, 35-70 s
+a step at m = 1000, before the Hermite series), ours is skipped there and the baselines are
+checked against numpy.
 
 Prints one table (workload, size, ours, numpy, PyTorch, JAX, floor, ratios, peak memory) and
 writes it as JSON (``--json``, default ``benchmarks/cpu_results.json``); ``--markdown FILE``
@@ -22,10 +24,11 @@ ours (the "check" columns: max of the relative errors of the value and of the ve
 ours is absent, against numpy's), and timing its step. So no library's thread pool (OpenBLAS,
 numba, PyTorch's, XLA's Eigen pool) runs in another's process, and each process's peak resident
 memory (``ru_maxrss``) is its own. Inside each process the library's step and the reference
-matrix product (numpy ``@`` on 2048 x 2048 matrices of the workload's dtype) run interleaved,
-round-robin, ``--repeats`` times after one warm-up (JAX: the warm-up compiles), and the table
-gives medians; a process whose first step takes longer than ``--budget`` / repeats seconds
-times fewer repeats (at least one; the JSON says how many). The floor is the workload's
+matrix product (numpy ``@`` on 2048 x 2048 matrices of the workload's dtype; 1024 x 1024 with
+``--quick``) run interleaved, round-robin, 7 times (3 for the largest sizes, 2 with ``--quick``)
+after one warm-up (JAX: the warm-up compiles; the baselines' warm-up is also their check), and
+the table gives medians; a process whose first step takes longer than ``--budget`` / repeats
+seconds times fewer repeats (at least one; the JSON says how many). The floor is the workload's
 compulsory flop count divided by the matrix-product rate measured in ours' process; each
 process's rate is in the JSON, and the table flags a row whose processes saw rates more than
 25 % apart (the machine's load changed between them, so the ratios are less certain). The
