@@ -409,8 +409,8 @@ def test_exact_duplicates_take_the_diagonal_formula():
 
 @pytest.mark.parametrize("rho", (0.9999999, 0.99999, 0.9995, 0.995, 0.95, 0.8, -0.97))
 def test_rotated_basis_quadrature(rho):
-    """Pairs forced onto the rotated-basis quadrature (tables of degree 8 cannot meet tol):
-    every short-direction rule (eps from 0.002 to 2.4 for r_j = 4) against scipy, to 1e-12."""
+    """Pairs forced onto the rotated-basis quadrature (tables of degree 8 cannot meet tol),
+    eps = r_j sqrt(1 - rho^2) from 0.002 to 2.4, against scipy, to 1e-12."""
     for name in ("tanh", "softplus"):
         for r_i, b_i, r_j, b_j in ((4.0, 0.3, 4.0, -0.2), (1.0, -2.0, 3.0, 3.0)):
             P, S = pair_arrays(r_i, b_i, r_j, b_j, rho)
@@ -423,6 +423,26 @@ def test_rotated_basis_quadrature(rho):
             got = pair_terms_from_sums(P, S, K, G)
             assert np.all(np.abs(got - reference) <= 1e-12 * np.maximum(1.0, np.abs(reference))), (
                 name, r_i, got - reference)
+
+
+@pytest.mark.parametrize("rho", (0.99999, 0.999, 0.99, 0.9, -0.95))
+def test_rotated_basis_rules_for_the_short_direction(rho):
+    """Each rule of the short direction (Gauss-Hermite, trapezoid on a shared grid, plain
+    trapezoid), forced, against scipy to 1e-12, for |a| = 4 and 2."""
+    rules = ps.inner_rules()
+    step = ps.quadrature_step(4.0, 64)
+    n_nodes = 2 * int(9.0 / step) + 1
+    buffers = [np.empty(n_nodes), np.empty(n_nodes), np.empty(64 * n_nodes), np.empty(64 * n_nodes)]
+    for name in ("tanh", "gelu"):
+        for r_i, b_i, r_j, b_j in ((4.0, 0.3, 4.0, -0.2), (2.0, -1.0, 4.0, 2.5)):
+            reference = quad_pair(name, r_i, b_i, r_j, b_j, rho)
+            eps_over_strip = r_j * math.sqrt(1 - rho * rho) / (math.pi / 2)
+            modes = (1, 2) + ((0,) if eps_over_strip <= rules.limits[-1] else ())
+            for mode in modes:
+                got = np.array(ps._conditional_pair(r_i, b_i, r_j, b_j, rho, ACTIVATION_CODES[name], step, rules,
+                                                    *buffers, mode))
+                assert np.all(np.abs(got - reference) <= 1e-12 * np.maximum(1.0, np.abs(reference))), (
+                    name, mode, r_i, got - reference)
 
 
 def test_float32_within_stated_tolerance():
