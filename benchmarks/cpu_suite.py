@@ -115,7 +115,10 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 
-import population_baselines as pb  # noqa: E402  (benchmarks/, next to this file)
+# benchmarks/ is on sys.path when the suite runs as a script, not when it is loaded by path
+# (tests/test_perf.py): put it there for the baselines module next to this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import population_baselines as pb  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 D = 100
@@ -185,7 +188,7 @@ def _interleaved(fns: dict, repeats: int, warm=True, budget=None, main=None) -> 
             fn()
             first[name] = time.perf_counter() - t0
     if budget is not None and main in first:
-        repeats = max(1, min(repeats, int(budget / max(first[main], 1e-9))))
+        repeats = max(1, min(repeats, int(min(budget / max(first[main], 1e-9), 1e9))))
     samples = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -611,7 +614,7 @@ def ours_bias_population(spec, io):
         _ours_timed({"ours": p_step}, dict(spec, budget=None), "float64", result)
         result.update(p_step=result["ours"], ours=result["first_call"], repeats=0)
     else:
-        repeats = max(1, min(spec["repeats"], int(budget / result["first_call"])))
+        repeats = max(1, min(spec["repeats"], int(min(budget / result["first_call"], 1e9))))
         _ours_timed({"ours": ours, "p_step": p_step}, dict(spec, repeats=repeats, budget=None), "float64", result,
                     warm={"ours"})
     result["p_ratio"] = result["ours"] / result["p_step"]
@@ -790,7 +793,7 @@ def baseline_worker(spec):
         times, _ = _interleaved({"matmul": _matmul(dtype, n)}, spec["repeats"])
         times["lib"], repeats = first, 0
     else:
-        repeats = max(1, min(spec["repeats"], int(budget / first)))
+        repeats = max(1, min(spec["repeats"], int(min(budget / first, 1e9))))
         times, repeats = _interleaved({"lib": timed, "matmul": _matmul(dtype, n)}, repeats, warm={"lib"})
     result.update(time=times["lib"] / per, repeats=repeats, peak_mib=_peak_mib(),
                   matmul_flops=2.0 * n**3 / times["matmul"])

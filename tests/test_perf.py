@@ -132,9 +132,10 @@ def test_run_evaluates_once_per_recorded_step():
         np.testing.assert_array_equal(shared.W, separate.W)
 
 
-def test_cpu_suite_smoke():
-    """benchmarks/cpu_suite.py at a tiny size: its numpy finite-data step computes the same
-    objective and velocity as meanfield (the suite prints this check for every workload)."""
+def test_cpu_suite_smoke(tmp_path):
+    """benchmarks/cpu_suite.py at a tiny size: its numpy finite-data and population steps
+    compute the same objective and velocity as meanfield (the suite prints this check for
+    every workload; each library runs in its own process, sharing inputs through a folder)."""
     import importlib.util
     from pathlib import Path
 
@@ -144,11 +145,14 @@ def test_cpu_suite_smoke():
     spec.loader.exec_module(suite)
     suite.D = 4
     suite.TEACHER_K = 2
-    suite.MATMUL_N = 64
-    suite._torch = lambda: None  # the PyTorch baseline is optional; its import alone takes seconds
-    # (the previous kernels are tested against the new ones above; not compiled again here)
-    finite = suite.worker({"kind": "finite", "m": 6, "N": 20, "dtype": "float64", "repeats": 1, "previous": False})
-    assert finite["check_numpy"] < 1e-12 and finite["ours"] > 0
+    for kind, extra in (("finite", {"N": 20}), ("population", {})):
+        io = tmp_path / kind
+        io.mkdir()
+        common = {"kind": kind, "m": 6, "dtype": "float64", "repeats": 1, "io": str(io), "matmul_n": 64, **extra}
+        ours = suite.worker({**common, "previous": False})
+        assert ours["ours"] > 0
+        numpy = suite.worker({**common, "lib": "numpy"})
+        assert numpy["check"] < 1e-12 and numpy["check_against"] == "ours"
 
 
 def test_blas_tiles_stay_on_one_openblas_thread():
