@@ -1323,10 +1323,13 @@ def series_pair_sums(points, sources, activation_code, tol=1e-10, rho_threshold=
         raise ValueError(f"points and sources must share a dtype, got {dtype} and {sources.dtype}")
     if dtype == np.float32:
         tol = max(tol, 1e-7)
+    n, p = points.shape
+    if n == 0 or sources.shape[0] == 0:
+        return (np.zeros(n, dtype=dtype), np.zeros((n, p - 1), dtype=dtype),
+                SeriesErrorBound(np.zeros(n), np.zeros(n), 0, 0, 0.0, 0.0, 0.0, 0, 0))
     radius_p = _radius(points)
     radius_s = radius_p if same else _radius(sources)
     rho_sample = sample_correlations(points, sources)
-    n, p = points.shape
     K = np.empty(n, dtype=dtype)
     G = np.empty((n, p - 1), dtype=dtype)
     bound = np.empty((n, 3), dtype=dtype)
