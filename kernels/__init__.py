@@ -18,7 +18,7 @@ from .finite_data import finite_data_field, network_output, unfused_finite_data_
 from .finite_data_hessian import finite_data_hessian, finite_data_hessian_vector_product
 from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .population_bias import bias_pair_field
-from .population_series import series_pair_sums
+from .population_series import series_pair_sums, shared_tables
 from .population_bias_hessian import (bias_closed_form_hessian, bias_closed_form_hessian_vector_product,
                                       bias_hessian_singular_particles)
 from .population_hessian import closed_form_hessian, closed_form_hessian_vector_product
@@ -40,6 +40,7 @@ __all__ = [
     "closed_form_pair_field",
     "bias_pair_field",
     "series_pair_sums",
+    "shared_tables",
     "bias_closed_form_hessian",
     "bias_closed_form_hessian_vector_product",
     "bias_hessian_singular_particles",

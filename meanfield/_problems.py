@@ -420,6 +420,20 @@ class PopulationProblem(Problem):
                          getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric,
                          self.with_bias)
 
+    def _series_sums(self, points, W):
+        """Pair sums against W and the teacher by the Hermite series, with every set's
+        coefficient tables built once under one rule (``kernels.shared_tables``)."""
+        code = self.model.activation_code
+        sets = (W, self._teacher_W) if points is W else (points, W, self._teacher_W)
+        tables = kernels.shared_tables(sets, code, SERIES_TOL)
+        t_points, t_teacher = tables[0], tables[-1]
+        t_w = tables[0] if points is W else tables[1]
+        K_w, G_w, bound_w = kernels.series_pair_sums(points, W, code, SERIES_TOL, tables=(t_points, t_w))
+        K_t, G_t, bound_t = kernels.series_pair_sums(points, self._teacher_W, code, SERIES_TOL,
+                                                     tables=(t_points, t_teacher))
+        self._pair_bounds += [bound_w, bound_t]
+        return K_w, G_w, K_t, G_t
+
     def _series_velocity_bound(self, W, bound_w, bound_t) -> float:
         """max_i of a bound on |v_i - v_i(exact)|_2 from the series' bounds on K and G
         (v = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha]); rounding not included."""
@@ -433,8 +447,11 @@ class PopulationProblem(Problem):
 
     def _pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
-        K_w, G_w = self._pair(points, W, symmetric)
-        K_t, G_t = self._pair(points, self._teacher_W)
+        if self.method == "series":
+            K_w, G_w, K_t, G_t = self._series_sums(points, W)
+        else:
+            K_w, G_w = self._pair(points, W, symmetric)
+            K_t, G_t = self._pair(points, self._teacher_W)
         return pair_velocity(self.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
 
     def evaluate(self, W, points=None, out=None) -> Evaluation:
