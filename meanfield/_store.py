@@ -217,6 +217,8 @@ class RunFile:
         self._particles = "particles/neurons/position" in handle
         self._tracers = "particles/tracers/position" in handle
         self.observables = tuple(observables)
+        # Set by the caller to the problem's describe(): written as method_description at close.
+        self.describe = None
         handle.swmr_mode = True
 
     # -- creation ----------------------------------------------------------------------
@@ -373,8 +375,12 @@ class RunFile:
         if status != "diverged":
             self.checkpoint(state)
         info = getattr(state, "info", None)
-        extra = {"integrator_info": json.dumps(info)} if info else None
-        self.finish(status, message, extra)
+        extra = {"integrator_info": json.dumps(info)} if info else {}
+        if self.describe is not None:
+            # How the objective was computed, with what the last evaluation says of its error
+            # (the Hermite series' velocity bound): PopulationProblem.describe().
+            extra["method_description"] = self.describe()
+        self.finish(status, message, extra or None)
 
     # -- writing -------------------------------------------------------------------------
     def _append(self, group, n, state, value):

@@ -269,6 +269,7 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                                     checkpoint["time"])
             else:
                 writer = RunFile.create(*args)
+            writer.describe = getattr(experiment.problem, "describe", None)
             observers = [writer]
             tqdm = _tqdm() if step_bar else None
             if tqdm is not None and experiment.integrator.advance is None:

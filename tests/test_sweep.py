@@ -260,6 +260,25 @@ def test_run_file_layout(tmp_path):
         np.testing.assert_array_equal(f["particles/neurons/position/value"][-1], W_last.astype(np.float32))
 
 
+@pytest.mark.parametrize("activation, method, words", [
+    ("relu", "closed_form", "closed form with biases"),
+    ("tanh", "series", "Hermite (Mehler) series"),
+])
+def test_run_file_says_how_the_population_risk_was_computed(tmp_path, activation, method, words):
+    """The run file names the method and describes it: for the series, with the velocity error
+    bound of the last evaluation."""
+    doc = merged(model__activation=activation, model__bias=True, problem__teacher={"kind": "random", "k": 2})
+    path = write(tmp_path, doc)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    (spec,) = sweep.plan(path)
+    with h5py.File(out / f"{spec.id}.h5", "r") as f:
+        assert f.attrs["method"] == method
+        assert words in f.attrs["method_description"]
+        if method == "series":
+            assert "|error| <=" in f.attrs["method_description"]
+
+
 def test_finished_runs_are_skipped_and_index_links_every_run(tmp_path, capsys):
     """A second invocation skips finished runs without touching them; index.h5 links every
     run file and catalog.csv has one row per run."""
