@@ -565,3 +565,17 @@ def test_relu_particle_at_the_origin_is_reported_as_singular():
     W[2, :problem.model.d + 1] = 0.0  # a = 0 and b = 0: relu(a . x + b) has no second derivative there
     assert list(problem.hessian_singularities(W)) == [2]
     assert np.isfinite(problem.hessian(W)).all()
+
+
+def test_row_degree_keeps_the_design_truncation():
+    # A row's series degree L is the smallest with r^(L+1) <= 0.4^41 (r its largest |rho| <= 0.4);
+    # pairs beyond 0.4 take the exact formulas and do not count.
+    from meanfield.kernels.population_bias import SERIES_RHO, _row_degree
+
+    design = SERIES_RHO ** 41
+    for largest in (1e-3, 0.05, 0.1, 0.3, 0.39):
+        rho = np.array([0.0, -largest, largest / 2, 0.9, -0.95])
+        L = _row_degree(rho, rho.size, SERIES_RHO, 40)
+        assert largest ** (L + 1) <= design * (1 + 1e-12) and (L == 0 or largest ** L > design)
+    assert _row_degree(np.zeros(4), 4, SERIES_RHO, 40) == 0
+    assert _row_degree(np.array([0.4, 0.1]), 2, SERIES_RHO, 40) == 40
