@@ -70,7 +70,7 @@ for two vectors (u1, u2) spanning span(a_i, a_j). Which two depends on the activ
   coincide). |y| is computed entry by entry, so s is accurate near collinear pairs (from rho
   it would carry an error of order sqrt(eps)), and s is used throughout: 1 -+ rho = s^2 /
   (1 +- rho) in the numerators of g_i, g_j, and P by Genz's |rho| >= 0.925 branch at
-  1 - rho^2 = s^2 (``_bivariate_cdf_s``; at the rounded rho, M erred by 2e-9 at s ~ 1e-8,
+  1 - rho^2 = s^2 (``_gaussian.bivariate_normal_cdf_s``; at the rounded rho, M erred by 2e-9 at s ~ 1e-8,
   now 1e-16 against mpmath). The factor b_j - rho r_j beta_i of R0 keeps the raw bias (it is
   linear in b_j, also where the ratio is clipped). a_i = 0 or a_j = 0: h is the constant b, and
   the same moments with one direction (e.g. M = H(b_i) [Phi(beta_j) I - beta_j phi(beta_j)
@@ -104,7 +104,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._gaussian import _GL_W, _GL_X, _TWO_PI, bivariate_normal_cdf, bivariate_normal_excess, normal_cdf, normal_pdf
+from ._gaussian import bivariate_normal_cdf_s, bivariate_normal_excess, normal_cdf, normal_pdf
 from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU
 from .population_bias import _RATIO_CLIP, BIAS_CLOSED_FORM_CODES, _clip, _one_sided_ratio
 
@@ -131,69 +131,6 @@ def _perpendicular(a_i, a_j, d, p, u, u2):
         u2[k] = yk
         y2 += yk * yk
     return y2
-
-
-@njit(cache=True)
-def _upper_near_one_a2(h, k, a2):
-    """Genz's remainder ``_gaussian._upper_near_one`` with a2 = 1 - rho^2 given, not computed
-    from rho (same code, same constants).
-
-    Near collinear relu pairs the kernels know s = sqrt(1 - rho^2) to full relative accuracy
-    (from y = a_j - (a_i . a_j / |a_i|^2) a_i entry by entry), while 1 - rho^2 from the
-    rounded rho carries an absolute error of eps: at s ~ 1e-8 the whole of s. Phi_2 then
-    errs by about phi s (2e-9 in M, measured against mpmath), the error of the velocity's
-    Phi_2 too; with a2 = s^2 it is 1e-16.
-    """
-    half = 0.5
-    hk = h * k
-    if a2 <= 0.0:
-        return 0.0
-    a = math.sqrt(a2)
-    bs = (h - k) * (h - k)
-    c = (4.0 - hk) / 8.0
-    d = (12.0 - hk) / 16.0
-    total = a * math.exp(-half * (bs / a2 + hk)) * (
-        1.0 - c * (bs - a2) * (1.0 - d * bs / 5.0) / 3.0 + c * d * a2 * a2 / 5.0)
-    if hk > -160.0:
-        b = math.sqrt(bs)
-        total -= (math.exp(-half * hk) * 2.5066282746310002 * normal_cdf(-b / a) * b
-                  * (1.0 - c * bs * (1.0 - d * bs / 5.0) / 3.0))
-    a = half * a
-    for q in range(9, 19):
-        x = _GL_X[q]
-        w = _GL_W[q]
-        xs = (a * (x + 1.0)) * (a * (x + 1.0))
-        rs = math.sqrt(1.0 - xs)
-        total += a * w * (math.exp(-bs / (2.0 * xs) - hk / (1.0 + rs)) / rs
-                          - math.exp(-half * (bs / xs + hk)) * (1.0 + c * xs * (1.0 + d * xs)))
-        xs = a2 * (1.0 - x) * (1.0 - x) * 0.25
-        rs = math.sqrt(1.0 - xs)
-        total += a * w * math.exp(-half * (bs / xs + hk)) * (
-            math.exp(-hk * (1.0 - rs) / (2.0 * (1.0 + rs))) / rs - (1.0 + c * xs * (1.0 + d * xs)))
-    return total / _TWO_PI
-
-
-@njit(cache=True)
-def _bivariate_cdf_s(h, k, rho, s):
-    """Phi_2(h, k; rho) with s = sqrt(1 - rho^2) given (``bivariate_normal_cdf`` otherwise).
-
-    For |rho| < 0.925, s > 0.38 and rho's rounding is harmless: ``bivariate_normal_cdf``. Above,
-    its own branch with the remainder taken at a2 = s^2 (``_upper_near_one_a2``).
-    """
-    # Limits beyond +-40 change Phi_2 by at most Phi(-40) = 4e-350, nothing in float64, while
-    # Genz's remainder overflows for |h| ~ 1e4 (exp(-h k / 2) with h k << 0: NaN).
-    h = _clip(h, _PHI2_SATURATION)
-    k = _clip(k, _PHI2_SATURATION)
-    if abs(rho) < 0.925:
-        return bivariate_normal_cdf(h, k, rho)
-    uh = -h
-    uk = -k
-    if rho < 0.0:
-        uk = -uk
-    remainder = _upper_near_one_a2(uh, uk, s * s)
-    if rho > 0.0:
-        return normal_cdf(-max(uh, uk)) - remainder
-    return max(0.0, normal_cdf(-uh) - normal_cdf(-uk)) + remainder
 
 
 # How the two vectors (u1, u2) of a pair's blocks are made from a_i and a_j (``_basis``).
@@ -290,7 +227,7 @@ def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
     # s phi(g): 0 at s = 0 (the bivariate density terms vanish with the plane).
     s_pdf_gi = s * normal_pdf(g_i) if s > 0.0 else 0.0
     s_pdf_gj = s * normal_pdf(g_j) if s > 0.0 else 0.0
-    P = _bivariate_cdf_s(beta_i, beta_j, rho, s)
+    P = bivariate_normal_cdf_s(beta_i, beta_j, rho, s)
     kappa = (b_i * b_j + p) * P + b_i * r_j * pdf_j * cdf_gi + b_j * r_i * pdf_i * cdf_gj + r_i * r_j * pdf_j * s_pdf_gi
     K = pdf_i / r_i
     # E[relu(h_j) | h_i = 0] = r_j s phi(g_j) + lin_j Phi(g_j), lin_j = r_j s g_j (up to the clip):
@@ -335,7 +272,7 @@ def _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, erf_form):
     psi_xx = (lx * lx - inv_S2) * psi
     psi_yy = (ly * ly - inv_S2) * psi
     psi_xy = (lx * ly + q * inv_S2) * psi
-    # limits clipped where Phi_2 - Phi Phi is saturated (0 in float64; see _bivariate_cdf_s)
+    # limits clipped where Phi_2 - Phi Phi is saturated (0 in float64; see _gaussian._saturate)
     excess = bivariate_normal_excess(_clip(x, _PHI2_SATURATION), _clip(y, _PHI2_SATURATION), q)
     if erf_form:
         f = 4.0
