@@ -224,11 +224,9 @@ def test_hessian_at_edge_cases(activation, case):
     else:
         reference = _fd_hessian(problem, W, 1e-7 if c2_only else 1e-5)
         tolerance = 3e-7 if c2_only else 1e-8
-    if not np.isfinite(reference).all():
-        # The reference, not the Hessian (finite above): since 93f88b3 (ratios clipped at 1e18
-        # instead of 50) bivariate_normal_cdf returns NaN for |h| ~ 1e4 and |rho| >= 0.925
-        # (Genz's remainder overflows), and the velocity with it near a = 0.
-        pytest.xfail("velocity NaN: _gaussian.bivariate_normal_cdf overflows for |h| >~ 1e4, |rho| >= 0.925")
+    # Finite since Phi_2 saturates its limits at +-40 (7fcfc5c): before, Genz's remainder
+    # overflowed to NaN for |h| ~ 1e4 and the velocity with it near a = 0.
+    assert np.isfinite(reference).all()
     assert _relative_error(H, reference) < tolerance, _relative_error(H, reference)
     V = rng.standard_normal(W.shape)
     assert np.abs(_hvp(problem, W, V).ravel() - H @ V.ravel()).max() <= 1e-12 * np.abs(H).max()
