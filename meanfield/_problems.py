@@ -366,7 +366,6 @@ class PopulationProblem(Problem):
         # Series only: a bound on the velocity error of the last evaluation (absolute, the
         # largest over particles; see kernels.series_pair_sums for what it covers).
         self.last_error_bound = None
-        self._pair_bounds = []
         self.quadrature_order = int(quadrature_order)
         self.mc_samples = int(mc_samples)
         dtype = model.dtype
@@ -413,8 +412,7 @@ class PopulationProblem(Problem):
 
     def _pair(self, points, sources, symmetric=True):
         if self.method == "series":
-            K, G, bound = kernels.series_pair_sums(points, sources, self.model.activation_code, SERIES_TOL)
-            self._pair_bounds.append(bound)
+            K, G, _ = kernels.series_pair_sums(points, sources, self.model.activation_code, SERIES_TOL)
             return K, G
         return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
                          getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric,
@@ -431,7 +429,8 @@ class PopulationProblem(Problem):
         K_w, G_w, bound_w = kernels.series_pair_sums(points, W, code, SERIES_TOL, tables=(t_points, t_w))
         K_t, G_t, bound_t = kernels.series_pair_sums(points, self._teacher_W, code, SERIES_TOL,
                                                      tables=(t_points, t_teacher))
-        self._pair_bounds += [bound_w, bound_t]
+        if points is W:
+            self.last_error_bound = self._series_velocity_bound(W, bound_w, bound_t)
         return K_w, G_w, K_t, G_t
 
     def _series_velocity_bound(self, W, bound_w, bound_t) -> float:
@@ -469,12 +468,9 @@ class PopulationProblem(Problem):
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
                                     self._value_offset)
         velocity = np.empty_like(W) if out is None else out
-        self._pair_bounds = []
         # With tracers, the particles take the general tiles too: a tracer on a particle then
         # gets bitwise the particle's velocity.
         velocity, K_w, K_t = self._pair_velocity(W, W, velocity, symmetric=points is None)
-        if self.method == "series":
-            self.last_error_bound = self._series_velocity_bound(W, *self._pair_bounds[:2])
         value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
         points_velocity = None
         if points is not None:
