@@ -234,7 +234,8 @@ def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
-            rng: np.random.Generator | None = None, tracers=None, time: float | None = None) -> State:
+            rng: np.random.Generator | None = None, tracers=None, time: float | None = None,
+            info: dict | None = None) -> State:
     """Rebuild a state saved by a checkpoint, so that stepping it continues the saved run.
 
     Parameters
@@ -255,6 +256,8 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
     time : float, optional
         The time of the checkpoint: required by adaptive integrators (whose ``step`` counts
         evaluations, not time); fixed-step ones use ``step * dt``.
+    info : dict, optional
+        The saved ``State.info`` of an adaptive integrator (its evaluation counts).
     """
     state = integrator.init(W, rng, tracers)
     for name, array in (buffers or {}).items():
@@ -269,6 +272,7 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
         if time is None:
             raise ValueError(f"restoring {integrator.name} needs the time of the checkpoint")
         state.t = float(time)
+        state.info.update(info or {})
         state.info["nfev"] = state.step
     else:
         state.t = state.step * integrator.dt

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
+import signal
+
+from . import _interrupt, kernels
 from ._integrators import Integrator, State, share_evaluation
 from ._problems import Evaluation, Problem
 
@@ -184,9 +186,19 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     for measure in measures:
         if hasattr(measure, "set_horizon"):
             measure.set_horizon(t_max)
-    if integrator.advance is not None:
-        return _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state,
-                             tracers, measures)
+    # SIGINT (and SIGTERM under the command line) stop the run at a step boundary:
+    # meanfield._interrupt.
+    with _interrupt.handling((signal.SIGINT,), only_if_default=True):
+        if integrator.advance is not None:
+            return _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state,
+                                 tracers, measures)
+        return _run_fixed(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state, tracers,
+                          measures)
+
+
+def _run_fixed(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state, tracers,
+               measures) -> Trajectory:
+    """The loop of :func:`run` for a fixed-step integrator."""
     n_steps = int(round(t_max / integrator.dt))
     if n_steps < 1:
         raise ValueError(f"t_max = {t_max} is shorter than one step (dt = {integrator.dt})")
@@ -194,29 +206,40 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     trajectory, watchers, stepped, state, next_record = _start(
         problem, integrator, W0, rng, observers, keep_particles, state, tracers, steps, "step")
     status, message = "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps"
-    while True:
-        if next_record < len(steps) and state.step == steps[next_record]:
-            # The next step starts from this same evaluation when it can (one evaluation
-            # per recorded step, not two); otherwise _record makes a separate one.
-            evaluation = None if state.step == n_steps else share_evaluation(integrator, problem, state)
-            _record(problem, state, watchers, measures, evaluation)
-            next_record += 1
-        if state.step == n_steps:
-            break
-        integrator.step(state)
-        # A device state (CUDA backend) checks its particles where they are.
-        finite = state.all_finite() if hasattr(state, "all_finite") else kernels.all_finite(state.W)
-        if not (math.isfinite(state.value) and finite):
-            status = "diverged"
-            message = (f"diverged at step {state.step} (t = {state.t:g}): the "
-                       f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")
-            break
-        for hook in stepped:
-            hook(state)
-    state.scratch.pop("evaluation", None)
-    for watcher in watchers:
-        watcher.close(state, status, message)
+    try:
+        with _interrupt.deferred():
+            while True:
+                _interrupt.poll()
+                if next_record < len(steps) and state.step == steps[next_record]:
+                    # The next step starts from this same evaluation when it can (one evaluation
+                    # per recorded step, not two); otherwise _record makes a separate one.
+                    evaluation = None if state.step == n_steps else share_evaluation(integrator, problem, state)
+                    _record(problem, state, watchers, measures, evaluation)
+                    next_record += 1
+                if state.step == n_steps:
+                    break
+                integrator.step(state)
+                # A device state (CUDA backend) checks its particles where they are.
+                finite = state.all_finite() if hasattr(state, "all_finite") else kernels.all_finite(state.W)
+                if not (math.isfinite(state.value) and finite):
+                    status = "diverged"
+                    message = (f"diverged at step {state.step} (t = {state.t:g}): the "
+                               f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")
+                    break
+                for hook in stepped:
+                    hook(state)
+    except _interrupt.Interrupted as stop:
+        _close(state, watchers, "interrupted", f"stopped by {stop.name} at step {state.step} (t = {state.t:g})")
+        raise
+    _close(state, watchers, status, message)
     return trajectory
+
+
+def _close(state, watchers, status: str, message: str) -> None:
+    state.scratch.pop("evaluation", None)
+    with _interrupt.deferred():  # a second signal must not cut the final checkpoint short
+        for watcher in watchers:
+            watcher.close(state, status, message)
 
 
 def _start(problem, integrator, W0, rng, observers, keep_particles, state, tracers, marks, clock):
@@ -256,22 +279,51 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
     targets = list(grid[next_record:])
     if not targets or targets[-1] < t_max:
         targets.append(t_max)
-    for target in targets:
-        if target > state.t:
-            integrator.advance(state, float(target), float(t_max))
-            finite = kernels.all_finite(state.W) and (state.tracers is None or kernels.all_finite(state.tracers))
-            if not (math.isfinite(state.value) and finite):
-                status = "diverged"
-                break
-        if next_record < len(grid) and target == grid[next_record]:
-            _record(problem, state, watchers, measures)
-            next_record += 1
-        for hook in stepped:
-            hook(state)
+    saved = _snapshot(state)
+    try:
+        with _interrupt.deferred():
+            for target in targets:
+                _interrupt.poll()
+                if target > state.t:
+                    # A signal stops the solver at once; the state returns to the last record.
+                    with _interrupt.immediate():
+                        integrator.advance(state, float(target), float(t_max))
+                    finite = kernels.all_finite(state.W) and (state.tracers is None or kernels.all_finite(state.tracers))
+                    if not (math.isfinite(state.value) and finite):
+                        status = "diverged"
+                        break
+                if next_record < len(grid) and target == grid[next_record]:
+                    _record(problem, state, watchers, measures)
+                    next_record += 1
+                # The solver starts afresh from each record, where a checkpoint is written, so
+                # that a run resumed from that checkpoint continues bitwise as this one does.
+                state.scratch.pop("flow", None)
+                saved = _snapshot(state)
+                for hook in stepped:
+                    hook(state)
+    except _interrupt.Interrupted as stop:
+        _restore_snapshot(state, saved)
+        _close(state, watchers, "interrupted", f"stopped by {stop.name} at t = {state.t:g}")
+        raise
     if status == "diverged":
         message = state.info.get("message") or f"diverged at t = {state.t:g}: the state became NaN or inf"
     else:
         message = f"reached t = {state.t:g} with {state.info.get('nfev', state.step)} evaluations ({integrator.name})"
-    for watcher in watchers:
-        watcher.close(state, status, message)
+    _close(state, watchers, status, message)
     return trajectory
+
+
+def _snapshot(state) -> dict:
+    """What an adaptive run's state was at its last record (to return to when interrupted)."""
+    return {"W": state.W.copy(), "tracers": None if state.tracers is None else state.tracers.copy(),
+            "t": state.t, "step": state.step, "value": state.value, "info": dict(state.info)}
+
+
+def _restore_snapshot(state, saved: dict) -> None:
+    state.W[...] = saved["W"]
+    if saved["tracers"] is not None:
+        state.tracers[...] = saved["tracers"]
+    state.t, state.step, state.value = saved["t"], saved["step"], saved["value"]
+    state.info.clear()
+    state.info.update(saved["info"])
+    state.scratch.pop("flow", None)

@@ -30,71 +30,357 @@ that is not active, flushed, and only then made active by one small write, so a 
 middle of a checkpoint leaves the previous one whole. A process killed at any moment leaves a
 file that opens (read-only, ``swmr=True``) with every record flushed before the kill. HDF5
 will not reopen such a file for writing, so resuming copies its valid prefix (the records up
-to the last checkpoint) into a fresh file and continues there. A finished run is renamed to
-``<id>.h5``.
+to the last checkpoint) into a fresh file and continues there.
+
+The ``.part`` file is never reopened for writing: HDF5 marks a file open for writing in its
+superblock, and a process killed while it holds the file so leaves a file that no one can open
+again. Finishing a run therefore closes the ``.part`` (whole, with its final checkpoint),
+copies it to a temporary name, writes the final attributes (status, message, end time) into
+the copy, and renames the copy to ``<id>.h5``; only then is the ``.part`` removed. A kill at
+any point of this leaves either the ``.part`` (resumed at its final checkpoint: nothing to
+integrate, the finish is redone) or the finished file. Every later update of a finished file
+(the landscape, limit and lazy stages) goes the same way, through :func:`updating`.
+
+The status of a ``.part`` says ``running`` while it is written; whether a writer still holds
+it is told by the run lock (:class:`RunLock`), so :func:`run_status` reports a ``.part`` that no
+process holds as ``interrupted`` (killed, stopped by a signal, or on a full disk): resumable.
+
+Every reader opens run files through :func:`open_run`, which checks the file's superblock
+first (an HDF5 signature at byte 0 and an end-of-file address within the file's size) and
+limits HDF5's metadata read retries, so a truncated or overwritten file is named with its
+reason (:class:`CorruptRunFile`) instead of hanging a SWMR reader or raising an anonymous error.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
 import errno
 import fcntl
 import getpass
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
-import sys
 import time
+import uuid
 
 import h5py
 import numpy as np
 
 OBSERVABLES = ("risk", "grad_norm")
 RNG_STATE_BYTES = 4096
+INFO_BYTES = 4096  # an adaptive integrator's counts (JSON) in each checkpoint slot
 LOCKING_VARIABLE = "MEANFIELD_FILE_LOCKING"
 FRAME_BLOCK = 64  # frames copied at once when a run is resumed
 
 
-UPDATE_WAIT_S = 30.0  # how long a writer waits for readers to close a file it must update
+# A SWMR reader retries a metadata read whose checksum fails (the writer may be mid-flush),
+# with a backoff that grows with each attempt: HDF5's default of 100 attempts made a reader
+# of a truncated file wait for more than ten minutes; 16 attempts cost under a second.
+METADATA_READ_ATTEMPTS = 16
+TEMPORARY_MAX_AGE_S = 3600.0  # a temporary file of another host older than this is abandoned
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class CorruptRunFile(OSError):
+    """A run file that cannot be read: truncated, overwritten or not HDF5. The message names
+    the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(errno.EIO, f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+    def __str__(self):
+        return f"{self.path}: {self.reason}"
+
+
+def check_superblock(path) -> str | None:
+    """Why ``path`` is not a whole HDF5 file, or None when its superblock looks whole.
+
+    Checks the signature at byte 0 (meanfield writes no user block) and that the end-of-file
+    address the superblock records lies within the file: a file cut short by a power cut or
+    a copy that stopped is detected here, before HDF5 reads past its end.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if head[:8] != _SIGNATURE:
+        if not head.strip(b"\x00"):
+            return f"not an HDF5 file: its first {len(head)} bytes are zero (overwritten or never written)"
+        return "not an HDF5 file (no HDF5 signature at byte 0)"
+    version = head[8] if len(head) > 8 else -1
+    if version in (2, 3):
+        offsets = head[9]
+        at = 12 + 2 * offsets  # base address, superblock extension, then end of file
+    elif version in (0, 1):
+        offsets = head[13]
+        at = (24 if version == 0 else 28) + 2 * offsets  # base, free space, then end of file
+    else:
+        return f"unknown HDF5 superblock version {version}"
+    if offsets not in (4, 8) or len(head) < at + offsets:
+        return "damaged HDF5 superblock"
+    end = int.from_bytes(head[at: at + offsets], "little")
+    if end > size:
+        return f"truncated: {size} bytes of the {end} its superblock records"
+    return None
+
+
+def _hdf5_library():
+    """The HDF5 shared library that h5py uses (ctypes), or None where it cannot be found."""
+    if not hasattr(_hdf5_library, "handle"):
+        _hdf5_library.handle = None
+        try:
+            with open("/proc/self/maps") as maps:  # Linux: the library h5py loaded, wherever it is
+                paths = {line.split()[-1] for line in maps if "libhdf5" in line and "libhdf5_hl" not in line}
+            for path in sorted(p for p in paths if p.startswith("/")):
+                library = ctypes.CDLL(path)
+                if hasattr(library, "H5Pset_metadata_read_attempts"):
+                    _hdf5_library.handle = library
+                    break
+        except OSError:
+            pass
+    return _hdf5_library.handle
+
+
+def open_run(path, swmr: bool = True) -> h5py.File:
+    """Open a run file read-only: the one way meanfield reads run files.
+
+    Parameters
+    ----------
+    path : path-like
+        ``<id>.h5`` or a ``<id>.h5.part`` (possibly being written, or left by a kill).
+    swmr : bool
+        Open in SWMR read mode (required for a ``.part``, harmless for a finished file).
+
+    Raises
+    ------
+    CorruptRunFile
+        The file is truncated, overwritten or not HDF5 (its message names the file and why).
+    """
+    path = os.fspath(path)
+    reason = check_superblock(path)
+    if reason is not None:
+        raise CorruptRunFile(path, reason)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    library = _hdf5_library()
+    if library is not None and swmr:
+        library.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(METADATA_READ_ATTEMPTS))
+    flags = h5py.h5f.ACC_RDONLY | (h5py.h5f.ACC_SWMR_READ if swmr else 0)
+    try:
+        return h5py.File(h5py.h5f.open(path.encode(), flags, fapl=fapl))
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        if _is_lock_error(error) or isinstance(error, FileNotFoundError):
+            raise
+        raise CorruptRunFile(path, f"HDF5 cannot open it ({error})") from None
+
+
+def _fault(stage: str) -> None:
+    """Kill this process at a named write stage, for the tests of crash safety.
+
+    ``MEANFIELD_KILL_AT=<stage>[:<n>]`` sends SIGKILL to the process the n-th time (default
+    the first) it reaches ``stage``; unset, this does nothing.
+    """
+    spec = os.environ.get("MEANFIELD_KILL_AT")
+    if not spec or spec.partition(":")[0] != stage:
+        return
+    count = _fault.counts.get(stage, 0) + 1
+    _fault.counts[stage] = count
+    if count >= int(spec.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault.counts = {}
+
+
+def temporary_name(path) -> str:
+    """A fresh hidden name beside ``path`` for a file written and then renamed onto it.
+
+    It names the host and process so that :func:`remove_abandoned` can tell a temporary file
+    of a live writer from one a killed writer left; the random part keeps shards on several
+    nodes (which may share a process id) apart.
+    """
+    directory, name = os.path.split(os.fspath(path))
+    return os.path.join(directory, f".{name}.tmp.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned(directory) -> list[str]:
+    """Remove the temporary files that killed writers left in ``directory``.
+
+    A temporary file (:func:`temporary_name`) is abandoned when its process no longer runs
+    on this host, or, for another host, when it is older than ``TEMPORARY_MAX_AGE_S``. Returns
+    the names removed.
+    """
+    removed = []
+    host = socket.gethostname()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(".") or ".tmp." not in name:
+            continue
+        fields = name.rsplit(".tmp.", 1)[1].rsplit(".", 2)
+        if len(fields) != 3 or not fields[1].isdigit():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if fields[0] == host:
+                abandoned = not _pid_alive(int(fields[1]))
+            else:
+                abandoned = time.time() - os.path.getmtime(path) > TEMPORARY_MAX_AGE_S
+            if abandoned:
+                os.remove(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
+def _fsync(path) -> None:
+    """Push a file's data to the disk (a rename after it then never exposes a hollow file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _locking_enabled() -> bool:
+    return os.environ.get(LOCKING_VARIABLE, "TRUE").upper() not in ("FALSE", "0", "NO", "OFF")
+
+
+def _flock(path, blocking: bool):
+    """An open handle holding an exclusive ``flock`` on ``path`` (created if needed), or None
+    when another process holds it and ``blocking`` is false.
+
+    The holder unlinks the file when it is done; a lock on that unlinked file would not
+    exclude a process that opens the path anew, so the lock is taken again until the locked
+    file is the one at ``path``.
+    """
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as error:
+            handle.close()
+            if blocking or error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _unlock(path, handle) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    handle.close()
+
+
+@contextlib.contextmanager
+def updating(path, target=None):
+    """Update a closed run file crash-safely: yield it copied to a temporary name and opened
+    ``r+``; when the block ends, rename the copy onto ``target`` (default ``path``).
+
+    A kill at any moment leaves ``path`` as it was (and a temporary file that
+    :func:`remove_abandoned` removes later). Concurrent updates of one file are serialised by
+    an exclusive lock on ``.<name>.update.lock``; a reader holding ``path`` open keeps reading
+    the old version and sees the new one when it reopens the file.
+    """
+    path = os.fspath(path)
+    target = path if target is None else os.fspath(target)
+    directory, name = os.path.split(path)
+    lock_path = os.path.join(directory, f".{name}.update.lock")
+    lock = _flock(lock_path, blocking=True) if _locking_enabled() else None
+    tmp = temporary_name(target)
+    try:
+        shutil.copyfile(path, tmp)
+        _fault("update-copied")
+        with h5py.File(tmp, "r+", libver="latest", locking=False) as f:
+            yield f
+        _fault("update-written")
+        _fsync(tmp)
+        os.replace(tmp, target)
+        _fsync_directory(directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    finally:
+        if lock is not None:
+            _unlock(lock_path, lock)
+
+
+def run_paths(out_dir, run_id: str) -> tuple[str, str, str]:
+    """(finished file, file being written, run lock) of run ``run_id`` in ``out_dir``."""
+    base = os.path.join(os.fspath(out_dir), run_id)
+    return base + ".h5", base + ".h5.part", os.path.join(os.fspath(out_dir), f".{run_id}.lock")
+
+
+def lock_held(lock_path) -> bool:
+    """Whether a live process holds the run lock at ``lock_path`` (its file may outlive a kill)."""
+    try:
+        handle = open(lock_path)
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            return error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def run_status(path, attrs: dict) -> str:
+    """The status of a run file: its ``status`` attribute, except that a ``.part`` marked
+    ``running`` that no process writes (its run lock is free) is ``interrupted``.
+
+    With run locks turned off (``MEANFIELD_FILE_LOCKING=FALSE``) a live run cannot be told
+    from an interrupted one, and the attribute is returned as it is.
+    """
+    status = attrs.get("status", "")
+    path = os.fspath(path)
+    if status == "running" and path.endswith(".h5.part") and _locking_enabled():
+        run_id = attrs.get("run_id") or os.path.basename(path)[: -len(".h5.part")]
+        _, _, lock = run_paths(os.path.dirname(path), run_id)
+        if not lock_held(lock):
+            return "interrupted"
+    return status
 
 
 def _is_lock_error(error: OSError) -> bool:
     return "unable to lock file" in str(error)
-
-
-def open_for_update(path, wait_s: float | None = None, only_writer: bool = False, **kwargs) -> h5py.File:
-    """Open an HDF5 file ``r+``, waiting for other processes that hold it to close it.
-
-    HDF5 takes an exclusive file lock to open for writing, so a reader in another process (a
-    concurrent shard rebuilding ``index.h5``, ``meanfield status``, a notebook watching a run
-    with ``swmr=True``) makes the open fail at once. Readers that come and go are waited for,
-    retrying for ``wait_s`` seconds (``UPDATE_WAIT_S`` by default).
-
-    After that, with ``only_writer`` (the caller holds the run's ``RunLock``, so whoever
-    holds the file can only be reading it), the file is opened without HDF5's lock, with a
-    warning: a reader that stays does not get to fail a finished run, and sees the update
-    when it reopens the file. Without it, another writer may hold the file, and writing
-    beside it could corrupt it: OSError, naming the file.
-    """
-    wait_s = UPDATE_WAIT_S if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    delay = 0.01
-    while True:
-        try:
-            return h5py.File(path, "r+", **kwargs)
-        except OSError as error:
-            if not _is_lock_error(error):
-                raise
-            if time.monotonic() >= deadline:
-                break
-        time.sleep(delay)
-        delay = min(2 * delay, 0.5)
-    if not only_writer:
-        raise OSError(errno.EAGAIN, f"another process has held {os.fspath(path)} open for more than {wait_s:g} s "
-                      "(HDF5 file lock); close it and run the command again")
-    print(f"meanfield: {os.fspath(path)} is held open by a reader after {wait_s:g} s; updating it "
-          "without HDF5's file lock", file=sys.stderr, flush=True)
-    return h5py.File(path, "r+", locking=False, **kwargs)
 
 
 class RunLocked(RuntimeError):
@@ -117,30 +403,21 @@ class RunLock:
         self._handle = None
 
     def __enter__(self):
-        if os.environ.get(LOCKING_VARIABLE, "TRUE").upper() in ("FALSE", "0", "NO", "OFF"):
+        if not _locking_enabled():
             return self
-        while True:
-            handle = open(self.path, "a+")
+        try:
+            handle = _flock(self.path, blocking=False)
+        except OSError as error:
+            raise RunLocked(f"{self.path}: cannot take the run lock ({error}); on a file system "
+                            f"without locks set {LOCKING_VARIABLE}=FALSE (then nothing stops two "
+                            "processes from writing the same run)") from None
+        if handle is None:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    handle.close()
-                    raise RunLocked(f"{self.path}: cannot take the run lock ({error}); on a file system "
-                                    f"without locks set {LOCKING_VARIABLE}=FALSE (then nothing stops two "
-                                    "processes from writing the same run)") from None
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise RunLocked(f"{self.path}: this run is being written by {holder}; refusing to write it too") from None
-            # The previous holder unlinks the file when it is done; a lock on that unlinked
-            # file would not exclude a process that opens the path anew, so take it again.
-            try:
-                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            handle.close()
+                with open(self.path) as holder_file:
+                    holder = holder_file.read().strip() or "another process"
+            except OSError:
+                holder = "another process"
+            raise RunLocked(f"{self.path}: this run is being written by {holder}; refusing to write it too")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -149,13 +426,9 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
-        if self._handle is None:
-            return False
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        self._handle.close()
+        if self._handle is not None:
+            _unlock(self.path, self._handle)
+            self._handle = None
         return False
 
 
@@ -277,6 +550,9 @@ class RunFile:
             ckpt.create_dataset("records", data=np.int64(0))
             ckpt.create_dataset("rng_state", shape=(RNG_STATE_BYTES,), dtype=np.uint8)
             ckpt.create_dataset("rng_state_length", data=np.int64(0))
+            ckpt.create_dataset("info", shape=(INFO_BYTES,), dtype=np.uint8)
+            ckpt.create_dataset("info_length", data=np.int64(0))
+        _fault("create")
         return f
 
     @classmethod
@@ -316,35 +592,41 @@ class RunFile:
             The file belongs to another configuration.
         """
         part_path = os.fspath(part_path)
-        with h5py.File(part_path, "r", libver="latest", swmr=True) as old:
+        with open_run(part_path) as old:
             if old.attrs["config_sha256"] != header["config_sha256"]:
                 raise ValueError(f"{part_path}: written by another configuration "
                                  f"({old.attrs['config_sha256']}), not {header['config_sha256']}")
             checkpoint = read_checkpoint(old)
-            if checkpoint is None:
-                return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_shapes, particles,
-                                  particles_dtype, checkpoint_seconds, tracer_blocks, observables), None
-            n = checkpoint["records"]
-            step = checkpoint["step"]
-            header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
-            fresh_path = part_path + ".new"
-            f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
-                            list(tracer_blocks), observables)
-            groups = [f"observables/{name}" for name in (*OBSERVABLES, *observables)]
-            if particles:
-                groups.append("particles/neurons/position")
-            if tracer_blocks:
-                groups.append("particles/tracers/position")
-            for group in groups:
-                for name in ("step", "time", "value"):
-                    src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
-                    dst.resize(n, axis=0)
-                    for start in range(0, n, FRAME_BLOCK):
-                        stop = min(n, start + FRAME_BLOCK)
-                        dst[start:stop] = src[start:stop]
+            if checkpoint is not None:
+                fresh_path = part_path + ".new"
+                n = checkpoint["records"]
+                header = dict(header, start_time=old.attrs["start_time"], resumed=int(old.attrs["resumed"]) + 1)
+                f = cls._layout(fresh_path, header, model, m, teacher_W, buffer_shapes, particles,
+                                particles_dtype, list(tracer_blocks), observables)
+                groups = [f"observables/{name}" for name in (*OBSERVABLES, *observables)]
+                if particles:
+                    groups.append("particles/neurons/position")
+                if tracer_blocks:
+                    groups.append("particles/tracers/position")
+                for group in groups:
+                    for name in ("step", "time", "value"):
+                        src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
+                        if src.shape[0] < n:
+                            f.close()
+                            raise CorruptRunFile(part_path, f"{group}/{name} holds {src.shape[0]} records, "
+                                                 f"its checkpoint counts {n}")
+                        dst.resize(n, axis=0)
+                        for start in range(0, n, FRAME_BLOCK):
+                            stop = min(n, start + FRAME_BLOCK)
+                            dst[start:stop] = src[start:stop]
+                _fault("resume-copied")
+        if checkpoint is None:  # killed before its first checkpoint: nothing to keep
+            return cls.create(part_path, final_path, header, model, m, teacher_W, buffer_shapes, particles,
+                              particles_dtype, checkpoint_seconds, tracer_blocks, observables), None
         writer = cls(f, fresh_path, final_path, checkpoint_seconds, n, observables)
-        writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], step, checkpoint["time"],
-                                        checkpoint["value"], checkpoint["rng_state"], checkpoint["tracers"])
+        writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], checkpoint["step"],
+                                        checkpoint["time"], checkpoint["value"], checkpoint["rng_state"],
+                                        checkpoint["tracers"], checkpoint["info"])
         writer.file.flush()
         os.replace(fresh_path, part_path)
         writer.part_path = part_path
@@ -359,6 +641,7 @@ class RunFile:
         values.update({name: measured.get(name, np.nan) for name in self.observables})
         for name, value in values.items():
             self._append(f"observables/{name}", n, state, value)
+            _fault("record")
         if self._particles:
             self._append("particles/neurons/position", n, state, state.W)
         if self._tracers:
@@ -371,9 +654,13 @@ class RunFile:
             self.checkpoint(state)
 
     def close(self, state, status: str, message: str) -> None:
-        """Finish the file: final checkpoint, status and end time; rename it into place."""
+        """End the file: a final checkpoint, then :meth:`finish` (an ``interrupted`` run is
+        checkpointed and closed, and stays a ``.part`` to resume)."""
         if status != "diverged":
             self.checkpoint(state)
+        if status == "interrupted":
+            self.file.close()
+            return
         info = getattr(state, "info", None)
         extra = {"integrator_info": json.dumps(info)} if info else {}
         if self.describe is not None:
@@ -391,7 +678,17 @@ class RunFile:
         g["time"][n] = state.t
         g["value"][n] = value
 
-    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None):
+    @staticmethod
+    def _write_json(ckpt, name: str, size: int, content) -> None:
+        raw = json.dumps(content).encode() if content is not None else b""
+        if len(raw) > size:
+            raise ValueError(f"checkpoint {name} of {len(raw)} bytes exceeds {size}")
+        buffer = np.zeros(size, dtype=np.uint8)
+        buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        ckpt[name][...] = buffer
+        ckpt[f"{name}_length"][()] = len(raw)
+
+    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None, info=None):
         active = self.file["checkpoint/active"]
         slot = 1 - int(active[()]) if int(active[()]) >= 0 else 0
         ckpt = self.file[f"checkpoint/slot_{slot}"]
@@ -404,56 +701,79 @@ class RunFile:
         ckpt["time"][()] = step_time
         ckpt["value"][()] = value
         ckpt["records"][()] = self.records
-        raw = json.dumps(rng_state).encode() if rng_state is not None else b""
-        if len(raw) > RNG_STATE_BYTES:
-            raise ValueError(f"random generator state of {len(raw)} bytes exceeds {RNG_STATE_BYTES}")
-        buffer = np.zeros(RNG_STATE_BYTES, dtype=np.uint8)
-        buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        ckpt["rng_state"][...] = buffer
-        ckpt["rng_state_length"][()] = len(raw)
+        self._write_json(ckpt, "rng_state", RNG_STATE_BYTES, rng_state)
+        self._write_json(ckpt, "info", INFO_BYTES, info or None)
         self.file.flush()
+        _fault("checkpoint-slot")
         active[()] = slot  # the switch: one 8-byte write, after the slot is on disk
 
     def checkpoint(self, state) -> None:
-        """Save what resuming needs (state, buffers, generator, record count) and flush."""
+        """Save what resuming needs (state, buffers, generator, record count, an adaptive
+        integrator's counts) and flush."""
         rng_state = state.rng.bit_generator.state if state.rng is not None else None
+        info = getattr(state, "info", None)
         self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state,
-                                      state.tracers)
+                                      state.tracers, _json_safe(info))
         self.file.flush()
+        _fault("checkpoint")
         self._last_checkpoint = time.monotonic()
 
-    def finish(self, status: str, message: str, extra: dict | None = None) -> str:
-        """Leave SWMR mode, write the final attributes, and rename a finished run into place.
+    def abandon(self) -> None:
+        """Close the file after an interrupt or an OS error (a full disk), keeping what is on
+        disk: everything up to the last checkpoint, which the next call resumes."""
+        if self.file.id.valid:
+            with contextlib.suppress(Exception):
+                self.file.close()
 
-        A ``failed`` run keeps its ``.part`` name so that a later call resumes it. Returns the
-        path of the file.
+    def finish(self, status: str, message: str, extra: dict | None = None) -> str:
+        """Close the file and write its final attributes into a renamed copy (:func:`updating`).
+
+        A finished run (``complete``, ``diverged``) becomes ``<id>.h5`` and its ``.part`` is
+        removed; a ``failed`` run keeps its ``.part`` name so that a later call resumes it.
+        Returns the path of the file.
         """
-        self.file.close()
-        # The run's RunLock is held: no other process writes this file.
-        with open_for_update(self.part_path, only_writer=True, libver="latest") as f:
+        if self.file.id.valid:
+            self.file.close()
+        target = self.part_path if status == "failed" else self.final_path
+        with updating(self.part_path, target) as f:
             f.attrs["status"] = status
             f.attrs["message"] = message
             f.attrs["end_time"] = _now()
             for key, value in (extra or {}).items():
                 f.attrs[key] = value
-        if status == "failed":
-            return self.part_path
-        os.replace(self.part_path, self.final_path)
-        return self.final_path
+        if target != self.part_path:
+            _fault("finish-renamed")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.part_path)
+        return target
+
+
+def _json_safe(info):
+    """The JSON-representable entries of an integrator's ``state.info`` (counts, names)."""
+    if not info:
+        return None
+    return {key: value for key, value in info.items()
+            if isinstance(value, (str, int, float, bool)) or value is None}
+
+
+def _read_json(ckpt, name: str):
+    if name not in ckpt:  # written before this field existed
+        return None
+    length = int(ckpt[f"{name}_length"][()])
+    return json.loads(bytes(ckpt[name][:length]).decode()) if length else None
 
 
 def read_checkpoint(f: h5py.File) -> dict | None:
     """The last complete checkpoint of an open run file, or None if it has none.
 
     Returns a dict with W, tracers (or None), buffers (name -> array), step, time, value,
-    records and rng_state
-    (a bit-generator state dict, or None for deterministic integrators).
+    records, rng_state (a bit-generator state dict, or None for deterministic integrators)
+    and info (an adaptive integrator's counts, or None).
     """
     active = int(f["checkpoint/active"][()])
     if active < 0:
         return None
     ckpt = f[f"checkpoint/slot_{active}"]
-    length = int(ckpt["rng_state_length"][()])
     buffers = ckpt["buffers"] if "buffers" in ckpt else {}
     return {
         "W": ckpt["W"][()],
@@ -463,13 +783,14 @@ def read_checkpoint(f: h5py.File) -> dict | None:
         "time": float(ckpt["time"][()]),
         "value": float(ckpt["value"][()]),
         "records": int(ckpt["records"][()]),
-        "rng_state": json.loads(bytes(ckpt["rng_state"][:length]).decode()) if length else None,
+        "rng_state": _read_json(ckpt, "rng_state"),
+        "info": _read_json(ckpt, "info"),
     }
 
 
 def read_attrs(path) -> dict:
     """Root attributes of a run file (finished or being written), as Python values."""
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+    with open_run(path) as f:
         return attrs_of(f)
 
 
@@ -481,6 +802,6 @@ def attrs_of(f: h5py.File) -> dict:
 def read_series(path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(step, time, value) of an observable (``risk``, ``grad_norm``) or ``particles``."""
     group = "particles/neurons/position" if name == "particles" else f"observables/{name}"
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+    with open_run(path) as f:
         g = f[group]
         return g["step"][()], g["time"][()], g["value"][()]

@@ -30,12 +30,11 @@ import math
 import os
 from collections import defaultdict
 
-import h5py
 import numpy as np
 
 from ._config import canonical_json, tangent_config
 from ._model import Model
-from ._store import open_for_update
+from ._store import open_run, updating
 from ._tangent import tangent_predict
 from ._teacher import Teacher
 
@@ -69,7 +68,7 @@ def held_out_sample(config: dict, teacher_W) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load(path) -> dict:
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+    with open_run(path) as f:
         position = f["particles/neurons/position"]
         tangent = f["observables/tangent_distance"].attrs.get("tangent_id") \
             if "observables/tangent_distance" in f else None
@@ -140,7 +139,7 @@ def compute(path, tangent_path=None) -> dict:
 
 def write(path, results: dict) -> None:
     """Store the series under ``/observables/<name>`` of a finished run file (replacing old ones)."""
-    with open_for_update(path, libver="latest") as f:
+    with updating(path) as f:
         for name in SERIES:
             if name not in results:
                 continue
@@ -165,7 +164,7 @@ def runs(out_dir) -> list[tuple[str, dict, str | None]]:
         if not name.endswith(".h5") or name == "index.h5":
             continue
         path = os.path.join(out_dir, name)
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_run(path) as f:
             config = json.loads(f.attrs["config"])
             status = f.attrs["status"]
         if status != "complete" or not config.get("lazy", {}).get("role"):
@@ -189,13 +188,13 @@ def compute_missing(out_dir) -> dict:
     """
     counts = {"measured": 0, "up_to_date": 0, "waiting": 0}
     for path, config, tangent_path in runs(out_dir):
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_run(path) as f:
             measured = "observables/test_risk" in f
             current = f["observables/tangent_distance"].attrs.get("tangent_id") \
                 if "observables/tangent_distance" in f else None
         wanted = None
         if tangent_path is not None:
-            with h5py.File(tangent_path, "r", libver="latest", swmr=True) as f:
+            with open_run(tangent_path) as f:
                 wanted = f.attrs["run_id"]
         if config["lazy"]["tangent"] and tangent_path is None:
             counts["waiting"] += 1
@@ -217,7 +216,7 @@ def collect(out_dir) -> list[dict]:
     and the stored series (times, displacement, test_risk, tangent_distance or None)."""
     records = []
     for path, config, _ in runs(out_dir):
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_run(path) as f:
             if "observables/test_risk" not in f:
                 continue
             series = {name: f[f"observables/{name}/value"][()] if f"observables/{name}" in f else None
@@ -295,7 +294,7 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
     widths = sorted({r["m"] for r in networks})
     for value in dict.fromkeys([values[0], values[-1]]):
         run = min((r for r in networks if r[key] == value), key=lambda r: (r["seed"], -r["m"]))
-        with h5py.File(run["path"], "r", libver="latest", swmr=True) as f:
+        with open_run(run["path"]) as f:
             particles = f["particles/neurons/position/value"][()]
             teacher = f["parameters/teacher/position"][()]
         directions, names = projection_directions(particles, teacher)

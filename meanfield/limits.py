@@ -26,15 +26,14 @@ import json
 import multiprocessing
 import os
 
-import h5py
 import numpy as np
 
 from ._config import canonical_json, reference_config
-from ._store import open_for_update
+from ._store import open_run, updating
 
 
 def _load(path):
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+    with open_run(path) as f:
         config = json.loads(f.attrs["config"])
         position = f["particles/neurons/position"]
         data = {
@@ -71,7 +70,7 @@ def pairs(out_dir) -> list[tuple[str, str | None]]:
         if not name.endswith(".h5") or name == "index.h5":
             continue
         path = os.path.join(out_dir, name)
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_run(path) as f:
             config = json.loads(f.attrs["config"])
             status = f.attrs["status"]
         role = config.get("limit", {}).get("role")
@@ -142,7 +141,7 @@ def compute(member_path, reference_path) -> dict:
 def write(member_path, results: dict) -> None:
     """Store the metrics in the member file under ``/observables/limit`` (replacing old ones)."""
     reference_id, reference_m = results["_reference"]
-    with open_for_update(member_path, libver="latest") as f:
+    with updating(member_path) as f:
         if "observables/limit" in f:
             del f["observables/limit"]
         group = f.create_group("observables/limit")
@@ -179,9 +178,9 @@ def compute_missing(out_dir, jobs: int = 1) -> dict:
         if reference_path is None:
             counts["waiting"] += 1
             continue
-        with h5py.File(member_path, "r", libver="latest", swmr=True) as f:
+        with open_run(member_path) as f:
             current = f["observables/limit"].attrs.get("reference_id") if "observables/limit" in f else None
-        with h5py.File(reference_path, "r", libver="latest", swmr=True) as f:
+        with open_run(reference_path) as f:
             reference_id = f.attrs["run_id"]
         if current == reference_id:
             counts["up_to_date"] += 1
@@ -209,7 +208,7 @@ def collect(out_dir, metric: str) -> dict:
     """
     records = []
     for member_path, _ in pairs(out_dir):
-        with h5py.File(member_path, "r", libver="latest", swmr=True) as f:
+        with open_run(member_path) as f:
             if f"observables/limit/{metric}" not in f:
                 continue
             config = json.loads(f.attrs["config"])

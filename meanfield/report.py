@@ -5,10 +5,9 @@ import math
 import os
 from collections import defaultdict
 
-import h5py
 import numpy as np
 
-from ._store import read_series
+from ._store import open_run, read_series
 
 GROUP_EXCLUDE = ("run.seed",)
 
@@ -125,7 +124,7 @@ def limit_rates(out_dir, n_times: int = 4, metrics=None, plots: bool = True, n_b
     if metrics is None:
         metrics = set()
         for member_path, _ in limits.pairs(out_dir):
-            with h5py.File(member_path, "r", libver="latest", swmr=True) as f:
+            with open_run(member_path) as f:
                 if "observables/limit" in f:
                     metrics.update(f["observables/limit"])
     rows, written = [], []

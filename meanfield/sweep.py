@@ -25,7 +25,6 @@ import os
 import sys
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 
 import h5py
@@ -37,7 +36,10 @@ from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, re
 from ._model import Init, Model
 from ._problems import FiniteDataProblem, PopulationProblem, Problem
 from ._run import run, time_grid
-from ._store import RunFile, RunLock, RunLocked, attrs_of, read_attrs
+from . import _interrupt
+from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, open_run, read_attrs, remove_abandoned,
+                     run_paths, run_status, temporary_name)
+from ._store import lock_held as _store_lock_held
 from ._teacher import Teacher
 
 __all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "plan", "run_shard",
@@ -151,8 +153,8 @@ def build(config: dict) -> Experiment:
 
 
 def paths(out_dir, spec: RunSpec):
-    base = os.path.join(os.fspath(out_dir), spec.id)
-    return base + ".h5", base + ".h5.part", os.path.join(os.fspath(out_dir), f".{spec.id}.lock")
+    """(finished file, file being written, run lock) of a run."""
+    return run_paths(out_dir, spec.id)
 
 
 def _summary(spec: RunSpec, status: str, path: str, risk=math.nan, time_=math.nan, message="", seconds=0.0):
@@ -162,7 +164,7 @@ def _summary(spec: RunSpec, status: str, path: str, risk=math.nan, time_=math.na
 
 
 def _final_values(path):
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+    with open_run(path) as f:
         return _last_risk(f)
 
 
@@ -219,14 +221,78 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
     Returns
     -------
     dict
-        id, index, status (``complete``, ``diverged``, ``failed``, ``skipped``, ``locked``),
-        final_risk, final_time, message, path, swept, seconds. Errors of the run itself are
-        reported as ``failed`` with their message, never raised.
+        id, index, status (``complete``, ``diverged``, ``failed``, ``skipped``, ``locked``,
+        ``interrupted``), final_risk, final_time, message, path, swept, seconds. Errors of the
+        run itself are reported as ``failed`` with their message, never raised; a run stopped
+        by SIGINT or SIGTERM is ``interrupted`` (checkpointed, resumable), with the signal's
+        exit status under ``exit_status``.
+
+    Notes
+    -----
+    Files that a kill, a full disk or a power cut left unreadable (a truncated or overwritten
+    ``.h5`` or ``.h5.part``) are moved aside as ``<name>.corrupt-<UTC time>``, with one line on
+    stderr naming the file and the reason, and the run is done again.
     """
     final, part, lock_path = paths(out_dir, spec)
+    start = time.perf_counter()
+    try:
+        with RunLock(lock_path), _interrupt.worker_run():
+            return _execute_locked(spec, final, part, restart, step_bar, start)
+    except RunLocked as error:
+        return _summary(spec, "locked", part, message=str(error))
+    except _interrupt.Interrupted as stop:
+        summary = _summary(spec, "interrupted", part, message=f"stopped by {stop.name}; resumable",
+                           seconds=time.perf_counter() - start)
+        summary["exit_status"] = stop.exit_status
+        return summary
+    except OSError as error:  # the machine's: a full disk, a file system gone read-only
+        return _summary(spec, "failed", part, message=_os_error_text(error, part),
+                        seconds=time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+        return _summary(spec, "failed", part, message=f"{type(error).__name__}: {error}",
+                        seconds=time.perf_counter() - start)
+
+
+def _os_error_text(error: OSError, path) -> str:
+    """One line for an OS error: the file, the errno's name and its text."""
+    code = error.errno
+    text = str(error)
+    if code is None:  # h5py passes HDF5's text, which carries the errno inside
+        import re
+
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    where = error.filename or path
+    if code is not None:
+        import errno as errno_names
+
+        return f"{where}: {errno_names.errorcode.get(code, code)} ({os.strerror(code)}); the run is resumable"
+    return f"{where}: {text.splitlines()[0] if text else type(error).__name__}; the run is resumable"
+
+
+def _move_aside(path, reason: str) -> str:
+    """Rename an unreadable run file out of the way, keeping it for inspection; say so."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.corrupt-{stamp}"
+    os.replace(path, aside)
+    print(f"meanfield: {path}: {reason}; moved to {os.path.basename(aside)}, the run is done again",
+          file=sys.stderr, flush=True)
+    return aside
+
+
+def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
+    """:func:`execute` with the run's lock held."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(part + ".new")  # a resume killed while copying; the .part itself is whole
     if os.path.exists(final):
-        attrs = read_attrs(final)
+        try:
+            attrs = read_attrs(final)
+        except CorruptRunFile as error:
+            _move_aside(final, error.reason)
+            attrs = {}
         if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)  # a finish killed between its rename and the removal of the .part
             risk, t = _final_values(final)
             if spec.config.get("landscape", {}).get("enabled"):  # killed between the run and its landscape stage
                 from .landscape import store_endpoint
@@ -236,72 +302,64 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
                 except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
                     return _summary(spec, "failed", final, risk, t, f"landscape stage: {type(error).__name__}: {error}")
             return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
-    start = time.perf_counter()
+    experiment = build(spec.config)
+    buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
+    buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
+    record = spec.config["record"]
+    header = RunFile.header(spec, experiment.problem.method)
+    teacher_W = experiment.teacher.W if experiment.teacher is not None else None
+    observables = tuple(name for measure in experiment.measures for name in measure.names)
+    args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
+            record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
+            experiment.tracer_blocks, observables)
+    state = None
+    if os.path.exists(part) and not restart:
+        try:
+            writer, checkpoint = RunFile.resume(*args)
+        except (CorruptRunFile, KeyError) as error:
+            _move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
+            writer, checkpoint = RunFile.create(*args), None
+        if checkpoint is not None:
+            rng = experiment.rng
+            if checkpoint["rng_state"] is not None:
+                rng.bit_generator.state = checkpoint["rng_state"]
+            state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"], checkpoint["value"],
+                            checkpoint["buffers"], rng, checkpoint["tracers"], checkpoint["time"], checkpoint["info"])
+    else:
+        writer = RunFile.create(*args)
+    writer.describe = getattr(experiment.problem, "describe", None)
+    observers = [writer]
+    tqdm = _tqdm() if step_bar else None
+    if tqdm is not None and experiment.integrator.advance is None:
+        total = int(round(experiment.t_max / experiment.integrator.dt))
+        observers.append(_StepBar(tqdm, total, spec.id[:8]))
     try:
-        with RunLock(lock_path):
-            experiment = build(spec.config)
-            buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
-            buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
-            record = spec.config["record"]
-            header = RunFile.header(spec, experiment.problem.method)
-            teacher_W = experiment.teacher.W if experiment.teacher is not None else None
-            observables = tuple(name for measure in experiment.measures for name in measure.names)
-            args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
-                    record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
-                    experiment.tracer_blocks, observables)
-            state = None
-            if os.path.exists(part) and not restart:
-                try:
-                    writer, checkpoint = RunFile.resume(*args)
-                except (OSError, KeyError) as error:
-                    # Killed while the file was being created: nothing in it can be trusted.
-                    # Keep it aside for inspection and start the run over.
-                    os.replace(part, f"{part}.unreadable-{int(time.time())}")
-                    print(f"{spec.id}: could not resume from {part} ({error}); starting over",
-                          file=sys.stderr, flush=True)
-                    writer, checkpoint = RunFile.create(*args), None
-                if checkpoint is not None:
-                    rng = experiment.rng
-                    if checkpoint["rng_state"] is not None:
-                        rng.bit_generator.state = checkpoint["rng_state"]
-                    state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"],
-                                    checkpoint["value"], checkpoint["buffers"], rng, checkpoint["tracers"],
-                                    checkpoint["time"])
-            else:
-                writer = RunFile.create(*args)
-            writer.describe = getattr(experiment.problem, "describe", None)
-            observers = [writer]
-            tqdm = _tqdm() if step_bar else None
-            if tqdm is not None and experiment.integrator.advance is None:
-                total = int(round(experiment.t_max / experiment.integrator.dt))
-                observers.append(_StepBar(tqdm, total, spec.id[:8]))
-            try:
-                trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
-                                 times=experiment.times, rng=experiment.rng, observers=observers, state=state,
-                                 tracers=experiment.tracers, measures=experiment.measures)
-            except BaseException as error:
-                if not writer.file.id.valid:
-                    raise
-                writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
-                raise
-            path = final if trajectory.status in FINISHED else part
-            if spec.config.get("landscape", {}).get("enabled") and trajectory.status == "complete":
-                from .landscape import store_endpoint
+        trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
+                         times=experiment.times, rng=experiment.rng, observers=observers, state=state,
+                         tracers=experiment.tracers, measures=experiment.measures)
+    except (KeyboardInterrupt, OSError):
+        # Interrupted (the run loop checkpointed it) or an OS error such as a full disk: the
+        # .part keeps everything up to its last checkpoint and is resumed by the next call.
+        writer.abandon()
+        raise
+    except BaseException as error:
+        if writer.file.id.valid:
+            writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        raise
+    path = final if trajectory.status in FINISHED else part
+    if spec.config.get("landscape", {}).get("enabled") and trajectory.status == "complete":
+        from .landscape import store_endpoint
 
-                store_endpoint(path, spec.config, experiment.problem)
-            risk, t = _final_values(path)
-            return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
-    except RunLocked as error:
-        return _summary(spec, "locked", part, message=str(error))
-    except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-        return _summary(spec, "failed", part, message=f"{type(error).__name__}: {error}",
-                        seconds=time.perf_counter() - start)
+        store_endpoint(path, spec.config, experiment.problem)
+    risk, t = _final_values(path)
+    return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
 
 
 def _worker_init(threads: int):
     import numba
 
     numba.set_num_threads(threads)
+    _interrupt.worker_setup()
 
 
 def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_count: int = 1, jobs: int = 1,
@@ -353,23 +411,75 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
         elif not quiet:
             print(format_summary_line(summary), flush=True)
 
+    remove_abandoned(out_dir)
+    stop = None
     if jobs <= 1 or len(specs) <= 1:
-        for spec in specs:
-            done(execute(spec, out_dir, restart, step_bar=bar is not None))
+        try:
+            for spec in specs:
+                _interrupt.poll()
+                summary = execute(spec, out_dir, restart, step_bar=bar is not None)
+                done(summary)
+                if summary["status"] == "interrupted":
+                    stop = _interrupt.Interrupted(summary["exit_status"] - 128)
+                    break
+        except _interrupt.Interrupted as error:
+            stop = error
     else:
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // jobs)
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                                                    initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(execute, spec, out_dir, restart) for spec in specs]
-            for future in concurrent.futures.as_completed(futures):
-                done(future.result())
+        stop = _run_pool(specs, out_dir, restart, jobs, done)
     if bar is not None:
         bar.close()
     summaries.sort(key=lambda s: s["index"])
-    write_index(out_dir)
+    with _interrupt.deferred():  # the index is written whole even after a signal
+        write_index(out_dir)
+    if stop is not None:
+        stop.summaries = summaries
+        raise stop
     return summaries
+
+
+def _run_pool(specs, out_dir, restart, jobs, done):
+    """Runs in a pool of ``jobs`` spawned processes; returns the Interrupted that stopped it, or None.
+
+    On SIGINT or SIGTERM nothing new starts; the signal is passed on to the workers, whose runs
+    stop at their next step boundary (checkpointed, ``interrupted``), and their summaries are
+    collected. Workers watch this process and stop their runs themselves if it is killed.
+    """
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // jobs)
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                                  initializer=_worker_init, initargs=(threads,))
+    futures = {}
+    stop = None
+    try:
+        futures = {pool.submit(execute, spec, out_dir, restart): spec for spec in specs}
+        for future in concurrent.futures.as_completed(futures):
+            summary = future.result()
+            done(summary)
+            if summary["status"] == "interrupted" and stop is None:
+                raise _interrupt.Interrupted(summary["exit_status"] - 128)
+    except _interrupt.Interrupted as error:
+        stop = error
+        with _interrupt.deferred():
+            _stop_pool(pool, futures, error.signum, done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return stop
+
+
+def _stop_pool(pool, futures, signum, done, grace_s: float = 60.0) -> None:
+    """Cancel the runs not started, pass the signal to the workers and collect the summaries
+    of the runs they stop."""
+    for future in futures:
+        future.cancel()
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(process.pid, signum)
+    running = [f for f in futures if not f.cancelled() and not f.done()]
+    finished, _ = concurrent.futures.wait(running, timeout=grace_s)
+    for future in finished:
+        with contextlib.suppress(Exception):
+            done(future.result())
 
 
 def format_summary_line(summary: dict) -> str:
@@ -383,22 +493,41 @@ def format_summary_line(summary: dict) -> str:
 
 
 def catalog_rows(out_dir) -> list[dict]:
-    """One row per run file in ``out_dir`` (finished or being written): id, status, file,
-    final_risk, final_time and every config value as ``section.key``. Files that cannot be
-    read yet (being created) are left out."""
+    """One row per run in ``out_dir`` (finished, being written or interrupted): id, status,
+    file, final_risk, final_time and every config value as ``section.key``.
+
+    A ``.part`` that no process writes is ``interrupted`` (:func:`meanfield._store.run_status`);
+    a file that cannot be read is a row with status ``corrupt`` and the reason under
+    ``message`` (the next ``meanfield run`` moves it aside and does the run again). A file
+    being created by a live writer is left out; so is the ``.part`` of a run whose finished
+    file exists already.
+    """
     out_dir = os.fspath(out_dir)
     rows = []
-    for name in sorted(os.listdir(out_dir)):
+    names = sorted(os.listdir(out_dir))
+    finished = {name for name in names if name.endswith(".h5")}
+    for name in names:
         if not (name.endswith(".h5") or name.endswith(".h5.part")) or name == "index.h5":
             continue
+        if name.endswith(".part") and name[: -len(".part")] in finished:
+            continue
         path = os.path.join(out_dir, name)
+        run_id = name.split(".h5")[0]
         try:
-            with h5py.File(path, "r", libver="latest", swmr=True) as f:
+            with open_run(path) as f:
                 attrs = attrs_of(f)
                 risk, t = _last_risk(f)
-        except (OSError, KeyError):
+                json.loads(attrs["config"])
+        except (OSError, KeyError, ValueError) as error:
+            _, _, lock = run_paths(out_dir, run_id)
+            if name.endswith(".part") and _store_lock_held(lock):
+                continue  # being created right now
+            reason = error.reason if isinstance(error, CorruptRunFile) else f"not a run file ({error})"
+            rows.append({"id": run_id, "status": "corrupt", "file": name, "final_risk": math.nan,
+                         "final_time": math.nan, "message": reason})
             continue
-        row = {"id": attrs["run_id"], "status": attrs["status"], "file": name, "final_risk": risk, "final_time": t}
+        row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
+               "final_time": t}
         for section, values in json.loads(attrs["config"]).items():
             for key, value in values.items():
                 row[f"{section}.{key}"] = value
@@ -414,6 +543,7 @@ def write_index(out_dir) -> None:
     concurrent shards each write a complete view of what was there.
     """
     out_dir = os.fspath(out_dir)
+    remove_abandoned(out_dir)
     rows = catalog_rows(out_dir)
     with _replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
         with h5py.File(index_tmp, "w") as f:
@@ -431,13 +561,12 @@ def write_index(out_dir) -> None:
 def _replacing(path):
     """A fresh temporary name beside ``path``, renamed onto it when the block ends.
 
-    Unique per call (a random suffix), not only per process id: shards on different nodes
-    of a cluster share the directory and may have the same pid. Created by the caller with
-    the default permissions (the umask's, as the final file would get). Removed if the block
-    raises.
+    Unique per call (:func:`meanfield._store.temporary_name`: host, process and a random part):
+    shards on different nodes of a cluster share the directory and may have the same pid; a
+    temporary file that a killed writer leaves is removed by the next run or status
+    (:func:`meanfield._store.remove_abandoned`). Removed if the block raises.
     """
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex}")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -20,7 +20,8 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from .._store import column_names, read_attrs, read_checkpoint
+from .._store import column_names, read_checkpoint
+from .._store import open_run as _open_file
 
 __all__ = ["Sweep", "moments", "open_run", "open_sweep", "particle_observables", "quantiles"]
 
@@ -106,7 +107,7 @@ def open_run(path) -> xr.Dataset:
     ``with open_run(path) as ds:`` block to close it. ``ds.load()`` reads everything.
     """
     path = os.fspath(path)
-    f = h5py.File(path, "r", libver="latest", swmr=True)
+    f = _open_file(path)
     try:
         attrs = {key: _text(value) for key, value in f.attrs.items()}
         config = json.loads(attrs["config"])

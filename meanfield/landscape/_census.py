@@ -28,10 +28,9 @@ import math
 import os
 from collections import defaultdict
 
-import h5py
 import numpy as np
 
-from .._store import open_for_update
+from .._store import open_run, updating
 from ._connectivity import PATHS, connectivity
 from ._endpoint import classify
 from ._precise import descend_to_precision
@@ -64,7 +63,7 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
     settings = config.get("landscape", {})
     if not settings.get("enabled"):
         return None
-    with h5py.File(path, "r") as f:
+    with open_run(path) as f:
         if "landscape" in f:
             return dict(f["landscape"].attrs)
         if f.attrs.get("status") != "complete":
@@ -82,7 +81,9 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
     attrs = end.as_dict()
     attrs.update(steps=descent.steps, rejected=descent.rejected, step=descent.step, time=descent.time,
                  message=descent.message)
-    with open_for_update(path) as f:
+    with updating(path) as f:
+        if "landscape" in f:  # another process stored it meanwhile
+            return dict(f["landscape"].attrs)
         group = f.create_group("landscape")
         group.create_dataset("end_point", data=descent.W)
         for key, value in attrs.items():
@@ -133,7 +134,7 @@ def census(out_dir, merge_tol: float = 1e-5, level_rtol: float = 1e-7) -> list[d
 
     groups = defaultdict(list)
     for path in _run_files(out_dir):
-        with h5py.File(path, "r") as f:
+        with open_run(path) as f:
             if "landscape" not in f:
                 continue
             config = json.loads(f.attrs["config"])
@@ -196,7 +197,7 @@ def connectivity_missing(out_dir) -> dict:
 
     found = {}
     for path in _run_files(out_dir):
-        with h5py.File(path, "r") as f:
+        with open_run(path) as f:
             config = json.loads(f.attrs["config"])
             if not config.get("connectivity", {}).get("enabled") or f.attrs.get("status") != "complete":
                 continue
@@ -213,14 +214,16 @@ def connectivity_missing(out_dir) -> dict:
             counts["waiting"] += 1
             continue
         problem = build(config).problem
-        with h5py.File(path, "r") as f:
+        with open_run(path) as f:
             W_A = _final_W(f)
-        with h5py.File(partner[0], "r") as f:
+        with open_run(partner[0]) as f:
             W_B = _final_W(f)
             partner_id = f.attrs["run_id"]
         settings = config["connectivity"]
         result = connectivity(problem, W_A, W_B, settings["n_points"], settings["match"])
-        with open_for_update(path) as f:
+        with updating(path) as f:
+            if "connectivity" in f:
+                del f["connectivity"]
             group = f.create_group("connectivity")
             group.attrs["partner_id"] = partner_id
             group.attrs["partner_seed"] = seed + 1
@@ -242,7 +245,7 @@ def connectivity_rows(out_dir) -> list[dict]:
     maximum over pairs, for each path with and without matching."""
     groups = defaultdict(list)
     for path in _run_files(out_dir):
-        with h5py.File(path, "r") as f:
+        with open_run(path) as f:
             if "connectivity" not in f:
                 continue
             config = json.loads(f.attrs["config"])
