@@ -498,7 +498,9 @@ class RunFile:
     @classmethod
     def _layout(cls, path, header: dict, model, m: int, teacher_W, buffer_shapes, particles: bool,
                 particles_dtype: str, tracer_blocks, observables=()) -> h5py.File:
-        f = h5py.File(path, "w", libver="latest")
+        # No chunk cache: a frame that cannot be written (a full disk) fails its own write call
+        # instead of failing silently when the cache is evicted later.
+        f = h5py.File(path, "w", libver="latest", rdcc_nbytes=0)
         for key, value in header.items():
             f.attrs[key] = value
         h5md = f.create_group("h5md")
@@ -572,9 +574,16 @@ class RunFile:
         ``tracer_blocks`` lists ``(label, start, stop)`` row ranges of the tracer array;
         ``observables`` names the series of the run's measures (``state.measured``).
         """
-        f = cls._layout(part_path, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
+        # Laid out under a temporary name and renamed once in SWMR mode: a kill before that
+        # leaves no .part that HDF5 would refuse to open, only a temporary file to remove.
+        tmp = temporary_name(part_path)
+        f = cls._layout(tmp, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
                         list(tracer_blocks), observables)
-        return cls(f, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0, observables)
+        writer = cls(f, tmp, os.fspath(final_path), checkpoint_seconds, 0, observables)
+        writer.file.flush()
+        os.replace(tmp, part_path)
+        writer.part_path = os.fspath(part_path)
+        return writer
 
     @classmethod
     def resume(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,

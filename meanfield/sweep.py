@@ -39,6 +39,7 @@ from ._run import run, time_grid
 from . import _interrupt
 from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, open_run, read_attrs, remove_abandoned,
                      run_paths, run_status, temporary_name)
+from ._store import _fault
 from ._store import lock_held as _store_lock_held
 from ._teacher import Teacher
 
@@ -235,6 +236,10 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
     """
     final, part, lock_path = paths(out_dir, spec)
     start = time.perf_counter()
+    if _interrupt.received:  # a pool worker told to stop before this run began: start nothing
+        summary = _summary(spec, "interrupted", part, message="not started: the sweep was stopped")
+        summary["exit_status"] = 128 + _interrupt.received[0]
+        return summary
     try:
         with RunLock(lock_path), _interrupt.worker_run():
             return _execute_locked(spec, final, part, restart, step_bar, start)
@@ -246,8 +251,10 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
         summary["exit_status"] = stop.exit_status
         return summary
     except OSError as error:  # the machine's: a full disk, a file system gone read-only
-        return _summary(spec, "failed", part, message=_os_error_text(error, part),
-                        seconds=time.perf_counter() - start)
+        summary = _summary(spec, "failed", part, message=_os_error_text(error, part),
+                           seconds=time.perf_counter() - start)
+        summary["os_error"] = True
+        return summary
     except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
         return _summary(spec, "failed", part, message=f"{type(error).__name__}: {error}",
                         seconds=time.perf_counter() - start)
@@ -430,7 +437,13 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
         bar.close()
     summaries.sort(key=lambda s: s["index"])
     with _interrupt.deferred():  # the index is written whole even after a signal
-        write_index(out_dir)
+        try:
+            write_index(out_dir)
+        except OSError:
+            # The index is derived from the run files and rebuilt by the next run or status;
+            # when a run already failed for the same cause (a full disk), that run's line says it.
+            if not any(s["status"] == "failed" and s.get("os_error") for s in summaries):
+                raise
     if stop is not None:
         stop.summaries = summaries
         raise stop
@@ -450,14 +463,26 @@ def _run_pool(specs, out_dir, restart, jobs, done):
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                                   initializer=_worker_init, initargs=(threads,))
     futures = {}
+    waiting = list(specs)
     stop = None
     try:
-        futures = {pool.submit(execute, spec, out_dir, restart): spec for spec in specs}
-        for future in concurrent.futures.as_completed(futures):
-            summary = future.result()
-            done(summary)
-            if summary["status"] == "interrupted" and stop is None:
-                raise _interrupt.Interrupted(summary["exit_status"] - 128)
+        # At most one run per worker is handed to the pool: a run queued ahead would start
+        # in a worker right after a signal, before the pool could be told to stop.
+        # Signals are taken between waits (never inside the pool's own bookkeeping).
+        with _interrupt.deferred():
+            while waiting or futures:
+                _interrupt.poll()
+                while waiting and len(futures) < jobs:
+                    spec = waiting.pop(0)
+                    futures[pool.submit(execute, spec, out_dir, restart)] = spec
+                finished, _ = concurrent.futures.wait(list(futures), timeout=0.1,
+                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    del futures[future]
+                    summary = future.result()
+                    done(summary)
+                    if summary["status"] == "interrupted":
+                        raise _interrupt.Interrupted(summary["exit_status"] - 128)
     except _interrupt.Interrupted as error:
         stop = error
         with _interrupt.deferred():
@@ -535,20 +560,32 @@ def catalog_rows(out_dir) -> list[dict]:
     return rows
 
 
-def write_index(out_dir) -> None:
+def write_index(out_dir, rows=None) -> None:
     """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
     run: id, status, file, config values, final risk) from the run files in ``out_dir``.
 
     Written under temporary names and renamed, so a reader never sees a half-written index;
-    concurrent shards each write a complete view of what was there.
+    concurrent shards each write a complete view of what was there. ``rows`` are
+    :func:`catalog_rows` when the caller has them already.
     """
     out_dir = os.fspath(out_dir)
     remove_abandoned(out_dir)
-    rows = catalog_rows(out_dir)
+    rows = catalog_rows(out_dir) if rows is None else rows
+    try:
+        _write_index_files(out_dir, rows)
+    except OSError as error:
+        if error.filename is None and error.errno is not None:  # h5py's and write()'s errors name no file
+            raise OSError(error.errno, f"{os.strerror(error.errno)} (writing the index of {out_dir})",
+                          os.path.join(out_dir, "index.h5")) from None
+        raise
+
+
+def _write_index_files(out_dir, rows) -> None:
     with _replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
         with h5py.File(index_tmp, "w") as f:
             for row in rows:
                 f[row["id"]] = h5py.ExternalLink(row["file"], "/")
+        _fault("index-written")
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with _replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
         with open(catalog_tmp, "w", newline="") as handle:
