@@ -64,6 +64,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
@@ -252,6 +253,17 @@ def remove_abandoned(directory) -> list[str]:
         except OSError:
             continue
     return removed
+
+
+def move_aside(path, reason: str) -> str:
+    """Rename an unreadable run file out of the way as ``<name>.corrupt-<UTC time>``, keeping it
+    for inspection, and say so in one line on stderr. Returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.corrupt-{stamp}"
+    os.replace(path, aside)
+    print(f"meanfield: {path}: {reason}; moved to {os.path.basename(aside)}, the run is done again",
+          file=sys.stderr, flush=True)
+    return aside
 
 
 def _fsync(path) -> None:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import tomllib
 
@@ -34,7 +35,8 @@ import h5py
 import numpy as np
 
 from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
-from ._store import _git_revision, _now, _versions
+from ._store import (CorruptRunFile, _fsync, _git_revision, _now, _versions, move_aside, open_run,
+                     remove_abandoned, temporary_name)
 
 KINDS = ("signal_propagation", "deep_linear")
 
@@ -305,9 +307,10 @@ COMPUTE = {"signal_propagation": compute_signal_propagation, "deep_linear": comp
 
 
 def write(path_final, kind: str, config: dict, result: dict, start_time: str) -> str:
-    """Write the experiment file (under ``.part``, renamed when complete)."""
+    """Write the experiment file (under a temporary name, renamed when complete: a kill leaves
+    no partial file, only a temporary one that the next run removes)."""
     run_id, sha = identity(config)
-    part = f"{path_final}.part"
+    part = temporary_name(path_final)
     with h5py.File(part, "w") as f:
         f.attrs.update({"config": canonical_json(config), "config_sha256": sha, "run_id": run_id,
                         "experiment": kind, "status": "complete", "message": "",
@@ -321,6 +324,7 @@ def write(path_final, kind: str, config: dict, result: dict, start_time: str) ->
             f.create_dataset(name, data=np.asarray(array))
         for group, values in result["attrs"].items():
             f.require_group(group).attrs.update(values)
+    _fsync(part)
     os.replace(part, path_final)
     return path_final
 
@@ -337,11 +341,15 @@ def run_file(path, out_dir, overrides=(), quiet: bool = False) -> dict:
     kind = config["experiment"]["kind"]
     run_id, sha = identity(config)
     os.makedirs(out_dir, exist_ok=True)
+    remove_abandoned(out_dir)
     final = os.path.join(os.fspath(out_dir), f"{run_id}.h5")
     if os.path.exists(final):
-        with h5py.File(final, "r") as f:
-            if f.attrs.get("config_sha256") == sha and f.attrs.get("status") == "complete":
-                return {"id": run_id, "kind": kind, "path": final, "status": "skipped", "seconds": 0.0}
+        try:
+            with open_run(final, swmr=False) as f:
+                if f.attrs.get("config_sha256") == sha and f.attrs.get("status") == "complete":
+                    return {"id": run_id, "kind": kind, "path": final, "status": "skipped", "seconds": 0.0}
+        except CorruptRunFile as error:
+            move_aside(final, error.reason)
     start, start_time = time.perf_counter(), _now()
     result = COMPUTE[kind](config)
     write(final, kind, config, result, start_time)
@@ -355,7 +363,7 @@ def _read(f, name):
 
 def summary(path) -> str:
     """A few lines on an experiment file: fixed points and errors, or the final modes."""
-    with h5py.File(path, "r") as f:
+    with open_run(path, swmr=False) as f:
         kind = f.attrs["experiment"]
         config = json.loads(f.attrs["config"])
         if kind == "signal_propagation":
@@ -399,7 +407,7 @@ def report(out_dir) -> list[str]:
             continue
         path = os.path.join(os.fspath(out_dir), name)
         try:
-            with h5py.File(path, "r") as f:
+            with open_run(path, swmr=False) as f:
                 kind = f.attrs.get("experiment")
                 if kind not in KINDS:
                     continue
@@ -430,7 +438,9 @@ def report(out_dir) -> list[str]:
                                         _read(f, "theory/products"), _read(f, "target/eigenvalues"))
                     figure.savefig(f"{stem}_modes.png")
                     written.append(f"{stem}_modes.png")
-        except OSError:
+        except OSError as error:  # a corrupt file is named, and the others are still drawn
+            print(f"meanfield report: {error if isinstance(error, CorruptRunFile) else f'{path}: {error}'}",
+                  file=sys.stderr)
             continue
     return written
 

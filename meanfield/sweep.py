@@ -37,8 +37,8 @@ from ._model import Init, Model
 from ._problems import FiniteDataProblem, PopulationProblem, Problem
 from ._run import run, time_grid
 from . import _interrupt
-from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, open_run, read_attrs, remove_abandoned,
-                     run_paths, run_status, temporary_name)
+from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, move_aside, open_run, read_attrs,
+                     remove_abandoned, run_paths, run_status, temporary_name)
 from ._store import _fault
 from ._store import lock_held as _store_lock_held
 from ._teacher import Teacher
@@ -277,16 +277,6 @@ def _os_error_text(error: OSError, path) -> str:
     return f"{where}: {text.splitlines()[0] if text else type(error).__name__}; the run is resumable"
 
 
-def _move_aside(path, reason: str) -> str:
-    """Rename an unreadable run file out of the way, keeping it for inspection; say so."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = f"{path}.corrupt-{stamp}"
-    os.replace(path, aside)
-    print(f"meanfield: {path}: {reason}; moved to {os.path.basename(aside)}, the run is done again",
-          file=sys.stderr, flush=True)
-    return aside
-
-
 def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
     """:func:`execute` with the run's lock held."""
     with contextlib.suppress(FileNotFoundError):
@@ -295,7 +285,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
         try:
             attrs = read_attrs(final)
         except CorruptRunFile as error:
-            _move_aside(final, error.reason)
+            move_aside(final, error.reason)
             attrs = {}
         if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
             with contextlib.suppress(FileNotFoundError):
@@ -324,7 +314,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
         try:
             writer, checkpoint = RunFile.resume(*args)
         except (CorruptRunFile, KeyError) as error:
-            _move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
+            move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
             writer, checkpoint = RunFile.create(*args), None
         if checkpoint is not None:
             rng = experiment.rng
