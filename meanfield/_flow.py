@@ -5,10 +5,13 @@ distance of a fixed-step scheme to it (the step-size error).
 RK23, BDF, Radau, LSODA that ``scipy.integrate.solve_ivp`` uses) over the trainable
 coordinates x = W[:, model.trainable].ravel(): right-hand side the compiled velocity,
 Jacobian dv/dx = -m H (H the analytic Hessian of F, ``problem.hessian``) for the stiff
-methods when the problem has one. One solver object lives for the whole run, like a single
-``solve_ivp`` call; records at arbitrary times are read from its dense output (the
-interpolant of the method's order), exactly what ``solve_ivp(t_eval=...)`` does, and the
-solver keeps stepping from its own state. ``meanfield.run`` records on the same time grid and
+methods when the problem has one. Between two records one solver object steps from its own
+state, like a single ``solve_ivp`` call; a record at an arbitrary time is read from its dense
+output (the interpolant of the method's order), exactly what ``solve_ivp(t_eval=...)`` does.
+``meanfield.run`` starts a fresh solver at each record, where the run file checkpoints the
+state, so that a run resumed from that checkpoint is bitwise the uninterrupted one (a solver
+carried across records cannot be saved; the restart costs a few evaluations per record, for
+the initial step size). ``meanfield.run`` records on the same time grid and
 through the same observers (HDF5 storage) as for the fixed-step integrators; the ``step``
 column of a record holds the cumulative number of right-hand-side evaluations.
 """
