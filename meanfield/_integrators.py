@@ -48,6 +48,9 @@ class State:
     info : dict
         What an adaptive integrator reports (method, tolerances, evaluation counts); JSON
         values, written to a run file's ``integrator_info`` attribute.
+    checkpointable : bool
+        Whether a run resumed from this state continues bitwise as this one does (always, for
+        the fixed-step integrators; for an adaptive solver only where it restarts).
     """
 
     W: np.ndarray
@@ -60,6 +63,7 @@ class State:
     tracers: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
+    checkpointable: bool = True
 
 
 class Integrator(NamedTuple):

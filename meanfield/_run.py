@@ -153,8 +153,8 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
     observers : sequence
         Objects with ``observe(state, evaluation)`` and ``close(state, status, message)``,
         called at each recording step and at the end (storage plugs in here).
-        An observer may also have ``after_step(state)``, called after every step (for
-        checkpoints between records).
+        An observer may also have ``after_step(state)``, called between steps, after the
+        record of the current step if it has one (for checkpoints between records).
     keep_particles : bool
         Keep a copy of the particles at each record in the returned trajectory.
     tracers : ndarray, shape (n, d + 2), optional
@@ -209,7 +209,6 @@ def _run_fixed(problem, integrator, W0, t_max, times, rng, observers, keep_parti
     try:
         with _interrupt.deferred():
             while True:
-                _interrupt.poll()
                 if next_record < len(steps) and state.step == steps[next_record]:
                     # The next step starts from this same evaluation when it can (one evaluation
                     # per recorded step, not two); otherwise _record makes a separate one.
@@ -218,6 +217,12 @@ def _run_fixed(problem, integrator, W0, t_max, times, rng, observers, keep_parti
                     next_record += 1
                 if state.step == n_steps:
                     break
+                # A checkpoint (of an interrupt, or between records) is taken only here, after
+                # the record of this step: a run resumed from it takes every record after its
+                # step and none before.
+                _interrupt.poll()
+                for hook in stepped:
+                    hook(state)
                 integrator.step(state)
                 # A device state (CUDA backend) checks its particles where they are.
                 finite = state.all_finite() if hasattr(state, "all_finite") else kernels.all_finite(state.W)
@@ -226,8 +231,6 @@ def _run_fixed(problem, integrator, W0, t_max, times, rng, observers, keep_parti
                     message = (f"diverged at step {state.step} (t = {state.t:g}): the "
                                f"{'objective' if not math.isfinite(state.value) else 'particles'} became NaN or inf")
                     break
-                for hook in stepped:
-                    hook(state)
     except _interrupt.Interrupted as stop:
         _close(state, watchers, "interrupted", f"stopped by {stop.name} at step {state.step} (t = {state.t:g})")
         raise
@@ -279,7 +282,6 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
     targets = list(grid[next_record:])
     if not targets or targets[-1] < t_max:
         targets.append(t_max)
-    saved = _snapshot(state)
     try:
         with _interrupt.deferred():
             for target in targets:
@@ -295,14 +297,15 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
                 if next_record < len(grid) and target == grid[next_record]:
                     _record(problem, state, watchers, measures)
                     next_record += 1
-                # The solver starts afresh from each record, where a checkpoint is written, so
-                # that a run resumed from that checkpoint continues bitwise as this one does.
-                state.scratch.pop("flow", None)
-                saved = _snapshot(state)
+                if state.checkpointable:
+                    # The integrator restarts its solver from this state, which the run file
+                    # checkpoints: a run resumed from it continues bitwise as this one does.
+                    state.scratch.pop("flow", None)
                 for hook in stepped:
                     hook(state)
     except _interrupt.Interrupted as stop:
-        _restore_snapshot(state, saved)
+        # Not checkpointed mid-way: the last checkpoint (a restart) is where a resume begins.
+        state.checkpointable = False
         _close(state, watchers, "interrupted", f"stopped by {stop.name} at t = {state.t:g}")
         raise
     if status == "diverged":
@@ -311,19 +314,3 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
         message = f"reached t = {state.t:g} with {state.info.get('nfev', state.step)} evaluations ({integrator.name})"
     _close(state, watchers, status, message)
     return trajectory
-
-
-def _snapshot(state) -> dict:
-    """What an adaptive run's state was at its last record (to return to when interrupted)."""
-    return {"W": state.W.copy(), "tracers": None if state.tracers is None else state.tracers.copy(),
-            "t": state.t, "step": state.step, "value": state.value, "info": dict(state.info)}
-
-
-def _restore_snapshot(state, saved: dict) -> None:
-    state.W[...] = saved["W"]
-    if saved["tracers"] is not None:
-        state.tracers[...] = saved["tracers"]
-    state.t, state.step, state.value = saved["t"], saved["step"], saved["value"]
-    state.info.clear()
-    state.info.update(saved["info"])
-    state.scratch.pop("flow", None)

@@ -668,20 +668,27 @@ class RunFile:
         if self._tracers:
             self._append("particles/tracers/position", n, state, state.tracers)
         self.records = n + 1
-        self.checkpoint(state)
+        if getattr(state, "checkpointable", True):
+            self.checkpoint(state)
+        else:
+            self.file.flush()
 
     def after_step(self, state) -> None:
-        if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+        if getattr(state, "checkpointable", True) and time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
             self.checkpoint(state)
 
     def close(self, state, status: str, message: str) -> None:
         """End the file: a final checkpoint, then :meth:`finish` (an ``interrupted`` run is
-        checkpointed and closed, and stays a ``.part`` to resume)."""
-        if status != "diverged":
-            self.checkpoint(state)
+        checkpointed where its state allows it and closed, and stays a ``.part`` to resume)."""
         if status == "interrupted":
+            if getattr(state, "checkpointable", True):
+                self.checkpoint(state)
             self.file.close()
             return
+        if status != "diverged":
+            # Even where an adaptive solver would not resume from here bitwise: the run is
+            # over, and a resume from its end only finishes the file again.
+            self.checkpoint(state)
         info = getattr(state, "info", None)
         extra = {"integrator_info": json.dumps(info)} if info else {}
         if self.describe is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from meanfield import sweep
-from meanfield._store import open_run
+from meanfield._store import open_run, read_checkpoint
 from test_sweep import _datasets, toml_text
 
 COMMAND_TIMEOUT_S = 120  # a command that takes longer has hung
@@ -257,14 +257,16 @@ def test_random_kills_of_a_parallel_sweep(tmp_path, references):
 
 
 # --------------------------------------------------------------------------- signals
-def _start_and_wait_for_records(path, out, records, *extra):
+def _start_and_wait_for_records(path, out, records, *extra, parts: int = 1):
+    """Start `meanfield run` in its own session; return once ``parts`` run files are being
+    written and one of them shows ``records`` records."""
     process = subprocess.Popen([sys.executable, "-m", "meanfield", "run", str(path), "--out", str(out), *extra],
                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + COMMAND_TIMEOUT_S
     while time.monotonic() < deadline and process.poll() is None:
-        parts = [out / n for n in os.listdir(out) if n.endswith(".h5.part")] if out.exists() else []
-        if parts and max(_records(p) for p in parts) >= records:
+        found = [out / n for n in os.listdir(out) if n.endswith(".h5.part")] if out.exists() else []
+        if len(found) >= parts and max(_records(p) for p in found) >= records:
             return process
         time.sleep(0.005)
     process.kill()
@@ -302,7 +304,7 @@ def test_a_signal_stops_a_parallel_sweep_and_starts_nothing_new(tmp_path, refere
     bitwise."""
     path, reference = references["sweep"]
     out = tmp_path / "out"
-    process = _start_and_wait_for_records(path, out, 5, "--jobs", "2")
+    process = _start_and_wait_for_records(path, out, 5, "--jobs", "2", parts=2)
     started = {n for n in os.listdir(out) if ".h5" in n and not n.startswith(("index", "."))}
     sent = time.monotonic()
     if whom == "group":
@@ -315,7 +317,7 @@ def test_a_signal_stops_a_parallel_sweep_and_starts_nothing_new(tmp_path, refere
     assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     after = {n for n in os.listdir(out) if ".h5" in n and not n.startswith(("index", "."))}
     runs_after = {n.split(".")[0] for n in after}
-    assert runs_after <= {n.split(".")[0] for n in started} | set(), (started, after)
+    assert runs_after <= {n.split(".")[0] for n in started}, (started, after)
     assert len(runs_after) < 6
     statuses = _status(out)
     assert set(statuses.values()) <= {"interrupted", "complete"} and "interrupted" in statuses.values()
@@ -353,7 +355,7 @@ def test_a_sweep_parent_killed_takes_its_workers_with_it(tmp_path, references):
     not refused and completes the sweep bitwise."""
     path, reference = references["sweep"]
     out = tmp_path / "out"
-    process = _start_and_wait_for_records(path, out, 5, "--jobs", "2")
+    process = _start_and_wait_for_records(path, out, 5, "--jobs", "2", parts=2)
     workers = _children(process.pid)
     assert len(workers) >= 2
     process.kill()
@@ -466,3 +468,35 @@ def test_a_full_disk_leaves_the_run_resumable(tmp_path, references, size):
     with h5py.File(log / "out" / f"{spec.id}.h5") as f:
         assert f.attrs["resumed"] >= 1
     _assert_same_runs(reference, log / "out", path)
+
+
+# --------------------------------------------------------------------------- in-process interrupts
+def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkeypatch):
+    """SIGINT delivered while a record is written (here: from inside the 5th record) waits for
+    the record to end; the run stops at that step boundary as `interrupted`, checkpointed
+    after that record, and the resume neither repeats nor skips a record."""
+    from meanfield import _interrupt
+    from meanfield._store import RunFile
+
+    path, reference = references["heavy_ball"]
+    out = tmp_path / "out"
+    out.mkdir()
+    real_observe = RunFile.observe
+
+    def observe(self, state, evaluation):
+        real_observe(self, state, evaluation)
+        if self.records == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunFile, "observe", observe)
+    _interrupt.reset()
+    (spec,) = sweep.plan(path)
+    summary = sweep.execute(spec, out)
+    _interrupt.reset()
+    assert summary["status"] == "interrupted" and summary["exit_status"] == 130
+    with open_run(out / f"{spec.id}.h5.part") as f:
+        assert read_checkpoint(f)["records"] == 5 and f["observables/risk/value"].shape == (5,)
+    monkeypatch.setattr(RunFile, "observe", real_observe)
+    resumed = _run(_command(path, out))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_runs(reference, out, path)
