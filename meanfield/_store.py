@@ -266,6 +266,18 @@ def move_aside(path, reason: str) -> str:
     return aside
 
 
+def finished_run_files(out_dir):
+    """Paths of the finished run files (``*.h5``, not ``index.h5``) in ``out_dir`` whose
+    superblock is whole, sorted. Unreadable files are skipped here: ``meanfield status`` and
+    ``meanfield run`` name them, and the next run moves them aside."""
+    out_dir = os.fspath(out_dir)
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".h5") and name != "index.h5":
+            path = os.path.join(out_dir, name)
+            if check_superblock(path) is None:
+                yield path
+
+
 def _fsync(path) -> None:
     """Push a file's data to the disk (a rename after it then never exposes a hollow file)."""
     fd = os.open(path, os.O_RDONLY)

@@ -35,8 +35,8 @@ import h5py
 import numpy as np
 
 from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
-from ._store import (CorruptRunFile, _fsync, _git_revision, _now, _versions, move_aside, open_run,
-                     remove_abandoned, temporary_name)
+from ._store import (CorruptRunFile, _fsync, _git_revision, _now, _versions, finished_run_files, move_aside,
+                     open_run, remove_abandoned, temporary_name)
 
 KINDS = ("signal_propagation", "deep_linear")
 
@@ -402,10 +402,8 @@ def report(out_dir) -> list[str]:
     from .signal import plot_phase_diagram, plot_theory_vs_simulation
 
     written = []
-    for name in sorted(os.listdir(out_dir)):
-        if not name.endswith(".h5") or name == "index.h5":
-            continue
-        path = os.path.join(os.fspath(out_dir), name)
+    for path in finished_run_files(out_dir):
+        name = os.path.basename(path)
         try:
             with open_run(path, swmr=False) as f:
                 kind = f.attrs.get("experiment")
@@ -438,7 +436,7 @@ def report(out_dir) -> list[str]:
                                         _read(f, "theory/products"), _read(f, "target/eigenvalues"))
                     figure.savefig(f"{stem}_modes.png")
                     written.append(f"{stem}_modes.png")
-        except OSError as error:  # a corrupt file is named, and the others are still drawn
+        except OSError as error:  # a damaged file is named, and the others are still drawn
             print(f"meanfield report: {error if isinstance(error, CorruptRunFile) else f'{path}: {error}'}",
                   file=sys.stderr)
             continue

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._config import canonical_json, tangent_config
 from ._model import Model
-from ._store import open_run, updating
+from ._store import finished_run_files, open_run, updating
 from ._tangent import tangent_predict
 from ._teacher import Teacher
 
@@ -160,10 +160,7 @@ def runs(out_dir) -> list[tuple[str, dict, str | None]]:
     """(file, config, paired tangent-model file or None) of every finished ``[lazy]`` run."""
     out_dir = os.fspath(out_dir)
     found, tangents = [], {}
-    for name in sorted(os.listdir(out_dir)):
-        if not name.endswith(".h5") or name == "index.h5":
-            continue
-        path = os.path.join(out_dir, name)
+    for path in finished_run_files(out_dir):
         with open_run(path) as f:
             config = json.loads(f.attrs["config"])
             status = f.attrs["status"]

@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from ._config import canonical_json, reference_config
-from ._store import open_run, updating
+from ._store import finished_run_files, open_run, updating
 
 
 def _load(path):
@@ -66,10 +66,7 @@ def pairs(out_dir) -> list[tuple[str, str | None]]:
     """(member file, its reference file or None) for every finished member in ``out_dir``."""
     out_dir = os.fspath(out_dir)
     references, members = {}, []
-    for name in sorted(os.listdir(out_dir)):
-        if not name.endswith(".h5") or name == "index.h5":
-            continue
-        path = os.path.join(out_dir, name)
+    for path in finished_run_files(out_dir):
         with open_run(path) as f:
             config = json.loads(f.attrs["config"])
             status = f.attrs["status"]

@@ -404,7 +404,8 @@ def test_truncated_and_zeroed_files_are_named_and_redone(tmp_path, references, w
     line = next(line for line in status.stdout.splitlines() if line.startswith(spec.id))
     assert "corrupt" in line and target.name in status.stdout
     report = _run([sys.executable, "-m", "meanfield", "report", str(out)])
-    assert "Traceback" not in report.stderr, report.stderr
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert report.stderr.count(target.name) == 1, report.stderr
     rerun = _run(_command(path, out))
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stderr.count("\n") == 1 and target.name in rerun.stderr and "moved to" in rerun.stderr

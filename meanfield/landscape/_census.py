@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .._store import open_run, updating
+from .._store import finished_run_files, open_run, updating
 from ._connectivity import PATHS, connectivity
 from ._endpoint import classify
 from ._precise import descend_to_precision
@@ -40,9 +40,7 @@ PATH_NAMES = tuple(f"{p}{s}" for s in ("", "_matched") for p in PATHS)
 
 def _run_files(out_dir):
     out_dir = os.fspath(out_dir)
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(".h5") and name != "index.h5":
-            yield os.path.join(out_dir, name)
+    yield from finished_run_files(out_dir)
 
 
 def _final_W(f) -> np.ndarray:
