@@ -13,7 +13,7 @@ its host copies are the CPU run's arrays. The estimate aims to be at or somewhat
 peak resident memory, within a factor of about 2 when the arrays dominate (large m or n).
 
 Measured: the peak resident memory (``ru_maxrss``) of a child ``meanfield run --set ...``
-(``[problem.teacher] k = 5``, float64, two records unless said; 2 cores, 2026-12-04) against
+(``[problem.teacher] k = 5``, float64, two records unless said; 2 cores, 2026-12-02) against
 the estimate, in MiB. A tiny run (m = 8, d = 4) peaked at 221 (the interpreter, libraries and
 kernels; estimate 240).
 
@@ -24,14 +24,14 @@ population, closed form (relu), m = 200000, d = 50, gradient       1038       85
 descent (one evaluation took ~2 min)
 finite data n = 20000, d = 200, m = 2000, gradient descent          358       341   1.05
 sgd, finite data n = 400000, d = 100, m = 64, batch 1000            599       559   1.07
-heavy ball, finite data n = 2000, d = 100, m = 200000              2109      1709   1.23
-gradient descent, finite data n = 64, d = 100, m = 200000,         1796      1396   1.29
+heavy ball, finite data n = 2000, d = 100, m = 200000              1954      1709   1.14
+gradient descent, finite data n = 64, d = 100, m = 200000,         1574      1396   1.13
 three records
 =============================================================  ========  ========  =====
 
-The last two estimates are their resume peak (the recorded frames copied at once; not
-measured end to end); without it they are 1886 and 1574 (ratios 1.10 and 1.13). Above the tiny run the
-ratios are 0.98 to 1.32. A flow run with ``ode_method = "BDF"``, m = 5000, d = 4 (25000
+The last two estimates are their resume peak (one frame of 156 MiB copied at a time, the
+checkpoint's arrays; not measured end to end); without it they are 1886 and 1574 (ratios 1.10
+and 1.13). Above the tiny run the ratios are 0.98 to 1.32. A flow run with ``ode_method = "BDF"``, m = 5000, d = 4 (25000
 unknowns) held 18.9 GiB when it was stopped after 10 minutes; its estimate is 18.9 GiB.
 ``tests/test_bad_input.py`` repeats the sgd row, which runs in a few seconds.
 
@@ -75,10 +75,12 @@ _LANCZOS_VECTORS = 48  # eigsh's Krylov basis (ncv) and work vectors, for [lands
 _LANDSCAPE_DENSE_LIMIT = 600  # meanfield.landscape._hessian.DENSE_LIMIT
 
 
-def _frame_block() -> int:
+def _frame_block(frame_bytes: int) -> int:
+    """Frames that a resume copies at once (``meanfield._store``: at most FRAME_BLOCK frames and
+    COPY_BLOCK_BYTES bytes)."""
     from . import _store
 
-    return int(getattr(_store, "FRAME_BLOCK", 64))
+    return max(1, min(_store.FRAME_BLOCK, _store.COPY_BLOCK_BYTES // max(1, frame_bytes)))
 
 
 def _tile_rows(m: int) -> int:
@@ -258,7 +260,7 @@ def _items(config: dict) -> _Ledger:
             add("record: HDF5 buffers of one tracer frame", 2 * n_t * p * ps, ("tracers",), record_phase)
         # Resuming copies the recorded frames into a fresh file, FRAME_BLOCK at a time (reading
         # three frames peaked at four frames' worth), and holds the checkpoint's arrays.
-        block = min(_frame_block(), times)
+        block = min(_frame_block(frame), times)
         add(f"resume: {block} frames copied at once and their HDF5 buffers, {block + 2} x (m, d + 2)",
             (block + 2) * frame, fkeys + ("record.times",), "resuming")
     add("resume: the checkpoint's W and buffers", m * p * s * (1 + (integrator == "heavy_ball")), mk, "resuming")

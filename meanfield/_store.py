@@ -75,7 +75,8 @@ OBSERVABLES = ("risk", "grad_norm")
 RNG_STATE_BYTES = 4096
 INFO_BYTES = 4096  # an adaptive integrator's counts (JSON) in each checkpoint slot
 LOCKING_VARIABLE = "MEANFIELD_FILE_LOCKING"
-FRAME_BLOCK = 64  # frames copied at once when a run is resumed
+FRAME_BLOCK = 64  # frames copied at once when a run is resumed ...
+COPY_BLOCK_BYTES = 64 * 2**20  # ... and at most this many bytes of them
 
 
 # A SWMR reader retries a metadata read whose checksum fails (the writer may be mid-flush),
@@ -644,13 +645,17 @@ class RunFile:
                 for group in groups:
                     for name in ("step", "time", "value"):
                         src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
+                        # Frames copied a block at a time, a block bounded in bytes too (a frame
+                        # of a wide run can be hundreds of MB).
+                        frame_bytes = max(1, int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize)
+                        block = max(1, min(FRAME_BLOCK, COPY_BLOCK_BYTES // frame_bytes))
                         if src.shape[0] < n:
                             f.close()
                             raise CorruptRunFile(part_path, f"{group}/{name} holds {src.shape[0]} records, "
                                                  f"its checkpoint counts {n}")
                         dst.resize(n, axis=0)
-                        for start in range(0, n, FRAME_BLOCK):
-                            stop = min(n, start + FRAME_BLOCK)
+                        for start in range(0, n, block):
+                            stop = min(n, start + block)
                             dst[start:stop] = src[start:stop]
                 _fault("resume-copied")
         if checkpoint is None:  # killed before its first checkpoint: nothing to keep

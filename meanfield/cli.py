@@ -19,10 +19,38 @@ USAGE_ERROR = 2
 
 
 def _out_dir(args) -> str:
-    if args.out:
-        return args.out
-    stem = os.path.splitext(os.path.basename(args.file))[0]
-    return os.path.join("out", stem)
+    """The output directory, refused (ConfigError) when it cannot be created or written;
+    nothing is written here."""
+    from ._config import ConfigError
+
+    if args.out is not None:
+        out, named = args.out, f"--out {args.out}"
+    else:
+        out = os.path.join("out", os.path.splitext(os.path.basename(args.file))[0])
+        named = f"output directory {out} (the default; choose another with --out)"
+    if not out:
+        raise ConfigError(f"{named}: an empty path")
+    # The directory, or its nearest existing ancestor, must be a writable directory.
+    # os.access reports a read-only mount even to root (EROFS), whom permission bits do not stop.
+    target, missing = os.path.abspath(out), []
+    while not os.path.exists(target):
+        if os.path.lexists(target):
+            raise ConfigError(f"{named}: {target} is a broken symbolic link")
+        target, name = os.path.split(target)
+        missing.append(name)
+    where = "cannot be created: " if missing else ""
+    if not os.path.isdir(target):
+        raise ConfigError(f"{named}: {where}{target} is not a directory" if missing else
+                          f"{named}: exists and is not a directory")
+    name_max = os.pathconf(target, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    too_long = [name for name in missing if len(os.fsencode(name)) > name_max]
+    if too_long:
+        raise ConfigError(f"{named}: {where}the name {too_long[0][:40]}... is longer than {name_max} bytes")
+    if not os.access(target, os.W_OK | os.X_OK | (0 if missing else os.R_OK)):
+        read_only = hasattr(os, "statvfs") and os.statvfs(target).f_flag & os.ST_RDONLY
+        reason = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise ConfigError(f"{named}: {where}{target if missing else 'the directory'} {reason}")
+    return out
 
 
 def run_command(args) -> int:
@@ -36,10 +64,16 @@ def run_command(args) -> int:
     from . import experiments
 
     if experiments.experiment_kind(args.file) is not None:  # signal propagation, deep linear
+        _out_dir(args)  # a bad --out is refused before the experiment writes anything
         return experiments.run_command(args)
     if getattr(args, "backend", None):
         args.set = [*args.set, f'run.backend="{args.backend}"']
     specs = sweep.plan(args.file, args.set)  # validates everything before any output exists
+    from . import _memory
+
+    # Runs that cannot fit in memory are refused here, before the output directory exists.
+    mine = specs if args.slurm else [s for s in specs if s.index % args.task_count == args.task_index]
+    _memory.check(mine, _memory.parse_size(getattr(args, "max_memory", None)), jobs=1 if args.slurm else args.jobs)
     out = _out_dir(args)
     if args.slurm:
         from ._slurm import submit
@@ -120,8 +154,12 @@ def report_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
-    from . import experiments, landscape, lazy
+    from . import experiments, landscape, lazy, sweep
 
+    for row in sweep.catalog_rows(args.dir):  # damaged files are named once, and left out below
+        if row["status"] == "corrupt":
+            print(f"meanfield report: {os.path.join(args.dir, row['file'])}: {row['message']} (left out; "
+                  "the next 'meanfield run' moves it aside and redoes the run)", file=sys.stderr)
     figures = experiments.report(args.dir)  # files of [experiment] kinds
     for path in figures:
         print(f"plot: {path}")
@@ -147,27 +185,32 @@ def report_command(args) -> int:
 def status_command(args) -> int:
     from . import sweep
     from ._config import ConfigError
+    from ._store import remove_abandoned
+
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir}: no such directory")
-    sweep.write_index(args.dir)
-    import csv
-
-    with open(os.path.join(args.dir, "catalog.csv"), newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    remove_abandoned(args.dir)
+    rows = sweep.catalog_rows(args.dir)
+    try:
+        sweep.write_index(args.dir, rows)
+    except OSError as error:  # a full disk or a read-only directory: the table is still shown
+        print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
     if not rows:
         print(f"{args.dir}: no runs")
         return 0
     keys = ["model.m", "run.seed", "model.activation", "model.alpha", "init.tau", "dynamics.integrator",
             "dynamics.step"]
-    varying = [k for k in keys if len({row.get(k) for row in rows}) > 1] or ["model.m", "run.seed"]
-    header = f"{'id':<16}  {'status':<9}  " + "  ".join(f"{k.split('.')[-1]:>10}" for k in varying) + \
+    varying = [k for k in keys if len({str(row.get(k)) for row in rows if row["status"] != "corrupt"}) > 1] or \
+        ["model.m", "run.seed"]
+    header = f"{'id':<16}  {'status':<11}  " + "  ".join(f"{k.split('.')[-1]:>10}" for k in varying) + \
         f"  {'t':>8}  {'risk':>11}"
     print(header)
     for row in rows:
-        risk = float(row["final_risk"]) if row["final_risk"] not in ("", "nan") else math.nan
-        t = float(row["final_time"]) if row["final_time"] not in ("", "nan") else math.nan
-        print(f"{row['id']:<16}  {row['status']:<9}  " + "  ".join(f"{row.get(k, ''):>10}" for k in varying) +
+        risk, t = float(row["final_risk"]), float(row["final_time"])
+        print(f"{row['id']:<16}  {row['status']:<11}  " + "  ".join(f"{str(row.get(k, '')):>10}" for k in varying) +
               f"  {t:>8.4g}  {risk:>11.4e}")
+        if row["status"] == "corrupt":
+            print(f"    {row['file']}: {row['message']} (the next 'meanfield run' moves it aside and redoes the run)")
     return 0
 
 
@@ -220,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and summarise")
     p.add_argument("--backend", choices=("cpu", "cuda"),
                    help="run on the CPU or the GPU (same as --set run.backend=...; default: the file's)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse runs whose estimated memory exceeds SIZE (e.g. 64G, 512M; inf: no check; "
+                        "default: this machine's memory, or its cgroup limit)")
     p.set_defaults(func=run_command)
     r = sub.add_parser("report", help="distances to the limit and their rates across widths")
     r.add_argument("dir")
@@ -246,8 +292,18 @@ def main(argv=None) -> int:
     if getattr(args, "resume", False) and getattr(args, "restart", False):
         print("meanfield run: --resume and --restart exclude each other", file=sys.stderr)
         return USAGE_ERROR
+    from . import _interrupt
+
+    _interrupt.reset()
     try:
-        return args.func(args)
+        with _interrupt.handling():
+            return args.func(args)
+    except _interrupt.Interrupted as stop:
+        runs = [s for s in getattr(stop, "summaries", []) if s["status"] == "interrupted"]
+        what = f"{len(runs)} run{'s' if len(runs) != 1 else ''} interrupted, resumable" if runs else "nothing lost"
+        print(f"meanfield {args.command}: stopped by {stop.name} ({what}; run the same command again to go on)",
+              file=sys.stderr, flush=True)
+        return stop.exit_status
     except ConfigError as error:
         print(f"meanfield {args.command}: {error}", file=sys.stderr)
         return USAGE_ERROR
