@@ -27,6 +27,35 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # user's value is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+
+def _kernels_from_checkout() -> None:
+    """Make ``meanfield.kernels`` importable when this package is a source checkout.
+
+    The kernels live in the checkout's top-level folder ``kernels/`` (the design card's layout)
+    and are installed as ``meanfield/kernels``. Python started in the checkout (a script,
+    ``python -c``, a notebook) imports this folder's ``meanfield/`` before the installed
+    package, and it has no ``kernels/``: they are loaded from the folder beside it.
+    """
+    import importlib.util
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.join(os.path.dirname(here), "kernels")
+    if ("meanfield.kernels" in sys.modules or os.path.isdir(os.path.join(here, "kernels"))
+            or not os.path.isfile(os.path.join(beside, "__init__.py"))):
+        return
+    spec = importlib.util.spec_from_file_location("meanfield.kernels", os.path.join(beside, "__init__.py"),
+                                                  submodule_search_locations=[beside])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["meanfield.kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["meanfield.kernels"]
+        raise
+
+
+_kernels_from_checkout()
 from . import kernels  # noqa: E402
 from ._isotropic import IsotropicProblem  # noqa: E402
 from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd

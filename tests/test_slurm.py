@@ -1,8 +1,10 @@
 """Sweeps on a real Slurm cluster: a single-node one started by ``.ci/slurm-up`` on this machine.
 
-These tests fail, never skip, when the cluster cannot be started; the failure message is the
-reason ``.ci/slurm-up`` gives (it needs root and Debian's apt, or Slurm already running).
-The cluster is left running after the session; ``.ci/slurm-down`` stops it.
+They use the cluster that ``sinfo`` shows on this machine. Where there is none: in CI
+(``CI=true``, set by ``.ci/run``) ``.ci/slurm-up`` starts a single-node cluster (it needs root
+and Debian's apt; the cluster is left running, ``.ci/slurm-down`` stops it), and the tests
+fail, never skip, when it cannot, with its reason; anywhere else nothing is installed or
+started on the machine and the tests are skipped, saying why.
 
 Runs done by Slurm array tasks, through ``runs/slurm/sweep.sbatch`` and through
 ``meanfield run --slurm``, must give the same files, bit for bit, as the same sweep run
@@ -63,9 +65,37 @@ class _Cluster:
             pytest.fail(f"no Slurm cluster: {self.error}", pytrace=False)
 
 
+READY_STATES = ("idle", "mix", "alloc", "comp")
+
+
+def _no_cluster_reason() -> str | None:
+    """Why this machine has no usable Slurm cluster right now, or None when sinfo shows a node."""
+    try:
+        result = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=20,
+                                stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return "sinfo is not installed"
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo did not answer ({error})"
+    state = result.stdout.split()[0] if result.stdout.split() else ""
+    if result.returncode != 0 or state.rstrip("*~#") not in READY_STATES:
+        return f"sinfo shows no ready node ({state or result.stderr.strip() or 'no output'})"
+    return None
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 @pytest.fixture(scope="session")
 def slurm():
-    """Start (or find) the single-node cluster once per session; leave it running."""
+    """Find the cluster, or in CI start the single-node one once per session (left running)."""
+    reason = _no_cluster_reason()
+    if reason is None:
+        return _Cluster(None)
+    if not in_ci():
+        pytest.skip(f"no Slurm cluster on this machine: {reason}. These tests run in CI (CI=true), where "
+                    ".ci/slurm-up starts one as root; nothing is installed or started here")
     try:
         result = subprocess.run([str(SLURM_UP)], capture_output=True, text=True, timeout=600,
                                 stdin=subprocess.DEVNULL)
