@@ -125,6 +125,8 @@ def handling(signals=SIGNALS, only_if_default: bool = False):
         yield
         return
     previous = {}
+    if not any(signal.getsignal(signum) is _handler for signum in signals):
+        reset()  # a new command (or a new run in a notebook): earlier signals are done with
     for signum in signals:
         current = signal.getsignal(signum)
         if only_if_default and current not in (signal.default_int_handler, signal.SIG_DFL):
@@ -138,6 +140,11 @@ def handling(signals=SIGNALS, only_if_default: bool = False):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def stop_requested_in_worker() -> bool:
+    """In a pool worker: whether a signal has asked this sweep to stop."""
+    return _worker["enabled"] and bool(received)
 
 
 def reset() -> None:

@@ -236,7 +236,7 @@ def execute(spec: RunSpec, out_dir, restart: bool = False, step_bar: bool = Fals
     """
     final, part, lock_path = paths(out_dir, spec)
     start = time.perf_counter()
-    if _interrupt.received:  # a pool worker told to stop before this run began: start nothing
+    if _interrupt.stop_requested_in_worker():  # told to stop before this run began: start nothing
         summary = _summary(spec, "interrupted", part, message="not started: the sweep was stopped")
         summary["exit_status"] = 128 + _interrupt.received[0]
         return summary

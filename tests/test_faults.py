@@ -501,3 +501,36 @@ def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkey
     resumed = _run(_command(path, out))
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_runs(reference, out, path)
+
+
+def test_an_interrupt_in_a_notebook_stops_the_run_and_the_next_one_runs(tmp_path, references):
+    """In a notebook (meanfield.run called directly), the interrupt button (SIGINT) stops the
+    run at a step boundary with a KeyboardInterrupt, the observers are closed with status
+    `interrupted`, Python's own SIGINT handler is back afterwards, and the next run and the
+    next sweep run normally."""
+    import meanfield as mf
+
+    model = mf.Model(d=6, activation="relu")
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(d=6, k=2))
+    W0 = mf.initialize(model, m=32, rng=np.random.default_rng(0))
+
+    class Interrupter:
+        closed = None
+
+        def observe(self, state, evaluation):
+            if state.step == 20:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        def close(self, state, status, message):
+            Interrupter.closed = (status, state.step)
+
+    with pytest.raises(KeyboardInterrupt):
+        mf.run(problem, mf.gradient_descent(problem, 0.1), W0, 10.0, times=np.linspace(0, 10, 51),
+               observers=[Interrupter()])
+    assert Interrupter.closed == ("interrupted", 20)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    full = mf.run(problem, mf.gradient_descent(problem, 0.1), W0, 10.0)
+    assert full.status == "complete" and full.steps[-1] == 100
+    path, reference = references["heavy_ball"]
+    (spec,) = sweep.plan(path)
+    assert sweep.execute(spec, tmp_path)["status"] == "complete"
