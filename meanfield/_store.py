@@ -224,11 +224,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_abandoned(directory) -> list[str]:
-    """Remove the temporary files that killed writers left in ``directory``.
+    """Remove the temporary files and lock files that killed writers left in ``directory``.
 
     A temporary file (:func:`temporary_name`) is abandoned when its process no longer runs
-    on this host, or, for another host, when it is older than ``TEMPORARY_MAX_AGE_S``. Returns
-    the names removed.
+    on this host, or, for another host, when it is older than ``TEMPORARY_MAX_AGE_S``; a lock
+    file when no process holds its lock. Returns the names removed.
     """
     removed = []
     host = socket.gethostname()
@@ -237,6 +237,15 @@ def remove_abandoned(directory) -> list[str]:
     except OSError:
         return removed
     for name in names:
+        if name.startswith(".") and name.endswith(".lock") and _locking_enabled():
+            # A lock file that no process holds (its holder was killed): the lock protocol
+            # re-takes a lock whose file was unlinked meanwhile (_flock), so removing it is safe.
+            path = os.path.join(directory, name)
+            if not lock_held(path):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    removed.append(name)
+            continue
         if not name.startswith(".") or ".tmp." not in name:
             continue
         fields = name.rsplit(".tmp.", 1)[1].rsplit(".", 2)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from meanfield import sweep
-from meanfield._store import open_run, read_checkpoint
+from meanfield._store import RunLock, open_run, read_checkpoint
 from test_sweep import _datasets, toml_text
 
 COMMAND_TIMEOUT_S = 120  # a command that takes longer has hung
@@ -181,16 +181,20 @@ def test_a_kill_while_resuming_and_before_the_first_checkpoint(tmp_path, referen
 
 def test_abandoned_temporary_files_are_removed_by_status(tmp_path, references):
     """A kill while index.h5 is rewritten leaves its temporary file; the next `status`
-    removes it (its writer is dead), and leaves a live writer's alone."""
+    removes it (its writer is dead), and leaves a live writer's alone; likewise a run lock
+    file that no process holds, but not one that is held."""
     path, _ = references["heavy_ball"]
     out = tmp_path / "out"
     assert _run(_command(path, out), MEANFIELD_KILL_AT="index-written:1").returncode == -signal.SIGKILL
     assert [n for n in os.listdir(out) if n.startswith(".index.h5.tmp.")]
     live = out / f".catalog.csv.tmp.{os.uname().nodename}.{os.getpid()}.0123456789ab"
     live.write_text("being written by this live process")
-    _status(out)
-    left = sorted(n for n in os.listdir(out) if n.startswith("."))
-    assert left == [live.name]
+    (out / ".0123456789abcdef.lock").write_text("pid 1 on a node that was killed")
+    held = out / ".fedcba9876543210.lock"
+    with RunLock(held):
+        _status(out)
+        left = sorted(n for n in os.listdir(out) if n.startswith("."))
+    assert left == sorted([held.name, live.name])
 
 
 # --------------------------------------------------------------------------- kills at random moments
