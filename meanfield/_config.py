@@ -12,7 +12,8 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [problem]   kind ("population" | "finite_data"), loss ("squared"), noise_std (0),
             flip_prob (0), method ("auto"), quadrature_order (32), mc_samples (200000),
             n_samples (finite data drawn from the teacher), data (a .npz file with X, y),
-            tangent (false: train the tangent model at the initial particles instead)
+            tangent (false: train the tangent model at the initial particles instead),
+            seed (none: run.seed; the seed of the teacher, the data and the held-out sample)
 [problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
             (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
 [dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow"), step
@@ -138,6 +139,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_samples": Key("int_or_none", None, minimum=1),
         "data": Key("path", None),
         "tangent": Key("bool", False),
+        # The seed of the problem's streams (teacher, data, Monte Carlo and held-out samples);
+        # absent: run.seed's. Kept in the resolved config only when given (the ids of files
+        # without it do not change).
+        "seed": Key("int_or_none", None, minimum=0),
     },
     "problem.teacher": {
         "kind": Key("str", "orthonormal", choices=TEACHER_KINDS),
@@ -616,6 +621,8 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
             else:
                 out[name] = key.default
         config[section] = out
+    if config["problem"]["seed"] is None:
+        del config["problem"]["seed"]  # absent: the problem's streams follow run.seed, as before the key existed
 
     def fail(section, name, text):
         where = via(section, name) or f"[{section}] {name}"

@@ -7,8 +7,10 @@ initial state) -> :func:`meanfield.run` with a :class:`~meanfield._store.RunFile
 
 Random streams come from ``numpy.random.SeedSequence(root_seed, spawn_key=(seed, stream))``,
 with streams 0 (initial particles), 1 (problem: teacher, data, Monte Carlo sample) and
-2 (dynamics: minibatches, noise). They depend on the run's identity only, never on a worker
-or array-task number, so any sharding of a sweep reproduces the same runs; and runs that
+2 (dynamics: minibatches, noise); seed is ``run.seed``, or ``[problem] seed`` for the
+problem's streams 1 and 3 when the file gives it (:func:`seed_sequence`). They depend on the
+run's identity only, never on a worker or array-task number, so any sharding of a sweep
+reproduces the same runs; and runs that
 differ only in the width m share their streams (the first particles of a width-m run are
 those of every wider run with the same seed). Stream 3 draws the held-out test sample of
 ``[lazy]`` (``meanfield.lazy``).
@@ -50,9 +52,23 @@ STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 FINISHED = ("complete", "diverged")
 
 
+PROBLEM_STREAMS = ("problem", "test")
+
+
 def seed_sequence(config: dict, stream: str) -> np.random.SeedSequence:
-    """The SeedSequence of one random stream of a run (``init``, ``problem`` or ``dynamics``)."""
-    return np.random.SeedSequence(config["run"]["root_seed"], spawn_key=(config["run"]["seed"], STREAMS[stream]))
+    """The SeedSequence of one random stream of a run (``init``, ``problem``, ``dynamics`` or
+    ``test``).
+
+    ``SeedSequence(root_seed, spawn_key=(seed, stream))`` with seed ``run.seed``, except that
+    the problem's streams (``problem``: teacher, data, Monte Carlo sample; ``test``: the
+    held-out sample) take ``[problem] seed`` when the config has it: runs with different
+    ``run.seed`` and the same ``problem.seed`` train on the same teacher and data from
+    different initial particles. ``problem.seed = s`` draws the problem of ``run.seed = s``.
+    """
+    seed = config["run"]["seed"]
+    if stream in PROBLEM_STREAMS:
+        seed = config.get("problem", {}).get("seed", seed)
+    return np.random.SeedSequence(config["run"]["root_seed"], spawn_key=(seed, STREAMS[stream]))
 
 
 def generator(config: dict, stream: str) -> np.random.Generator:
