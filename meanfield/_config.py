@@ -37,7 +37,9 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             end points of runs with seeds 2i and 2i + 1
 [sweep]     "section.key" = [values, ...] for any key above, or a range {start = 0, stop = 500}
             (step = 1); [sweep.zip] "section.key" = [...] lists of equal length, zipped, then
-            crossed with the plain [sweep] lists
+            crossed with the plain [sweep] lists. On the command line (:func:`plan`'s
+            overrides) ``--set model.m=512`` sets a swept key to one value (a note says which
+            list it replaced) and ``--set 'sweep."model.m"=[16, 32]'`` replaces or adds a list
 
 With ``[limit] reference_m = M`` every run of the file ("member") is compared with a
 reference run of width M that has the same config otherwise (same seed: same streams). The
@@ -339,12 +341,44 @@ def parse_override(file, text: str):
     if not sep:
         raise ConfigError(f"{file}: {via}: expected section.key=value")
     section, name = _split_key(file, dotted.strip(), via)
+    return section, name, _override_value(raw), via
+
+
+def _override_value(raw: str):
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"value = {raw}")["value"]
+        return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return section, name, value, via
+        return raw
+
+
+SWEEP_OVERRIDE = 'sweep."section.key"=[values] or sweep.zip."section.key"=[values]'
+
+
+def parse_sweep_override(file, text: str):
+    """A ``--set`` that sets a sweep list: ``sweep."model.m"=[16, 32]`` (or ``sweep.model.m=...``:
+    the sweep table holds only "section.key" entries and ``zip``, so the dotted form is not
+    ambiguous), ``sweep.zip."model.m"=[...]`` for a column of ``[sweep.zip]``. Returns
+    (table: "sweep" or "zip", "section.key", value, via), or None for an ordinary key."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if key != "sweep" and not key.startswith(("sweep.", 'sweep"', "sweep ")):
+        return None
+    via = f"--set {text}"
+    try:
+        parsed = tomllib.loads(f"{key} = 0") if sep else None
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    parts = []
+    while isinstance(parsed, dict) and len(parsed) == 1:
+        name, parsed = next(iter(parsed.items()))
+        parts.append(name)
+    if not sep or len(parts) < 2 or parts[0] != "sweep":
+        raise ConfigError(f"{file}: {via}: expected {SWEEP_OVERRIDE}")
+    table = "zip" if parts[1] == "zip" and len(parts) > 2 else "sweep"
+    dotted = ".".join(parts[2:] if table == "zip" else parts[1:])
+    _split_key(file, dotted, via)
+    return table, dotted, _override_value(raw), via
 
 
 def load_document(path) -> dict:
@@ -399,7 +433,7 @@ def _sort_values(values):
     return sorted(values, key=order)
 
 
-def plan(path, overrides=()) -> list[RunSpec]:
+def plan(path, overrides=(), notes=None) -> list[RunSpec]:
     """Every run an experiment file describes, validated and resolved, in sorted order.
 
     Parameters
@@ -407,7 +441,15 @@ def plan(path, overrides=()) -> list[RunSpec]:
     path : str or path-like
         The TOML experiment file.
     overrides : sequence of str
-        ``section.key=value`` strings (``--set``), applied before the sweep.
+        ``section.key=value`` strings (``--set``), applied in order before the sweep. A key
+        that the file sweeps is set to that one value (its sweep list, or its column of
+        ``[sweep.zip]``, is dropped). ``sweep."section.key"=[values]`` (also written
+        ``sweep.section.key=[values]``) replaces or adds a ``[sweep]`` list, a range table
+        ``{start = 0, stop = 4}`` included; ``sweep.zip."section.key"=[values]`` a column of
+        ``[sweep.zip]``.
+    notes : list, optional
+        Receives one line for each override that replaced a sweep list of the file with a
+        single value (the command line prints them on stderr).
 
     Returns
     -------
@@ -429,28 +471,70 @@ def plan(path, overrides=()) -> list[RunSpec]:
     zipped = sweep.pop("zip", None)
     overridden_zip = False
     origins = {}
+    sweep_origins = {}  # "section.key" -> the --set that gave its sweep list
+
+    def shown(table, dotted):
+        if dotted in sweep_origins:
+            return sweep_origins[dotted]
+        name = "[sweep.zip]" if table == "zip" else "[sweep]"
+        values = (zipped if table == "zip" else sweep)[dotted]
+        return f"{name} {json.dumps(dotted)} = {json.dumps(values) if _jsonable(values) else repr(values)}"
+
     for text in overrides:
+        parsed = parse_sweep_override(file, text)
+        if parsed is not None:
+            table, dotted, value, via = parsed
+            if table == "zip":
+                if zipped is None:
+                    zipped = {}
+                if not isinstance(zipped, dict):
+                    raise ConfigError(f'{file}: [sweep.zip] must be a table of "section.key" = [values] lists '
+                                      "of equal length")
+                if dotted in sweep:
+                    raise ConfigError(f"{file}: {via}: {json.dumps(dotted)} is swept in [sweep]; replace that "
+                                      f'list with --set sweep."{dotted}"=[values]')
+                zipped[dotted] = value
+            else:
+                if isinstance(zipped, dict) and dotted in zipped:
+                    raise ConfigError(f"{file}: {via}: {json.dumps(dotted)} is a column of [sweep.zip]; replace "
+                                      f'it with --set sweep.zip."{dotted}"=[values] (lists of equal length)')
+                sweep[dotted] = value
+            sweep_origins[dotted] = via
+            continue
         section, name, value, via = parse_override(file, text)
+        dotted = f"{section}.{name}"
         sections[section][name] = value
-        sweep.pop(f"{section}.{name}", None)
-        if isinstance(zipped, dict) and zipped.pop(f"{section}.{name}", None) is not None:
+        if dotted in sweep:
+            if notes is not None:
+                notes.append(f"{via} replaces {shown('sweep', dotted)}: one value instead of a sweep over "
+                             f"{dotted}")
+            del sweep[dotted]
+        if isinstance(zipped, dict) and dotted in zipped:
+            if notes is not None:
+                notes.append(f"{via} replaces the column {shown('zip', dotted)}: one value instead of a sweep "
+                             f"over {dotted} (repeated tuples of the other columns merged)")
+            del zipped[dotted]
             overridden_zip = True
-        origins[f"{section}.{name}"] = via
-    zip_axis = _zip_axis(file, zipped, dedupe=overridden_zip)
+        sweep_origins.pop(dotted, None)
+        origins[dotted] = via
+    zip_axis = _zip_axis(file, zipped, dedupe=overridden_zip, origins=sweep_origins)
     axes = []
     for dotted in sorted(sweep):
-        section, name = _split_key(file, dotted, f"[sweep] {json.dumps(dotted)}")
+        where = sweep_origins.get(dotted) or f"[sweep] {json.dumps(dotted)}"
+        section, name = _split_key(file, dotted, where)
         if zip_axis is not None and dotted in zip_axis[0]:
             raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)}: also in [sweep.zip]; give it in one of them")
-        values = _sweep_values(file, f"[sweep] {json.dumps(dotted)}", sweep[dotted])
+        values = _sweep_values(file, where, sweep[dotted])
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)} = {values!r}: must be a non-empty list of values "
+            shown_values = "" if dotted in sweep_origins else f" = {values!r}"
+            raise ConfigError(f"{file}: {where}{shown_values}: must be a non-empty list of values "
                               "or a range {start = 0, stop = 100} (step = 1)")
+        item = f"{where}: value " if dotted in sweep_origins else where
         checked = [_check_value(file, section, name, SCHEMA[section][name], v,
-                                via=f"[sweep] {json.dumps(dotted)}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                                via=f"{item}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
                    for i, v in enumerate(values)]
         if len(set(map(json.dumps, checked))) != len(checked):
-            raise ConfigError(f"{file}: [sweep] {json.dumps(dotted)}: values must be distinct")
+            raise ConfigError(f"{file}: {where}: values must be distinct")
         axes.append((dotted, section, name, _sort_values(checked)))
 
     runs = []
@@ -468,7 +552,7 @@ def plan(path, overrides=()) -> list[RunSpec]:
         for (dotted, section, name, _), value in zip(axes, combination):
             raw[section][name] = value
             swept[dotted] = value
-        config = resolve(file, raw, base_dir, swept, origins)
+        config = resolve(file, raw, base_dir, swept, origins, sweep_origins)
         runs.append(_spec(index, config, swept, file))
     references = _references(runs, file)
     return runs + references + _tangents(runs, len(runs) + len(references), file)
@@ -492,22 +576,26 @@ def _sweep_values(file, where, values):
     return list(range(start, stop, step))
 
 
-def _zip_axis(file, zipped, dedupe=False):
+def _zip_axis(file, zipped, dedupe=False, origins=None):
     """The keys and value tuples of ``[sweep.zip]`` (lists of equal length, zipped), or None.
-    With ``dedupe`` (a ``--set`` replaced one of its keys) repeated tuples are merged."""
+    With ``dedupe`` (a ``--set`` replaced one of its keys) repeated tuples are merged.
+    ``origins``: "section.key" -> the ``--set`` that gave a column."""
+    origins = origins or {}
     if zipped is None or (dedupe and not zipped):
         return None
     if not isinstance(zipped, dict) or not zipped:
         raise ConfigError(f'{file}: [sweep.zip] must be a table of "section.key" = [values] lists of equal length')
     keys, columns = [], []
     for dotted in sorted(zipped):
-        where = f"[sweep.zip] {json.dumps(dotted)}"
+        where = origins.get(dotted) or f"[sweep.zip] {json.dumps(dotted)}"
         section, name = _split_key(file, dotted, where)
         values = _sweep_values(file, where, zipped[dotted])
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{file}: {where} = {values!r}: must be a non-empty list of values")
+            shown_values = "" if dotted in origins else f" = {values!r}"
+            raise ConfigError(f"{file}: {where}{shown_values}: must be a non-empty list of values")
+        item = f"{where}: value " if dotted in origins else where
         columns.append([_check_value(file, section, name, SCHEMA[section][name], v,
-                                     via=f"{where}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                                     via=f"{item}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
                         for i, v in enumerate(values)])
         keys.append(dotted)
     lengths = {key: len(column) for key, column in zip(keys, columns)}
@@ -599,12 +687,14 @@ def _check_lazy(config: dict, fail) -> None:
         lazy["role"] = "tangent" if problem["tangent"] else "network"
 
 
-def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None) -> dict:
+def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_origins=None) -> dict:
     """Fill defaults, check types, ranges and cross-key constraints of one run."""
 
     def via(section, name):
         dotted = f"{section}.{name}"
         if dotted in swept:
+            if dotted in (sweep_origins or {}):
+                return f"{sweep_origins[dotted]}: {dotted} = {json.dumps(swept[dotted])}"
             return f"[sweep] {json.dumps(dotted)} = {json.dumps(swept[dotted])}"
         return (origins or {}).get(dotted)
 

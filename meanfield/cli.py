@@ -68,7 +68,10 @@ def run_command(args) -> int:
         return experiments.run_command(args)
     if getattr(args, "backend", None):
         args.set = [*args.set, f'run.backend="{args.backend}"']
-    specs = sweep.plan(args.file, args.set)  # validates everything before any output exists
+    notes = []
+    specs = sweep.plan(args.file, args.set, notes)  # validates everything before any output exists
+    for note in notes:  # a --set that replaced a sweep list is never silent, even with --quiet
+        print(f"meanfield run: {args.file}: {note}", file=sys.stderr, flush=True)
     from . import _memory
 
     # Runs that cannot fit in memory are refused here, before the output directory exists.
@@ -128,12 +131,31 @@ def run_command(args) -> int:
             print(landscape_text)
         if curves:
             print(report.risk_table(curves))
-            png = report.plot_risk(curves, os.path.join(out, "risk.png"))
-            print(f"plot: {png}" if png else "plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
+            _risk_plot(out)
         print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
     if any(spec.config.get("lazy", {}).get("role") for spec in specs):
         _lazy_report(out, args.quiet)
     return 1 if bad else 0
+
+
+def _risk_plot(out) -> None:
+    """``<out>/risk.png``: the figure of the directory, every finished run in it, one curve per
+    combination of the keys that vary across it (mean over run.seed), whichever files and
+    --set wrote them; so it never shows one sweep's runs in place of another's."""
+    from . import report
+
+    summaries, keys = report.directory_summaries(out)
+    curves = report.risk_curves(summaries)
+    if not curves:
+        return
+    png = report.plot_risk(curves, os.path.join(out, "risk.png"))
+    if png is None:
+        print("plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
+        return
+    finished = sum(s["status"] in report.FINISHED for s in summaries)
+    names = report.short_names(k for k in keys if k not in report.GROUP_EXCLUDE)
+    by = f", a curve per {', '.join(names.values())}" if names else ""
+    print(f"plot: {png} (every finished run in {out}: {finished} run{'s' if finished != 1 else ''}{by})")
 
 
 def _lazy_report(out, quiet=False) -> None:
@@ -156,18 +178,29 @@ def report_command(args) -> int:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
     from . import experiments, landscape, lazy, sweep
 
-    for row in sweep.catalog_rows(args.dir):  # damaged files are named once, and left out below
+    rows = sweep.catalog_rows(args.dir)
+    for row in rows:  # damaged files are named once, and left out below
         if row["status"] == "corrupt":
             print(f"meanfield report: {os.path.join(args.dir, row['file'])}: {row['message']} (left out; "
                   "the next 'meanfield run' moves it aside and redoes the run)", file=sys.stderr)
     figures = experiments.report(args.dir)  # files of [experiment] kinds
     for path in figures:
         print(f"plot: {path}")
+    # The risk summary of any sweep first (every run of the directory, grouped by the keys
+    # that vary across it, mean ± standard error over run.seed), then what the stages add.
+    summaries, _ = report.directory_summaries(args.dir, rows)
+    finished = [s for s in summaries if s["status"] in report.FINISHED]
+    if finished:
+        print(f"risk at the end of the {len(finished)} finished run{'s' if len(finished) != 1 else ''} "
+              f"in {args.dir}:")
+        print(report.final_risk_table(summaries))
     has_lazy = lazy.has_lazy(args.dir)
     landscape.connectivity_missing(args.dir)
     landscape_text = landscape.report_text(args.dir)
-    # The distances to the limit are the default report; other kinds print only their own.
-    if limits.pairs(args.dir) or not (figures or has_lazy or landscape_text):
+    with_limit = bool(limits.pairs(args.dir))
+    if not (figures or finished or with_limit or has_lazy or landscape_text):
+        print(f"{args.dir}: no finished runs to report")
+    if with_limit:
         counts = limits.compute_missing(args.dir, jobs=args.jobs)
         print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
               f"{counts['waiting']} waiting for their reference")
@@ -183,34 +216,78 @@ def report_command(args) -> int:
 
 
 def status_command(args) -> int:
-    from . import sweep
+    """The runs of a directory: id, status, the keys that vary across them, final time and
+    risk; with ``--file`` (and its ``--set``), the runs of that experiment not started yet too."""
+    import json
+
+    from . import report, sweep
     from ._config import ConfigError
     from ._store import remove_abandoned
 
-    if not os.path.isdir(args.dir):
+    specs = []
+    if args.file is not None:
+        from . import experiments
+
+        if experiments.experiment_kind(args.file) is not None:
+            raise ConfigError(f"{args.file}: an [experiment] file is one computation; --file lists the runs of "
+                              "sweep files (meanfield run FILE runs it)")
+        notes = []
+        specs = sweep.plan(args.file, args.set, notes)  # bad input is refused before anything is read
+        for note in notes:
+            print(f"meanfield status: {args.file}: {note}", file=sys.stderr)
+    elif args.set:
+        raise ConfigError(f"--set {args.set[0]}: needs --file (the experiment whose runs it changes)")
+    exists = os.path.isdir(args.dir)
+    if not exists and (args.file is None or os.path.lexists(args.dir)):
         raise ConfigError(f"{args.dir}: no such directory")
-    remove_abandoned(args.dir)
-    rows = sweep.catalog_rows(args.dir)
-    try:
-        sweep.write_index(args.dir, rows)
-    except OSError as error:  # a full disk or a read-only directory: the table is still shown
-        print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
-    if not rows:
+    rows = []
+    if exists:
+        remove_abandoned(args.dir)
+        rows = sweep.catalog_rows(args.dir)
+        try:
+            sweep.write_index(args.dir, rows)
+        except OSError as error:  # a full disk or a read-only directory: the table is still shown
+            print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
+    present = {row["id"] for row in rows}
+    waiting = []
+    for spec in specs:
+        if spec.id not in present:
+            row = {"id": spec.id, "status": "not started", "file": "", "final_risk": math.nan,
+                   "final_time": math.nan}
+            for section, values in json.loads(spec.config_json).items():
+                for key, value in values.items():
+                    row[f"{section}.{key}"] = value
+            waiting.append(row)
+    table = rows + waiting
+    if not table:
         print(f"{args.dir}: no runs")
         return 0
-    keys = ["model.m", "run.seed", "model.activation", "model.alpha", "init.tau", "dynamics.integrator",
-            "dynamics.step"]
-    varying = [k for k in keys if len({str(row.get(k)) for row in rows if row["status"] != "corrupt"}) > 1] or \
-        ["model.m", "run.seed"]
-    header = f"{'id':<16}  {'status':<11}  " + "  ".join(f"{k.split('.')[-1]:>10}" for k in varying) + \
-        f"  {'t':>8}  {'risk':>11}"
-    print(header)
-    for row in rows:
+    varying = report.varying_keys(table) or [k for k in ("model.m", "run.seed") if k in table[0]]
+    names = report.short_names(varying)
+    # Ordered by the varying values (numbers as numbers), corrupt rows (no config) last.
+    table.sort(key=lambda row: (row["status"] == "corrupt",
+                                tuple(report._order(row.get(k, report._ABSENT)) for k in varying), row["id"]))
+    cells = [[report._text(row.get(k, report._ABSENT)) if row["status"] != "corrupt" else "" for k in varying]
+             for row in table]
+    widths = [max(len(names[k]), *(len(c[i]) for c in cells)) for i, k in enumerate(varying)]
+    status_width = max(11, *(len(row["status"]) for row in table))
+    print(f"{'id':<16}  {'status':<{status_width}}  " + "".join(f"{names[k]:>{w}}  " for k, w in zip(varying, widths))
+          + f"{'t':>8}  {'risk':>11}")
+    for row, values in zip(table, cells):
         risk, t = float(row["final_risk"]), float(row["final_time"])
-        print(f"{row['id']:<16}  {row['status']:<11}  " + "  ".join(f"{str(row.get(k, '')):>10}" for k in varying) +
-              f"  {t:>8.4g}  {risk:>11.4e}")
+        numbers = f"{t:>8.4g}  {risk:>11.4e}" if row["status"] != "not started" else f"{'':>8}  {'':>11}"
+        print((f"{row['id']:<16}  {row['status']:<{status_width}}  "
+               + "".join(f"{v:>{w}}  " for v, w in zip(values, widths)) + numbers).rstrip())
         if row["status"] == "corrupt":
             print(f"    {row['file']}: {row['message']} (the next 'meanfield run' moves it aside and redoes the run)")
+    if specs:
+        mine = {spec.id for spec in specs}
+        counts = {}
+        for row in table:
+            if row["id"] in mine:
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+        print(f"{len(specs)} run{'s' if len(specs) != 1 else ''} of {args.file}: "
+              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return 0
 
 
@@ -274,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=report_command)
     s = sub.add_parser("status", help="table of the runs in an output directory")
     s.add_argument("dir")
+    s.add_argument("--file", metavar="FILE.toml",
+                   help="also list the runs of this experiment file that are not started yet")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --file: the overrides the runs were started with (as for 'meanfield run')")
     s.set_defaults(func=status_command)
     i = sub.add_parser("info", help="versions, threads, backends")
     i.set_defaults(func=info)

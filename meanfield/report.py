@@ -1,6 +1,7 @@
 """Summaries of a sweep directory: a risk table across the swept values and a risk plot."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import defaultdict
@@ -10,11 +11,60 @@ import numpy as np
 from ._store import open_run, read_series
 
 GROUP_EXCLUDE = ("run.seed",)
+FINISHED = ("complete", "skipped", "diverged")
+_ABSENT = object()
+
+
+def short_names(keys) -> dict:
+    """``section.key`` -> its last part (``model.m`` -> ``m``), or the whole name where two
+    keys share a last part (``dynamics.step``, ``landscape.step``)."""
+    keys = list(keys)
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (name if last.count(name) == 1 else k) for k, name in zip(keys, last)}
+
+
+def _text(value) -> str:
+    if value is _ABSENT or value is None:
+        return "-"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def varying_keys(rows) -> list[str]:
+    """The ``section.key`` columns of catalog rows (:func:`meanfield.sweep.catalog_rows`)
+    whose values differ across the rows, in the order of the schema; corrupt rows, which
+    have no config, are left out. A key that some rows lack (a key kept in the resolved
+    config only when given, such as ``problem.seed``) varies too."""
+    from ._config import SCHEMA
+
+    rows = [row for row in rows if row.get("status") != "corrupt"]
+    columns = dict.fromkeys(key for row in rows for key in row if "." in key)
+    sections = list(SCHEMA)
+
+    def order(key):  # the schema's order (model, init, problem, ..., run), derived keys after their section's
+        section, _, name = key.rpartition(".")
+        names = list(SCHEMA.get(section, ()))
+        return (sections.index(section) if section in sections else len(sections),
+                names.index(name) if name in names else len(names), key)
+
+    return sorted((key for key in columns
+                   if len({json.dumps(row.get(key, "<absent>"), sort_keys=True, default=str) for row in rows}) > 1),
+                  key=order)
 
 
 def _label(swept: dict) -> str:
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in swept.items() if k not in GROUP_EXCLUDE]
+    names = short_names(k for k in swept if k not in GROUP_EXCLUDE)
+    parts = [f"{names[k]}={_text(v)}" for k, v in swept.items() if k not in GROUP_EXCLUDE]
     return " ".join(parts) or "run"
+
+
+def _order(value):
+    if isinstance(value, bool):
+        return (0, int(value), "")
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (1, 0, _text(value))
 
 
 def risk_curves(summaries) -> dict:
@@ -45,9 +95,75 @@ def risk_curves(summaries) -> dict:
         curves[label] = (times, np.mean([r[:length] for _, r, _ in members], axis=0), len(members))
     def order(label):
         swept = groups[label][0][2]
-        return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v))
-                     for k, v in swept.items() if k not in GROUP_EXCLUDE)
+        return tuple(_order(v) for k, v in swept.items() if k not in GROUP_EXCLUDE)
     return dict(sorted(curves.items(), key=lambda item: order(item[0])))
+
+
+def directory_summaries(out_dir, rows=None) -> tuple[list[dict], list[str]]:
+    """Every run of a directory as a run summary for :func:`risk_curves`, its ``swept`` the
+    keys that vary across the directory (:func:`varying_keys`); returns (summaries, keys).
+
+    The runs of every sweep written into the directory are there, whatever file and
+    ``--set`` wrote them: a summary of the directory shows all of them, never one sweep's
+    runs under another sweep's name.
+    """
+    from .sweep import catalog_rows
+
+    out_dir = os.fspath(out_dir)
+    rows = catalog_rows(out_dir) if rows is None else rows
+    rows = [row for row in rows if not row.get("experiment")]  # [experiment] files have their own report
+    keys = varying_keys(rows)
+    summaries = [{"id": row["id"], "status": row["status"], "path": os.path.join(out_dir, row["file"]),
+                  "final_risk": float(row["final_risk"]), "final_time": float(row["final_time"]),
+                  "swept": {k: row.get(k, _ABSENT) for k in keys}}
+                 for row in rows if row["status"] != "corrupt" and not row.get("experiment")]
+    return summaries, keys
+
+
+def final_risk_table(summaries) -> str:
+    """The risk at the end of each group of finished runs (runs that differ only in their
+    seed): mean ± standard error over the seeds, one row per group, a column per key.
+
+    Parameters
+    ----------
+    summaries : list of dict
+        Run summaries (:func:`meanfield.sweep.execute`, or :func:`directory_summaries`).
+
+    Returns
+    -------
+    str
+        The table, or "" when no run has finished.
+    """
+    groups = defaultdict(list)
+    for summary in summaries:
+        if summary["status"] in FINISHED:
+            swept = {k: v for k, v in summary["swept"].items() if k not in GROUP_EXCLUDE}
+            groups[json.dumps({k: _text(v) for k, v in swept.items()})].append((swept, summary))
+    if not groups:
+        return ""
+    keys = list(next(iter(groups.values()))[0][0])
+    names = short_names(keys)
+    table = []
+    for members in groups.values():
+        swept = members[0][0]
+        risks = np.array([s["final_risk"] for _, s in members], dtype=float)
+        finite = risks[np.isfinite(risks)]
+        mean = float(np.mean(finite)) if len(finite) else math.nan
+        error = float(np.std(finite, ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+        diverged = sum(s["status"] == "diverged" for _, s in members)
+        risk = f"{mean:.4e}" + (f" ± {error:.1e}" if math.isfinite(error) else "")
+        if diverged:
+            risk += f" ({diverged} diverged)"
+        t = max((s["final_time"] for _, s in members if math.isfinite(s["final_time"])), default=math.nan)
+        table.append(([_text(swept[k]) for k in keys], len(members), t, risk, tuple(_order(swept[k]) for k in keys)))
+    table.sort(key=lambda row: row[-1])
+    widths = [max(len(names[k]), *(len(cells[i]) for cells, *_ in table)) for i, k in enumerate(keys)]
+    header = "  ".join(f"{names[k]:>{w}}" for k, w in zip(keys, widths))
+    lines = [f"{header}{'  ' if keys else ''}{'seeds':>5}  {'t':>8}  final risk (mean ± standard error over seeds)"]
+    for cells, n, t, risk, _ in table:
+        row = "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+        lines.append(f"{row}{'  ' if keys else ''}{n:>5}  {t:>8.4g}  {risk}")
+    return "\n".join(lines)
 
 
 def risk_table(curves: dict, rows: int = 8) -> str:

@@ -525,7 +525,9 @@ def format_summary_line(summary: dict) -> str:
 
 def catalog_rows(out_dir) -> list[dict]:
     """One row per run in ``out_dir`` (finished, being written or interrupted): id, status,
-    file, final_risk, final_time and every config value as ``section.key``.
+    file, final_risk, final_time and every config value as ``section.key``; the file of an
+    ``[experiment]`` kind (:mod:`meanfield.experiments`) has its kind under ``experiment`` and
+    NaN for the risk and time (it records no risk series).
 
     A ``.part`` that no process writes is ``interrupted`` (:func:`meanfield._store.run_status`);
     a file that cannot be read is a row with status ``corrupt`` and the reason under
@@ -547,8 +549,9 @@ def catalog_rows(out_dir) -> list[dict]:
         try:
             with open_run(path) as f:
                 attrs = attrs_of(f)
-                risk, t = _last_risk(f)
-                json.loads(attrs["config"])
+                config = json.loads(attrs["config"])
+                # A file of an [experiment] kind (meanfield.experiments) records no risk series.
+                risk, t = (math.nan, math.nan) if attrs.get("experiment") else _last_risk(f)
         except (OSError, KeyError, ValueError) as error:
             _, _, lock = run_paths(out_dir, run_id)
             if name.endswith(".part") and _store_lock_held(lock):
@@ -559,7 +562,9 @@ def catalog_rows(out_dir) -> list[dict]:
             continue
         row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
                "final_time": t}
-        for section, values in json.loads(attrs["config"]).items():
+        if attrs.get("experiment"):
+            row["experiment"] = attrs["experiment"]
+        for section, values in config.items():
             for key, value in values.items():
                 row[f"{section}.{key}"] = value
         rows.append(row)
