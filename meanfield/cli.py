@@ -318,12 +318,15 @@ def info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meanfield", description="Mean-field simulations of two-layer networks.")
+    parser.add_argument("--version", action="version", version=f"meanfield {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run every run of an experiment file (one, or a sweep)")
     p.add_argument("file", help="experiment file (TOML), e.g. runs/quickstart.toml")
     p.add_argument("--out", help="output directory (default: out/<file name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key, e.g. --set model.m=512 (repeatable; the value is read as TOML)")
+                   help="override a key, e.g. --set model.m=512 (repeatable; the value is read as TOML); a swept "
+                        "key gets that one value (a note on stderr says so); --set 'sweep.\"model.m\"=[16, 32]' "
+                        "replaces or adds a sweep list")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs from their last checkpoint (the default)")

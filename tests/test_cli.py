@@ -309,3 +309,35 @@ def test_problem_seed_is_checked(tmp_path):
     doc["problem"]["seed"] = -1
     path = write(tmp_path, doc)
     _refused(_cli("run", path, cwd=tmp_path), "run", str(path), "[problem] seed = -1", "must be an integer >= 0")
+
+
+# --------------------------------------------------------------------------- the package
+def test_version_option():
+    result = _cli("--version")
+    assert result.returncode == 0 and result.stdout == f"meanfield {meanfield.__version__}\n", result
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        assert tomllib.load(handle)["project"]["version"] == meanfield.__version__
+
+
+def test_license_citation_and_notebook_extra():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        project = tomllib.load(handle)["project"]
+    assert project["license"] == {"text": "BSD-3-Clause"}
+    text = open(os.path.join(ROOT, "LICENSE")).read()
+    assert text.startswith("BSD 3-Clause License") and "the meanfield developers" in text
+    assert "Neither the name of the copyright holder" in text
+    cff = open(os.path.join(ROOT, "CITATION.cff")).read()
+    fields = dict(re.findall(r"^([a-z-]+): *(.*)$", cff, re.M))
+    assert fields["cff-version"] == "1.2.0" and fields["license"] == "BSD-3-Clause"
+    assert fields["version"].strip('"') == meanfield.__version__ and fields["title"] and fields["message"]
+    assert re.search(r'^authors:\n  - name: "The meanfield developers"$', cff, re.M)
+    try:
+        import yaml
+    except ImportError:
+        pass
+    else:
+        document = yaml.safe_load(cff)
+        assert document["authors"] == [{"name": "The meanfield developers"}]
+        assert str(document["version"]) == meanfield.__version__
+    notebook = " ".join(project["optional-dependencies"]["notebook"])
+    assert "jupyterlab" in notebook and "ipykernel" in notebook
