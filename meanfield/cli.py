@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="with --file: the overrides the runs were started with (as for 'meanfield run')")
     s.set_defaults(func=status_command)
+    from ._picture_cli import add_parsers as add_picture_parsers
+
+    add_picture_parsers(sub)  # meanfield plot DIR, meanfield animate RUN.h5
     i = sub.add_parser("info", help="versions, threads, backends")
     i.set_defaults(func=info)
     return parser

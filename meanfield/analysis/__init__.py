@@ -16,6 +16,11 @@ Plots (each returns a :class:`matplotlib.figure.Figure`)
     :func:`plot_theory_vs_simulation` (signal propagation), :func:`plot_modes` (deep linear),
     :func:`plot_particle_trajectories`, :func:`plot_displacement`, :func:`plot_tangent_distance`
     (lazy versus active).
+Pictures for the command line (``meanfield plot``, ``meanfield animate``)
+    :func:`plot_directory_risk` and :func:`write_directory_risk` (the risk plot of any run
+    directory), :func:`cloud_frames`, :func:`plot_cloud` and :func:`animate_cloud` (a stored
+    run's particle cloud projected on the teacher's directions or principal components, one
+    frame or a GIF/MP4 over its records).
 """
 try:
     import matplotlib  # noqa: F401
@@ -33,19 +38,32 @@ from ._particles import (
 )
 from ._load import Sweep, moments, open_run, open_sweep, particle_observables, quantiles
 from ._plots import initial_norm_density, pick_times, plot_norm_histogram, plot_rate, plot_risk
+from ._pictures import (
+    CloudFrames,
+    animate_cloud,
+    cloud_frames,
+    plot_cloud,
+    plot_directory_risk,
+    write_directory_risk,
+)
 
 # Plots written beside the objects they draw, re-exported here, one line each.
 from ..linear import plot_modes  # noqa: E402
 from ..signal import plot_phase_diagram, plot_theory_vs_simulation  # noqa: E402
 
 __all__ = [
+    "CloudFrames",
     "Sweep",
+    "animate_cloud",
+    "cloud_frames",
     "initial_norm_density",
     "moments",
     "open_run",
     "open_sweep",
     "particle_observables",
     "pick_times",
+    "plot_cloud",
+    "plot_directory_risk",
     "plot_displacement",
     "plot_modes",
     "plot_norm_histogram",
@@ -57,4 +75,5 @@ __all__ = [
     "plot_theory_vs_simulation",
     "projection_directions",
     "quantiles",
+    "write_directory_risk",
 ]
