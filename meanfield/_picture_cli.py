@@ -12,10 +12,12 @@ def _analysis():
     """``meanfield.analysis``, or a ConfigError (exit 2) that says how to install it."""
     from ._config import ConfigError
 
+    import importlib
+
     try:
-        from . import analysis
+        analysis = importlib.import_module("meanfield.analysis")
     except ImportError as error:
-        missing = getattr(error, "name", None) or "matplotlib"
+        missing = getattr(error.__cause__, "name", None) or getattr(error, "name", None) or "a package"
         raise ConfigError(f"pictures need matplotlib, xarray and pandas ({missing} is missing): {EXTRA}") from None
     return analysis
 
@@ -27,7 +29,7 @@ def plot_command(args) -> int:
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir}: no such directory")
     analysis = _analysis()
-    from .analysis._pictures import PictureError
+    PictureError = analysis._pictures.PictureError
 
     try:
         written = analysis.write_directory_risk(args.dir, args.output, force=args.force)
@@ -49,7 +51,8 @@ def animate_command(args) -> int:
         raise ConfigError(f"{args.run}: no such run file")
     analysis = _analysis()
     from ._store import CorruptRunFile
-    from .analysis._pictures import PictureError
+
+    PictureError = analysis._pictures.PictureError
 
     try:
         written = analysis.animate_cloud(args.run, args.output, projection=args.projection, fps=args.fps,
