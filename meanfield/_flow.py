@@ -208,7 +208,7 @@ class StepSizeError:
     measure of :func:`meanfield.run`.
 
     Called with a state of the fixed-step scheme at time t, it advances its own adaptive
-    solution of the gradient flow (started at ``W0``) to t and returns
+    solution of the gradient flow (started at ``W0``) to t and returns::
 
         step_error     = ((1/m) sum_i |w_i^eta(t) - w_i(t)|^2)^(1/2)   (root-mean-square particle
                          distance, O(eta) for gradient descent), and

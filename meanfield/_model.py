@@ -104,6 +104,7 @@ class Model:
 
     @property
     def activation_code(self) -> int:
+        """The activation's integer code in the kernels (``kernels.ACTIVATION_CODES``)."""
         return kernels.ACTIVATION_CODES[self.activation]
 
     @property

@@ -61,9 +61,11 @@ class Problem:
     method: str
 
     def evaluate(self, W, points=None, out=None) -> Evaluation:  # pragma: no cover - interface
+        """Objective F(W), particle velocities v(w_i) = -m grad_{w_i} F and, with ``points``, the field there."""
         raise NotImplementedError
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int):  # pragma: no cover
+        """A batch (X, y) for stochastic integrators: fresh draws from the data law, or a minibatch."""
         raise NotImplementedError
 
     def value_and_velocity(self, W):
@@ -579,9 +581,11 @@ class FiniteDataProblem(Problem):
 
     @property
     def n_samples(self) -> int:
+        """N, the number of training samples."""
         return self.X.shape[0]
 
     def describe(self) -> str:
+        """One line saying what the objective is."""
         return f"empirical risk on {self.n_samples} samples"
 
     def sample_batch(self, rng, batch_size):

@@ -75,12 +75,15 @@ class TangentProblem(Problem):
 
     @property
     def m(self) -> int:
+        """The width m, the number of particles of ``W0``."""
         return self.W0.shape[0]
 
     def describe(self) -> str:
+        """One line saying what the objective is."""
         return f"tangent model at the initial particles, {self.base.describe()}"
 
     def sample_batch(self, rng, batch_size):
+        """A batch from the base problem (the tangent model is trained on the same data)."""
         return self.base.sample_batch(rng, batch_size)
 
     def _check(self, W, points):

@@ -41,14 +41,17 @@ class Teacher:
 
     @property
     def d(self) -> int:
+        """Input dimension d."""
         return self.W.shape[1] - 2
 
     @property
     def k(self) -> int:
+        """Number of teacher neurons k."""
         return self.W.shape[0]
 
     @property
     def has_bias(self) -> bool:
+        """Whether any teacher neuron has a nonzero bias."""
         return bool(np.any(self.W[:, self.d] != 0))
 
     @classmethod

@@ -3,17 +3,18 @@
 A run with ``[lazy] test_samples = n`` gets, once it is finished, three series measured from
 its recorded particles at every recorded time and written into its file:
 
-``/observables/displacement``      |W(t) - W(0)| / |W(0)| (Frobenius norms over all coordinates)
-``/observables/test_risk``         (1/n) sum_j l(f_t(x_j), y_j) on a held-out sample of n
-                                   inputs x ~ N(0, I_d) labelled by the run's teacher (same label
-                                   noise as the training labels), drawn from the run's own random
-                                   stream 3; f_t = alpha h(W(t)) for a network run, alpha T(W(t))
-                                   for a tangent-model run. This is the loss of the predictor the
-                                   loss sees, not divided by alpha^2 (unlike ``risk``, the training
-                                   objective (1/alpha^2) E l(alpha h, y)), so it compares across alpha.
-``/observables/tangent_distance``  with ``[lazy] tangent = true``: sqrt((1/n) sum_j (alpha h(W(t), x_j)
-                                   - alpha T(W_T(t), x_j))^2) on the same sample, W_T the particles
-                                   of the paired tangent-model run (attribute ``tangent_id``)
+``/observables/displacement``
+    |W(t) - W(0)| / |W(0)| (Frobenius norms over all coordinates)
+``/observables/test_risk``
+    (1/n) sum_j l(f_t(x_j), y_j) on a held-out sample of n inputs x ~ N(0, I_d) labelled by
+    the run's teacher (same label noise as the training labels), drawn from the run's own
+    random stream 3; f_t = alpha h(W(t)) for a network run, alpha T(W(t)) for a tangent-model
+    run. This is the loss of the predictor the loss sees, not divided by alpha^2 (unlike
+    ``risk``, the training objective (1/alpha^2) E l(alpha h, y)), so it compares across alpha.
+``/observables/tangent_distance``
+    with ``[lazy] tangent = true``: sqrt((1/n) sum_j (alpha h(W(t), x_j) - alpha T(W_T(t), x_j))^2)
+    on the same sample, W_T the particles of the paired tangent-model run (attribute
+    ``tangent_id``)
 
 ``[lazy] tangent = true`` pairs the run with a tangent-model run: the same config with
 ``[problem] tangent = true`` (same seed, hence the same W0, data and minibatches), planned

@@ -6,16 +6,21 @@ initial points as tracers (see ``meanfield._config``). Once a member and its ref
 finished, :func:`compute` measures, at every common recorded time (or at the recorded times
 nearest to ``[limit] times``),
 
-``risk_gap``          |R(mu_m(t)) - R(mu_M(t))|
-``tracer_deviation``  (1/m) sum_i |w_i(t) - wbar_i(t)|^2, w_i the member's particles and
-                      wbar_i the tracers started at the same points inside the reference
+``risk_gap``
+    |R(mu_m(t)) - R(mu_M(t))|
+``tracer_deviation``
+    (1/m) sum_i |w_i(t) - wbar_i(t)|^2, w_i the member's particles and wbar_i the tracers
+    started at the same points inside the reference
 ``norm_w2``, ``readout_w2``, ``signed_norm_w2``
-                      exact 1-D W2 between the laws of |a_i|, c_i, c_i |a_i| in both clouds
-``overlap_w2``        1-D W2 of the overlaps a_i . a*_j, one per teacher neuron j
-``sliced_w2``         sliced W2 between the clouds in R^(d+2) (``sliced_projections``
-                      directions, seed 0)
-``w2``                exact W2 between the clouds (POT; sliced above its size limit)
-``sphere_w2``         W2 (geodesic cost) between the measures sum |c_i||a_i| delta_{a_i/|a_i|}
+    exact 1-D W2 between the laws of |a_i|, c_i, c_i |a_i| in both clouds
+``overlap_w2``
+    1-D W2 of the overlaps a_i . a*_j, one per teacher neuron j
+``sliced_w2``
+    sliced W2 between the clouds in R^(d+2) (``sliced_projections`` directions, seed 0)
+``w2``
+    exact W2 between the clouds (POT; sliced above its size limit)
+``sphere_w2``
+    W2 (geodesic cost) between the measures sum |c_i||a_i| delta_{a_i/|a_i|}
 
 and writes them into the member's file as ``/observables/limit/<metric>/{step, time, value}``.
 """

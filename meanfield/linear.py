@@ -116,6 +116,7 @@ class DeepLinearProblem(Problem):
         self.target, self.covariance = R, S
 
     def describe(self) -> str:
+        """One line saying what the objective is."""
         return f"deep linear network, K = {self.model.K}, n = {self.model.n}, closed-form quadratic loss"
 
     def value_and_gradient(self, matrices):
@@ -146,6 +147,7 @@ class DeepLinearProblem(Problem):
         return Evaluation(value, velocity, None)
 
     def sample_batch(self, rng, batch_size):
+        """Not available: the problem is deterministic (raises NotImplementedError)."""
         raise NotImplementedError("the deep linear problem is deterministic: use gradient_descent or heavy_ball")
 
 

@@ -154,8 +154,9 @@ class RadialFlow:
     cfl : float
         Time step dt = cfl * h / max_f |v_f| (<= 0.5 keeps the masses non-negative).
 
-    Accuracy (tests/test_radial.py)
-    -------------------------------
+    Notes
+    -----
+    Accuracy (tests/test_radial.py).
     Relu, d = 10, Delta = 0.5, alpha = 1, rho_0 the law of |a| for a ~ 0.5 N(0, I/d), grid
     [0, 3] with 300 cells, t in [0, 10]: the semi-discrete upwind scheme moves the mean radius
     exactly by its ODE, so the mean radius and the risk only carry the O(dt^2) Heun error:
@@ -218,6 +219,7 @@ class RadialFlow:
 
     # ----------------------------------------------------------------------------------------
     def describe(self) -> str:
+        """One line saying what is solved and how (grid, fluxes, pair kernel)."""
         how = {"closed_form": "closed-form pair kernel and Gauss-Jacobi angle average",
                "quadrature": f"{self.quadrature_order} x {self.quadrature_order} Gauss-Hermite and "
                              "Gauss-Jacobi angle average",

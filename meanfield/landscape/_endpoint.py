@@ -47,6 +47,7 @@ class EndPoint:
     spectrum_method: str = ""
 
     def as_dict(self) -> dict:
+        """The fields as a dict (``dataclasses.asdict``)."""
         return asdict(self)
 
 
