@@ -49,6 +49,8 @@ numpydoc_xref_param_type = False
 # Python objects named in docstrings resolve within the documented modules only; a name that
 # resolves nowhere is plain text, not a warning (the docstrings predate the site).
 default_role = "literal"
+# Code blocks without a language (printed tables, shell output) are not highlighted.
+highlight_language = "text"
 
 html_theme = "alabaster"
 html_title = f"meanfield {release}"
@@ -57,6 +59,7 @@ html_theme_options = {
     "description": "Two-layer networks as particle clouds under Wasserstein gradient flow",
     "fixed_sidebar": True,
     "page_width": "1340px",
+    "body_max_width": "none",
     "sidebar_width": "240px",
 }
 html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
