@@ -212,6 +212,114 @@ class _StepBar:
         self.bar.close()
 
 
+class _WorkerSteps:
+    """How far the run of a ``--jobs`` pool worker is, shown to the parent (an observer).
+
+    The worker writes into its own slot of an array shared with the parent
+    (:class:`_PoolSteps`): run index + 1 (0: no run), steps done, steps in all, and whether the
+    counts are steps (fixed-step integrators) or the time t (adaptive ones, at each record);
+    at most ~10 times a second, so a step costs one clock read.
+    """
+
+    INTERVAL_S = 0.1
+
+    def __init__(self, values, slot: int, index: int, total: float, adaptive: bool, done: float = 0.0):
+        self.values, self.base, self.adaptive = values, 4 * slot, adaptive
+        self.last = -math.inf
+        self.values[self.base + 1:self.base + 4] = [done, total, 1.0 if adaptive else 0.0]
+        self.values[self.base] = index + 1
+
+    def after_step(self, state):
+        now = time.monotonic()
+        if now - self.last >= self.INTERVAL_S:
+            self.last = now
+            self.values[self.base + 1] = state.t if self.adaptive else state.step
+
+    def observe(self, state, evaluation):
+        pass
+
+    def close(self, state, status, message):
+        self.values[self.base] = 0
+
+
+_worker_steps = None  # in a pool worker with step bars: (shared array, this worker's slot)
+
+
+def _worker_observer(spec: RunSpec, experiment: Experiment, state):
+    """The :class:`_WorkerSteps` of a run in a pool worker whose parent shows step bars, else None."""
+    if _worker_steps is None:
+        return None
+    values, slot = _worker_steps
+    adaptive = experiment.integrator.advance is not None
+    total = experiment.t_max if adaptive else float(round(experiment.t_max / experiment.integrator.dt))
+    done = 0.0 if state is None else (state.t if adaptive else state.step)
+    return _WorkerSteps(values, slot, spec.index, total, adaptive, done)
+
+
+class _PoolSteps:
+    """Step bars of a ``--jobs`` pool in the parent: one tqdm line per running run, below the
+    bar over runs, fed from the slots the workers write (:class:`_WorkerSteps`) and redrawn at
+    most ~10 times a second."""
+
+    INTERVAL_S = 0.1
+
+    def __init__(self, tqdm, context, jobs: int, specs):
+        self.tqdm, self.jobs = tqdm, jobs
+        self.values = context.Array("d", 4 * jobs, lock=False)
+        self.claimed = context.Value("i", 0)
+        self.specs = {spec.index: spec for spec in specs}
+        self.bars = {}  # slot -> (run index, bar)
+        self.ended = set()  # runs whose summary came back (a slot may still name a run that failed)
+        self.last = -math.inf
+
+    @property
+    def initargs(self):
+        return (self.values, self.claimed)
+
+    def label(self, index: int) -> str:
+        spec = self.specs.get(index)
+        if spec is None:
+            return f"run {index}"
+        swept = " ".join(f"{k.split('.')[-1]}={v}" for k, v in spec.swept.items())
+        return f"{spec.id[:8]} {swept}".rstrip()
+
+    def update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.INTERVAL_S:
+            return
+        self.last = now
+        for slot in range(self.jobs):
+            index, done, total, adaptive = self.values[4 * slot:4 * slot + 4]
+            index = int(index) - 1
+            if index in self.ended:
+                index = -1
+            shown = self.bars.get(slot)
+            if shown is not None and shown[0] != index:
+                shown[1].close()
+                del self.bars[slot]
+                shown = None
+            if index < 0:
+                continue
+            if not adaptive:
+                done, total = int(done), int(total)
+            if shown is None:
+                bar = self.tqdm(total=total, desc=self.label(index), unit="t" if adaptive else "step",
+                                leave=False, position=slot + 1, mininterval=self.INTERVAL_S)
+                shown = self.bars[slot] = (index, bar)
+            bar = shown[1]
+            if done != bar.n:
+                bar.update(done - bar.n)
+
+    def end(self, index: int) -> None:
+        """The run ``index`` is over (its summary came back): its bar goes."""
+        self.ended.add(index)
+
+    def close(self) -> None:
+        for _, bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
 def _tqdm():
     """tqdm when it is installed and stderr is a terminal (batch logs get plain lines)."""
     if not sys.stderr.isatty():
@@ -346,6 +454,9 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
     if tqdm is not None and experiment.integrator.advance is None:
         total = int(round(experiment.t_max / experiment.integrator.dt))
         observers.append(_StepBar(tqdm, total, spec.id[:8]))
+    shown = _worker_observer(spec, experiment, state)  # in a pool worker whose parent shows step bars
+    if shown is not None:
+        observers.append(shown)
     try:
         trajectory = run(experiment.problem, experiment.integrator, experiment.W0, experiment.t_max,
                          times=experiment.times, rng=experiment.rng, observers=observers, state=state,
@@ -368,11 +479,18 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
     return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
 
 
-def _worker_init(threads: int):
+def _worker_init(threads: int, steps=None):
+    global _worker_steps
     import numba
 
     numba.set_num_threads(threads)
     _interrupt.worker_setup()
+    if steps is not None:  # the parent shows step bars: take a slot of its shared array
+        values, claimed = steps
+        with claimed.get_lock():
+            slot = claimed.value
+            claimed.value += 1
+        _worker_steps = (values, slot) if 4 * slot < len(values) else None
 
 
 def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_count: int = 1, jobs: int = 1,
@@ -438,7 +556,7 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
         except _interrupt.Interrupted as error:
             stop = error
     else:
-        stop = _run_pool(specs, out_dir, restart, jobs, done)
+        stop = _run_pool(specs, out_dir, restart, jobs, done, step_bars=tqdm if bar is not None else None)
     if bar is not None:
         bar.close()
     summaries.sort(key=lambda s: s["index"])
@@ -456,18 +574,21 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     return summaries
 
 
-def _run_pool(specs, out_dir, restart, jobs, done):
+def _run_pool(specs, out_dir, restart, jobs, done, step_bars=None):
     """Runs in a pool of ``jobs`` spawned processes; returns the Interrupted that stopped it, or None.
 
     On SIGINT or SIGTERM nothing new starts; the signal is passed on to the workers, whose runs
     stop at their next step boundary (checkpointed, ``interrupted``), and their summaries are
     collected. Workers watch this process and stop their runs themselves if it is killed.
+    With ``step_bars`` (the tqdm class), one bar per running run shows its steps
+    (:class:`_PoolSteps`).
     """
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs)
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                                                  initializer=_worker_init, initargs=(threads,))
+    steps = _PoolSteps(step_bars, context, jobs, specs) if step_bars is not None else None
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                                  initargs=(threads, steps.initargs if steps else None))
     futures = {}
     waiting = list(specs)
     stop = None
@@ -483,6 +604,10 @@ def _run_pool(specs, out_dir, restart, jobs, done):
                     futures[pool.submit(execute, spec, out_dir, restart)] = spec
                 finished, _ = concurrent.futures.wait(list(futures), timeout=0.1,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
+                if steps is not None:
+                    for future in finished:
+                        steps.end(futures[future].index)
+                    steps.update(force=bool(finished))
                 for future in finished:
                     del futures[future]
                     summary = future.result()
@@ -495,6 +620,8 @@ def _run_pool(specs, out_dir, restart, jobs, done):
             _stop_pool(pool, futures, error.signum, done)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if steps is not None:
+            steps.close()
     return stop
 
 
