@@ -24,7 +24,9 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
 [record]    times (101), spacing ("linear" | "log"), t_min, particles (true),
             particles_dtype ("float64" | "float32"), checkpoint_seconds (60), step_error (false:
             record the distance to the exact flow, "gradient_descent" and "heavy_ball"; kept
-            in the resolved config only when true)
+            in the resolved config only when true), test_samples (none: for kind =
+            "finite_data" with a teacher, the risk on a held-out sample of this size recorded as
+            test_risk; kept in the resolved config only when set)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
@@ -174,6 +176,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "particles_dtype": Key("str", "float64", choices=DTYPES),
         "checkpoint_seconds": Key("float", 60.0, minimum=0, strict_minimum=True),
         "step_error": Key("bool", False),
+        "test_samples": Key("int_or_none", None, minimum=1),
     },
     "run": {
         "seed": Key("int", 0, minimum=0),
@@ -449,7 +452,8 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
         ``[sweep.zip]``.
     notes : list, optional
         Receives one line for each override that replaced a sweep list of the file with a
-        single value (the command line prints them on stderr).
+        single value, and one for each time grid whose times fall on fewer distinct steps than
+        requested (the command line prints them on stderr).
 
     Returns
     -------
@@ -555,7 +559,36 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
         config = resolve(file, raw, base_dir, swept, origins, sweep_origins)
         runs.append(_spec(index, config, swept, file))
     references = _references(runs, file)
+    if notes is not None:
+        notes.extend(_collapsed_grids(runs))
     return runs + references + _tangents(runs, len(runs) + len(references), file)
+
+
+def _collapsed_grids(runs) -> list[str]:
+    """One line per distinct time grid whose requested times fall on fewer distinct steps (a
+    log grid finer than dt near t_min): those times are recorded once."""
+    from ._run import record_steps, time_grid
+
+    lines, seen = [], set()
+    for spec in runs:
+        dynamics, record = spec.config["dynamics"], spec.config["record"]
+        if dynamics["integrator"] == "flow":
+            continue  # records at the exact times
+        dt = dynamics["step"] / (1 - dynamics["momentum"]) if dynamics["integrator"] == "heavy_ball" \
+            else dynamics["step"]
+        key = (dt, dynamics["t_max"], record["times"], record["spacing"], record["t_min"])
+        if key in seen:
+            continue
+        seen.add(key)
+        n_steps = int(round(dynamics["t_max"] / dt))
+        distinct = len(record_steps(time_grid(dynamics["t_max"], record["times"], record["spacing"],
+                                              record["t_min"]), dt, n_steps))
+        if distinct < record["times"]:
+            lines.append(f"[record] times = {record['times']} ({record['spacing']} from t = "
+                         f"{record['t_min'] if record['t_min'] is not None else 0:g}) falls on {distinct} distinct "
+                         f"steps of dt = {dt:g}: {record['times'] - distinct} times that round to a step already "
+                         "recorded are recorded once")
+    return lines
 
 
 def _sweep_values(file, where, values):
@@ -841,6 +874,21 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
             fail("record", "step_error", 'the exact flow is integrated on the CPU: needs backend = "cpu"')
     else:
         del record["step_error"]
+    if record["test_samples"] is None:
+        del record["test_samples"]  # absent from the resolved config: the ids of other runs stay
+    else:
+        problem = config["problem"]
+        if problem["kind"] != "finite_data":
+            fail("record", "test_samples", 'the population risk is the test risk already: needs kind = '
+                                           '"finite_data"')
+        if problem["data"] is not None:
+            fail("record", "test_samples", "the held-out sample is drawn from the teacher, which a data file "
+                                           "does not have: use n_samples")
+        if config["lazy"]["test_samples"] is not None:
+            fail("record", "test_samples", "[lazy] test_samples records test_risk after the run already: "
+                                           "give one of them")
+        if config["run"]["backend"] != "cpu":
+            fail("record", "test_samples", 'the held-out risk is evaluated on the CPU: needs backend = "cpu"')
 
 
 def _check_cuda(fail) -> None:

@@ -53,19 +53,49 @@ def _model(config: dict) -> Model:
                  scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
 
 
-def held_out_sample(config: dict, teacher_W) -> tuple[np.ndarray, np.ndarray]:
+def held_out_sample(config: dict, teacher_W, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The held-out sample of a run: X (n, d) ~ N(0, I_d) and its labels y (n,), float64.
 
     Drawn from the run's stream 3 (``meanfield.sweep.generator(config, "test")``), so a run and
     its tangent-model run share it, and it never consumes draws of the training streams.
+    ``n`` defaults to ``[lazy] test_samples``.
     """
     from .sweep import generator
 
     rng = generator(config, "test")
     pc = config["problem"]
     teacher = Teacher(np.asarray(teacher_W, dtype=np.float64), config["problem.teacher"]["activation"])
-    X = rng.standard_normal((config["lazy"]["test_samples"], config["model"]["d"]))
+    n = config["lazy"]["test_samples"] if n is None else n
+    X = rng.standard_normal((n, config["model"]["d"]))
     return X, teacher.labels(X, rng, pc["loss"], pc["noise_std"], pc["flip_prob"])
+
+
+class HeldOutRisk:
+    """The risk on a held-out sample, as a measure of :func:`meanfield.run` (``[record]
+    test_samples``): the same loss as the training objective, averaged over n fresh inputs
+    X ~ N(0, I_d) labelled by the teacher (with the run's label noise), drawn once from the
+    run's test stream (:func:`held_out_sample`).
+
+    Parameters
+    ----------
+    model : Model
+    config : dict
+        The run's resolved config (its teacher, loss, label noise and test stream).
+    teacher_W : ndarray, shape (k, d + 2)
+    n : int
+        Size of the held-out sample.
+    """
+
+    names = ("test_risk",)
+
+    def __init__(self, model: Model, config: dict, teacher_W, n: int):
+        from ._problems import FiniteDataProblem
+
+        X, y = held_out_sample(config, teacher_W, n)
+        self.problem = FiniteDataProblem(model, X, y, config["problem"]["loss"])
+
+    def __call__(self, state) -> dict:
+        return {"test_risk": float(self.problem.risk(state.W))}
 
 
 def _load(path) -> dict:

@@ -165,6 +165,10 @@ def build(config: dict) -> Experiment:
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
     tracers, blocks = _tracers(config)
     measures = (StepSizeError(problem, W0),) if rc.get("step_error") else ()
+    if rc.get("test_samples"):
+        from .lazy import HeldOutRisk
+
+        measures += (HeldOutRisk(model, config, teacher.W, rc["test_samples"]),)
     return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
                       tracers, blocks, measures)
 
