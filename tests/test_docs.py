@@ -35,7 +35,11 @@ def _load_conf():
     definitions the site is built from."""
     spec = importlib.util.spec_from_file_location("meanfield_docs_conf", os.path.join(DOCS, "conf.py"))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved                 # conf.py puts the checkout first, for sphinx-build only
     return module
 
 
