@@ -105,31 +105,7 @@ def _escape_docstring(lines: list) -> None:
             literal_indent = indent
 
 
-# Docstrings of kernels/*.py are not edited for the site (their numba cache is keyed on the
-# source file). The one whose layout docutils cannot read, a formula block under a parameter,
-# is made a literal block here: the paragraph ending with ``anchor`` gets "::" and the block
-# after it (up to the next blank line) one more level of indentation.
-_LITERAL_AFTER = {
-    "meanfield.kernels.bias_closed_form_hessian_vector_product": "(H V) in the particle layout, frozen columns 0:",
-}
-
-
-def _literal_block_after(lines: list, anchor: str) -> None:
-    for k, line in enumerate(lines):
-        if line.strip() == anchor:
-            lines[k] = line.rstrip() + ":"
-            j = k + 1
-            while j < len(lines) and not lines[j].strip():
-                j += 1
-            while j < len(lines) and lines[j].strip():
-                lines[j] = "    " + lines[j]
-                j += 1
-            return
-
-
 def _process_docstring(app, what, name, obj, options, lines):
-    if name in _LITERAL_AFTER:
-        _literal_block_after(lines, _LITERAL_AFTER[name])
     _escape_docstring(lines)
 
 

@@ -773,13 +773,13 @@ def bias_closed_form_hessian_vector_product(W, teacher, activation_code, s, inv_
         The direction in the particle layout; frozen columns (b without the bias, c with a
         frozen readout) are ignored.
     out : ndarray, shape (m, d + 2), float64, output
-        (H V) in the particle layout, frozen columns 0:
+        (H V) in the particle layout, frozen columns 0::
 
-        (H V)_{w_i} = sum_j s^2 c_i c_j [M(w_i, w_j) V_wj + H(w_i, w_j) V_wi]
-                      + sum_j s^2 (c_i V_cj + c_j V_ci) grad_1 kappa(w_i, w_j)
-                      - (s/alpha) sum_t c*_t [c_i H(w_i, w*_t) V_wi + V_ci grad_1 kappa(w_i, w*_t)],
-        (H V)_{c_i} = sum_j s^2 [kappa(w_i, w_j) V_cj + c_j (grad_1 kappa(w_i, w_j) . V_wi
-                      + grad_2 kappa(w_i, w_j) . V_wj)] - (s/alpha) sum_t c*_t grad_1 kappa(w_i, w*_t) . V_wi.
+            (H V)_{w_i} = sum_j s^2 c_i c_j [M(w_i, w_j) V_wj + H(w_i, w_j) V_wi]
+                          + sum_j s^2 (c_i V_cj + c_j V_ci) grad_1 kappa(w_i, w_j)
+                          - (s/alpha) sum_t c*_t [c_i H(w_i, w*_t) V_wi + V_ci grad_1 kappa(w_i, w*_t)],
+            (H V)_{c_i} = sum_j s^2 [kappa(w_i, w_j) V_cj + c_j (grad_1 kappa(w_i, w_j) . V_wi
+                          + grad_2 kappa(w_i, w_j) . V_wj)] - (s/alpha) sum_t c*_t grad_1 kappa(w_i, w*_t) . V_wi.
 
         Cost O(m^2 d), like one gradient; one particle per thread.
 

@@ -245,6 +245,7 @@ class RunSpec:
 
     @property
     def config_json(self) -> str:
+        """The resolved config as canonical JSON (sorted keys, no spaces): what ``sha256`` hashes."""
         return canonical_json(self.config)
 
 
