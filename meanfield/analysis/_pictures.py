@@ -439,14 +439,25 @@ def default_movie_name(path, projection: str) -> str:
 
 def movie_writer(extension: str, fps: float, dpi: int = 100):
     """matplotlib's animation writer for ``extension``: PillowWriter for GIF (Pillow comes
-    with matplotlib), FFMpegWriter for MP4 (needs ``ffmpeg`` on PATH; ValueError otherwise)."""
+    with matplotlib), FFMpegWriter for MP4 (``ffmpeg`` on PATH, or else the binary that the
+    ``imageio-ffmpeg`` package ships, part of the ``analysis`` extra; PictureError without
+    either)."""
+    import matplotlib
     from matplotlib import animation
 
     if extension == "gif":
         return animation.PillowWriter(fps=fps)
     if not animation.FFMpegWriter.isAvailable():
-        raise PictureError("MP4 needs ffmpeg, which is not on PATH (install it, e.g. 'conda install ffmpeg' or "
-                           "'apt install ffmpeg'), or write a GIF: --output NAME.gif")
+        try:
+            import imageio_ffmpeg
+
+            matplotlib.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError):
+            pass
+    if not animation.FFMpegWriter.isAvailable():
+        raise PictureError("MP4 needs ffmpeg, which is neither on PATH nor installed with imageio-ffmpeg "
+                           "(pip install imageio-ffmpeg, part of meanfield[analysis]), or write a GIF: "
+                           "--output NAME.gif")
     return animation.FFMpegWriter(fps=fps, codec="h264", extra_args=["-pix_fmt", "yuv420p"])
 
 
@@ -460,7 +471,7 @@ def animate_cloud(path, output=None, projection: str | None = None, fps: float =
     path : str or path-like
         A run file with recorded particles.
     output : str or path-like, optional
-        ``.gif`` (PillowWriter) or ``.mp4`` (FFMpegWriter: needs ``ffmpeg`` on PATH).
+        ``.gif`` (PillowWriter) or ``.mp4`` (FFMpegWriter: ``ffmpeg`` on PATH or from imageio-ffmpeg).
         Default ``<run id>-cloud-<projection>.gif`` beside the run file. Replaced if it exists.
     projection : {"teacher", "pca"}, optional
         See :func:`cloud_frames`.
