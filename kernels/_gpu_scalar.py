@@ -23,6 +23,7 @@ from numba.core.registry import CPUDispatcher
 from . import _gaussian, _scalar
 from . import population as _population
 from . import population_bias as _population_bias
+from . import population_bias_hessian as _population_bias_hessian
 
 
 def device_twins(module, **device_helpers):
@@ -96,3 +97,13 @@ bivariate_normal_excess = _gaussian_twins["bivariate_normal_excess"]
 # Every _gaussian twin, whichever of them population_bias imports (private ones included).
 _bias_twins = device_twins(_population_bias, **_gaussian_twins)
 bias_pair = _bias_twins["bias_pair"]
+
+# The scalar parts of the Hessian with biases (``population_bias_hessian``): a pair's Gaussian
+# moments, its geometry and basis, and a block applied to a direction, compiled for the device
+# from the CPU source (their constants are ``like`` the arguments, as above).
+_bias_hessian_twins = device_twins(_population_bias_hessian, **_gaussian_twins, _clip=_bias_twins["_clip"],
+                                   _one_sided_ratio=_bias_twins["_one_sided_ratio"])
+hessian_dot = _bias_hessian_twins["_dot"]
+hessian_pair_scalars = _bias_hessian_twins["_pair_scalars"]
+hessian_pair_blocks = _bias_hessian_twins["_pair_blocks"]
+hessian_block_product = _bias_hessian_twins["_block_product"]

@@ -1,5 +1,7 @@
 """Second derivatives of the closed-form population risk with biases (squared loss; relu,
 erf(z/sqrt 2), normal CDF, linear): the dense Hessian and Hessian-vector products, in float64.
+The scalar functions take their constants from their arguments (``like``): the GPU twins
+(``gpu_population_bias_hessian``) compile them for the device, in float32 too.
 
 The objective of ``meanfield.PopulationProblem`` in closed form is
 
@@ -105,7 +107,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._gaussian import bivariate_normal_cdf_s, bivariate_normal_excess, normal_cdf, normal_pdf
-from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU
+from ._scalar import ERF, LINEAR, NORMAL_CDF, RELU, like
 from .population_bias import _RATIO_CLIP, BIAS_CLOSED_FORM_CODES, _clip, _one_sided_ratio
 
 SQRT_HALF = 0.7071067811865476
@@ -115,7 +117,7 @@ _PHI2_SATURATION = 40.0
 
 @njit(cache=True)
 def _dot(x, y, d):
-    acc = 0.0
+    acc = like(x[0], 0.0)  # d >= 1 (Model)
     for k in range(d):
         acc += x[k] * y[k]
     return acc
@@ -140,14 +142,19 @@ BASIS_J = 2  # u1 = a_j / |a_j|, u2 = 0 (relu, a_i = 0)
 BASIS_I = 3  # u1 = a_i / |a_i|, u2 = 0 (relu, a_j = 0 or a_j collinear with a_i)
 BASIS_NONE = 4  # no vector (relu, a_i = a_j = 0)
 
-_ZERO_BLOCK = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+@njit(cache=True)
+def _zero_block(x):
+    """Seven zeros of the floating type of x (a block that vanishes)."""
+    zero = like(x, 0.0)
+    return (zero, zero, zero, zero, zero, zero, zero)
 
 
 @njit(cache=True)
 def _relu_one_direction(r, b):
     """Moments of H(r z + b), z ~ N(0, 1), r > 0: (E[H], E[H z], E[H z^2] - E[H]) =
     (Phi(beta), phi(beta), -beta phi(beta)), and E[relu(r z + b)] = r phi(beta) + b Phi(beta)."""
-    beta = _clip(b / r, _RATIO_CLIP)
+    beta = _clip(b / r, like(r, _RATIO_CLIP))
     pdf = normal_pdf(beta)
     cdf = normal_cdf(beta)
     return cdf, pdf, -beta * pdf, r * pdf + b * cdf
@@ -158,50 +165,54 @@ def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
     """The relu pair from its scalars (module docstring): p = a_i . a_j, u = |a_i|^2,
     v = |a_j|^2, y2 = |y|^2 computed entry by entry. Returns the basis kind and the 21 numbers
     of ``_pair_scalars``."""
-    on_i = 1.0 if b_i > 0.0 else 0.0  # relu'(0) = 0, as in the velocity
-    on_j = 1.0 if b_j > 0.0 else 0.0
-    relu_i = max(b_i, 0.0)
-    relu_j = max(b_j, 0.0)
-    if u == 0.0 and v == 0.0:
+    # Constants of the floating type of the arguments (float32 on the GPU: like()).
+    zero = like(p, 0.0)
+    one = like(p, 1.0)
+    clip = like(p, _RATIO_CLIP)
+    on_i = one if b_i > zero else zero  # relu'(0) = 0, as in the velocity
+    on_j = one if b_j > zero else zero
+    relu_i = max(b_i, zero)
+    relu_j = max(b_j, zero)
+    if u == zero and v == zero:
         hh = on_i * on_j  # M = H(b_i) H(b_j) E[x~ x~^T] = H(b_i) H(b_j) I
-        return ((BASIS_NONE, relu_i * relu_j, 0.0, 0.0, on_i * relu_j, 0.0, 0.0, on_j * relu_i)
-                + (hh, 0.0, 0.0, 0.0, 0.0, 0.0, hh) + _ZERO_BLOCK)
-    if u == 0.0:
+        return ((BASIS_NONE, relu_i * relu_j, zero, zero, on_i * relu_j, zero, zero, on_j * relu_i)
+                + (hh, zero, zero, zero, zero, zero, hh) + _zero_block(p))
+    if u == zero:
         # h_i = b_i: kappa = relu(b_i) E[relu(h_j)]; H = E[delta(b_i) ...] = 0 (b_i != 0; at
         # b_i = 0 the particle is singular and relu''(0) = 0 is used). Basis e = a_j / r_j.
         r_j = math.sqrt(v)
         cdf, pdf, zz, mean_j = _relu_one_direction(r_j, b_j)
-        return ((BASIS_J, relu_i * mean_j, 0.0, on_i * cdf, on_i * mean_j, 0.0, relu_i * pdf / r_j, relu_i * cdf)
-                + (on_i * cdf, on_i * zz, 0.0, 0.0, on_i * pdf, 0.0, on_i * cdf) + _ZERO_BLOCK)
+        return ((BASIS_J, relu_i * mean_j, zero, on_i * cdf, on_i * mean_j, zero, relu_i * pdf / r_j, relu_i * cdf)
+                + (on_i * cdf, on_i * zz, zero, zero, on_i * pdf, zero, on_i * cdf) + _zero_block(p))
     r_i = math.sqrt(u)
-    if v == 0.0:
+    if v == zero:
         # h_j = b_j: H = relu(b_j) E[delta(h_i) x~ x~^T], M = H(b_j) E[H(h_i) x~ x~^T]; e = a_i / r_i.
         cdf, pdf, zz, mean_i = _relu_one_direction(r_i, b_i)
-        beta_i = _clip(b_i / r_i, _RATIO_CLIP)
+        beta_i = _clip(b_i / r_i, clip)
         k_r = relu_j * pdf / r_i
-        return ((BASIS_I, relu_j * mean_i, k_r, 0.0, relu_j * cdf, on_j * cdf, 0.0, on_j * mean_i)
-                + (on_j * cdf, on_j * zz, 0.0, 0.0, on_j * pdf, 0.0, on_j * cdf)
-                + (k_r, k_r * (beta_i * beta_i - 1.0), 0.0, 0.0, -beta_i * k_r, 0.0, k_r))
+        return ((BASIS_I, relu_j * mean_i, k_r, zero, relu_j * cdf, on_j * cdf, zero, on_j * mean_i)
+                + (on_j * cdf, on_j * zz, zero, zero, on_j * pdf, zero, on_j * cdf)
+                + (k_r, k_r * (beta_i * beta_i - one), zero, zero, -beta_i * k_r, zero, k_r))
     r_j = math.sqrt(v)
     t = math.sqrt(y2)
-    beta_i = _clip(b_i / r_i, _RATIO_CLIP)
-    beta_j = _clip(b_j / r_j, _RATIO_CLIP)
-    if t > 0.0:
-        rho = min(max(p / (r_i * r_j), -1.0), 1.0)
-        s = min(t / r_j, 1.0)
+    beta_i = _clip(b_i / r_i, clip)
+    beta_j = _clip(b_j / r_j, clip)
+    if t > zero:
+        rho = min(max(p / (r_i * r_j), -one), one)
+        s = min(t / r_j, one)
     else:
         # exactly collinear (a particle with itself included): rho = +-1 exactly, so that
         # Phi_2 takes its rho = +-1 branch and 0/0 ratios their limit convention.
-        rho = 1.0 if p > 0.0 else -1.0
-        s = 0.0
-    if s > 0.0:
+        rho = one if p > zero else -one
+        s = zero
+    if s > zero:
         # The numerators beta_i - rho beta_j and beta_j - rho beta_i with 1 -+ rho taken from s
         # (1 - rho = s^2 / (1 + rho)): from the rounded rho, 1 - rho has a relative error
         # eps / s^2 near collinear pairs. The differences beta_i -+ beta_j are then exactly
         # opposite in g_i and g_j, so g_i + g_j (rho > 0) and g_i - g_j (rho < 0), on which the
         # blocks depend where the hyperplanes nearly coincide, carry no rounding error of 1 / s.
-        if rho >= 0.0:
-            c = s * s / (1.0 + rho)
+        if rho >= zero:
+            c = s * s / (one + rho)
             g_i = ((beta_i - beta_j) + c * beta_j) / s
             g_j = ((beta_j - beta_i) + c * beta_i) / s
             # r_j (beta_j - rho beta_i) and r_i (beta_i - rho beta_j) with the raw biases: beyond
@@ -210,7 +221,7 @@ def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
             lin_j = (b_j - r_j * beta_i) + c * r_j * beta_i
             lin_i = (b_i - r_i * beta_j) + c * r_i * beta_j
         else:
-            c = s * s / (1.0 - rho)
+            c = s * s / (one - rho)
             g_i = ((beta_i + beta_j) - c * beta_j) / s
             g_j = ((beta_i + beta_j) - c * beta_i) / s
             lin_j = (b_j + r_j * beta_i) - c * r_j * beta_i
@@ -225,8 +236,8 @@ def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
     cdf_gi = normal_cdf(g_i)
     cdf_gj = normal_cdf(g_j)
     # s phi(g): 0 at s = 0 (the bivariate density terms vanish with the plane).
-    s_pdf_gi = s * normal_pdf(g_i) if s > 0.0 else 0.0
-    s_pdf_gj = s * normal_pdf(g_j) if s > 0.0 else 0.0
+    s_pdf_gi = s * normal_pdf(g_i) if s > zero else zero
+    s_pdf_gj = s * normal_pdf(g_j) if s > zero else zero
     P = bivariate_normal_cdf_s(beta_i, beta_j, rho, s)
     kappa = (b_i * b_j + p) * P + b_i * r_j * pdf_j * cdf_gi + b_j * r_i * pdf_i * cdf_gj + r_i * r_j * pdf_j * s_pdf_gi
     K = pdf_i / r_i
@@ -239,25 +250,28 @@ def _relu_pair_scalars(p, u, v, y2, b_i, b_j):
     gb = b_j * P + r_j * pdf_j * cdf_gi + rho * r_j * pdf_i * cdf_gj
     rb = b_i * P + r_i * pdf_i * cdf_gj + rho * r_i * pdf_j * cdf_gi
     m_c = s_pdf_gi - rho * beta_j * cdf_gi
-    return (BASIS_PLANE if t > 0.0 else BASIS_I, kappa, KR0, P, gb, P, pdf_j / r_j * R0_rev, rb,
+    return (BASIS_PLANE if t > zero else BASIS_I, kappa, KR0, P, gb, P, pdf_j / r_j * R0_rev, rb,
             P, -beta_i * pdf_i * cdf_gj + rho * pdf_j * m_c, s * pdf_j * m_c,
             -pdf_j * (s * s * beta_j * cdf_gi + rho * s_pdf_gi),
             pdf_i * cdf_gj + rho * pdf_j * cdf_gi, s * pdf_j * cdf_gi, P,
-            KR0, KR0 * (beta_i * beta_i - 1.0), -beta_i * K * t * cdf_gj,
+            KR0, KR0 * (beta_i * beta_i - one), -beta_i * K * t * cdf_gj,
             K * r_j * s_pdf_gj, -beta_i * KR0, K * t * cdf_gj, KR0)
 
 
 @njit(cache=True)
 def _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, erf_form):
     """sigma = Phi or erf(z/sqrt 2) from the pair's scalars (module docstring); basis (a_i, a_j)."""
-    ni2 = 1.0 + u
-    nj2 = 1.0 + v
+    one = like(p, 1.0)
+    sqrt_half = like(p, SQRT_HALF)
+    saturation = like(p, _PHI2_SATURATION)
+    ni2 = one + u
+    nj2 = one + v
     n_i = math.sqrt(ni2)
     n_j = math.sqrt(nj2)
     x = b_i / n_i
     y = b_j / n_j
-    q = min(max(p / (n_i * n_j), -1.0), 1.0)
-    S2 = (1.0 + u + v + u * y2) / (ni2 * nj2)  # 1 - q^2 without cancellation (u v - p^2 = u y2); > 0
+    q = min(max(p / (n_i * n_j), -one), one)
+    S2 = (one + u + v + u * y2) / (ni2 * nj2)  # 1 - q^2 without cancellation (u v - p^2 = u y2); > 0
     S = math.sqrt(S2)
     zy = (y - q * x) / S
     zx = (x - q * y) / S
@@ -266,28 +280,29 @@ def _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, erf_form):
     psi = pdf_x * normal_pdf(zy) / S  # bivariate density at (x, y)
     lx = -zx / S
     ly = -zy / S
-    inv_S2 = 1.0 / S2
+    inv_S2 = one / S2
     psi_x = lx * psi
     psi_y = ly * psi
     psi_xx = (lx * lx - inv_S2) * psi
     psi_yy = (ly * ly - inv_S2) * psi
     psi_xy = (lx * ly + q * inv_S2) * psi
     # limits clipped where Phi_2 - Phi Phi is saturated (0 in float64; see _gaussian._saturate)
-    excess = bivariate_normal_excess(_clip(x, _PHI2_SATURATION), _clip(y, _PHI2_SATURATION), q)
+    excess = bivariate_normal_excess(_clip(x, saturation), _clip(y, saturation), q)
     if erf_form:
-        f = 4.0
+        f = like(p, 4.0)
+        half = like(p, 0.5)
         # Phi(z) - 1/2 = erf(z / sqrt 2) / 2, without cancellation for small z
-        D10 = pdf_x * 0.5 * math.erf(zy * SQRT_HALF)
-        D01 = pdf_y * 0.5 * math.erf(zx * SQRT_HALF)
-        kappa = 4.0 * excess + math.erf(x * SQRT_HALF) * math.erf(y * SQRT_HALF)
+        D10 = pdf_x * half * math.erf(zy * sqrt_half)
+        D01 = pdf_y * half * math.erf(zx * sqrt_half)
+        kappa = f * excess + math.erf(x * sqrt_half) * math.erf(y * sqrt_half)
     else:
-        f = 1.0
+        f = one
         D10 = pdf_x * normal_cdf(zy)
         D01 = pdf_y * normal_cdf(zx)
         kappa = excess + normal_cdf(x) * normal_cdf(y)
     D20 = -x * D10 - q * psi
     D30 = -D10 - x * D20 - q * psi_x
-    D40 = -2.0 * D20 - x * D30 - q * psi_xx
+    D40 = -like(p, 2.0) * D20 - x * D30 - q * psi_xx
     D02 = -y * D01 - q * psi
     # G_kl = f D_kl / (n_i^k n_j^l)
     G10 = f * D10 / n_i
@@ -335,17 +350,20 @@ def _pair_scalars(p, u, v, y2, b_i, b_j, code):
     if code == NORMAL_CDF:
         return _gaussian_cdf_pair_scalars(p, u, v, y2, b_i, b_j, False)
     # linear: kappa = a_i . a_j + b_i b_j, M = I, H = 0
-    return ((BASIS_A, p + b_i * b_j, 0.0, 1.0, b_j, 1.0, 0.0, b_i)
-            + (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0) + _ZERO_BLOCK)
+    zero = like(p, 0.0)
+    one = like(p, 1.0)
+    return ((BASIS_A, p + b_i * b_j, zero, one, b_j, one, zero, b_i)
+            + (one, zero, zero, zero, zero, zero, one) + _zero_block(p))
 
 
 @njit(cache=True)
 def _geometry(a_i, a_j, d, u, v):
     """(p, y2) of a pair: p = a_i . a_j and |y|^2 with y = a_j - (p / u) a_i entry by entry (so
     that s = |y| / |a_j| keeps its relative accuracy near collinear pairs); y2 = 0 if u or v is 0."""
+    zero = like(u, 0.0)
     p = _dot(a_i, a_j, d)
-    y2 = 0.0
-    if u > 0.0 and v > 0.0:
+    y2 = zero
+    if u > zero and v > zero:
         lam = p / u
         for k in range(d):
             yk = a_j[k] - lam * a_i[k]
@@ -359,7 +377,8 @@ def _basis(kind, a_i, a_j, d, p, u, v, y2, u1, u2):
     r_i = math.sqrt(u)
     r_j = math.sqrt(v)
     t = math.sqrt(y2)
-    lam = p / u if u > 0.0 else 0.0
+    zero = like(u, 0.0)
+    lam = p / u if u > zero else zero
     for k in range(d):
         if kind == BASIS_A:
             u1[k] = a_i[k]
@@ -369,13 +388,13 @@ def _basis(kind, a_i, a_j, d, p, u, v, y2, u1, u2):
             u2[k] = (a_j[k] - lam * a_i[k]) / t
         elif kind == BASIS_J:
             u1[k] = a_j[k] / r_j
-            u2[k] = 0.0
+            u2[k] = zero
         elif kind == BASIS_I:
             u1[k] = a_i[k] / r_i
-            u2[k] = 0.0
+            u2[k] = zero
         else:
-            u1[k] = 0.0
-            u2[k] = 0.0
+            u1[k] = zero
+            u2[k] = zero
 
 
 @njit(cache=True)
@@ -545,15 +564,16 @@ def _bias_hessian(W, teacher, activation_code, s, inv_alpha, train_bias, train_r
 def _project(kind, ai_v, aj_v, y_v, r_i, r_j, t):
     """(u1 . v, u2 . v) for the basis ``kind`` from a_i . v, a_j . v and y . v (y . v from the
     entries of y, so that u2 . v = y . v / |y| keeps its accuracy near collinear pairs)."""
+    zero = like(r_i, 0.0)
     if kind == BASIS_A:
         return ai_v, aj_v
     if kind == BASIS_PLANE:
         return ai_v / r_i, y_v / t
     if kind == BASIS_J:
-        return aj_v / r_j, 0.0
+        return aj_v / r_j, zero
     if kind == BASIS_I:
-        return ai_v / r_i, 0.0
-    return 0.0, 0.0
+        return ai_v / r_i, zero
+    return zero, zero
 
 
 @njit(cache=True)
@@ -563,16 +583,17 @@ def _lift(kind, P1, P2, r_i, r_j, t, lam):
     For BASIS_PLANE, u2 = (a_j - lam a_i) / |y|: P2 / |y| is bounded (the e2 coefficients carry a
     factor s = |y| / |a_j|, and u2 . v is at most |v|), so the split costs no accuracy.
     """
+    zero = like(r_i, 0.0)
     if kind == BASIS_A:
         return P1, P2
     if kind == BASIS_PLANE:
         q = P2 / t
         return P1 / r_i - lam * q, q
     if kind == BASIS_J:
-        return 0.0, P1 / r_j
+        return zero, P1 / r_j
     if kind == BASIS_I:
-        return P1 / r_i, 0.0
-    return 0.0, 0.0
+        return P1 / r_i, zero
+    return zero, zero
 
 
 @njit(cache=True)

@@ -53,8 +53,10 @@ class CudaProblem(Problem):
 
     ``evaluate`` keeps the CPU contract (host arrays in, host :class:`Evaluation` out);
     ``evaluate_device`` and ``batch_evaluate_device`` work on device arrays and return
-    ``(value, velocity, points_velocity)`` with device velocities. Attributes not defined
-    here (teacher, describe, sample_batch, n_samples, ...) are those of the CPU problem.
+    ``(value, velocity, points_velocity)`` with device velocities. In closed form with biases,
+    ``hessian``, ``hessian_vector_product`` and ``hessian_singularities`` run on the GPU too
+    (host arrays in and out, float64 as on the CPU). Attributes not defined here (teacher,
+    describe, sample_batch, n_samples, ...) are those of the CPU problem.
 
     Parameters
     ----------
@@ -92,6 +94,7 @@ class CudaProblem(Problem):
         else:
             raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
         self._trainable = None
+        self._teacher64 = None  # the teacher in float64 on the device, for the Hessian kernels
 
     def __getattr__(self, name):
         if name == "host":  # not set yet: avoid recursion during construction
@@ -181,6 +184,61 @@ class CudaProblem(Problem):
             cuda.to_device(W), rng, batch_size, None if points is None else cuda.to_device(points))
         return Evaluation(value, velocity.copy_to_host(), None if points_velocity is None
                           else points_velocity.copy_to_host())
+
+    @property
+    def has_analytic_hessian(self) -> bool:
+        """True for the closed form with biases (relu, erf, normal CDF, linear), whose Hessian and
+        Hessian-vector products run on the GPU (``kernels.gpu_population_bias_hessian``); the
+        other device problems have none here (``meanfield.landscape`` then takes finite
+        differences of the device velocity)."""
+        return self._kind == "pair" and self._bias_closed_form
+
+    def _hessian_device_arguments(self, W):
+        """Device arguments of the Hessian kernels, in float64 as on the CPU
+        (``PopulationProblem._closed_form_arguments``)."""
+        cuda = _gpu()[0]
+        if self._teacher64 is None:
+            self._teacher64 = cuda.to_device(np.ascontiguousarray(self.host.teacher.W, dtype=np.float64))
+        m = W.shape[0]
+        model = self.model
+        return (cuda.to_device(W), self._teacher64, model.activation_code, model.output_scale(m),
+                1.0 / model.alpha_value(m), model.bias, model.train_readout)
+
+    def hessian(self, W) -> np.ndarray:
+        if not self.has_analytic_hessian:
+            return super().hessian(W)
+        from .kernels import gpu_population_bias_hessian
+        cuda = _gpu()[0]
+        W, _ = self._hessian_arrays(W)
+        n_var = W.shape[0] * int(self.model.trainable.sum())
+        H = cuda.device_array((n_var, n_var), dtype=np.float64)
+        gpu_population_bias_hessian.bias_closed_form_hessian(*self._hessian_device_arguments(W), H)
+        return H.copy_to_host()
+
+    hessian.__doc__ = Problem.hessian.__doc__
+
+    def hessian_vector_product(self, W, V) -> np.ndarray:
+        if not self.has_analytic_hessian:
+            return super().hessian_vector_product(W, V)
+        from .kernels import gpu_population_bias_hessian
+        cuda = _gpu()[0]
+        W, V = self._hessian_arrays(W, V)
+        out = cuda.device_array(W.shape, dtype=np.float64)
+        gpu_population_bias_hessian.bias_closed_form_hessian_vector_product(*self._hessian_device_arguments(W),
+                                                                            cuda.to_device(V), out)
+        return out.copy_to_host()
+
+    hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__
+
+    def hessian_singularities(self, W) -> np.ndarray:
+        """Particles at which F is not twice differentiable (as ``PopulationProblem.hessian_singularities``;
+        found on the GPU for the closed form with biases)."""
+        if not self.has_analytic_hessian:
+            return super().hessian_singularities(W)
+        from .kernels import gpu_population_bias_hessian
+        W, _ = self._hessian_arrays(W)
+        return gpu_population_bias_hessian.bias_hessian_singular_particles(
+            _gpu()[0].to_device(W), self.model.activation_code, self.model.train_readout)
 
     def trainable_device(self):
         if self._trainable is None:

@@ -19,7 +19,11 @@ import meanfield as mf
 from meanfield import kernels
 from meanfield._cuda import CudaProblem, to_device
 from meanfield._problems import pair_velocity as cpu_pair_velocity
-from meanfield.kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
+from meanfield.kernels import (gpu_finite_data, gpu_population, gpu_population_bias_hessian, gpu_reductions,
+                               gpu_updates)
+from meanfield.kernels.population_bias_hessian import (bias_closed_form_hessian,
+                                                       bias_closed_form_hessian_vector_product,
+                                                       bias_hessian_singular_particles)
 from test_kernels import assert_close_scaled, closed_case, make_data, ref_field, ref_grad_closed, ref_kappa_closed
 
 assert config.ENABLE_CUDASIM, "run these tests with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda.py does)"
@@ -172,6 +176,166 @@ def test_pair_velocity(bias, train_readout):
     assert_close_scaled(out.copy_to_host(), expected, 1e-12)
     c = points[:, D + 1]
     assert_close_scaled(energy.copy_to_host(), c * (0.5 * s * s * K_w - s * inv_alpha * K_t), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Hessians with biases
+# ---------------------------------------------------------------------------------------
+
+HD = 3  # d of the Hessian tests: n_loc = 3 to 5 rows per particle
+
+
+def hessian_state(name):
+    """(W, teacher) in float64, d = 3, with the edge cases of the closed forms with biases.
+
+    From the dyadic u = (1, 2, -2) / 4 (|u| = 3/4, products exact: rho exactly +-1 in any
+    summation order). ``"m5"``: a particle duplicated, a = 0 with b = 0 (relu's singular
+    point; smooth activations have a Hessian there), |a| = 1e-3 with b = -5 (|b / |a|| = 6667),
+    |b| = 60, and a teacher equal to a particle. ``"m7"``: rho = -1 between particles, a = 0
+    with b = 0.7, |b| = 5, correlations 1 - O(1e-14) and -1 + O(1e-12) (not exact), a teacher
+    whose hyperplane coincides with a particle's (equal bias ratios) and one with |a| = 1e-3.
+    """
+    rng = np.random.default_rng(21)
+    u = np.array([1.0, 2.0, -2.0]) / 4.0
+    if name == "m5":
+        W = rng.standard_normal((5, HD + 2))
+        W[0, :HD], W[0, HD] = u, 0.3
+        W[1] = W[0]
+        W[2, :HD], W[2, HD] = 0.0, 0.0
+        W[3, :HD], W[3, HD] = 1e-3 * u, -5.0
+        W[4, HD] = 60.0
+        teacher = rng.standard_normal((2, HD + 2))
+        teacher[0, :HD + 1] = W[0, :HD + 1]
+    else:
+        W = rng.standard_normal((7, HD + 2))
+        W[0, :HD], W[0, HD] = u, 0.3
+        W[1, :HD], W[1, HD] = -2.0 * u, -0.4
+        W[2, :HD], W[2, HD] = 0.0, 0.7
+        W[3, HD] = 5.0
+        W[5, :HD], W[5, HD] = W[4, :HD] + 1e-7 * rng.standard_normal(HD), W[4, HD]
+        W[6, :HD], W[6, HD] = -W[4, :HD] + 1e-6 * rng.standard_normal(HD), 0.1
+        teacher = rng.standard_normal((2, HD + 2))
+        teacher[0, :HD], teacher[0, HD] = 2.0 * u, 0.6
+        teacher[1, :HD], teacher[1, HD] = 1e-3 * u, 5.0
+    return W, teacher
+
+
+HESSIAN_SETTINGS = [(True, True), (False, True), (True, False)]  # (train_bias, train_readout)
+
+
+@pytest.mark.parametrize("setting", HESSIAN_SETTINGS, ids=["bias,readout", "readout", "bias"])
+@pytest.mark.parametrize("state", ["m5", "m7"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["relu", "erf", "normal_cdf", "linear"])
+def test_bias_hessian_and_hessian_vector_product(act, dtype, state, setting):
+    """The GPU Hessian, Hessian-vector product and singular particles of the closed forms with
+    biases equal the CPU kernels' (tested against finite differences and mpmath in
+    tests/test_population_bias_hessian.py), every row and entry, at the edge cases of
+    ``hessian_state``; float32 on the device against the float64 CPU kernel at the same
+    (float32-rounded) particles. Measured worst error relative to the largest entry
+    (2026-12-03): 0 in float64 (the simulator computes the CPU's operations in the CPU's
+    order), 2.6e-7 in float32."""
+    train_bias, train_readout = setting
+    W, teacher = hessian_state(state)
+    W, teacher = W.astype(dtype), teacher.astype(dtype)
+    W64, teacher64 = W.astype(np.float64), teacher.astype(np.float64)
+    code = kernels.ACTIVATION_CODES[act]
+    m = W.shape[0]
+    n_var = m * (HD + train_bias + train_readout)
+    args = (code, 0.37, 1.3, train_bias, train_readout)
+    H_cpu = np.empty((n_var, n_var))
+    count_cpu = bias_closed_form_hessian(W64, teacher64, *args, H_cpu)
+    V = np.random.default_rng(22).standard_normal(W.shape)
+    hv_cpu = np.empty_like(W64)
+    bias_closed_form_hessian_vector_product(W64, teacher64, *args, V.astype(dtype).astype(np.float64), hv_cpu)
+    H = cuda.device_array((n_var, n_var), dtype)
+    count = gpu_population_bias_hessian.bias_closed_form_hessian(dev(W), dev(teacher), *args, H)
+    hv = cuda.device_array(W.shape, dtype)
+    count_hv = gpu_population_bias_hessian.bias_closed_form_hessian_vector_product(
+        dev(W), dev(teacher), *args, dev(V.astype(dtype)), hv)
+    H, hv = H.copy_to_host(), hv.copy_to_host()
+    assert H.dtype == dtype and hv.dtype == dtype
+    assert np.all(np.isfinite(H)) and np.all(np.isfinite(hv))
+    rtol = RTOL[dtype]
+    assert_close_scaled(H, H_cpu, rtol)
+    assert_close_scaled(hv, hv_cpu, rtol)
+    if not train_bias:
+        assert np.all(hv[:, HD] == 0)
+    if not train_readout:
+        assert np.all(hv[:, HD + 1] == 0)
+    singular = gpu_population_bias_hessian.bias_hessian_singular_particles(dev(W), code, train_readout)
+    expected = bias_hessian_singular_particles(W64, code, train_readout)
+    assert singular.dtype == np.int64 and np.array_equal(singular, expected)
+    assert count == count_hv == count_cpu == len(expected)
+    # the case is not vacuous: relu's particle at the origin is singular in "m5" (rows of 0)
+    assert len(expected) == (1 if act == "relu" and state == "m5" else 0)
+    # the CPU Hessian is symmetric to rounding; the GPU's rows are the CPU's rows, not a copy
+    assert_close_scaled(H, H.T, 10 * rtol)
+
+
+def test_bias_hessian_is_independent_of_the_launch_geometry(monkeypatch):
+    """Every entry is written by one thread, summing in a fixed order: blocks of 3 or 5 threads
+    (instead of 8) give bitwise the same Hessian and Hessian-vector product."""
+    W, teacher = hessian_state("m7")
+    args = (kernels.ACTIVATION_CODES["relu"], 0.37, 1.3, True, True)
+    V = dev(np.random.default_rng(23).standard_normal(W.shape))
+    results = []
+    for threads in (8, 3, 5):
+        monkeypatch.setattr(gpu_population_bias_hessian, "THREADS_PER_BLOCK", threads)
+        n_var = W.shape[0] * (HD + 2)
+        H, hv = cuda.device_array((n_var, n_var)), cuda.device_array(W.shape)
+        gpu_population_bias_hessian.bias_closed_form_hessian(dev(W), dev(teacher), *args, H)
+        gpu_population_bias_hessian.bias_closed_form_hessian_vector_product(dev(W), dev(teacher), *args, V, hv)
+        results.append((H.copy_to_host(), hv.copy_to_host()))
+    for H, hv in results[1:]:
+        assert np.array_equal(H, results[0][0]) and np.array_equal(hv, results[0][1])
+
+
+def test_bias_hessian_kernels_refuse_what_they_do_not_compute():
+    W, teacher = hessian_state("m5")
+    H = cuda.device_array((25, 25))
+    with pytest.raises(ValueError, match="no closed form with biases"):
+        gpu_population_bias_hessian.bias_closed_form_hessian(dev(W), dev(teacher), kernels.ACTIVATION_CODES["tanh"],
+                                                             1.0, 1.0, True, True, H)
+    with pytest.raises(ValueError, match="H must have shape"):
+        gpu_population_bias_hessian.bias_closed_form_hessian(dev(W), dev(teacher), 0, 1.0, 1.0, True, False, H)
+    with pytest.raises(TypeError, match="dtype"):
+        gpu_population_bias_hessian.bias_closed_form_hessian(dev(W), dev(teacher.astype(np.float32)), 0, 1.0, 1.0,
+                                                             True, True, H)
+    with pytest.raises(TypeError, match="device arrays"):
+        gpu_population_bias_hessian.bias_closed_form_hessian(W, dev(teacher), 0, 1.0, 1.0, True, True, H)
+
+
+@pytest.mark.parametrize("act,scaling,bias,train_readout,dtype", [
+    ("relu", "mean_field", True, True, "float64"), ("erf", "mean_field", False, True, "float32"),
+    ("normal_cdf", "sum", True, False, "float64")])
+def test_cuda_problem_hessian_matches_cpu(act, scaling, bias, train_readout, dtype):
+    """CudaProblem.hessian, hessian_vector_product and hessian_singularities of a problem in closed
+    form with biases run the GPU kernels (in float64, like the CPU problem, whatever the model's
+    dtype) and equal PopulationProblem's; a bias-free problem still has no analytic Hessian on
+    the device."""
+    rng = np.random.default_rng(24)
+    model = mf.Model(d=HD, activation=act, bias=bias, train_readout=train_readout, scaling=scaling, dtype=dtype)
+    problem = mf.PopulationProblem(model, mf.Teacher.random(HD, 2, rng, act, bias=True))
+    W = mf.initialize(model, m=5, rng=rng, init=mf.Init(b="gaussian") if bias else None)
+    W[1] = W[0]
+    if act == "relu":
+        W[2, :HD + 1] = 0.0  # singular
+    device_problem = CudaProblem(problem)
+    assert device_problem.has_analytic_hessian and problem.has_analytic_hessian
+    H, expected = device_problem.hessian(W), problem.hessian(W)
+    assert H.dtype == np.float64 and H.shape == expected.shape
+    assert_close_scaled(H, expected, 1e-12)
+    V = rng.standard_normal(W.shape)
+    hv, hv_expected = device_problem.hessian_vector_product(W, V), problem.hessian_vector_product(W, V)
+    assert hv.dtype == np.float64
+    assert_close_scaled(hv, hv_expected, 1e-12)
+    assert np.array_equal(device_problem.hessian_singularities(W), problem.hessian_singularities(W))
+    assert len(problem.hessian_singularities(W)) == (1 if act == "relu" else 0)
+    bias_free = CudaProblem(mf.PopulationProblem(mf.Model(d=HD, activation="relu"), mf.Teacher.orthonormal(HD, 2)))
+    assert not bias_free.has_analytic_hessian
+    with pytest.raises(NotImplementedError):
+        bias_free.hessian(W[:, :])
 
 
 # ---------------------------------------------------------------------------------------
