@@ -24,6 +24,7 @@ from . import _gaussian, _scalar
 from . import population as _population
 from . import population_bias as _population_bias
 from . import population_bias_hessian as _population_bias_hessian
+from . import population_series as _population_series
 
 
 def device_twins(module, **device_helpers):
@@ -107,3 +108,10 @@ hessian_dot = _bias_hessian_twins["_dot"]
 hessian_pair_scalars = _bias_hessian_twins["_pair_scalars"]
 hessian_pair_blocks = _bias_hessian_twins["_pair_blocks"]
 hessian_block_product = _bias_hessian_twins["_block_product"]
+
+# The per-pair parts of the Hermite-series kernel (``population_series``): the near pairs'
+# diagonal formula and long series, and the rotated-basis quadrature.
+_series_twins = device_twins(_population_series, activation=activation, activation_derivative=activation_derivative,
+                             activation_second_derivative=_scalar_twins["activation_second_derivative"])
+series_near_pair = _series_twins["_near_pair"]
+series_conditional_pair = _series_twins["_conditional_pair"]

@@ -58,7 +58,10 @@ particles and of a teacher once for both pair sums of a population objective.
 
 Entry points: :func:`series_pair_sums` (chooses everything, returns K, G and an error bound),
 :func:`series_pair_field` (the tiled kernel, the contract of ``quadrature_pair_field``),
-:func:`series_tables` / :func:`shared_tables` (the per-particle tables).
+:func:`series_tables` / :func:`shared_tables` (the per-particle tables). The GPU twin
+(``gpu_population_series``) makes the same choices (:func:`planned_pair_sums`) and compiles
+``_near_pair`` and ``_conditional_pair`` for the device; their constants are ``like`` their
+arguments, so that a float32 kernel computes in float32.
 
 Layout: ``W[:, :d] = a``, ``W[:, d] = b``, ``W[:, d + 1] = c``; float32 or float64.
 """
@@ -196,6 +199,21 @@ def _unit_roundoff(x):
     """Machine epsilon of the type of x (float64's rounds away in float32: 1 + 2^-52 == 1)."""
     u64 = like(x, 2.220446049250313e-16)
     return u64 if like(x, 1.0) + u64 != like(x, 1.0) else like(x, 1.1920928955078125e-07)
+
+
+@njit(cache=True)
+def _int_power(x, exponent):
+    """x ** exponent (exponent >= 0) by repeated squaring in the type of x: numba's x ** n for a
+    float64 x (the same operations, so the same bits), without its conversion to double for a
+    float32 x on the GPU."""
+    out = like(x, 1.0)
+    while exponent > 0:
+        if exponent & 1:
+            out *= x
+        exponent >>= 1
+        if exponent > 0:
+            x *= x
+    return out
 
 
 @njit(cache=True)
@@ -524,7 +542,7 @@ def _conditional_pair(r_i, b_i, r_j, b_j, rho, code, step, rules, s0, s1, grid0,
     hv = zero
     if eps > zero and slope != zero:
         p = max(1, int(math.ceil(abs(slope) * h / (hv_max * eps))))
-        hv = abs(slope) * h / (p * eps)
+        hv = abs(slope) * h / (like(eps, p) * eps)
         n_v = int(like(rho, _V_MAX) / hv)
         n_t = (n_nodes - 1) * p + 2 * n_v + 1
     if mode < 0:
@@ -538,19 +556,19 @@ def _conditional_pair(r_i, b_i, r_j, b_j, rho, code, step, rules, s0, s1, grid0,
             omega = rules.weights[rule, q]
             shift = b_j + eps * v
             for k in range(n_nodes):
-                val, der = _value_slope(slope * (h * (k - n_u)) + shift, code)
+                val, der = _value_slope(slope * (h * like(h, k - n_u)) + shift, code)
                 s0[k] += omega * val
                 s1[k] += omega * der
     elif mode == 1:
         # t_l = b_j + g (l - n_v - p n_u): node k, offset q (V = q hv sign(A), the law of V
         # being symmetric) is l = p k + n_v + q.
-        g = slope * h / p
+        g = slope * h / like(h, p)
         for l in range(n_t):
-            val, der = _value_slope(b_j + g * (l - n_v - p * n_u), code)
+            val, der = _value_slope(b_j + g * like(g, l - n_v - p * n_u), code)
             grid0[l] = val
             grid1[l] = der
         for q in range(-n_v, n_v + 1):
-            v = hv * q
+            v = hv * like(hv, q)
             omega = hv * inv_sqrt_2pi * math.exp(-like(rho, 0.5) * v * v)
             offset = n_v + q
             for k in range(n_nodes):
@@ -560,11 +578,11 @@ def _conditional_pair(r_i, b_i, r_j, b_j, rho, code, step, rules, s0, s1, grid0,
         hv = hv_max
         n_half = int(like(rho, _V_MAX) / hv)
         for q in range(-n_half, n_half + 1):
-            v = hv * q
+            v = hv * like(hv, q)
             omega = hv * inv_sqrt_2pi * math.exp(-like(rho, 0.5) * v * v)
             shift = b_j + eps * v
             for k in range(n_nodes):
-                val, der = _value_slope(slope * (h * (k - n_u)) + shift, code)
+                val, der = _value_slope(slope * (h * like(h, k - n_u)) + shift, code)
                 s0[k] += omega * val
                 s1[k] += omega * der
     kappa = zero
@@ -572,7 +590,7 @@ def _conditional_pair(r_i, b_i, r_j, b_j, rho, code, step, rules, s0, s1, grid0,
     beta = zero
     gamma = zero
     for k in range(n_nodes):
-        u = h * (k - n_u)
+        u = h * like(h, k - n_u)
         w = h * inv_sqrt_2pi * math.exp(-like(rho, 0.5) * u * u)
         val, der, curv = _value_slope_curvature(r_i * u + b_i, code)
         kappa += w * val * s0[k]
@@ -649,20 +667,20 @@ def _near_pair(rho, i, j, r_i, b_i, r_j, b_j, p_coef, p_tails, p_norms, p_errors
     # scattered reads of the source's row missed the cache one after the other: 0.35 us more
     # per near pair (measured, tanh, m = 1000 with 82 000 aligned pairs).
     level = min(max(guess, short_level), n_levels - 1)
-    if (levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] <= log_tol:
+    if like(log_rho, levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] <= log_tol:
         while level > short_level and (
-                levels[level - 1] * log_rho + p_logs[i, 0, level - 1] + s_logs[j, 1, level - 1] <= log_tol):
+                like(log_rho, levels[level - 1]) * log_rho + p_logs[i, 0, level - 1] + s_logs[j, 1, level - 1] <= log_tol):
             level -= 1
     else:
         level += 1
         while level < n_levels and (
-                (levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] > log_tol):
+                like(log_rho, levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] > log_tol):
             level += 1
         if level == n_levels:
             return 2, guess
     L = levels[level]
     kappa, alpha, beta, gamma = _series_pair(rho, p_coef, i, s_coef, j, L, powers)
-    power = abs(rho) ** (L + 1)
+    power = _int_power(abs(rho), L + 1)
     tF_i = p_tails[i, 0, level]
     tD_i = p_tails[i, 1, level]
     tS_i = p_tails[i, 2, level]
@@ -1321,18 +1339,39 @@ def series_pair_sums(points, sources, activation_code, tol=1e-10, rho_threshold=
     dtype = points.dtype
     if sources.dtype != dtype:
         raise ValueError(f"points and sources must share a dtype, got {dtype} and {sources.dtype}")
-    if dtype == np.float32:
-        tol = max(tol, 1e-7)
     n, p = points.shape
     if n == 0 or sources.shape[0] == 0:
         return (np.zeros(n, dtype=dtype), np.zeros((n, p - 1), dtype=dtype),
                 SeriesErrorBound(np.zeros(n), np.zeros(n), 0, 0, 0.0, 0.0, 0.0, 0, 0))
-    radius_p = _radius(points)
-    radius_s = radius_p if same else _radius(sources)
-    rho_sample = sample_correlations(points, sources)
     K = np.empty(n, dtype=dtype)
     G = np.empty((n, p - 1), dtype=dtype)
     bound = np.empty((n, 3), dtype=dtype)
+
+    def field(point_tables, source_tables, rules, threshold, short_degree, tol):
+        near, fallback = series_pair_field(points, sources, activation_code, point_tables, source_tables, rules,
+                                           threshold, short_degree, tol, K, G, bound)
+        return near, fallback, bound
+
+    return K, G, planned_pair_sums(points, sources, same, activation_code, tol, rho_threshold, max_degree, tables,
+                                   field)
+
+
+def planned_pair_sums(points, sources, same, activation_code, tol, rho_threshold, max_degree, tables, field):
+    """The choices of :func:`series_pair_sums` (rule, tables, rho*, short degree, the retry with
+    tables for rho = 1), with the pair sums left to ``field``; returns the SeriesErrorBound.
+
+    ``points`` and ``sources`` are host arrays (n, m > 0; ``same``: the sources are the points);
+    ``field(point_tables, source_tables, rules, rho_threshold, short_degree, tol)`` computes
+    the sums (``series_pair_field`` on the CPU, its device twin on the GPU) and returns
+    (near pairs, fallback pairs, the (n, 3) host array of bounds).
+    """
+    dtype = points.dtype
+    if dtype == np.float32:
+        tol = max(tol, 1e-7)
+    n = points.shape[0]
+    radius_p = _radius(points)
+    radius_s = radius_p if same else _radius(sources)
+    rho_sample = sample_correlations(points, sources)
     # Tables sized on the sample's largest |rho| first; if many pairs then fall back on the
     # quadrature (aligned pairs the sample missed), again with tables for rho = 1.
     sample_max = float(rho_sample.max(initial=0.0))
@@ -1352,13 +1391,11 @@ def series_pair_sums(points, sources, activation_code, tol=1e-10, rho_threshold=
             threshold = choose_threshold(rho_sample, U, V, levels, tol)
         ok = np.nonzero(threshold ** (levels + 1.0) * U * V <= tol)[0]
         short_degree = int(levels[ok[0]]) if ok.size else int(levels[-1])
-        near, fallback = series_pair_field(points, sources, activation_code, point_tables, source_tables,
-                                           _inner_rules(np.dtype(dtype).name), threshold, short_degree, tol, K, G,
-                                           bound)
+        near, fallback, bound = field(point_tables, source_tables, _inner_rules(np.dtype(dtype).name), threshold,
+                                      short_degree, tol)
         if fallback <= max(n, sources.shape[0]):
             break
     bound = bound.astype(np.float64)
-    error = SeriesErrorBound(bound[:, 0], bound[:, 1] + bound[:, 2], short_degree, int(levels[-1]),
-                             float(threshold), point_tables.step, coefficient_error, near, fallback)
-    return K, G, error
+    return SeriesErrorBound(bound[:, 0], bound[:, 1] + bound[:, 2], short_degree, int(levels[-1]),
+                            float(threshold), point_tables.step, coefficient_error, near, fallback)
 

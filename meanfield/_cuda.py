@@ -49,7 +49,8 @@ def _gpu():
 
 
 class CudaProblem(Problem):
-    """The device twin of a population (closed form, quadrature, Monte Carlo) or finite-data problem.
+    """The device twin of a population (closed form, Hermite series, quadrature, Monte Carlo) or
+    finite-data problem.
 
     ``evaluate`` keeps the CPU contract (host arrays in, host :class:`Evaluation` out);
     ``evaluate_device`` and ``batch_evaluate_device`` work on device arrays and return
@@ -71,7 +72,7 @@ class CudaProblem(Problem):
         self.loss = problem.loss
         self.method = problem.method
         self._scratch = {}
-        if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature"):
+        if isinstance(problem, PopulationProblem) and problem.method in ("closed_form", "quadrature", "series"):
             self._kind = "pair"
             # A student or teacher with biases takes the closed form with biases, as on the CPU
             # (PopulationProblem.with_bias); a bias-free problem keeps the bias-free kernel.
@@ -87,10 +88,6 @@ class CudaProblem(Problem):
             self._kind = "data"
             self._X, self._y = cuda.to_device(problem.X), cuda.to_device(problem.y)
             self._offset = 0.0
-        elif isinstance(problem, PopulationProblem) and problem.method == "series":
-            raise ValueError('the CUDA backend has no Hermite-series kernel (the population risk of smooth '
-                             'activations): run on the cpu backend, or set method = "quadrature" (Gauss-Hermite, '
-                             'less accurate: see the PopulationProblem docstring)')
         else:
             raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
         self._trainable = None
@@ -132,7 +129,9 @@ class CudaProblem(Problem):
         K_t = self._buffer(("K_t", n), (n,), points.dtype)
         G_t = self._buffer(("G_t", n), (n, p - 1), points.dtype)
         code = self.model.activation_code
-        if self.method == "quadrature":
+        if self.method == "series":
+            self._series_sums(points, W, K_w, G_w, K_t, G_t)
+        elif self.method == "quadrature":
             gpu_population.quadrature_pair_field(points, W, code, *self._rule, K_w, G_w)
             gpu_population.quadrature_pair_field(points, self._teacher, code, *self._rule, K_t, G_t)
         elif self._bias_closed_form:
@@ -144,6 +143,33 @@ class CudaProblem(Problem):
         m = W.shape[0]
         gpu_population.pair_velocity(points, m, self.model.output_scale(m), 1.0 / self.model.alpha_value(m),
                                      self.model.bias, self.model.train_readout, K_w, G_w, K_t, G_t, out, energy)
+
+    def _series_sums(self, points, W, K_w, G_w, K_t, G_t):
+        """Pair sums by Hermite series (``PopulationProblem._series_sums`` on the device): the
+        tables of the points, W and the teacher built once on the host under one rule (from
+        host copies of the particles), the sums on the GPU; the velocity's error bound of an
+        evaluation of W goes to the host problem's ``last_error_bound`` (``describe()``)."""
+        from . import kernels
+        from ._problems import SERIES_TOL
+        from .kernels import gpu_population_series
+
+        host = self.host
+        code = self.model.activation_code
+        W_host = W.copy_to_host()
+        points_host = W_host if points is W else points.copy_to_host()
+        teacher = host._teacher_W
+        sets = (W_host, teacher) if points is W else (points_host, W_host, teacher)
+        tables = kernels.shared_tables(sets, code, SERIES_TOL)
+        t_points, t_teacher = tables[0], tables[-1]
+        t_w = tables[0] if points is W else tables[1]
+        _, _, bound_w = gpu_population_series.series_pair_sums(
+            points, W, code, SERIES_TOL, tables=(t_points, t_w), out=(K_w, G_w), host_arrays=(points_host, W_host),
+            scratch=self._scratch)
+        _, _, bound_t = gpu_population_series.series_pair_sums(
+            points, self._teacher, code, SERIES_TOL, tables=(t_points, t_teacher), out=(K_t, G_t),
+            host_arrays=(points_host, teacher), scratch=self._scratch)
+        if points is W:
+            host.last_error_bound = host._series_velocity_bound(W_host, bound_w, bound_t)
 
     def evaluate_device(self, W, points=None, out=None):
         """(F, velocity, points_velocity) of the device state ``W`` (velocities on the device)."""

@@ -299,8 +299,8 @@ class PopulationProblem(Problem):
         Squared loss, any activation, with biases: the same expansion with kappa computed by
         Gauss-Hermite quadrature of order ``quadrature_order`` in the span of (a, a')
         (order^2 nodes per pair, symmetrised). The velocity is the exact gradient of this
-        discretised risk. Kept for comparison and for the GPU (which has no series kernel);
-        it is slow (order^2 activations per pair) and inaccurate wherever |a| is not small.
+        discretised risk. Kept for comparison; it is slow (order^2 activations per pair) and
+        inaccurate wherever |a| is not small.
         Measured by ``benchmarks/quadrature_accuracy.py`` against the closed forms and the
         series (20 random problems, d = 10, m = 8, |a| up to 3, b ~ N(0, 1); relative velocity
         error, median / worst): order 32: relu 2.5e-2 / 9.1e-2, erf 1.2e-3 / 7.8e-3, normal_cdf

@@ -17,8 +17,8 @@ import numba.cuda.dispatcher
 import pytest
 from numba import cuda, float32, float64
 
-from meanfield.kernels import (gpu_finite_data, gpu_population, gpu_population_bias_hessian, gpu_reductions,
-                               gpu_updates)
+from meanfield.kernels import (gpu_finite_data, gpu_population, gpu_population_bias_hessian, gpu_population_series,
+                               gpu_reductions, gpu_updates)
 
 # compile_ptx needs no GPU, but numba-cuda compiles the device functions a kernel calls for
 # the current device's compute capability; with no device, say it is Hopper.
@@ -31,7 +31,8 @@ F64_REGISTER = re.compile(r"%fd\d*")
 
 def signatures(T):
     return (gpu_population.ptx_signatures(T, D) + gpu_population_bias_hessian.ptx_signatures(T, D)
-            + gpu_finite_data.ptx_signatures(T, D) + gpu_updates.ptx_signatures(T) + gpu_reductions.ptx_signatures(T))
+            + gpu_population_series.ptx_signatures(T, D) + gpu_finite_data.ptx_signatures(T, D)
+            + gpu_updates.ptx_signatures(T) + gpu_reductions.ptx_signatures(T))
 
 
 NAMES = [name for name, _, _ in signatures(float64)]
@@ -51,7 +52,7 @@ def double_precision(ptx):
 def test_every_kernel_is_listed():
     expected = {"closed_form_pair_field", "quadrature_pair_field", "bias_pair_field", "pair_velocity",
                 "bias_closed_form_hessian", "bias_closed_form_hessian_vector_product",
-                "bias_hessian_singular_particles",
+                "bias_hessian_singular_particles", "series_pair_field",
                 "finite_data_forward", "finite_data_loss",
                 "finite_data_backward",
                 "euler_update", "heavy_ball_update", "langevin_update", "advance_noise_states", "device_sum",
