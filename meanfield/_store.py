@@ -60,6 +60,7 @@ import fcntl
 import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -202,6 +203,10 @@ def _fault(stage: str) -> None:
 _fault.counts = {}
 
 
+# .<name>.tmp.<host>.<pid>.<12 hex digits>[.<extension>]: temporary_name(), plus a suffix
+_TEMPORARY = re.compile(r"^\..+\.tmp\.(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]{12}(\.[A-Za-z0-9]+)?$")
+
+
 def temporary_name(path) -> str:
     """A fresh hidden name beside ``path`` for a file written and then renamed onto it.
 
@@ -246,15 +251,13 @@ def remove_abandoned(directory) -> list[str]:
                     os.remove(path)
                     removed.append(name)
             continue
-        if not name.startswith(".") or ".tmp." not in name:
-            continue
-        fields = name.rsplit(".tmp.", 1)[1].rsplit(".", 2)
-        if len(fields) != 3 or not fields[1].isdigit():
+        found = _TEMPORARY.match(name)
+        if found is None:
             continue
         path = os.path.join(directory, name)
         try:
-            if fields[0] == host:
-                abandoned = not _pid_alive(int(fields[1]))
+            if found["host"] == host:
+                abandoned = not _pid_alive(int(found["pid"]))
             else:
                 abandoned = time.time() - os.path.getmtime(path) > TEMPORARY_MAX_AGE_S
             if abandoned:
@@ -263,6 +266,25 @@ def remove_abandoned(directory) -> list[str]:
         except OSError:
             continue
     return removed
+
+
+@contextlib.contextmanager
+def replacing(path, suffix: str = ""):
+    """A fresh temporary name beside ``path`` (:func:`temporary_name`, plus ``suffix`` for
+    writers that choose a format by extension), renamed onto ``path`` when the block ends.
+
+    A reader never sees a half-written file; concurrent writers (shards on several nodes)
+    never share a temporary file; one that a killed writer leaves is removed by the next run
+    or status (:func:`remove_abandoned`). Removed if the block raises.
+    """
+    tmp = temporary_name(path) + suffix
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def move_aside(path, reason: str) -> str:

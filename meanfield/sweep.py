@@ -40,7 +40,7 @@ from ._problems import FiniteDataProblem, PopulationProblem, Problem
 from ._run import run, time_grid
 from . import _interrupt
 from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, move_aside, open_run, read_attrs,
-                     remove_abandoned, run_paths, run_status, temporary_name)
+                     remove_abandoned, replacing, run_paths, run_status)
 from ._store import _fault
 from ._store import lock_held as _store_lock_held
 from ._teacher import Teacher
@@ -723,36 +723,17 @@ def write_index(out_dir, rows=None) -> None:
 
 
 def _write_index_files(out_dir, rows) -> None:
-    with _replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
+    with replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
         with h5py.File(index_tmp, "w") as f:
             for row in rows:
                 f[row["id"]] = h5py.ExternalLink(row["file"], "/")
         _fault("index-written")
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with _replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
+    with replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
         with open(catalog_tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-
-
-@contextlib.contextmanager
-def _replacing(path):
-    """A fresh temporary name beside ``path``, renamed onto it when the block ends.
-
-    Unique per call (:func:`meanfield._store.temporary_name`: host, process and a random part):
-    shards on different nodes of a cluster share the directory and may have the same pid; a
-    temporary file that a killed writer leaves is removed by the next run or status
-    (:func:`meanfield._store.remove_abandoned`). Removed if the block raises.
-    """
-    tmp = temporary_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

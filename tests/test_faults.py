@@ -542,3 +542,17 @@ def test_an_interrupt_in_a_notebook_stops_the_run_and_the_next_one_runs(tmp_path
     path, reference = references["heavy_ball"]
     (spec,) = sweep.plan(path)
     assert sweep.execute(spec, tmp_path)["status"] == "complete"
+
+
+def test_abandoned_temporary_names_with_an_extension_are_recognised(tmp_path):
+    """Temporary files written through `_store.replacing` with a suffix (figures, movies) are
+    removed like the others once their writer is gone; other hidden files are left alone."""
+    from meanfield._store import remove_abandoned, temporary_name
+
+    dead = f"{temporary_name(tmp_path / 'risk.png')}.png".replace(f".{os.getpid()}.", ".999999999.")
+    live = f"{temporary_name(tmp_path / 'cloud.gif')}.gif"
+    other = tmp_path / ".notes.tmp.txt"
+    for name in (dead, live, other):
+        open(name, "w").close()
+    assert remove_abandoned(tmp_path) == [os.path.basename(dead)]
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(live), other.name])

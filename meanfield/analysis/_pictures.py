@@ -9,7 +9,6 @@ shows other runs is never overwritten without ``force``.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -17,6 +16,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from .._store import replacing
 
 __all__ = ["CloudFrames", "animate_cloud", "cloud_frames", "plot_cloud", "plot_directory_risk",
            "write_directory_risk"]
@@ -173,22 +174,6 @@ def _check_target(path, tag: str | None, force: bool) -> None:
                        " choose another --output or pass --force to replace it")
 
 
-@contextlib.contextmanager
-def _written(path, extension: str):
-    """A temporary name beside ``path`` (with its extension, for writers that read it),
-    renamed onto ``path`` when the block ends and removed if it raises."""
-    from .._store import temporary_name
-
-    tmp = f"{temporary_name(path)}.{extension}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def write_directory_risk(directory, output=None, force: bool = False, dpi: int = 120) -> dict:
     """Draw :func:`plot_directory_risk` and write it to a file named for the runs it shows.
 
@@ -230,7 +215,7 @@ def write_directory_risk(directory, output=None, force: bool = False, dpi: int =
     tag = f"{_TAG}{_runs_digest(drawn)}"
     _check_target(path, tag, force)
     figure = plot_risk(risk, line="group", band="seed", title=_risk_title(directory, drawn, keys))
-    with _written(path, extension) as tmp:
+    with replacing(path, f".{extension}") as tmp:
         figure.savefig(tmp, format=extension, dpi=dpi, metadata={_METADATA_KEY[extension]: tag})
     return {"path": path, "runs": len(drawn), "keys": keys, "curves": int(risk.sizes["group"])}
 
@@ -507,7 +492,7 @@ def animate_cloud(path, output=None, projection: str | None = None, fps: float =
     writer = movie_writer(extension, fps)
     _check_target(output, None, True)
     figure, update = _cloud_artists(frames, dpi=dpi)
-    with _written(output, extension) as tmp:
+    with replacing(output, f".{extension}") as tmp:
         with writer.saving(figure, tmp, dpi):
             for i in range(len(frames.times)):
                 update(i)
