@@ -8,10 +8,13 @@ import pytest
 
 from meanfield import sweep
 
+# Runs of about a second each (m = 512, 2000 steps): long enough for the parent, which looks
+# every 0.1 s, to see steps between the first and the last (at m = 128 a run took 0.1 s and
+# a clean-clone CI once saw none).
 LONG = """
 [model]
 d = 8
-m = 128
+m = 512
 activation = "relu"
 [problem]
 kind = "population"
