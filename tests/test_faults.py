@@ -424,17 +424,20 @@ def test_truncated_and_zeroed_files_are_named_and_redone(tmp_path, references, w
 
 
 # --------------------------------------------------------------------------- a full disk
+# Space is freed by moving the output to a larger tmpfs (a remount with a new size is refused
+# in an unprivileged user namespace).
 _FULL_DISK = r"""
 set -u
 mount -t tmpfs -o size={size} tmpfs {disk} || exit 77
 {python} -m meanfield run {path} --out {disk}/out --quiet 2> {log}/first.err
 echo $? > {log}/first.rc
-mount -o remount,size=64m {disk}
-{python} -m meanfield status {disk}/out > {log}/status.out 2> {log}/status.err
+mount -t tmpfs -o size=64m tmpfs {larger} || exit 78
+cp -a {disk}/out {larger}/out || exit 79
+{python} -m meanfield status {larger}/out > {log}/status.out 2> {log}/status.err
 echo $? > {log}/status.rc
-{python} -m meanfield run {path} --out {disk}/out --quiet 2> {log}/second.err
+{python} -m meanfield run {path} --out {larger}/out --quiet 2> {log}/second.err
 echo $? > {log}/second.rc
-cp -r {disk}/out {log}/out
+cp -r {larger}/out {log}/out
 """
 
 
@@ -454,16 +457,16 @@ def _mount_namespace():
 def test_a_full_disk_leaves_the_run_resumable(tmp_path, references, size):
     """A run on a tmpfs too small for it (300 KB to 1.1 MB for a 1.3 MB run: full during the
     records or during the finish): one line naming the file and ENOSPC, exit 1, no traceback
-    or crash; once space is freed the same command resumes from the last checkpoint, and the
-    result is bitwise the uninterrupted run."""
+    or crash; once there is space (the output moved to a larger tmpfs) the same command resumes
+    from the last checkpoint, and the result is bitwise the uninterrupted run."""
     prefix = _mount_namespace()
     if prefix is None:
         pytest.skip("no mount namespace for a tmpfs here (needs root or unprivileged user namespaces)")
     path, reference = references["heavy_ball"]
-    disk, log = tmp_path / "disk", tmp_path / "log"
-    disk.mkdir()
-    log.mkdir()
-    script = _FULL_DISK.format(size=size, disk=disk, log=log, python=sys.executable, path=path)
+    disk, larger, log = tmp_path / "disk", tmp_path / "larger", tmp_path / "log"
+    for folder in (disk, larger, log):
+        folder.mkdir()
+    script = _FULL_DISK.format(size=size, disk=disk, larger=larger, log=log, python=sys.executable, path=path)
     result = subprocess.run([*prefix, "sh", "-c", script], env=_env(), capture_output=True, text=True,
                             timeout=4 * COMMAND_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
