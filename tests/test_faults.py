@@ -483,7 +483,16 @@ def test_a_full_disk_leaves_the_run_resumable(tmp_path, references, size):
 
 
 # --------------------------------------------------------------------------- in-process interrupts
-def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler during the test, as in a terminal: a shell that starts
+    pytest in the background sets SIGINT to "ignore", which meanfield respects (like nohup)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkeypatch, python_sigint):
     """SIGINT delivered while a record is written (here: from inside the 5th record) waits for
     the record to end; the run stops at that step boundary as `interrupted`, checkpointed
     after that record, and the resume neither repeats nor skips a record."""
@@ -514,7 +523,7 @@ def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkey
     _assert_same_runs(reference, out, path)
 
 
-def test_an_interrupt_in_a_notebook_stops_the_run_and_the_next_one_runs(tmp_path, references):
+def test_an_interrupt_in_a_notebook_stops_the_run_and_the_next_one_runs(tmp_path, references, python_sigint):
     """In a notebook (meanfield.run called directly), the interrupt button (SIGINT) stops the
     run at a step boundary with a KeyboardInterrupt, the observers are closed with status
     `interrupted`, Python's own SIGINT handler is back afterwards, and the next run and the
