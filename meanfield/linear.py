@@ -146,6 +146,8 @@ class DeepLinearProblem(Problem):
         velocity[...] = -gradient.reshape(1, -1)
         return Evaluation(value, velocity, None)
 
+    # Honest, not unfinished: the deep linear flow is the exact gradient flow of a deterministic
+    # objective; sgd and langevin are refused for it at config time, so no minibatch exists.
     def sample_batch(self, rng, batch_size):
         """Not available: the problem is deterministic (raises NotImplementedError)."""
         raise NotImplementedError("the deep linear problem is deterministic: use gradient_descent or heavy_ball")

@@ -336,6 +336,8 @@ def test_cuda_problem_hessian_matches_cpu(act, scaling, bias, train_readout, dty
     assert len(problem.hessian_singularities(W)) == (1 if act == "relu" else 0)
     bias_free = CudaProblem(mf.PopulationProblem(mf.Model(d=HD, activation="relu"), mf.Teacher.orthonormal(HD, 2)))
     assert not bias_free.has_analytic_hessian
+    # The bias-free closed form has no GPU Hessian (issue 14's note): the backend must say so
+    # (NotImplementedError, so landscape falls back to finite differences), not return zeros.
     with pytest.raises(NotImplementedError):
         bias_free.hessian(W[:, :])
 

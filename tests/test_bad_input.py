@@ -96,6 +96,7 @@ def test_impossible_width_in_the_file_is_refused_before_anything_is_written(tmp_
     option that overrides it; no output directory, no index.h5 or catalog.csv."""
     path = _experiment(tmp_path, model={"m": m})
     (spec,) = sweep.plan(path)
+    # Only a machine with more than ~940 GiB can run m = 2e9; there the refusal is rightly absent.
     if _memory.estimate_bytes(spec.config)["total"] <= _memory.available_bytes():
         pytest.skip(f"this machine has the memory for m = {m}")
     before = _listing(tmp_path)
@@ -224,6 +225,7 @@ sys.exit(code)
 """
 
 
+# Linux only (VmHWM); CI and the clusters this tool targets are Linux.
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)")
 def test_estimate_against_the_measured_peak(tmp_path):
     """SGD on a finite sample of n = 400000, d = 100 (X: 305 MiB), m = 64, batch 1000: the
@@ -343,6 +345,8 @@ def test_out_on_a_read_only_file_system(tmp_path):
     mount_point = tmp_path / "ro"
     mount_point.mkdir()
     prefix = _read_only_mount_prefix(mount_point)
+    # CI (root) always mounts it; a user's machine without namespaces cannot make a read-only
+    # file system, which only this test needs.
     if prefix is None:
         pytest.skip("cannot mount a read-only tmpfs here (no unshare, no mount namespace, no user namespace)")
     before = _listing(tmp_path)
@@ -368,6 +372,8 @@ def test_out_in_a_directory_without_write_permission(tmp_path):
     """chmod 555: a user without write permission gets one line saying so (root would not be
     stopped by the bits, so as root the child runs as nobody)."""
     prefix = _as_unprivileged()
+    # As root the bits stop nobody, so the child must drop to nobody (setpriv, in util-linux:
+    # present in CI); a non-root user runs the check directly.
     if prefix is None:
         pytest.skip("running as root without setpriv: cannot test permission bits")
     if prefix:  # nobody must reach the files: pytest's own tmp_path sits under a 0700 directory
@@ -384,6 +390,8 @@ def test_out_in_a_directory_without_write_permission(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
     probe = subprocess.run([*prefix, sys.executable, "-c", "import meanfield"], capture_output=True, env=env,
                            cwd=tmp_path, timeout=60)
+    # nobody may lack read access to a checkout under a private home; then the check cannot
+    # run as nobody here (in CI the checkout is readable and it runs).
     if probe.returncode != 0:
         pytest.skip(f"the unprivileged user cannot import meanfield here: {probe.stderr.decode()[-200:]}")
     try:

@@ -356,6 +356,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Linux only (/proc lists the workers); CI and the clusters this tool targets are Linux.
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc (Linux)")
 def test_a_sweep_parent_killed_takes_its_workers_with_it(tmp_path, references):
     """SIGKILL of a `--jobs 2` sweep's parent alone: its workers notice within a few seconds,
@@ -460,6 +461,8 @@ def test_a_full_disk_leaves_the_run_resumable(tmp_path, references, size):
     or crash; once there is space (the output moved to a larger tmpfs) the same command resumes
     from the last checkpoint, and the result is bitwise the uninterrupted run."""
     prefix = _mount_namespace()
+    # Runs in CI (root) and for users with unprivileged user namespaces; elsewhere no small
+    # file system can be made without root, and only this test needs one.
     if prefix is None:
         pytest.skip("no mount namespace for a tmpfs here (needs root or unprivileged user namespaces)")
     path, reference = references["heavy_ball"]
