@@ -78,9 +78,9 @@ _LANDSCAPE_DENSE_LIMIT = 600  # meanfield.landscape._hessian.DENSE_LIMIT
 def _frame_block(frame_bytes: int) -> int:
     """Frames that a resume copies at once (``meanfield._store``: at most FRAME_BLOCK frames and
     COPY_BLOCK_BYTES bytes)."""
-    from . import _store
+    from ._store import copy_block
 
-    return max(1, min(_store.FRAME_BLOCK, _store.COPY_BLOCK_BYTES // max(1, frame_bytes)))
+    return copy_block(frame_bytes)
 
 
 def _tile_rows(m: int) -> int:

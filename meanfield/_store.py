@@ -678,8 +678,7 @@ class RunFile:
                         src, dst = old[f"{group}/{name}"], f[f"{group}/{name}"]
                         # Frames copied a block at a time, a block bounded in bytes too (a frame
                         # of a wide run can be hundreds of MB).
-                        frame_bytes = max(1, int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize)
-                        block = max(1, min(FRAME_BLOCK, COPY_BLOCK_BYTES // frame_bytes))
+                        block = copy_block(int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize)
                         if src.shape[0] < n:
                             f.close()
                             raise CorruptRunFile(part_path, f"{group}/{name} holds {src.shape[0]} records, "
@@ -822,6 +821,11 @@ class RunFile:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.part_path)
         return target
+
+
+def copy_block(frame_bytes: int) -> int:
+    """Frames a resume copies at once: at most FRAME_BLOCK frames and COPY_BLOCK_BYTES bytes."""
+    return max(1, min(FRAME_BLOCK, COPY_BLOCK_BYTES // max(1, frame_bytes)))
 
 
 def _json_safe(info):

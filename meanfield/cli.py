@@ -222,7 +222,6 @@ def status_command(args) -> int:
 
     from . import report, sweep
     from ._config import ConfigError
-    from ._store import remove_abandoned
 
     specs = []
     if args.file is not None:
@@ -242,9 +241,8 @@ def status_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     rows = []
     if exists:
-        remove_abandoned(args.dir)
         rows = sweep.catalog_rows(args.dir)
-        try:
+        try:  # write_index first removes what killed writers left (temporary and lock files)
             sweep.write_index(args.dir, rows)
         except OSError as error:  # a full disk or a read-only directory: the table is still shown
             print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
