@@ -14,7 +14,8 @@ from ._scalar import (
     loss_second_derivative,
 )
 from .deep_random import deep_random_forward
-from .finite_data import finite_data_field, network_output, unfused_finite_data_field
+from .finite_data import (FiniteDataWorkspace, finite_data_field, finite_data_workspace, network_output,
+                          unfused_finite_data_field)
 from .finite_data_hessian import finite_data_hessian, finite_data_hessian_vector_product
 from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .population_bias import bias_pair_field
@@ -35,6 +36,8 @@ __all__ = [
     "loss_derivative",
     "loss_second_derivative",
     "finite_data_field",
+    "finite_data_workspace",
+    "FiniteDataWorkspace",
     "network_output",
     "unfused_finite_data_field",
     "closed_form_pair_field",

@@ -8,6 +8,8 @@ products per tile (X_t A^T and G^T X_t) go to BLAS; the elementwise work is para
 Particle layout (every kernel): ``W[:, :d]`` input weights a, ``W[:, d]`` bias b,
 ``W[:, d + 1]`` output weight c.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -197,9 +199,69 @@ def _tracer_rows(pre, sig, b, c, residual, rows, chunk, n_chunks, code, grad_b_p
         _backward_row(pre, sig, n, c, residual[n], chunk, grad_b_part, grad_c_part)
 
 
-@njit(cache=True, parallel=True)
+class FiniteDataWorkspace(NamedTuple):
+    """Work arrays of :func:`finite_data_field` for m particles, n tracer points, inputs of
+    dimension d and tiles of ``tile`` samples (``finite_data_workspace`` makes one).
+
+    A caller that evaluates the same shapes again (an integrator's loop) keeps one and passes
+    it to every call: fresh arrays of this size cost a page fault per 4 KiB page on first
+    touch, which at m = 10^4 and a 256-sample batch took half of the step (38 ms against
+    18.7 ms with the same arrays reused, ``benchmarks/CPU_RESULTS.md``).
+    """
+
+    A: np.ndarray  # (m, d) copy of the input weights (a BLAS operand)
+    pre: np.ndarray  # (tile, m) pre-activations, then sigma', then G
+    sig: np.ndarray  # (tile, m) sigma
+    grad_a: np.ndarray  # (m, d)
+    work: np.ndarray  # (m, d) one tile's G^T X
+    grad_b_part: np.ndarray  # (chunks, m) per-chunk sums
+    grad_c_part: np.ndarray  # (chunks, m)
+    A_pts: np.ndarray  # the same for the tracer points, with n for m
+    pre_pts: np.ndarray
+    sig_pts: np.ndarray
+    pgrad_a: np.ndarray
+    pwork: np.ndarray
+    pgrad_b_part: np.ndarray
+    pgrad_c_part: np.ndarray
+
+
+def finite_data_workspace(m: int, n_points: int, d: int, tile: int, dtype, reuse=None) -> FiniteDataWorkspace:
+    """Work arrays of :func:`finite_data_field` (uninitialised; the kernel sets them).
+
+    Parameters
+    ----------
+    m, n_points, d : int
+        Particles, tracer points and input dimension.
+    tile : int
+        Samples per tile: ``min(tile_size, N)`` of the call.
+    dtype : numpy dtype
+        float32 or float64, that of the particles.
+    reuse : FiniteDataWorkspace, optional
+        Returned as it is when it has these shapes and dtype.
+
+    Returns
+    -------
+    FiniteDataWorkspace
+        About (3 m d + 2 tile m + 2 chunks m) elements, and the same for the tracers.
+    """
+    if reuse is not None and _fits(reuse, m, n_points, d, tile, np.dtype(dtype)):
+        return reuse
+    chunks = min(_ROW_CHUNKS, max(int(tile), 1))
+    arrays = []
+    for n in (m, n_points):
+        arrays += [np.empty((n, d), dtype), np.empty((tile, n), dtype), np.empty((tile, n), dtype),
+                   np.empty((n, d), dtype), np.empty((n, d), dtype), np.empty((chunks, n), dtype),
+                   np.empty((chunks, n), dtype)]
+    return FiniteDataWorkspace(*arrays)
+
+
+def _fits(workspace, m, n_points, d, tile, dtype) -> bool:
+    return (workspace.A.shape == (m, d) and workspace.pre.shape == (tile, m) and workspace.A.dtype == dtype
+            and workspace.A_pts.shape == (n_points, d) and workspace.grad_b_part.shape[0] == min(_ROW_CHUNKS, tile))
+
+
 def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha,
-                      bias, train_readout, tile_size, velocity, points_velocity):
+                      bias, train_readout, tile_size, velocity, points_velocity, workspace=None):
     """Empirical risk of the width-m network ``W`` and the velocity field it generates.
 
     The network is h(x) = s * sum_i c_i sigma(a_i . x + b_i) with s = ``output_scale``; the
@@ -238,42 +300,53 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
         v(w_i) for every particle.
     points_velocity : ndarray, shape (n, d + 2), output
         v(x_j) for every extra point.
+    workspace : FiniteDataWorkspace, optional
+        Work arrays from ``finite_data_workspace(m, n, d, min(tile_size, N), W.dtype)``,
+        reused across calls; made afresh when absent or of other shapes. The result does not
+        depend on it.
 
     Returns
     -------
     float
         The objective F (same dtype as W).
     """
+    m, n_points, (N, d) = W.shape[0], points.shape[0], X.shape
+    tile = min(int(tile_size), N)
+    workspace = finite_data_workspace(m, n_points, d, tile, W.dtype, reuse=workspace)
+    return _finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha, bias,
+                              train_readout, tile, velocity, points_velocity, workspace)
+
+
+@njit(cache=True, parallel=True)
+def _finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha,
+                       bias, train_readout, tile, velocity, points_velocity, workspace):
+    """:func:`finite_data_field` with its work arrays given (``tile`` <= N)."""
     m, p = W.shape
     N, d = X.shape
     n_points = points.shape[0]
     T = W.dtype.type
     s = T(output_scale)
     al = T(alpha)
-    tile = min(tile_size, N)
+    (A, pre, sig, grad_a, work, grad_b_part, grad_c_part,
+     A_pts, pre_pts, sig_pts, pgrad_a, pwork, pgrad_b_part, pgrad_c_part) = workspace
 
-    A, b, c = split_columns(W, d)
-    A_pts, b_pts, c_pts = split_columns(points, d)
-
-    pre = np.empty((tile, m), dtype=W.dtype)
-    sig = np.empty((tile, m), dtype=W.dtype)
-    pre_pts = np.empty((tile, n_points), dtype=W.dtype)
-    sig_pts = np.empty((tile, n_points), dtype=W.dtype)
+    _copy_columns(W, d, A)
+    b, c = W[:, d].copy(), W[:, d + 1].copy()
+    _copy_columns(points, d, A_pts)
+    b_pts, c_pts = points[:, d].copy(), points[:, d + 1].copy()
     residual = np.empty(tile, dtype=W.dtype)
-    grad_a = np.zeros((m, d), dtype=W.dtype)
     grad_b = np.zeros(m, dtype=W.dtype)
     grad_c = np.zeros(m, dtype=W.dtype)
-    work = np.empty((m, d), dtype=W.dtype)
     n_chunks = min(_ROW_CHUNKS, tile)
-    grad_b_part = np.zeros((n_chunks, m), dtype=W.dtype)
-    grad_c_part = np.zeros((n_chunks, m), dtype=W.dtype)
     chunk_loss = np.zeros(n_chunks, dtype=W.dtype)
-    pgrad_a = np.zeros((n_points, d), dtype=W.dtype)
     pgrad_b = np.zeros(n_points, dtype=W.dtype)
     pgrad_c = np.zeros(n_points, dtype=W.dtype)
-    pgrad_b_part = np.zeros((n_chunks, n_points), dtype=W.dtype)
-    pgrad_c_part = np.zeros((n_chunks, n_points), dtype=W.dtype)
-    pwork = np.empty((n_points, d), dtype=W.dtype)
+    grad_a[:, :] = T(0.0)
+    grad_b_part[:, :] = T(0.0)
+    grad_c_part[:, :] = T(0.0)
+    pgrad_a[:, :] = T(0.0)
+    pgrad_b_part[:, :] = T(0.0)
+    pgrad_c_part[:, :] = T(0.0)
 
     scale = al * s
     for start in range(0, N, tile):
@@ -307,6 +380,14 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
     _assemble(grad_a, grad_b, grad_c, factor, bias, train_readout, velocity)
     _assemble(pgrad_a, pgrad_b, pgrad_c, factor, bias, train_readout, points_velocity)
     return total / (al * al * T(N))
+
+
+@njit(cache=True)
+def _copy_columns(W, d, A):
+    """A[:, :] = W[:, :d] (the input weights as a C-contiguous BLAS operand)."""
+    for i in range(W.shape[0]):
+        for k in range(d):
+            A[i, k] = W[i, k]
 
 
 @njit(cache=True)

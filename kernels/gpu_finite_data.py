@@ -163,7 +163,7 @@ def backward_kernel(T, d):
 
 
 def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha,
-                      bias, train_readout, tile_size, velocity, points_velocity):
+                      bias, train_readout, tile_size, velocity, points_velocity, workspace=None):
     """Empirical risk of the width-m network ``W`` and its velocity field, on the GPU.
 
     Same contract as ``meanfield.kernels.finite_data_field`` with device arrays:
@@ -183,6 +183,9 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
         Upper bound on the samples (backward) and particles (forward) per shared-memory tile.
     velocity : device array, shape (m, d + 2), output
     points_velocity : device array, shape (n, d + 2), output
+    workspace : None
+        Kept for the CPU signature; the device temporaries here are two vectors of N
+        (losses, residuals), whose allocation is small beside the kernels.
 
     Returns
     -------

@@ -130,16 +130,17 @@ class _Ledger:
             self.items.append((name, nbytes, tuple(keys), phase))
 
 
-def _data_kernel(ledger, phase, m, d, n_points, N, s, keys):
-    """Temporaries of ``kernels.finite_data_field`` on N samples: the copies of a, the
-    gradient and work arrays (m, d), two sample tiles (tile, m), per-chunk sums."""
+def _data_kernel(ledger, role, m, d, n_points, N, s, keys):
+    """Work arrays of ``kernels.finite_data_field`` on N samples, which the problem keeps
+    between steps (one set per role, ``Problem._workspaces``): the copies of a, the gradient
+    and work arrays (m, d), two sample tiles (tile, m), per-chunk sums."""
     tile = min(_tile_rows(m), max(N, 1))
-    ledger.add("velocity kernel: a, grad and work 3 x (m, d), partial sums 24 x (m,)", (3 * m * d + 24 * m) * s,
-               keys, phase)
-    ledger.add(f"velocity kernel: two sample tiles 2 x ({tile}, m)", 2 * tile * m * s, keys, phase)
+    ledger.add(f"velocity kernel ({role}, kept): a, grad and work 3 x (m, d), partial sums 24 x (m,)",
+               (3 * m * d + 24 * m) * s, keys)
+    ledger.add(f"velocity kernel ({role}, kept): two sample tiles 2 x ({tile}, m)", 2 * tile * m * s, keys)
     if n_points:
-        ledger.add("velocity kernel: tracers' copies and tiles", (3 * n_points * d + 2 * tile * n_points) * s,
-                   ("tracers",), phase)
+        ledger.add(f"velocity kernel ({role}, kept): tracers' copies and tiles",
+                   (3 * n_points * d + 2 * tile * n_points) * s, ("tracers",))
 
 
 def _items(config: dict) -> _Ledger:
@@ -210,10 +211,10 @@ def _items(config: dict) -> _Ledger:
             add("minibatch: X[index] (batch, d), index", B * (d + 1) * s + index, bk, eval_phase)
         else:
             add("online batch: X (batch, d) float64, labels, cast", B * d * (8 + s) + 4 * B * 8, bk, eval_phase)
-        _data_kernel(ledger, eval_phase, m, d, n_t, B, s, mk)
-    elif kind == "finite_data" or method == "monte_carlo":
-        _data_kernel(ledger, eval_phase, m, d, n_t, sample, s, mk)
-    else:
+        _data_kernel(ledger, "batch", m, d, n_t, B, s, mk)
+    if kind == "finite_data" or method == "monte_carlo":
+        _data_kernel(ledger, "sample", m, d, n_t, sample, s, mk)
+    elif batch is None:
         # Pair kernels: copies of a (m, d), the sums K, G against W and the teacher (m, d + 1),
         # and pair_velocity's temporaries (m, d + 1).
         add("velocity: pair sums and temporaries 5 x (m, d + 1)",

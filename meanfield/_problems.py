@@ -93,7 +93,12 @@ class Problem:
         online SGD, a fresh sample from the data law each call).
         """
         X, y = self.sample_batch(rng, batch_size)
-        return _data_evaluation(self.model, self.loss, W, X, y, points, out)
+        return _data_evaluation(self.model, self.loss, W, X, y, points, out, workspaces=self._workspaces("batch"))
+
+    def _workspaces(self, role: str) -> dict:
+        """This problem's kept work arrays of the data kernel for one role ("batch": SGD
+        batches, "sample": the full sample), so that each step reuses them (``_data_evaluation``)."""
+        return self.__dict__.setdefault("_kernel_workspaces", {}).setdefault(role, {})
 
     def _state(self, W, points):
         W = self.model.check_state(W)
@@ -158,16 +163,26 @@ class Problem:
 
 
 def _data_evaluation(model: Model, loss: str, W, X, y, points=None, out=None,
-                     value_offset: float = 0.0) -> Evaluation:
-    """Evaluation of the empirical objective on the sample (X, y) through the tiled kernel."""
+                     value_offset: float = 0.0, workspaces: dict | None = None) -> Evaluation:
+    """Evaluation of the empirical objective on the sample (X, y) through the tiled kernel.
+
+    ``workspaces`` (a dict the caller keeps) holds the kernel's work arrays between calls
+    under the key "kernel": fresh ones of this size cost a page fault per page each call
+    (``kernels.FiniteDataWorkspace``)."""
     m = W.shape[0]
     velocity = np.empty_like(W) if out is None else out
     pts = np.empty((0, model.p), dtype=W.dtype) if points is None else points
     pts_velocity = np.empty_like(pts)
     alpha = model.alpha_value(m)
+    tile = min(tile_rows(m), X.shape[0])
+    workspace = None
+    if workspaces is not None:
+        workspace = kernels.finite_data_workspace(m, pts.shape[0], X.shape[1], tile, W.dtype,
+                                                  reuse=workspaces.get("kernel"))
+        workspaces["kernel"] = workspace
     value = kernels.finite_data_field(
         W, X, y, pts, model.activation_code, kernels.LOSS_CODES[loss], model.output_scale(m),
-        alpha, model.bias, model.train_readout, tile_rows(m), velocity, pts_velocity)
+        alpha, model.bias, model.train_readout, tile, velocity, pts_velocity, workspace)
     return Evaluation(float(value) + value_offset / alpha**2, velocity,
                       None if points is None else pts_velocity)
 
@@ -468,7 +483,7 @@ class PopulationProblem(Problem):
         W, points = self._state(W, points)
         if self.method == "monte_carlo":
             return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
-                                    self._value_offset)
+                                    self._value_offset, self._workspaces("sample"))
         velocity = np.empty_like(W) if out is None else out
         # With tracers, the particles take the general tiles too: a tracer on a particle then
         # gets bitwise the particle's velocity.
@@ -598,7 +613,8 @@ class FiniteDataProblem(Problem):
     def evaluate(self, W, points=None, out=None) -> Evaluation:
         """Empirical objective, particle velocities and (optionally) the field at ``points``."""
         W, points = self._state(W, points)
-        return _data_evaluation(self.model, self.loss, W, self.X, self.y, points, out)
+        return _data_evaluation(self.model, self.loss, W, self.X, self.y, points, out,
+                                workspaces=self._workspaces("sample"))
 
     @property
     def has_analytic_hessian(self) -> bool:

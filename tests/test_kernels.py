@@ -249,6 +249,55 @@ def test_finite_data_field_no_points():
     assert_close_scaled(v, v_ref, 1e-10)
 
 
+def test_finite_data_workspace_reuse_is_bitwise():
+    """A kept workspace gives bitwise the fresh-array result, whatever the previous call left
+    in it (another sample, other tracers); one of other shapes is replaced, not written past."""
+    rng = np.random.default_rng(12)
+    m, d = 9, 4
+    W, X, y, points = make_data(rng, m, 37, d, "squared")
+    args = (kernels.ACTIVATION_CODES["relu"], kernels.LOSS_CODES["squared"], 1 / m, 1.0, True, True, 16)
+
+    def call(X, y, pts, workspace=None):
+        v, pv = np.empty_like(W), np.empty_like(pts)
+        return kernels.finite_data_field(W, X, y, pts, *args, v, pv, workspace), v, pv
+
+    fresh = call(X, y, points)
+    workspace = kernels.finite_data_workspace(m, points.shape[0], d, 16, np.float64)
+    for element in workspace:
+        element[...] = np.nan  # what a previous call on other data could leave behind
+    kept = call(X, y, points, workspace)
+    X2, y2 = rng.standard_normal((23, d)), rng.standard_normal(23)
+    call(X2, y2, points, workspace)
+    again = call(X, y, points, workspace)
+    for result in (kept, again):
+        assert result[0] == fresh[0]
+        np.testing.assert_array_equal(result[1], fresh[1])
+        np.testing.assert_array_equal(result[2], fresh[2])
+    assert kernels.finite_data_workspace(m, points.shape[0], d, 16, np.float64, reuse=workspace) is workspace
+    small = kernels.finite_data_workspace(m, 0, d, 8, np.float64)
+    assert kernels.finite_data_workspace(m, points.shape[0], d, 16, np.float64, reuse=small) is not small
+    other = call(X, y, points, small)  # wrong shapes: the kernel makes its own
+    np.testing.assert_array_equal(other[1], fresh[1])
+
+
+def test_problem_keeps_its_data_workspace():
+    """A finite-data problem reuses one workspace across evaluations, and its numbers equal a
+    problem evaluated once (no state carried between steps)."""
+    import meanfield as mf
+    rng = np.random.default_rng(13)
+    model = mf.Model(d=4, activation="tanh")
+    X, y = rng.standard_normal((30, 4)), rng.standard_normal(30)
+    problem = mf.FiniteDataProblem(model, X, y)
+    W1, W2 = mf.initialize(model, 6, rng), mf.initialize(model, 6, rng)
+    problem.evaluate(W1)
+    kept = problem._workspaces("sample")["kernel"]
+    second = problem.evaluate(W2)
+    assert problem._workspaces("sample")["kernel"] is kept
+    alone = mf.FiniteDataProblem(model, X, y).evaluate(W2)
+    assert second.value == alone.value
+    np.testing.assert_array_equal(second.velocity, alone.velocity)
+
+
 def test_finite_data_velocity_is_minus_m_gradient():
     """For a particle, the kernel velocity is -m times the finite-difference gradient of F."""
     rng = np.random.default_rng(11)
