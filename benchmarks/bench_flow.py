@@ -130,7 +130,7 @@ def descent_table(name, problem, W0, budget, fractions, flow_methods, newton):
         rows.append((f"gradient descent eta = {eta:.4g} ({label})", seconds, norm, f"{status}, {n_steps} steps"))
         if status == "reached" and (best is None or seconds < best[1]):
             best = (label, seconds)
-    print(f"\n| method | seconds | final grad norm | notes |\n|---|---|---|---|")
+    print("\n| method | seconds | final grad norm | notes |\n|---|---|---|---|")
     for label, seconds, norm, notes in rows:
         print(f"| {label} | {seconds:.3f} | {norm:.2e} | {notes} |")
     return rows, best
@@ -170,7 +170,7 @@ def budget_table(name, problem, W0, budget, fractions, flow_budget, refine_itera
     result = mf.refine(problem, state.W, method="trust-krylov", grad_tol=TARGET, max_iter=refine_iterations,
                        newton_steps=0, classify=False, time_limit=budget - flow_seconds)
     seconds = time.perf_counter() - start
-    rows.append((f"the flow above + trust-krylov (to the budget)", seconds,
+    rows.append(("the flow above + trust-krylov (to the budget)", seconds,
                  result.grad_norm, f"{result.iterations} iterations, {result.n_hessians} Hessian-vector products, "
                                    f"F = {result.risk:.3e}"))
     high = landscape.spectrum_extremes(problem, W0, method="lanczos", tol=1e-4).lambda_max
@@ -181,7 +181,7 @@ def budget_table(name, problem, W0, budget, fractions, flow_budget, refine_itera
         seconds, n_steps, norm, status = time_descent(problem, W0, eta, budget)
         rows.append((f"gradient descent eta = {eta:.4g} ({fraction:g} eta_max at W0)", seconds, norm,
                      f"{status}, {n_steps} steps, t = {n_steps * eta:.3g}"))
-    print(f"\n| method | seconds | final grad norm | notes |\n|---|---|---|---|")
+    print("\n| method | seconds | final grad norm | notes |\n|---|---|---|---|")
     for label, seconds, norm, notes in rows:
         print(f"| {label} | {seconds:.3f} | {norm:.2e} | {notes} |")
 

@@ -15,9 +15,8 @@ import math
 import sys
 
 import numpy as np
-from scipy import integrate, special, stats
-
 import population_baselines as pb
+from scipy import integrate, special, stats
 
 
 def reference_quad(h, k, r):

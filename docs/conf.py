@@ -5,8 +5,8 @@ does the same into a temporary folder). Pages are Markdown (MyST) except the API
 which autosummary generates from the docstrings (numpydoc format) at every build.
 """
 import json
-import re
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -14,15 +14,23 @@ from ._scalar import (
     loss_second_derivative,
 )
 from .deep_random import deep_random_forward
-from .finite_data import (FiniteDataWorkspace, finite_data_field, finite_data_workspace, network_output,
-                          unfused_finite_data_field)
+from .finite_data import (
+    FiniteDataWorkspace,
+    finite_data_field,
+    finite_data_workspace,
+    network_output,
+    unfused_finite_data_field,
+)
 from .finite_data_hessian import finite_data_hessian, finite_data_hessian_vector_product
 from .population import acos_branchless, closed_form_pair_field, fused_closed_form_pair_field, quadrature_pair_field
 from .population_bias import bias_pair_field
-from .population_series import series_pair_sums, shared_tables
-from .population_bias_hessian import (bias_closed_form_hessian, bias_closed_form_hessian_vector_product,
-                                      bias_hessian_singular_particles)
+from .population_bias_hessian import (
+    bias_closed_form_hessian,
+    bias_closed_form_hessian_vector_product,
+    bias_hessian_singular_particles,
+)
 from .population_hessian import closed_form_hessian, closed_form_hessian_vector_product
+from .population_series import series_pair_sums, shared_tables
 from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update, sum_of_squares
 

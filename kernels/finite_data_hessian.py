@@ -23,8 +23,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._scalar import (activation, activation_derivative, activation_second_derivative,
-                      loss_derivative, loss_second_derivative)
+from ._scalar import (
+    activation,
+    activation_derivative,
+    activation_second_derivative,
+    loss_derivative,
+    loss_second_derivative,
+)
 from .finite_data import split_columns
 
 

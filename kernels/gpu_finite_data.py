@@ -20,8 +20,8 @@ import numpy as np
 from numba import cuda
 
 from ._gpu_launch import TARGET_BLOCKS, THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type, tile_rows
-from .gpu_reductions import device_sum
 from ._gpu_scalar import activation, activation_derivative, loss, loss_derivative
+from .gpu_reductions import device_sum
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,6 @@ from numba.cuda.random import xoroshiro128p_dtype, xoroshiro128p_next, xoroshiro
 
 from ._gpu_launch import THREADS_PER_BLOCK, blocks, check_device_arrays, numba_type
 
-
 # The simulator has no hardware cosine; math.cos is the same function to 1e-6.
 _cos_float32 = math.cos if config.ENABLE_CUDASIM else libdevice.fast_cosf
 

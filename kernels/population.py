@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ._scalar import ERF, LINEAR, RELU, activation, activation_derivative, like
+from ._scalar import ERF, RELU, activation, activation_derivative, like
 
 # Tiles of the BLAS closed-form kernels keep M N K (rows x sources x d) at most
 # _BLAS_SERIAL_MNK, so that OpenBLAS runs each product on the calling numba thread: it gives

@@ -46,7 +46,6 @@ is trained), n_loc = d (+1) per particle:
 """
 import math
 
-import numpy as np
 from numba import njit, prange
 
 from ._scalar import ERF, RELU

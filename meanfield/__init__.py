@@ -57,12 +57,12 @@ def _kernels_from_checkout() -> None:
 
 _kernels_from_checkout()
 from . import kernels  # noqa: E402
-from ._isotropic import IsotropicProblem  # noqa: E402
-from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._flow import ODE_METHODS, StepSizeError, flow, step_size_error  # noqa: E402
-from ._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
+from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
+from ._isotropic import IsotropicProblem  # noqa: E402
 from ._model import ACTIVATIONS, Init, Model, initialize
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
+from ._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
 from ._run import Trajectory, record_steps, run, time_grid
 from ._tangent import TangentProblem, tangent_predict  # noqa: E402
 from ._teacher import Teacher  # noqa: E402

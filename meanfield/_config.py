@@ -56,10 +56,10 @@ import itertools
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 
 import numpy as np
+import tomllib
 
 from . import kernels
 from ._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS

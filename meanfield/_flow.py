@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.integrate import DOP853, LSODA, RK23, RK45, BDF, Radau
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
 from ._integrators import Integrator, State
 from ._problems import Problem

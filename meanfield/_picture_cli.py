@@ -10,9 +10,9 @@ EXTRA = 'pip install "meanfield[analysis]"'
 
 def _analysis():
     """``meanfield.analysis``, or a ConfigError (exit 2) that says how to install it."""
-    from ._config import ConfigError
-
     import importlib
+
+    from ._config import ConfigError
 
     try:
         analysis = importlib.import_module("meanfield.analysis")

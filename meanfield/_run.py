@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
-
-import signal
 
 from . import _interrupt, kernels
 from ._integrators import Integrator, State, share_evaluation

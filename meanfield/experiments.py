@@ -29,14 +29,24 @@ import math
 import os
 import sys
 import time
-import tomllib
 
 import h5py
 import numpy as np
+import tomllib
 
 from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
-from ._store import (CorruptRunFile, _fsync, _git_revision, _now, _versions, finished_run_files, move_aside,
-                     open_run, remove_abandoned, temporary_name)
+from ._store import (
+    CorruptRunFile,
+    _fsync,
+    _git_revision,
+    _now,
+    _versions,
+    finished_run_files,
+    move_aside,
+    open_run,
+    remove_abandoned,
+    temporary_name,
+)
 
 KINDS = ("signal_propagation", "deep_linear")
 

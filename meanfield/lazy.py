@@ -313,8 +313,12 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
     if not plots or not networks:
         return text, written
     try:
-        from .analysis import (plot_displacement, plot_particle_trajectories, plot_tangent_distance,
-                               projection_directions)
+        from .analysis import (
+            plot_displacement,
+            plot_particle_trajectories,
+            plot_tangent_distance,
+            projection_directions,
+        )
     except ImportError:
         return text + "\nplots: install 'meanfield[analysis]' (matplotlib)", written
     key = _scale(networks)

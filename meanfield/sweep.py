@@ -32,16 +32,28 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from . import _interrupt
 from ._config import ConfigError, RunSpec, plan
 from ._flow import StepSizeError, flow
 from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, restore, sgd
 from ._model import Init, Model
 from ._problems import FiniteDataProblem, PopulationProblem, Problem
 from ._run import run, time_grid
-from . import _interrupt
-from ._store import (CorruptRunFile, RunFile, RunLock, RunLocked, attrs_of, move_aside, open_run, read_attrs,
-                     remove_abandoned, replacing, run_paths, run_status)
-from ._store import _fault
+from ._store import (
+    CorruptRunFile,
+    RunFile,
+    RunLock,
+    RunLocked,
+    _fault,
+    attrs_of,
+    move_aside,
+    open_run,
+    read_attrs,
+    remove_abandoned,
+    replacing,
+    run_paths,
+    run_status,
+)
 from ._store import lock_held as _store_lock_held
 from ._teacher import Teacher
 

@@ -17,8 +17,14 @@ import numba.cuda.dispatcher
 import pytest
 from numba import cuda, float32, float64
 
-from meanfield.kernels import (gpu_finite_data, gpu_population, gpu_population_bias_hessian, gpu_population_series,
-                               gpu_reductions, gpu_updates)
+from meanfield.kernels import (
+    gpu_finite_data,
+    gpu_population,
+    gpu_population_bias_hessian,
+    gpu_population_series,
+    gpu_reductions,
+    gpu_updates,
+)
 
 # compile_ptx needs no GPU, but numba-cuda compiles the device functions a kernel calls for
 # the current device's compute capability; with no device, say it is Hopper.

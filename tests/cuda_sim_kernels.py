@@ -15,18 +15,26 @@ import h5py
 import numpy as np
 import pytest
 from numba import config, cuda
+from test_kernels import assert_close_scaled, closed_case, make_data, ref_field, ref_grad_closed, ref_kappa_closed
 
 import meanfield as mf
 from meanfield import kernels
 from meanfield._cuda import CudaProblem, to_device
 from meanfield._problems import pair_velocity as cpu_pair_velocity
-from meanfield.kernels import (gpu_finite_data, gpu_population, gpu_population_bias_hessian, gpu_population_series,
-                               gpu_reductions, gpu_updates)
-from meanfield.kernels import population_series
-from meanfield.kernels.population_bias_hessian import (bias_closed_form_hessian,
-                                                       bias_closed_form_hessian_vector_product,
-                                                       bias_hessian_singular_particles)
-from test_kernels import assert_close_scaled, closed_case, make_data, ref_field, ref_grad_closed, ref_kappa_closed
+from meanfield.kernels import (
+    gpu_finite_data,
+    gpu_population,
+    gpu_population_bias_hessian,
+    gpu_population_series,
+    gpu_reductions,
+    gpu_updates,
+    population_series,
+)
+from meanfield.kernels.population_bias_hessian import (
+    bias_closed_form_hessian,
+    bias_closed_form_hessian_vector_product,
+    bias_hessian_singular_particles,
+)
 
 assert config.ENABLE_CUDASIM, "run these tests with NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda.py does)"
 

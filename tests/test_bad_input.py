@@ -4,10 +4,10 @@ naming the option or key, exit status 2, no traceback, and nothing written.
 Every case runs ``python -m meanfield`` as a child process, as a user would.
 """
 import json
-import re
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys

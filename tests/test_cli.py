@@ -3,20 +3,19 @@ from the command line, the directory's risk plot, status columns and runs not st
 report's risk summary, separate seeds for the problem and the particles, --version, LICENSE,
 CITATION.cff and the notebook extra."""
 import hashlib
-import json
 import os
 import re
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
+from test_sweep import merged, write
 
 import meanfield
 from meanfield import lazy, sweep
 from meanfield.cli import main
-from test_sweep import merged, write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,10 +18,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+from test_sweep import _datasets, toml_text
 
 from meanfield import sweep
 from meanfield._store import RunLock, open_run, read_checkpoint
-from test_sweep import _datasets, toml_text
 
 COMMAND_TIMEOUT_S = 120  # a command that takes longer has hung
 

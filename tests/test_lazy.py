@@ -9,15 +9,18 @@ import os
 import h5py
 import numpy as np
 import pytest
+from test_gradients import check
+from test_sweep import _npz, merged, write
 
 import meanfield as mf
 from meanfield import kernels, lazy, sweep
-from meanfield.analysis import (plot_displacement, plot_particle_trajectories, plot_tangent_distance,
-                                projection_directions)
+from meanfield.analysis import (
+    plot_displacement,
+    plot_particle_trajectories,
+    plot_tangent_distance,
+    projection_directions,
+)
 from meanfield.cli import main
-
-from test_gradients import check
-from test_sweep import _npz, merged, write
 
 D = 3
 M = 6

@@ -16,9 +16,11 @@ import pytest
 from numba import get_num_threads, set_num_threads
 
 import meanfield as mf
-from meanfield.kernels.population_bias_hessian import (bias_closed_form_hessian,
-                                                       bias_closed_form_hessian_vector_product,
-                                                       bias_hessian_singular_particles)
+from meanfield.kernels.population_bias_hessian import (
+    bias_closed_form_hessian,
+    bias_closed_form_hessian_vector_product,
+    bias_hessian_singular_particles,
+)
 
 ACTIVATIONS = ("relu", "erf", "normal_cdf", "linear")
 

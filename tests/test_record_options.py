@@ -6,11 +6,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from test_sweep import merged, write
 
 from meanfield import sweep
 from meanfield._teacher import Teacher
 from meanfield.cli import main
-from test_sweep import merged, write
 
 FINITE = {"problem": {"kind": "finite_data", "n_samples": 60, "teacher": {"kind": "orthonormal", "k": 2}},
           "model": {"d": 5, "m": 16, "activation": "relu", "bias": True},

@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 
-import meanfield as mf
 from meanfield import sweep
 from meanfield._store import RunLock, read_checkpoint
 from meanfield.cli import main

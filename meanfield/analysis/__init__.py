@@ -30,14 +30,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(f"meanfield.analysis needs xarray, pandas and matplotlib ({error.name} is missing): "
                       'pip install "meanfield[analysis]"') from error
 
+# Plots written beside the objects they draw, re-exported here, one line each.
+from ..linear import plot_modes  # noqa: E402
+from ..signal import plot_phase_diagram, plot_theory_vs_simulation  # noqa: E402
+from ._load import Sweep, moments, open_run, open_sweep, particle_observables, quantiles
 from ._particles import (
     plot_displacement,
     plot_particle_trajectories,
     plot_tangent_distance,
     projection_directions,
 )
-from ._load import Sweep, moments, open_run, open_sweep, particle_observables, quantiles
-from ._plots import initial_norm_density, pick_times, plot_norm_histogram, plot_rate, plot_risk
 from ._pictures import (
     CloudFrames,
     animate_cloud,
@@ -46,10 +48,7 @@ from ._pictures import (
     plot_directory_risk,
     write_directory_risk,
 )
-
-# Plots written beside the objects they draw, re-exported here, one line each.
-from ..linear import plot_modes  # noqa: E402
-from ..signal import plot_phase_diagram, plot_theory_vs_simulation  # noqa: E402
+from ._plots import initial_norm_density, pick_times, plot_norm_histogram, plot_rate, plot_risk
 
 __all__ = [
     "CloudFrames",

@@ -30,9 +30,8 @@ eigenvalue's bound, and ``classify`` cannot call such a point a minimum or a sad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
