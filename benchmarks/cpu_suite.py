@@ -429,7 +429,6 @@ def numpy_sgd(W, T, steps, rng, step=0.1, batch=256):
 
 def jax_sgd(jax, W, step=0.1, batch=256):
     """A jitted online SGD step (batch drawn by jax.random inside it): step(W, key) -> (W, key)."""
-    jnp = jax.numpy
     m = W.shape[0]
     d = W.shape[1] - 2
     objective = _jax_finite_objective(jax, m, d)
@@ -1132,7 +1131,8 @@ def markdown(table: dict) -> str:
         if checks and against == {"numpy"}:
             checks.append("(against numpy: ours absent)")
         if checks or extra:
-            notes.append(f"| {row['workload']} | {row['size']} | {'; '.join(extra) or '-'} | {', '.join(checks) or '-'} |")
+            notes.append(f"| {row['workload']} | {row['size']} | {'; '.join(extra) or '-'} "
+                         f"| {', '.join(checks) or '-'} |")
     if notes:
         lines += ["", "| workload | size | how ours computes it | check (max relative error of value and velocity "
                   "against ours) |", "|---|---|---|---|"] + notes

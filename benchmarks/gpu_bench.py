@@ -121,7 +121,8 @@ def population_case(m, dtype):
 
 def data_case(m, dtype, n):
     model = mf.Model(d=D, activation="relu", dtype=dtype)
-    problem = mf.FiniteDataProblem.from_teacher(model, mf.Teacher.orthonormal(d=D, k=min(5, D)), n, np.random.default_rng(1))
+    problem = mf.FiniteDataProblem.from_teacher(model, mf.Teacher.orthonormal(d=D, k=min(5, D)), n,
+                                                np.random.default_rng(1))
     return model, problem, mf.initialize(model, m, np.random.default_rng(0))
 
 
@@ -272,7 +273,8 @@ def main(argv=None):
                 if cpu is not None:
                     previous = (m, cpu)
                 row = (f"| {name} | {m} | {gpu * 1e3:.4g} ms | {flop / gpu / 1e9:.4g} | "
-                       f"{100 * flop / gpu / peak_flops:.3g} | {byte / gpu / 1e9:.4g} | {100 * byte / gpu / peak_bytes:.3g} | "
+                       f"{100 * flop / gpu / peak_flops:.3g} | {byte / gpu / 1e9:.4g} | "
+                       f"{100 * byte / gpu / peak_bytes:.3g} | "
                        + (f"{cpu * 1e3:.4g} ms | {cpu / gpu:.3g} |" if cpu is not None else "- | - |"))
                 lines.append(row)
                 print(row, flush=True)

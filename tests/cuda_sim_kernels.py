@@ -146,7 +146,7 @@ def test_bias_pair_field(act, dtype):
     the degenerate cases of ``bias_case`` too. Measured worst error relative to the largest
     sum (2026-12-02): 2.2e-16 in float64, 1.7e-7 in float32."""
     points, sources = bias_case(dtype)
-    n, m = len(points), len(sources)
+    n = len(points)
     code = kernels.ACTIVATION_CODES[act]
     K_cpu, G_cpu = np.empty(n, dtype), np.empty((n, D + 1), dtype)
     kernels.bias_pair_field(points, sources, code, K_cpu, G_cpu)
@@ -889,5 +889,6 @@ def test_gpu_benchmark_runs_at_tiny_size(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--tiny", "--repeats", "1", "--dtype", "float32"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and f"| {bench.TINY_SIZES[0]} |" in line]
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and f"| {bench.TINY_SIZES[0]} |" in line]
     assert {row.split("|")[1].strip() for row in rows} == set(bench.CASES)

@@ -271,7 +271,8 @@ def test_plot_rate_shows_the_fitted_slope_and_its_interval(limit_dir):
     np.testing.assert_array_equal(means.get_xdata(), [8, 16, 32])
     np.testing.assert_allclose(means.get_ydata(), values.sel(time=t).mean("seed"), rtol=1e-12)
     assert fit.get_linestyle() == "--"
-    np.testing.assert_allclose(fit.get_ydata()[[0, -1]], np.exp(expected.intercept) * np.array([8, 32]) ** expected.slope)
+    np.testing.assert_allclose(fit.get_ydata()[[0, -1]],
+                               np.exp(expected.intercept) * np.array([8, 32]) ** expected.slope)
 
 
 def test_norm_histogram_against_the_initial_chi_law(sweep_dir):

@@ -204,7 +204,8 @@ def test_estimate_of_sizes_beyond_64_bits(tmp_path):
 def test_stiff_flow_counts_its_dense_jacobian(tmp_path):
     """Radau on n_var = m (d + 1) unknowns holds dense n_var x n_var matrices: m = 2000, d = 20
     (n_var = 42000) is refused on a 64 GiB limit, naming the solver."""
-    config = _config(tmp_path, "model.m=2000", "model.d=20", 'dynamics.integrator="flow"', 'dynamics.ode_method="Radau"')
+    config = _config(tmp_path, "model.m=2000", "model.d=20", 'dynamics.integrator="flow"',
+                     'dynamics.ode_method="Radau"')
     estimate = _memory.estimate_bytes(config)
     assert estimate["total"] > 6 * 42_000**2 * 8
     (spec,) = sweep.plan(_experiment(tmp_path), ["model.m=2000", "model.d=20", 'dynamics.integrator="flow"',
@@ -317,7 +318,8 @@ def test_out_whose_parent_cannot_be_created(tmp_path):
     (tmp_path / "a_file").write_text("x")
     before = _listing(tmp_path)
     _refused(_cli("run", path, "--out", tmp_path / "a_file" / "sub" / "out", cwd=tmp_path), "run",
-             f"--out {tmp_path / 'a_file' / 'sub' / 'out'}: cannot be created: {tmp_path / 'a_file'} is not a directory")
+             f"--out {tmp_path / 'a_file' / 'sub' / 'out'}: cannot be created: "
+             f"{tmp_path / 'a_file'} is not a directory")
     _refused(_cli("run", path, "--out", tmp_path / ("x" * 300), cwd=tmp_path), "run", "--out", "longer than")
     _refused(_cli("run", path, "--out", "", cwd=tmp_path), "run", "--out : an empty path")
     assert _listing(tmp_path) == before

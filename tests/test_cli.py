@@ -69,7 +69,8 @@ def test_set_on_a_zipped_key_replaces_its_column_with_a_note(tmp_path):
     assert len(notes) == 1 and '[sweep.zip] "model.m" = [8, 12]' in notes[0]
 
 
-@pytest.mark.parametrize("form", ['sweep."model.m"=[16, 32]', "sweep.model.m=[16,32]", "sweep.model.m={start=16, stop=33, step=16}"])
+@pytest.mark.parametrize("form", ['sweep."model.m"=[16, 32]', "sweep.model.m=[16,32]",
+                                  "sweep.model.m={start=16, stop=33, step=16}"])
 def test_a_sweep_list_is_set_from_the_command_line(tmp_path, form):
     """sweep."section.key"=[...] (or the dotted form, or a range) replaces the file's list, or
     adds one; the runs are those of a file that says the same, ids included."""

@@ -89,7 +89,8 @@ def test_duplicated_points_with_halved_weights_give_the_same_distances():
     a, b = rng.uniform(0.2, 1, 30), rng.uniform(0.2, 1, 25)
     Xd, ad = np.concatenate([X, X]), np.concatenate([a, a]) / 2
     for p in (1, 2):
-        assert distance.wasserstein(Xd, Y, ad, b, p=p) == pytest.approx(distance.wasserstein(X, Y, a, b, p=p), rel=1e-12)
+        assert distance.wasserstein(Xd, Y, ad, b, p=p) == pytest.approx(
+            distance.wasserstein(X, Y, a, b, p=p), rel=1e-12)
         assert distance.sliced_wasserstein(Xd, Y, ad, b, p=p) == pytest.approx(
             distance.sliced_wasserstein(X, Y, a, b, p=p), rel=1e-12)
     assert distance.sinkhorn_divergence(Xd, Y, 0.5, ad, b) == pytest.approx(

@@ -281,7 +281,8 @@ def test_flow_and_step_error_experiment_file_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("body, expected", [
-    ('[dynamics]\nintegrator = "flow"\node_method = "euler"\n', '[dynamics] ode_method = "euler": must be one of "RK45"'),
+    ('[dynamics]\nintegrator = "flow"\node_method = "euler"\n',
+     '[dynamics] ode_method = "euler": must be one of "RK45"'),
     ('[dynamics]\nintegrator = "flow"\nrtol = 0\n', "[dynamics] rtol = 0: must be a number > 0"),
     ('[dynamics]\nrtol = 1e-6\n', '[dynamics] rtol: only for integrator = "flow", not "gradient_descent"'),
     ('[dynamics]\nintegrator = "flow"\n[record]\nstep_error = true\n', '[record] step_error: measures the distance'),

@@ -221,7 +221,8 @@ def test_connectivity_of_identical_and_permuted_networks():
     perm = np.random.default_rng(1).permutation(12)
     permuted = landscape.connectivity(problem, W, W[perm], n_points=11)
     assert np.array_equal(W[perm][permuted["permutation"]], W)
-    assert permuted["linear_matched"]["barrier"] == 0 and np.allclose(permuted["linear_matched"]["risk"], problem.risk(W))
+    assert permuted["linear_matched"]["barrier"] == 0
+    assert np.allclose(permuted["linear_matched"]["risk"], problem.risk(W))
     assert permuted["linear"]["barrier"] > 1e-3
 
 

@@ -45,7 +45,8 @@ def test_predict_matches_the_formula_in_every_scaling():
                   mf.Model(4, "sigmoid", alpha="sqrt_m")):
         W = mf.initialize(model, 9, rng, mf.Init(b="gaussian"))
         z = X @ model.a(W).T + model.b(W)
-        sigma = {"erf": erf(z / np.sqrt(2)), "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z))}[model.activation]
+        sigma = {"erf": erf(z / np.sqrt(2)), "relu": np.maximum(z, 0),
+                 "sigmoid": 1 / (1 + np.exp(-z))}[model.activation]
         s = 1 / 9 if model.scaling == "mean_field" else 1.0
         expected = model.alpha_value(9) * s * sigma @ model.c(W)
         np.testing.assert_allclose(model.predict(W, X), expected, rtol=1e-12)

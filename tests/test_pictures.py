@@ -291,7 +291,8 @@ def test_animate_bad_input_is_one_line_and_exit_2(one_neuron, sweep_dir, tmp_pat
     assert _one_line(capsys) == (f"meanfield animate: {one_neuron[False]}: the run recorded no particles "
                                  "([record] particles = false); run it again with particles = true to animate it")
     assert main(["animate", run, "--output", str(tmp_path / "x.avi")]) == 2
-    assert _one_line(capsys) == f"meanfield animate: {tmp_path / 'x.avi'}: an animation can be written as .gif, .mp4, not .avi"
+    assert _one_line(capsys) == (f"meanfield animate: {tmp_path / 'x.avi'}: "
+                                 "an animation can be written as .gif, .mp4, not .avi")
     monkeypatch.setattr(animation.FFMpegWriter, "isAvailable", classmethod(lambda cls: False))
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     assert main(["animate", run, "--output", str(tmp_path / "x.mp4")]) == 2

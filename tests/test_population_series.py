@@ -311,7 +311,8 @@ def test_odd_sizes_points_and_sources(m):
     S = particles(rng, m, d, scale=1.2)
     P = particles(rng, 5, d, scale=1.2)
     K, G, bound = ps.series_pair_sums(P, S, ACTIVATION_CODES["tanh"])
-    pair = (lambda *args: trapezoid_pair(*args, h=0.05))
+    def pair(*args):
+        return trapezoid_pair(*args, h=0.05)
     K_ref, G_ref = reference_sums(P, S, "tanh", pair)
     scale = np.abs(S[:, d + 1]).sum()
     assert np.abs(K - K_ref).max() <= 1e-11 * scale
@@ -400,7 +401,8 @@ def test_exact_duplicates_take_the_diagonal_formula():
     W = particles(rng, 3, d, scale=3.0, bias=2.0)
     W = np.concatenate([W, W[:2]])
     K, G, bound = ps.series_pair_sums(W, W, ACTIVATION_CODES["tanh"])
-    pair = (lambda *args: trapezoid_pair(*args, h=0.02))
+    def pair(*args):
+        return trapezoid_pair(*args, h=0.02)
     K_ref, G_ref = reference_sums(W, W, "tanh", pair)
     scale = np.abs(W[:, d + 1]).sum()
     assert np.abs(K - K_ref).max() <= 1e-12 * scale
@@ -458,7 +460,8 @@ def test_float32_within_stated_tolerance():
     for name in ("tanh", "gelu"):
         K, G, _ = ps.series_pair_sums(W32, W32, ACTIVATION_CODES[name])
         assert K.dtype == np.float32 and G.dtype == np.float32
-        pair = (lambda *args: trapezoid_pair(*args, h=0.05))
+        def pair(*args):
+            return trapezoid_pair(*args, h=0.05)
         K_ref, G_ref = reference_sums(W32.astype(np.float64), W32.astype(np.float64), name, pair)
         scale = np.abs(W[:, d + 1]).sum()
         assert np.abs(K - K_ref).max() <= 2e-6 * scale
