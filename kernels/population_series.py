@@ -669,7 +669,8 @@ def _near_pair(rho, i, j, r_i, b_i, r_j, b_j, p_coef, p_tails, p_norms, p_errors
     level = min(max(guess, short_level), n_levels - 1)
     if like(log_rho, levels[level] + 1) * log_rho + p_logs[i, 0, level] + s_logs[j, 1, level] <= log_tol:
         while level > short_level and (
-                like(log_rho, levels[level - 1]) * log_rho + p_logs[i, 0, level - 1] + s_logs[j, 1, level - 1] <= log_tol):
+                like(log_rho, levels[level - 1]) * log_rho + p_logs[i, 0, level - 1] + s_logs[j, 1, level - 1]
+                <= log_tol):
             level -= 1
     else:
         level += 1
@@ -1092,8 +1093,9 @@ def series_pair_field(points, sources, activation_code, point_tables, source_tab
         bound = np.empty((points.shape[0], 3), dtype=points.dtype)
     n_chunks = get_num_threads()
     counts = np.zeros((n_chunks, 2), dtype=np.int64)
-    _series_tiles(points, sources, activation_code, point_tables, source_tables, rules, points.dtype.type(rho_threshold),
-                  int(short_degree), points.dtype.type(tol), n_chunks, K, G, bound, counts)
+    _series_tiles(points, sources, activation_code, point_tables, source_tables, rules,
+                  points.dtype.type(rho_threshold), int(short_degree), points.dtype.type(tol), n_chunks, K, G, bound,
+                  counts)
     return int(counts[:, 0].sum()), int(counts[:, 1].sum())
 
 
@@ -1224,7 +1226,6 @@ def sample_correlations(points, sources, samples=2048, seed=0):
     points is sources), float64; the fixed seed makes every choice made from it reproducible."""
     points = np.asarray(points)
     sources = np.asarray(sources)
-    d = points.shape[1] - 2
     rng = np.random.default_rng(seed)
     i = rng.integers(points.shape[0], size=samples)
     j = rng.integers(sources.shape[0], size=samples)

@@ -36,9 +36,11 @@ def cuda_status() -> tuple[bool, str]:
             return False, "no usable CUDA GPU or driver found"
         device = cuda.get_current_device()
         name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
-        return True, f"{name} (compute capability {device.compute_capability[0]}.{device.compute_capability[1]})"
+        major, minor = device.compute_capability[0], device.compute_capability[1]
+        return True, f"{name} (compute capability {major}.{minor})"
     except Exception as error:  # noqa: BLE001 - the driver reports its failures in many ways
-        return False, f"CUDA is not usable: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return False, f"CUDA is not usable: {reason}"
 
 
 def _gpu():
@@ -281,7 +283,8 @@ class DeviceState:
     """An integrator state whose arrays live on the GPU (same attributes as ``State``).
 
     ``W``, ``tracers`` and ``buffers`` are host copies, made when read (records and
-    checkpoints; ``W`` and ``tracers`` once per step, read-only); ``device_W``, ``device_tracers`` and ``device_buffers`` are the live arrays.
+    checkpoints; ``W`` and ``tracers`` once per step, read-only); ``device_W``,
+    ``device_tracers`` and ``device_buffers`` are the live arrays.
     Buffers written on the host before the first step (``restore``) are sent to the device
     by that step.
     """

@@ -396,7 +396,8 @@ class IsotropicProblem(Problem):
             rs = s * r
             if name == "relu":
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    t = np.where(rs > 0, b / np.where(rs > 0, rs, 1.0), np.where(b > 0, np.inf, np.where(b < 0, -np.inf, 0.0)))
+                    t = np.where(rs > 0, b / np.where(rs > 0, rs, 1.0),
+                                 np.where(b > 0, np.inf, np.where(b < 0, -np.inf, 0.0)))
                 pdf = np.exp(-0.5 * np.minimum(t * t, 1e4)) * INV_SQRT_2PI
                 cdf = scipy.special.ndtr(t)
                 g, g_r, g_b = rs * pdf + b * cdf, pdf, cdf

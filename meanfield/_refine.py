@@ -8,9 +8,10 @@ gradient norm |grad F| <= grad_tol (Euclidean norm, the norm of ``meanfield.land
 Near a minimum the decrease of F per Newton step is of order |grad F|^2 / lambda, which falls
 below the rounding error of F (about eps |F|-sized terms) long before |grad F| reaches 1e-12,
 so a trust-region method that compares actual and predicted decreases of F stalls there. When
-it stops above grad_tol (or |grad F| has not decreased by 1 % in 3 iterations), the refinement finishes with Newton steps on the gradient itself
-(solve H p = -g, accept while |grad F| decreases), which converge quadratically to a
-nondegenerate critical point of any index; ``method`` then says ``"+newton"``. The end point
+it stops above grad_tol (or |grad F| has not decreased by 1 % in 3 iterations), the refinement
+finishes with Newton steps on the gradient itself (solve H p = -g, accept while |grad F|
+decreases), which converge quadratically to a nondegenerate critical point of any index;
+``method`` then says ``"+newton"``. The end point
 is classified by :func:`meanfield.landscape.classify` (Hessian spectrum extremes with error
 bounds).
 """

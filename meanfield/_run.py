@@ -289,7 +289,8 @@ def _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_pa
                     # A signal stops the solver at once; the state returns to the last record.
                     with _interrupt.immediate():
                         integrator.advance(state, float(target), float(t_max))
-                    finite = kernels.all_finite(state.W) and (state.tracers is None or kernels.all_finite(state.tracers))
+                    finite = kernels.all_finite(state.W) and (
+                        state.tracers is None or kernels.all_finite(state.tracers))
                     if not (math.isfinite(state.value) and finite):
                         status = "diverged"
                         break

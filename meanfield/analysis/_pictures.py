@@ -145,7 +145,8 @@ def _extension(path, allowed, what) -> str:
     extension = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if extension not in allowed:
         raise PictureError(f"{os.fspath(path)}: {what} can be written as "
-                           + ", ".join(f".{e}" for e in allowed) + f", not {'.' + extension if extension else 'a file without extension'}")
+                           + ", ".join(f".{e}" for e in allowed)
+                           + f", not {'.' + extension if extension else 'a file without extension'}")
     return extension
 
 
@@ -170,7 +171,8 @@ def _check_target(path, tag: str | None, force: bool) -> None:
     if tag.encode() in content:
         return  # the same runs: the figure is refreshed
     other = _TAG.encode() in content
-    raise PictureError(f"{path}: exists and shows {'other runs' if other else 'something else (not written by meanfield plot)'};"
+    shows = "other runs" if other else "something else (not written by meanfield plot)"
+    raise PictureError(f"{path}: exists and shows {shows};"
                        " choose another --output or pass --force to replace it")
 
 
@@ -363,7 +365,8 @@ def _cloud_artists(frames: CloudFrames, figsize=(5.6, 4.8), dpi: int = 100):
         return 4.0 + 56.0 * np.abs(c) / c_max
 
     cloud = ax.scatter(frames.xy[0, :, 0], frames.xy[0, :, 1], s=sizes(frames.c[0]), c=frames.c[0],
-                       cmap="coolwarm", norm=norm, alpha=0.8, linewidths=0, label=f"particles ({len(frames.particles)} of {frames.m})")
+                       cmap="coolwarm", norm=norm, alpha=0.8, linewidths=0,
+                       label=f"particles ({len(frames.particles)} of {frames.m})")
     figure.colorbar(cloud, ax=ax, label="readout c (also the point size, |c|)")
     if frames.teacher_xy is not None:
         ax.scatter(frames.teacher_xy[:, 0], frames.teacher_xy[:, 1], s=140, marker="*", color="black",

@@ -23,7 +23,9 @@ def _axes(ax, figsize=(6.4, 4.4)):
 
 
 def _label(dim: str, value) -> str:
-    return str(value) if isinstance(value, str) else f"{dim}={value:g}" if isinstance(value, float) else f"{dim}={value}"
+    if isinstance(value, str):
+        return str(value)
+    return f"{dim}={value:g}" if isinstance(value, float) else f"{dim}={value}"
 
 
 def pick_times(times, count: int) -> np.ndarray:

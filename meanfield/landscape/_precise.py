@@ -50,9 +50,10 @@ def descend_to_precision(problem, W, grad_tol: float = 1e-9, step: float = 1.0, 
 
     A trial step is rejected and eta halved when F(W + eta v) or its gradient is not finite,
     when F increases by more than its rounding (64 eps (|F(W0)| + E[y^2] / 2), the size of the
-    terms whose sum is F), or when F changes by less than that rounding and |grad F| does not decrease (near a
-    minimum with F ~ 0 the decrease of F drowns in rounding, the gradient does not); after ``grow_after`` accepted steps in a
-    row eta grows by ``grow`` up to ``max_step`` (default: the initial ``step``). Every
+    terms whose sum is F), or when F changes by less than that rounding and |grad F| does not
+    decrease (near a minimum with F ~ 0 the decrease of F drowns in rounding, the gradient does
+    not); after ``grow_after`` accepted steps in a row eta grows by ``grow`` up to ``max_step``
+    (default: the initial ``step``). Every
     accepted step decreases F up to rounding, so a divergent initial step costs a few halvings,
     never a NaN. Runs in float64 whatever the model's dtype.
 

@@ -15,7 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def setup(experiment: str, out_name: str) -> str:
     """The first code cell: SMALL, the checkout (REPO) and the output folder (OUT)."""
-    return f'''import os, pathlib, tempfile
+    return f'''import os
+import pathlib
+import tempfile
 
 SMALL = os.environ.get("MEANFIELD_NOTEBOOK_SMALL") == "1"  # tiny sizes (the test suite sets it)
 
@@ -66,7 +68,8 @@ risk.sel(time=[1.0, risk.time.values[-1]], method="nearest").mean("seed").to_pan
         new_code_cell('''ds = runs.run(runs.select(m=512, seed=0).index[0])
 ds'''),
         new_code_cell('''c_final = ds.position.sel(coord="c").isel(time=-1)  # reads one frame
-print(f"t = {float(c_final.time):g}: mean c = {float(c_final.mean()):.4f}, largest |c| = {float(abs(c_final).max()):.3f}")
+print(f"t = {float(c_final.time):g}: mean c = {float(c_final.mean()):.4f}, "
+      f"largest |c| = {float(abs(c_final).max()):.3f}")
 plot_norm_histogram(ds)'''),
         new_markdown_cell("## Width-free observables\n\nRuns of different widths reduce to arrays of the "
                           "same shape: moments and quantiles over the particles of |a|, c and c|a|."),
@@ -95,7 +98,8 @@ overrides = []
 if SMALL:  # a smaller copy of the experiment: m = 32, 64, 128 and three seeds against M = 512, up to t = 2
     text = EXPERIMENT.read_text()
     EXPERIMENT = pathlib.Path(tempfile.mkdtemp()) / "limit_relu_small.toml"
-    EXPERIMENT.write_text(text[: text.index("[sweep]")] + '[sweep]\\n"model.m" = [32, 64, 128]\\n"run.seed" = [0, 1, 2]\\n')
+    EXPERIMENT.write_text(text[: text.index("[sweep]")]
+                          + '[sweep]\\n"model.m" = [32, 64, 128]\\n"run.seed" = [0, 1, 2]\\n')
     overrides = ["dynamics.t_max=2.0", "record.times=3", "limit.reference_m=512", "limit.sliced_projections=50"]
 arguments = ["run", str(EXPERIMENT), "--out", str(OUT), "--jobs", "1" if SMALL else "2"]
 for override in overrides:
