@@ -507,7 +507,7 @@ def _reference(io):
 def _previous_finite(problem, W):
     """The finite-data step with the previous (unfused) kernel, kept as the reference."""
     from meanfield import kernels
-    from meanfield._model import tile_rows
+    from meanfield.engine._model import tile_rows
     model = problem.model
     m = W.shape[0]
     velocity = np.empty_like(W)

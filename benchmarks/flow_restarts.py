@@ -10,7 +10,7 @@ rtol 1e-8, atol 1e-10, records at 21 and 101 equally spaced times.
 import numpy as np
 
 import meanfield as mf
-from meanfield._flow import RESTART_STEPS
+from meanfield.engine._flow import RESTART_STEPS
 
 
 def main():

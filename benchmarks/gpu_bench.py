@@ -13,7 +13,7 @@ What it measures, for float32 and float64:
   finite-data forward/backward on N = 4096 samples and the online-SGD batch of 256 (m up to
   10^6), the Euler, heavy-ball and Langevin updates and the gradient-norm reduction (m up to
   10^6), timed with CUDA events (median of ``--repeats`` after a warm-up);
-* a whole run step through the backend (``meanfield._cuda.to_device``) for the same three
+* a whole run step through the backend (``meanfield.engine._cuda.to_device``) for the same three
   problems, host round trip of the objective included;
 * the same operation on the CPU backend (numba kernels, this machine's threads), for the
   speed-up; skipped (``-``) where its extrapolated time exceeds ``--cpu-budget`` seconds.
@@ -37,7 +37,7 @@ from numba import config, cuda
 
 import meanfield as mf
 from meanfield import kernels
-from meanfield._cuda import cuda_status, to_device
+from meanfield.engine._cuda import cuda_status, to_device
 from meanfield.kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
 
 SIM = config.ENABLE_CUDASIM

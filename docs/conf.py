@@ -130,7 +130,9 @@ API_PAGES = {
 }
 # Modules of the package that are not API: the command line's implementation, documented by its
 # usage on the pages (every other module without a leading underscore must be in API_PAGES).
-INTERNAL_MODULES = ("meanfield.cli", "meanfield.experiments", "meanfield.report")
+# meanfield.io owns the run-file format: docs/hdf5.md documents the layout it writes and reads.
+# meanfield.engine's public names are those of meanfield itself (documented on its page).
+INTERNAL_MODULES = ("meanfield.cli", "meanfield.experiments", "meanfield.report", "meanfield.io", "meanfield.engine")
 
 
 def public_objects(module_name: str) -> dict:

@@ -220,7 +220,7 @@ def _pair_velocity_kernel(T):
 def pair_velocity(points, m, output_scale, inv_alpha, bias, train_readout, K_w, G_w, K_t, G_t, out, energy):
     """Velocity of ``points`` from the pair sums of a squared-loss population objective.
 
-    The device twin of ``meanfield._problems.pair_velocity``:
+    The device twin of ``meanfield.engine._problems.pair_velocity``:
     v(x) = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha], frozen columns 0; also
     ``energy_i = c_i (s^2 K_w_i / 2 - s K_t_i / alpha)``, whose sum over the particles plus
     E[y^2] / (2 alpha^2) is the objective F.

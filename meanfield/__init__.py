@@ -57,18 +57,38 @@ def _kernels_from_checkout() -> None:
 
 _kernels_from_checkout()
 from . import kernels  # noqa: E402
-from ._flow import ODE_METHODS, StepSizeError, flow, step_size_error  # noqa: E402
-from ._integrators import Integrator, State, gradient_descent, heavy_ball, langevin, restore, sgd
-from ._isotropic import IsotropicProblem  # noqa: E402
-from ._model import ACTIVATIONS, Init, Model, initialize
-from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
-from ._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
-from ._run import Trajectory, record_steps, run, time_grid
-from ._tangent import TangentProblem, tangent_predict  # noqa: E402
-from ._teacher import Teacher  # noqa: E402
+from ._version import __version__  # noqa: E402, F401
+from .engine import (  # noqa: E402
+    ACTIVATIONS,
+    ODE_METHODS,
+    Evaluation,
+    FiniteDataProblem,
+    Init,
+    Integrator,
+    IsotropicProblem,
+    Model,
+    PopulationProblem,
+    Problem,
+    State,
+    StepSizeError,
+    TangentProblem,
+    Teacher,
+    Trajectory,
+    flow,
+    gradient_descent,
+    heavy_ball,
+    initialize,
+    langevin,
+    record_steps,
+    restore,
+    run,
+    sgd,
+    step_size_error,
+    tangent_predict,
+    time_grid,
+)
+from .landscape._refine import REFINE_METHODS, Refinement, refine  # noqa: E402
 from .radial import RadialFlow, RadialSolution  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",

@@ -62,9 +62,10 @@ import numpy as np
 import tomllib
 
 from . import kernels
-from ._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
-from ._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
-from ._run import SPACINGS
+from .engine._integrators import INTEGRATORS as INTEGRATOR_ENTRIES
+from .engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
+from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
+from .engine._run import SPACINGS
 
 
 class ConfigError(ValueError):
@@ -103,9 +104,36 @@ class Key:
         return text
 
 
-INTEGRATORS = ("gradient_descent", "heavy_ball", "sgd", "langevin", "flow")
-ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield._flow.ODE_METHODS
-FLOW_KEYS = ("ode_method", "rtol", "atol")
+# Every rule about integrators below reads their entries (meanfield.engine._integrators):
+# a new integrator needs no change here.
+INTEGRATORS = tuple(INTEGRATOR_ENTRIES)
+ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield.engine._flow.ODE_METHODS
+# Keys of adaptive integrators only: dropped from the resolved configs of the others (whose run
+# ids predate them).
+FLOW_KEYS = tuple(dict.fromkeys(key for entry in INTEGRATOR_ENTRIES.values() if entry.time_step is None
+                                for key in entry.keys))
+
+
+def _quoted(names) -> str:
+    """'"a", "b" or "c"'."""
+    names = [f'"{name}"' for name in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _integrators_where(predicate) -> str:
+    return _quoted([name for name, entry in INTEGRATOR_ENTRIES.items() if predicate(entry)])
+
+
+def time_step(dynamics: dict) -> float | None:
+    """Continuous time of one step of a resolved ``[dynamics]`` section; None for an adaptive
+    integrator."""
+    entry = INTEGRATOR_ENTRIES[dynamics["integrator"]]
+    return None if entry.time_step is None else entry.time_step(dynamics)
+
+
+def _adaptive(name) -> bool:
+    entry = INTEGRATOR_ENTRIES.get(name)
+    return entry is not None and entry.time_step is None
 PROBLEM_KINDS = ("population", "finite_data")
 TEACHER_KINDS = ("orthonormal", "random")
 METHODS = ("auto", "closed_form", "series", "quadrature", "monte_carlo")
@@ -568,15 +596,14 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
 def _collapsed_grids(runs) -> list[str]:
     """One line per distinct time grid whose requested times fall on fewer distinct steps (a
     log grid finer than dt near t_min): those times are recorded once."""
-    from ._run import record_steps, time_grid
+    from .engine._run import record_steps, time_grid
 
     lines, seen = [], set()
     for spec in runs:
         dynamics, record = spec.config["dynamics"], spec.config["record"]
-        if dynamics["integrator"] == "flow":
-            continue  # records at the exact times
-        dt = dynamics["step"] / (1 - dynamics["momentum"]) if dynamics["integrator"] == "heavy_ball" \
-            else dynamics["step"]
+        dt = time_step(dynamics)
+        if dt is None:
+            continue  # an adaptive integrator records at the exact times
         key = (dt, dynamics["t_max"], record["times"], record["spacing"], record["t_min"])
         if key in seen:
             continue
@@ -738,7 +765,7 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
         for name, key in keys.items():
             if name in raw[section]:
                 out[name] = _check_value(file, section, name, key, raw[section][name], via(section, name))
-            elif (section, name) == ("dynamics", "step") and raw["dynamics"].get("integrator") == "flow":
+            elif (section, name) == ("dynamics", "step") and _adaptive(raw["dynamics"].get("integrator")):
                 out[name] = None  # adaptive steps
             elif key.default is _REQUIRED:
                 raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
@@ -794,18 +821,19 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
             problem["data"], problem["data_sha256"] = _check_data(file, base_dir, problem["data"], model["d"],
                                                                  problem["loss"], via("problem", "data"))
     integrator = dynamics["integrator"]
+    entry = INTEGRATOR_ENTRIES[integrator]
     _check_flow(config, raw, fail, via)
-    if integrator == "sgd" and dynamics["batch_size"] is None:
-        fail("dynamics", "batch_size", '"sgd" needs a batch_size (an integer >= 1)')
-    if integrator == "langevin" and dynamics["beta"] is None:
-        fail("dynamics", "beta", '"langevin" needs an inverse temperature beta (a number > 0)')
-    if integrator in ("gradient_descent", "heavy_ball") and dynamics["batch_size"] is not None:
-        fail("dynamics", "batch_size", f'not used by "{integrator}"; use "sgd" or "langevin"')
+    for key, what in entry.requires.items():
+        if dynamics[key] is None:
+            fail("dynamics", key, f'"{integrator}" needs {what}')
+    if "batch_size" not in entry.keys and dynamics["batch_size"] is not None:
+        fail("dynamics", "batch_size", f'not used by "{integrator}"; use '
+                                       f'{_integrators_where(lambda e: "batch_size" in e.keys)}')
     if problem["kind"] == "finite_data" and dynamics["batch_size"] is not None and problem["n_samples"] is not None:
         if dynamics["batch_size"] > problem["n_samples"]:
             fail("dynamics", "batch_size", f"must be <= n_samples = {problem['n_samples']}")
-    dt = dynamics["step"] / (1 - dynamics["momentum"]) if integrator == "heavy_ball" else dynamics["step"]
-    if integrator != "flow" and dynamics["t_max"] < dt:
+    dt = time_step(dynamics)
+    if dt is not None and dynamics["t_max"] < dt:
         fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
     if record["t_min"] is not None and record["t_min"] >= dynamics["t_max"]:
         fail("record", "t_min", f"must be < t_max = {dynamics['t_max']:g}")
@@ -813,9 +841,9 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
     if limit["reference_m"] is not None:
         if not record["particles"]:
             fail("record", "particles", "[limit] compares particle clouds: the particles must be recorded")
-        if limit["tracers"] and integrator == "langevin" and dynamics["beta"] is not None:
+        if limit["tracers"] and not entry.tracers:
             fail("limit", "tracers", "tracers are not coupled under Langevin noise yet: set tracers = false "
-                                     'or use "gradient_descent", "heavy_ball" or "sgd"')
+                                     f"or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
         if limit["tracers"] and init["symmetric"]:
             fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
                                      "reference's: set tracers = false")
@@ -828,9 +856,9 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
     _check_lazy(config, fail)
     if config["landscape"]["enabled"] and model["dtype"] != "float64":
         fail("model", "dtype", '[landscape] descends to a gradient norm of 1e-9 and needs "float64"')
-    if config["landscape"]["enabled"] and integrator not in ("gradient_descent", "heavy_ball"):
+    if config["landscape"]["enabled"] and not entry.deterministic:
         fail("dynamics", "integrator", '[landscape] classifies the end points of deterministic runs: use '
-                                        '"gradient_descent" or "heavy_ball"')
+                                        f"{_integrators_where(lambda e: e.deterministic)}")
     if config["connectivity"]["enabled"] and (teacher["kind"] != "orthonormal" or teacher["rotate"]
                                                or problem["kind"] != "population"
                                                or problem["method"] == "monte_carlo"):
@@ -847,30 +875,33 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
     from the configs of other integrators and step_error when false (their ids stay unchanged)."""
     dynamics, record = config["dynamics"], config["record"]
     integrator = dynamics["integrator"]
-    if integrator == "flow":
+    if _adaptive(integrator):
         dynamics["step"] = None  # the solver chooses its steps; a given step is not used
         for name in ("batch_size", "beta"):
             if dynamics[name] is not None:
-                fail("dynamics", name, 'not used by "flow" (the exact, deterministic gradient flow)')
+                fail("dynamics", name, f'not used by "{integrator}" (the exact, deterministic gradient flow)')
         if dynamics["weight_decay"] != 0:
-            fail("dynamics", "weight_decay", 'not used by "flow" (the exact gradient flow of F)')
+            fail("dynamics", "weight_decay", f'not used by "{integrator}" (the exact gradient flow of F)')
         if config["run"]["backend"] != "cpu":
-            fail("run", "backend", '"flow" runs on the CPU (scipy\'s solvers); allowed: "cpu"')
+            fail("run", "backend", f'"{integrator}" runs on the CPU (scipy\'s solvers); allowed: "cpu"')
         if config["limit"]["reference_m"] is not None or config["lazy"]["tangent"]:
-            section, name = ("limit", "reference_m") if config["limit"]["reference_m"] is not None else ("lazy", "tangent")
-            fail(section, name, 'pairs records of two runs by their step, which "flow" (adaptive steps) does not '
-                                'share: use "gradient_descent" or "heavy_ball"')
+            section, name = (("limit", "reference_m") if config["limit"]["reference_m"] is not None
+                             else ("lazy", "tangent"))
+            fail(section, name, f'pairs records of two runs by their step, which "{integrator}" (adaptive steps) '
+                                f"does not share: use {_integrators_where(lambda e: e.deterministic)}")
     else:
         # A swept integrator may meet flow keys meant for its flow runs: those are dropped.
         swept_integrator = via is not None and via("dynamics", "integrator") is not None
         for name in FLOW_KEYS:
             if name in raw["dynamics"] and not swept_integrator:
-                fail("dynamics", name, f'only for integrator = "flow", not "{integrator}"')
+                fail("dynamics", name, f"only for integrator = {_integrators_where(lambda e: name in e.keys)}, "
+                                       f'not "{integrator}"')
             del dynamics[name]
     if record["step_error"]:
-        if integrator not in ("gradient_descent", "heavy_ball"):
-            fail("record", "step_error", 'measures the distance of a fixed-step run to the exact flow: needs '
-                                         f'integrator = "gradient_descent" or "heavy_ball", not "{integrator}"')
+        if not INTEGRATOR_ENTRIES[integrator].deterministic:
+            fail("record", "step_error", "measures the distance of a fixed-step run to the exact flow: needs "
+                                         f"integrator = {_integrators_where(lambda e: e.deterministic)}, "
+                                         f'not "{integrator}"')
         if config["run"]["backend"] != "cpu":
             fail("record", "step_error", 'the exact flow is integrated on the CPU: needs backend = "cpu"')
     else:
@@ -894,7 +925,7 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
 
 def _check_cuda(fail) -> None:
     """The CUDA backend needs a usable GPU (or numba's CUDA simulator)."""
-    from ._cuda import cuda_status
+    from .engine._cuda import cuda_status
 
     usable, why = cuda_status()
     if not usable:
@@ -912,7 +943,8 @@ def _check_data(file, base_dir, data, d, loss, via):
             X, y = archive["X"], archive["y"]
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
         raise ConfigError(f"{file}: {where} = {json.dumps(data)}: cannot read arrays X and y from it "
-                          f"({type(error).__name__}: {error}); must be a .npz file with arrays X (N, d) and y (N,)") from None
+                          f"({type(error).__name__}: {error}); must be a .npz file with arrays X (N, d) "
+                          "and y (N,)") from None
     if X.ndim != 2 or X.shape[1] != d or X.shape[0] < 1 or y.shape != (X.shape[0],):
         raise ConfigError(f"{file}: {where} = {json.dumps(data)}: X has shape {X.shape} and y {y.shape}; "
                           f"must be X (N, d) = (N, {d}) and y (N,)")

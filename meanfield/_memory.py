@@ -7,7 +7,7 @@ libraries and compiled kernels, the particles and the integrator's arrays of sha
 dense Jacobians of the stiff methods), and the largest of the transient peaks that do not
 overlap: drawing W0 or the data, one evaluation of the velocity (the kernels' copies and
 tiles), writing a recorded frame (HDF5 compresses a whole frame, one chunk), resuming (up to
-``_store.FRAME_BLOCK`` frames copied at once) and the analyses that run in the same process
+``io._store.FRAME_BLOCK`` frames copied at once) and the analyses that run in the same process
 after the run (``[landscape]``, ``[lazy]``). Device memory of the CUDA backend is not counted;
 its host copies are the CPU run's arrays. The estimate aims to be at or somewhat above the
 peak resident memory, within a factor of about 2 when the arrays dominate (large m or n).
@@ -31,8 +31,8 @@ three records
 
 The last two estimates are their resume peak (one frame of 156 MiB copied at a time, the
 checkpoint's arrays; not measured end to end); without it they are 1886 and 1574 (ratios 1.10
-and 1.13). Above the tiny run the ratios are 0.98 to 1.32. A flow run with ``ode_method = "BDF"``, m = 5000, d = 4 (25000
-unknowns) held 18.9 GiB when it was stopped after 10 minutes; its estimate is 18.9 GiB.
+and 1.13). Above the tiny run the ratios are 0.98 to 1.32. A flow run with ``ode_method = "BDF"``,
+m = 5000, d = 4 (25000 unknowns) held 18.9 GiB when it was stopped after 10 minutes; its estimate is 18.9 GiB.
 ``tests/test_bad_input.py`` repeats the sgd row, which runs in a few seconds.
 
 Assumptions that make it an estimate: the Hermite series (``problem.method = "series"``) is
@@ -51,6 +51,7 @@ import zipfile
 import numpy as np
 
 from ._config import ConfigError
+from .engine._integrators import INTEGRATORS
 
 __all__ = ["available_bytes", "check", "estimate_bytes", "format_bytes", "parse_size"]
 
@@ -76,16 +77,16 @@ _LANDSCAPE_DENSE_LIMIT = 600  # meanfield.landscape._hessian.DENSE_LIMIT
 
 
 def _frame_block(frame_bytes: int) -> int:
-    """Frames that a resume copies at once (``meanfield._store``: at most FRAME_BLOCK frames and
+    """Frames that a resume copies at once (``meanfield.io._store``: at most FRAME_BLOCK frames and
     COPY_BLOCK_BYTES bytes)."""
-    from ._store import copy_block
+    from .io._store import copy_block
 
     return copy_block(frame_bytes)
 
 
 def _tile_rows(m: int) -> int:
-    """``meanfield._model.tile_rows`` in Python integers (m may exceed 64 bits here)."""
-    from ._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES
+    """``meanfield.engine._model.tile_rows`` in Python integers (m may exceed 64 bits here)."""
+    from .engine._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES
 
     return int(min(MAX_TILE_ROWS, max(MIN_TILE_ROWS, TILE_ENTRIES // max(m, 1))))
 
@@ -104,7 +105,7 @@ def _npz_rows(path) -> int | None:
 
 def _population_method(config: dict) -> str:
     """The method ``PopulationProblem(method="auto")`` picks for this config."""
-    from ._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
+    from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
 
     pc, model, teacher = config["problem"], config["model"], config["problem.teacher"]
     if pc["method"] != "auto":
@@ -164,10 +165,11 @@ def _items(config: dict) -> _Ledger:
     # ball's momentum exists twice: the state's, and the one sweep.execute keeps from the
     # integrator's first init (it reads the buffers' shapes there).
     add(f"particles W0, W, velocity and noise: 4 x (m, d + 2) {mc['dtype']}", 4 * m * p * s, mk)
-    if integrator == "heavy_ball":
-        add("heavy-ball momentum, twice: 2 x (m, d + 2)", 2 * m * p * s, mk)
+    n_buffers = len(INTEGRATORS[integrator].buffers)  # the heavy ball's momentum
+    if n_buffers:
+        add(f"{integrator} buffers, twice: {2 * n_buffers} x (m, d + 2)", 2 * n_buffers * m * p * s, mk)
     if n_t:
-        buffers = 4 + 2 * (integrator == "heavy_ball")
+        buffers = 4 + 2 * n_buffers
         add(f"tracers: {buffers} x ({n_t}, d + 2)", buffers * n_t * p * s, ("tracers",))
     times = int(rc["times"])
     add(f"records in memory: {times} x {RECORD_BYTES} B", times * RECORD_BYTES, ("record.times",))
@@ -264,7 +266,7 @@ def _items(config: dict) -> _Ledger:
         block = min(_frame_block(frame), times)
         add(f"resume: {block} frames copied at once and their HDF5 buffers, {block + 2} x (m, d + 2)",
             (block + 2) * frame, fkeys + ("record.times",), "resuming")
-    add("resume: the checkpoint's W and buffers", m * p * s * (1 + (integrator == "heavy_ball")), mk, "resuming")
+    add("resume: the checkpoint's W and buffers", m * p * s * (1 + n_buffers), mk, "resuming")
 
     # Analyses that run in the same process after the run.
     if landscape.get("enabled"):

@@ -35,7 +35,7 @@ def plot_command(args) -> int:
         written = analysis.write_directory_risk(args.dir, args.output, force=args.force)
     except PictureError as error:
         raise ConfigError(str(error)) from None
-    from .report import short_names
+    from ._summaries import short_names
 
     by = f", a curve per {', '.join(short_names(written['keys']).values())}" if written["keys"] else ""
     print(f"plot: {written['path']} ({written['runs']} finished run{'s' if written['runs'] != 1 else ''} "
@@ -50,7 +50,7 @@ def animate_command(args) -> int:
     if not os.path.isfile(args.run):
         raise ConfigError(f"{args.run}: no such run file")
     analysis = _analysis()
-    from ._store import CorruptRunFile
+    from .io._store import CorruptRunFile
 
     PictureError = analysis._pictures.PictureError
 

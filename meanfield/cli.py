@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 
 USAGE_ERROR = 2
 
@@ -142,9 +142,10 @@ def _risk_plot(out) -> None:
     """``<out>/risk.png``: the figure of the directory, every finished run in it, one curve per
     combination of the keys that vary across it (mean over run.seed), whichever files and
     --set wrote them; so it never shows one sweep's runs in place of another's."""
+    from . import _summaries as summaries_
     from . import report
 
-    summaries, keys = report.directory_summaries(out)
+    summaries, keys = summaries_.directory_summaries(out)
     curves = report.risk_curves(summaries)
     if not curves:
         return
@@ -152,8 +153,8 @@ def _risk_plot(out) -> None:
     if png is None:
         print("plot: install 'meanfield[analysis]' (matplotlib) for risk.png")
         return
-    finished = sum(s["status"] in report.FINISHED for s in summaries)
-    names = report.short_names(k for k in keys if k not in report.GROUP_EXCLUDE)
+    finished = sum(s["status"] in summaries_.FINISHED for s in summaries)
+    names = summaries_.short_names(k for k in keys if k not in summaries_.GROUP_EXCLUDE)
     by = f", a curve per {', '.join(names.values())}" if names else ""
     print(f"plot: {png} (every finished run in {out}: {finished} run{'s' if finished != 1 else ''}{by})")
 
@@ -176,9 +177,10 @@ def report_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
-    from . import experiments, landscape, lazy, sweep
+    from . import _summaries as summaries_
+    from . import experiments, io, landscape, lazy
 
-    rows = sweep.catalog_rows(args.dir)
+    rows = io.catalog_rows(args.dir)
     for row in rows:  # damaged files are named once, and left out below
         if row["status"] == "corrupt":
             print(f"meanfield report: {os.path.join(args.dir, row['file'])}: {row['message']} (left out; "
@@ -188,8 +190,8 @@ def report_command(args) -> int:
         print(f"plot: {path}")
     # The risk summary of any sweep first (every run of the directory, grouped by the keys
     # that vary across it, mean ± standard error over run.seed), then what the stages add.
-    summaries, _ = report.directory_summaries(args.dir, rows)
-    finished = [s for s in summaries if s["status"] in report.FINISHED]
+    summaries, _ = summaries_.directory_summaries(args.dir, rows)
+    finished = [s for s in summaries if s["status"] in summaries_.FINISHED]
     if finished:
         print(f"risk at the end of the {len(finished)} finished run{'s' if len(finished) != 1 else ''} "
               f"in {args.dir}:")
@@ -220,7 +222,8 @@ def status_command(args) -> int:
     risk; with ``--file`` (and its ``--set``), the runs of that experiment not started yet too."""
     import json
 
-    from . import report, sweep
+    from . import _summaries as summaries_
+    from . import io, sweep
     from ._config import ConfigError
 
     specs = []
@@ -241,9 +244,9 @@ def status_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     rows = []
     if exists:
-        rows = sweep.catalog_rows(args.dir)
+        rows = io.catalog_rows(args.dir)
         try:  # write_index first removes what killed writers left (temporary and lock files)
-            sweep.write_index(args.dir, rows)
+            io.write_index(args.dir, rows)
         except OSError as error:  # a full disk or a read-only directory: the table is still shown
             print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
     present = {row["id"] for row in rows}
@@ -260,12 +263,13 @@ def status_command(args) -> int:
     if not table:
         print(f"{args.dir}: no runs")
         return 0
-    varying = report.varying_keys(table) or [k for k in ("model.m", "run.seed") if k in table[0]]
-    names = report.short_names(varying)
+    varying = summaries_.varying_keys(table) or [k for k in ("model.m", "run.seed") if k in table[0]]
+    names = summaries_.short_names(varying)
     # Ordered by the varying values (numbers as numbers), corrupt rows (no config) last.
     table.sort(key=lambda row: (row["status"] == "corrupt",
-                                tuple(report._order(row.get(k, report._ABSENT)) for k in varying), row["id"]))
-    cells = [[report._text(row.get(k, report._ABSENT)) if row["status"] != "corrupt" else "" for k in varying]
+                                tuple(summaries_.sort_key(row.get(k, summaries_.ABSENT)) for k in varying), row["id"]))
+    cells = [[summaries_.cell_text(row.get(k, summaries_.ABSENT)) if row["status"] != "corrupt" else ""
+              for k in varying]
              for row in table]
     widths = [max(len(names[k]), *(len(c[i]) for c in cells)) for i, k in enumerate(varying)]
     status_width = max(11, *(len(row["status"]) for row in table))
@@ -307,7 +311,7 @@ def info(args) -> int:
           f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')}), cpus: {os.cpu_count()}")
     print(f"numba cache dir: {os.environ.get('NUMBA_CACHE_DIR', 'next to the kernels (default)')}")
     print(f"HDF5_USE_FILE_LOCKING={os.environ.get('HDF5_USE_FILE_LOCKING', 'unset')}")
-    from ._cuda import cuda_status
+    from .engine._cuda import cuda_status
 
     usable, why = cuda_status()
     print(f"backends: cpu (available); cuda: {'usable, ' if usable else 'not usable: '}{why}")
@@ -377,7 +381,7 @@ def main(argv=None) -> int:
     if getattr(args, "resume", False) and getattr(args, "restart", False):
         print("meanfield run: --resume and --restart exclude each other", file=sys.stderr)
         return USAGE_ERROR
-    from . import _interrupt
+    from .engine import _interrupt
 
     _interrupt.reset()
     try:

@@ -30,24 +30,24 @@ import os
 import sys
 import time
 
-import h5py
 import numpy as np
 import tomllib
 
 from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
-from ._store import (
+from .engine._integrators import INTEGRATORS
+from .io._store import (
     CorruptRunFile,
-    _fsync,
-    _git_revision,
     _now,
-    _versions,
     finished_run_files,
     move_aside,
     open_run,
     remove_abandoned,
-    temporary_name,
+    write_experiment_file,
 )
 
+# The deep-linear experiment takes the deterministic fixed-step integrators (their entries read
+# only step and momentum from [dynamics]).
+DETERMINISTIC = tuple(name for name, entry in INTEGRATORS.items() if entry.deterministic)
 KINDS = ("signal_propagation", "deep_linear")
 
 
@@ -126,7 +126,7 @@ SCHEMAS = {
         },
         "init": {"w0": ListKey([0.3], minimum=0, strict_minimum=True)},
         "dynamics": {
-            "integrator": Key("str", "gradient_descent", choices=("gradient_descent", "heavy_ball")),
+            "integrator": Key("str", "gradient_descent", choices=DETERMINISTIC),
             "step": Key("float", 0.01, minimum=0, strict_minimum=True),
             "momentum": Key("float", 0.9, minimum=0, maximum=1, strict_maximum=True),
             "t_max": Key("float", 15.0, minimum=0, strict_minimum=True),
@@ -233,7 +233,7 @@ def resolve(path, overrides=()) -> dict:
         if len(w0) not in (1, K):
             fail("init", "w0", f"must be one number (balanced) or K = {K} numbers, got {len(w0)}")
         dyn = config["dynamics"]
-        dt = dyn["step"] / (1 - dyn["momentum"]) if dyn["integrator"] == "heavy_ball" else dyn["step"]
+        dt = INTEGRATORS[dyn["integrator"]].time_step(dyn)
         if dyn["t_max"] < dt:
             fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
     return config
@@ -282,8 +282,7 @@ def compute_signal_propagation(config: dict) -> dict:
 def compute_deep_linear(config: dict) -> dict:
     """Every array of a deep-linear experiment, by HDF5 path."""
     from . import linear
-    from ._integrators import gradient_descent, heavy_ball
-    from ._run import run, time_grid
+    from .engine._run import run, time_grid
 
     K = config["network"]["K"]
     eigenvalues = np.array(config["target"]["eigenvalues"])
@@ -292,8 +291,7 @@ def compute_deep_linear(config: dict) -> dict:
     w0 = np.broadcast_to(np.array(config["init"]["w0"]), (K,)).copy()
     W0 = linear.identity_init(problem.model, w0)
     dyn = config["dynamics"]
-    scheme = (gradient_descent(problem, dyn["step"]) if dyn["integrator"] == "gradient_descent"
-              else heavy_ball(problem, dyn["step"], dyn["momentum"]))
+    scheme = INTEGRATORS[dyn["integrator"]].build(problem, dyn)
     traj = run(problem, scheme, W0, dyn["t_max"], times=time_grid(dyn["t_max"], config["record"]["times"]),
                keep_particles=True)
     matrices = np.array([problem.model.unpack(f) for f in traj.particles])  # (T, K, n, n)
@@ -317,26 +315,12 @@ COMPUTE = {"signal_propagation": compute_signal_propagation, "deep_linear": comp
 
 
 def write(path_final, kind: str, config: dict, result: dict, start_time: str) -> str:
-    """Write the experiment file (under a temporary name, renamed when complete: a kill leaves
-    no partial file, only a temporary one that the next run removes)."""
+    """Write the experiment file (:func:`meanfield.io.write_experiment_file`: under a temporary
+    name, renamed when complete)."""
     run_id, sha = identity(config)
-    part = temporary_name(path_final)
-    with h5py.File(part, "w") as f:
-        f.attrs.update({"config": canonical_json(config), "config_sha256": sha, "run_id": run_id,
-                        "experiment": kind, "status": "complete", "message": "",
-                        "versions": json.dumps(_versions()), "git_revision": _git_revision(),
-                        "start_time": start_time, "end_time": _now()})
-        h5md = f.create_group("h5md")
-        h5md.attrs["version"] = [1, 1]
-        h5md.create_group("creator").attrs.update({"name": "meanfield", "version": json.loads(
-            f.attrs["versions"])["meanfield"]})
-        for name, array in result["data"].items():
-            f.create_dataset(name, data=np.asarray(array))
-        for group, values in result["attrs"].items():
-            f.require_group(group).attrs.update(values)
-    _fsync(part)
-    os.replace(part, path_final)
-    return path_final
+    attrs = {"config": canonical_json(config), "config_sha256": sha, "run_id": run_id, "experiment": kind,
+             "status": "complete", "message": "", "start_time": start_time}
+    return write_experiment_file(path_final, attrs, result["data"], result["attrs"])
 
 
 def run_file(path, out_dir, overrides=(), quiet: bool = False) -> dict:

@@ -33,11 +33,13 @@ from collections import defaultdict
 
 import numpy as np
 
+# The held-out sample and its measure are assembled with the run (meanfield._assembly); their
+# public names stay here, on the lazy-training page.
+from ._assembly import HeldOutRisk, held_out_sample  # noqa: F401
 from ._config import canonical_json, tangent_config
-from ._model import Model
-from ._store import finished_run_files, open_run, updating
-from ._tangent import tangent_predict
-from ._teacher import Teacher
+from .engine._model import Model
+from .engine._tangent import tangent_predict
+from .io._store import finished_run_files, open_run, updating
 
 SERIES = ("displacement", "test_risk", "tangent_distance")
 LOSSES = {
@@ -51,51 +53,6 @@ def _model(config: dict) -> Model:
     mc = config["model"]
     return Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
                  scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
-
-
-def held_out_sample(config: dict, teacher_W, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out sample of a run: X (n, d) ~ N(0, I_d) and its labels y (n,), float64.
-
-    Drawn from the run's stream 3 (``meanfield.sweep.generator(config, "test")``), so a run and
-    its tangent-model run share it, and it never consumes draws of the training streams.
-    ``n`` defaults to ``[lazy] test_samples``.
-    """
-    from .sweep import generator
-
-    rng = generator(config, "test")
-    pc = config["problem"]
-    teacher = Teacher(np.asarray(teacher_W, dtype=np.float64), config["problem.teacher"]["activation"])
-    n = config["lazy"]["test_samples"] if n is None else n
-    X = rng.standard_normal((n, config["model"]["d"]))
-    return X, teacher.labels(X, rng, pc["loss"], pc["noise_std"], pc["flip_prob"])
-
-
-class HeldOutRisk:
-    """The risk on a held-out sample, as a measure of :func:`meanfield.run` (``[record]
-    test_samples``): the same loss as the training objective, averaged over n fresh inputs
-    X ~ N(0, I_d) labelled by the teacher (with the run's label noise), drawn once from the
-    run's test stream (:func:`held_out_sample`).
-
-    Parameters
-    ----------
-    model : Model
-    config : dict
-        The run's resolved config (its teacher, loss, label noise and test stream).
-    teacher_W : ndarray, shape (k, d + 2)
-    n : int
-        Size of the held-out sample.
-    """
-
-    names = ("test_risk",)
-
-    def __init__(self, model: Model, config: dict, teacher_W, n: int):
-        from ._problems import FiniteDataProblem
-
-        X, y = held_out_sample(config, teacher_W, n)
-        self.problem = FiniteDataProblem(model, X, y, config["problem"]["loss"])
-
-    def __call__(self, state) -> dict:
-        return {"test_risk": float(self.problem.risk(state.W))}
 
 
 def _load(path) -> dict:

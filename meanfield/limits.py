@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from ._config import canonical_json, reference_config
-from ._store import finished_run_files, open_run, updating
+from .io._store import finished_run_files, open_run, updating
 
 
 def _load(path):

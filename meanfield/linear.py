@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import integrate
 
-from ._problems import Evaluation, Problem
+from .engine._problems import Evaluation, Problem
 
 
 class DeepLinearModel:
@@ -73,7 +73,18 @@ class DeepLinearModel:
 
 
 def product(matrices) -> np.ndarray:
-    """P = W_K ... W_1 of matrices (K, n, n) ordered [W_1, ..., W_K]."""
+    """P = W_K ... W_1 of matrices (K, n, n) ordered [W_1, ..., W_K].
+
+    Parameters
+    ----------
+    matrices : array_like, shape (K, n, n)
+        [W_1, ..., W_K] (e.g. ``model.unpack(W)``).
+
+    Returns
+    -------
+    ndarray, shape (n, n)
+        The product, a new array in the dtype of the matrices.
+    """
     P = np.array(matrices[0], copy=True)
     for Wk in matrices[1:]:
         P = Wk @ P
@@ -82,7 +93,18 @@ def product(matrices) -> np.ndarray:
 
 def conserved(matrices) -> np.ndarray:
     """W_{k+1}^T W_{k+1} - W_k W_k^T for k = 1 .. K - 1, shape (K - 1, n, n); constant under
-    the gradient flow."""
+    the gradient flow.
+
+    Parameters
+    ----------
+    matrices : array_like, shape (K, n, n)
+        [W_1, ..., W_K].
+
+    Returns
+    -------
+    ndarray, shape (K - 1, n, n)
+        In the dtype of the matrices; shape (0,) when K = 1.
+    """
     matrices = np.asarray(matrices)
     return np.array([matrices[k + 1].T @ matrices[k + 1] - matrices[k] @ matrices[k].T
                      for k in range(len(matrices) - 1)])
@@ -195,6 +217,17 @@ def balanced_mode(r: float, w0: float, times, K: int) -> np.ndarray:
     implicit solution t = int_{w0}^{w} ds / (s^{K-1} (r - s^K)) inverted numerically with
     :func:`mode_flow` (rtol 1e-10).
 
+    Parameters
+    ----------
+    r : float
+        The target's eigenvalue in this direction.
+    w0 : float
+        Initial value w(0) > 0 of every w_k.
+    times : array_like, shape (T,)
+        Times t >= 0 (increasing for K > 2, where they are passed to :func:`mode_flow`).
+    K : int
+        Number of layers.
+
     Returns
     -------
     ndarray, shape (T,): w(t).
@@ -216,6 +249,17 @@ def commuting_theory(target, w0, times, eigenvalues=None):
     ``eigenvalues``, when given, are R's eigenvalues as constructed (sorted here; they must
     agree with ``eigvalsh(target)`` to 1e-10), so that an eigenvalue 0 is exactly 0.
 
+    Parameters
+    ----------
+    target : array_like, shape (n, n)
+        The symmetric target R.
+    w0 : array_like, shape (K,)
+        Initial w_k(0) (W_k(0) = w0[k] I).
+    times : array_like, shape (T,)
+        Increasing times t >= 0.
+    eigenvalues : array_like, shape (n,), optional
+        R's eigenvalues as constructed (any order).
+
     Returns
     -------
     (eigenvalues (n,), w (T, n, K), products (T, n)): the eigenvalues r_i of R (ascending),
@@ -235,13 +279,35 @@ def commuting_theory(target, w0, times, eigenvalues=None):
 
 
 def identity_init(model: DeepLinearModel, w0) -> np.ndarray:
-    """State with W_k = w0[k] I (w0 a number or a (K,) sequence)."""
+    """State with W_k = w0[k] I (w0 a number or a (K,) sequence).
+
+    Parameters
+    ----------
+    model : DeepLinearModel
+    w0 : float or array_like, shape (K,)
+        The scale of each layer (one number: the same for all).
+
+    Returns
+    -------
+    ndarray, shape (1, K n^2), float64
+    """
     w0 = np.broadcast_to(np.asarray(w0, dtype=np.float64), (model.K,))
     return model.pack(np.stack([w * np.eye(model.n) for w in w0]))
 
 
 def symmetric_target(eigenvalues, rng: np.random.Generator) -> np.ndarray:
-    """R = U diag(eigenvalues) U^T with U a random orthogonal matrix (Haar, from ``rng``)."""
+    """R = U diag(eigenvalues) U^T with U a random orthogonal matrix (Haar, from ``rng``).
+
+    Parameters
+    ----------
+    eigenvalues : array_like, shape (n,)
+    rng : numpy.random.Generator
+        Draws the n x n Gaussian matrix whose QR factor (signs fixed) is U.
+
+    Returns
+    -------
+    ndarray, shape (n, n), float64
+    """
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     Q, Rq = np.linalg.qr(rng.standard_normal((eigenvalues.size, eigenvalues.size)))
     U = Q * np.sign(np.diag(Rq))
@@ -250,7 +316,20 @@ def symmetric_target(eigenvalues, rng: np.random.Generator) -> np.ndarray:
 
 def mode_values(matrices, target) -> np.ndarray:
     """Diagonal of U^T M U for each matrix M (the eigenbasis U of the symmetric target, ascending
-    eigenvalues): the w_k of each mode when the matrices commute with R. Shape (K, n)."""
+    eigenvalues): the w_k of each mode when the matrices commute with R. Shape (K, n).
+
+    Parameters
+    ----------
+    matrices : array_like, shape (K, n, n)
+        [W_1, ..., W_K].
+    target : array_like, shape (n, n)
+        The symmetric target R.
+
+    Returns
+    -------
+    ndarray, shape (K, n)
+        Row k: the diagonal of U^T W_{k+1} U, in the order of R's ascending eigenvalues.
+    """
     _, U = np.linalg.eigh(np.asarray(target))
     return np.array([np.diag(U.T @ M @ U) for M in matrices])
 

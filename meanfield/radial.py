@@ -5,7 +5,7 @@ and a fixed alpha. The objective of a measure mu on R^d is
 
     R(mu) = 1/(2 alpha^2) - (1/alpha) int V dmu + (1/2) int int U dmu dmu
 
-(E[y^2] = 1; V and U as in :mod:`meanfield._isotropic`), and the particles move with
+(E[y^2] = 1; V and U as in :mod:`meanfield.engine._isotropic`), and the particles move with
 v(w_i) = -m grad_{w_i} F, whose m -> infinity limit is
 
     v[mu](a) = (1/alpha) grad V(a) - int grad_1 U(a, a') dmu(a').
@@ -64,14 +64,27 @@ import scipy.special
 import scipy.stats
 
 from . import kernels
-from ._isotropic import IsotropicProblem, activation_values, gauss_hermite_1d, hermite_coefficients
-from ._run import time_grid
+from .engine._isotropic import IsotropicProblem, activation_values, gauss_hermite_1d, hermite_coefficients
+from .engine._run import time_grid
 
 RECONSTRUCTIONS = ("upwind", "minmod")
 
 
 def relu_radial_constant(d: int, delta: float) -> float:
-    """C in u_bar(r, r') = C r r' for relu: (1 + Delta^2) d c_d^2, c_d = E[(u_1)_+]."""
+    """C in u_bar(r, r') = C r r' for relu: (1 + Delta^2) d c_d^2, c_d = E[(u_1)_+].
+
+    Parameters
+    ----------
+    d : int
+        Input dimension.
+    delta : float
+        Delta in (0, 1): the two classes of the data have scales 1 +- Delta
+        (:class:`IsotropicProblem`).
+
+    Returns
+    -------
+    float
+    """
     c_d = math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / (2 * math.sqrt(math.pi))
     return (1.0 + delta**2) * d * c_d**2
 
@@ -81,6 +94,20 @@ def jacobi_rule(d: int, order: int):
 
     Gauss-Jacobi with alpha = beta = (d - 3)/2 (density proportional to (1 - t^2)^((d-3)/2)),
     d >= 2.
+
+    Parameters
+    ----------
+    d : int
+        Dimension, >= 2.
+    order : int
+        Number of nodes.
+
+    Returns
+    -------
+    t : ndarray, shape (order,), float64
+        Nodes in (-1, 1), ascending.
+    w : ndarray, shape (order,), float64
+        Weights, summing to 1.
     """
     if d < 2:
         raise ValueError(f"the angle average needs d >= 2, got d = {d}")
@@ -90,7 +117,20 @@ def jacobi_rule(d: int, order: int):
 
 
 def sphere_moments(d: int, order: int) -> np.ndarray:
-    """E[t^k], k = 0..order, for t = u_1, u uniform on the sphere of R^d (0 for odd k)."""
+    """E[t^k], k = 0..order, for t = u_1, u uniform on the sphere of R^d (0 for odd k).
+
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    order : int
+        Highest moment.
+
+    Returns
+    -------
+    ndarray, shape (order + 1,), float64
+        E[t^k] at index k (E[t^(2j)] = E[t^(2j-2)] (2j - 1) / (d + 2j - 2)).
+    """
     mom = np.zeros(order + 1)
     mom[0] = 1.0
     for j in range(1, order // 2 + 1):

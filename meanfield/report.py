@@ -8,63 +8,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._store import open_run, read_series
-
-GROUP_EXCLUDE = ("run.seed",)
-FINISHED = ("complete", "skipped", "diverged")
-_ABSENT = object()
-
-
-def short_names(keys) -> dict:
-    """``section.key`` -> its last part (``model.m`` -> ``m``), or the whole name where two
-    keys share a last part (``dynamics.step``, ``landscape.step``)."""
-    keys = list(keys)
-    last = [k.split(".")[-1] for k in keys]
-    return {k: (name if last.count(name) == 1 else k) for k, name in zip(keys, last)}
-
-
-def _text(value) -> str:
-    if value is _ABSENT or value is None:
-        return "-"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
-def varying_keys(rows) -> list[str]:
-    """The ``section.key`` columns of catalog rows (:func:`meanfield.sweep.catalog_rows`)
-    whose values differ across the rows, in the order of the schema; corrupt rows, which
-    have no config, are left out. A key that some rows lack (a key kept in the resolved
-    config only when given, such as ``problem.seed``) varies too."""
-    from ._config import SCHEMA
-
-    rows = [row for row in rows if row.get("status") != "corrupt"]
-    columns = dict.fromkeys(key for row in rows for key in row if "." in key)
-    sections = list(SCHEMA)
-
-    def order(key):  # the schema's order (model, init, problem, ..., run), derived keys after their section's
-        section, _, name = key.rpartition(".")
-        names = list(SCHEMA.get(section, ()))
-        return (sections.index(section) if section in sections else len(sections),
-                names.index(name) if name in names else len(names), key)
-
-    return sorted((key for key in columns
-                   if len({json.dumps(row.get(key, "<absent>"), sort_keys=True, default=str) for row in rows}) > 1),
-                  key=order)
-
-
-def _label(swept: dict) -> str:
-    names = short_names(k for k in swept if k not in GROUP_EXCLUDE)
-    parts = [f"{names[k]}={_text(v)}" for k, v in swept.items() if k not in GROUP_EXCLUDE]
-    return " ".join(parts) or "run"
-
-
-def _order(value):
-    if isinstance(value, bool):
-        return (0, int(value), "")
-    if isinstance(value, (int, float)):
-        return (0, value, "")
-    return (1, 0, _text(value))
+from ._summaries import (
+    FINISHED,
+    GROUP_EXCLUDE,
+    cell_text,
+    group_label,
+    short_names,
+    sort_key,
+)
+from .io._store import open_run, read_series
 
 
 def risk_curves(summaries) -> dict:
@@ -87,7 +39,7 @@ def risk_curves(summaries) -> dict:
             continue
         _, times, risk = read_series(summary["path"], "risk")
         if len(times):
-            groups[_label(summary["swept"])].append((times, risk, summary["swept"]))
+            groups[group_label(summary["swept"])].append((times, risk, summary["swept"]))
     curves = {}
     for label, members in groups.items():
         length = min(len(t) for t, _, _ in members)
@@ -95,29 +47,8 @@ def risk_curves(summaries) -> dict:
         curves[label] = (times, np.mean([r[:length] for _, r, _ in members], axis=0), len(members))
     def order(label):
         swept = groups[label][0][2]
-        return tuple(_order(v) for k, v in swept.items() if k not in GROUP_EXCLUDE)
+        return tuple(sort_key(v) for k, v in swept.items() if k not in GROUP_EXCLUDE)
     return dict(sorted(curves.items(), key=lambda item: order(item[0])))
-
-
-def directory_summaries(out_dir, rows=None) -> tuple[list[dict], list[str]]:
-    """Every run of a directory as a run summary for :func:`risk_curves`, its ``swept`` the
-    keys that vary across the directory (:func:`varying_keys`); returns (summaries, keys).
-
-    The runs of every sweep written into the directory are there, whatever file and
-    ``--set`` wrote them: a summary of the directory shows all of them, never one sweep's
-    runs under another sweep's name.
-    """
-    from .sweep import catalog_rows
-
-    out_dir = os.fspath(out_dir)
-    rows = catalog_rows(out_dir) if rows is None else rows
-    rows = [row for row in rows if not row.get("experiment")]  # [experiment] files have their own report
-    keys = varying_keys(rows)
-    summaries = [{"id": row["id"], "status": row["status"], "path": os.path.join(out_dir, row["file"]),
-                  "final_risk": float(row["final_risk"]), "final_time": float(row["final_time"]),
-                  "swept": {k: row.get(k, _ABSENT) for k in keys}}
-                 for row in rows if row["status"] != "corrupt" and not row.get("experiment")]
-    return summaries, keys
 
 
 def final_risk_table(summaries) -> str:
@@ -138,7 +69,7 @@ def final_risk_table(summaries) -> str:
     for summary in summaries:
         if summary["status"] in FINISHED:
             swept = {k: v for k, v in summary["swept"].items() if k not in GROUP_EXCLUDE}
-            groups[json.dumps({k: _text(v) for k, v in swept.items()})].append((swept, summary))
+            groups[json.dumps({k: cell_text(v) for k, v in swept.items()})].append((swept, summary))
     if not groups:
         return ""
     keys = list(next(iter(groups.values()))[0][0])
@@ -155,7 +86,8 @@ def final_risk_table(summaries) -> str:
         if diverged:
             risk += f" ({diverged} diverged)"
         t = max((s["final_time"] for _, s in members if math.isfinite(s["final_time"])), default=math.nan)
-        table.append(([_text(swept[k]) for k in keys], len(members), t, risk, tuple(_order(swept[k]) for k in keys)))
+        table.append(([cell_text(swept[k]) for k in keys], len(members), t, risk,
+                      tuple(sort_key(swept[k]) for k in keys)))
     table.sort(key=lambda row: row[-1])
     widths = [max(len(names[k]), *(len(cells[i]) for cells, *_ in table)) for i, k in enumerate(keys)]
     header = "  ".join(f"{names[k]:>{w}}" for k, w in zip(keys, widths))

@@ -2,187 +2,43 @@
 
 The data flows one way: experiment file -> :func:`plan` (validated, resolved
 :class:`~meanfield._config.RunSpec` list) -> :func:`build` (model, problem, integrator,
-initial state) -> :func:`meanfield.run` with a :class:`~meanfield._store.RunFile` observer ->
+initial state) -> :func:`meanfield.run` with a :class:`~meanfield.io._store.RunFile` observer ->
 ``<out>/<run id>.h5``.
 
-Random streams come from ``numpy.random.SeedSequence(root_seed, spawn_key=(seed, stream))``,
-with streams 0 (initial particles), 1 (problem: teacher, data, Monte Carlo sample) and
-2 (dynamics: minibatches, noise); seed is ``run.seed``, or ``[problem] seed`` for the
-problem's streams 1 and 3 when the file gives it (:func:`seed_sequence`). They depend on the
-run's identity only, never on a worker or array-task number, so any sharding of a sweep
-reproduces the same runs; and runs that
-differ only in the width m share their streams (the first particles of a width-m run are
-those of every wider run with the same seed). Stream 3 draws the held-out test sample of
-``[lazy]`` (``meanfield.lazy``).
+Random streams and the assembly of a run's objects: :mod:`meanfield._assembly`.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import csv
-import json
 import math
 import multiprocessing
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 
-import h5py
-import numpy as np
-
-from . import _interrupt
+from ._assembly import Experiment, build, generator, initial_state, seed_sequence
 from ._config import ConfigError, RunSpec, plan
-from ._flow import StepSizeError, flow
-from ._integrators import Integrator, gradient_descent, heavy_ball, langevin, restore, sgd
-from ._model import Init, Model
-from ._problems import FiniteDataProblem, PopulationProblem, Problem
-from ._run import run, time_grid
-from ._store import (
+from .engine import _interrupt
+from .engine._integrators import restore
+from .engine._run import run
+from .io import catalog_rows, final_values, write_index
+from .io._store import (
     CorruptRunFile,
     RunFile,
     RunLock,
     RunLocked,
-    _fault,
-    attrs_of,
     move_aside,
-    open_run,
     read_attrs,
     remove_abandoned,
-    replacing,
     run_paths,
-    run_status,
 )
-from ._store import lock_held as _store_lock_held
-from ._teacher import Teacher
 
-__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "plan", "run_shard",
-           "seed_sequence", "write_index"]
+__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "generator", "initial_state",
+           "plan", "run_shard", "seed_sequence", "write_index"]
 
-STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 FINISHED = ("complete", "diverged")
-
-
-PROBLEM_STREAMS = ("problem", "test")
-
-
-def seed_sequence(config: dict, stream: str) -> np.random.SeedSequence:
-    """The SeedSequence of one random stream of a run (``init``, ``problem``, ``dynamics`` or
-    ``test``).
-
-    ``SeedSequence(root_seed, spawn_key=(seed, stream))`` with seed ``run.seed``, except that
-    the problem's streams (``problem``: teacher, data, Monte Carlo sample; ``test``: the
-    held-out sample) take ``[problem] seed`` when the config has it: runs with different
-    ``run.seed`` and the same ``problem.seed`` train on the same teacher and data from
-    different initial particles. ``problem.seed = s`` draws the problem of ``run.seed = s``.
-    """
-    seed = config["run"]["seed"]
-    if stream in PROBLEM_STREAMS:
-        seed = config.get("problem", {}).get("seed", seed)
-    return np.random.SeedSequence(config["run"]["root_seed"], spawn_key=(seed, STREAMS[stream]))
-
-
-def generator(config: dict, stream: str) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed_sequence(config, stream)))
-
-
-@dataclass
-class Experiment:
-    """Everything one run needs, built from its resolved config."""
-
-    model: Model
-    problem: Problem
-    integrator: Integrator
-    W0: np.ndarray
-    times: np.ndarray
-    t_max: float
-    rng: np.random.Generator
-    teacher: Teacher | None
-    tracers: np.ndarray | None = None
-    tracer_blocks: tuple = ()
-    measures: tuple = ()
-
-
-def _model(config: dict) -> Model:
-    mc = config["model"]
-    return Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
-                 scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
-
-
-def initial_state(config: dict) -> np.ndarray:
-    """The initial particles of a run, shape (m, d + 2) (drawn from its ``init`` stream)."""
-    ic = config["init"]
-    init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
-    return init.sample(_model(config), config["model"]["m"], generator(config, "init"))
-
-
-def _tracers(config: dict):
-    """A reference run's tracers: the initial particles of each member width, stacked."""
-    widths = config.get("limit", {}).get("tracer_widths") or []
-    if not widths:
-        return None, ()
-    blocks, states, start = [], [], 0
-    for width in widths:
-        member = json.loads(json.dumps(config))
-        member["model"]["m"] = width
-        states.append(initial_state(member))
-        blocks.append((f"m={width}", start, start + width))
-        start += width
-    return np.concatenate(states), tuple(blocks)
-
-
-def build(config: dict) -> Experiment:
-    """Model, problem, integrator, initial particles and recording times of one run."""
-    mc, pc, tc = config["model"], config["problem"], config["problem.teacher"]
-    dc, rc = config["dynamics"], config["record"]
-    model = _model(config)
-    W0 = initial_state(config)
-    problem_rng = generator(config, "problem")
-    teacher = None
-    if pc["kind"] == "population" or pc["data"] is None:
-        if tc["kind"] == "orthonormal":
-            teacher = Teacher.orthonormal(mc["d"], tc["k"], tc["activation"], tc["readout"],
-                                          rng=problem_rng if tc["rotate"] else None)
-        else:
-            teacher = Teacher.random(mc["d"], tc["k"], problem_rng, tc["activation"], bias=tc["bias"])
-    if pc["kind"] == "population":
-        problem = PopulationProblem(model, teacher, pc["loss"], pc["noise_std"], pc["flip_prob"], pc["method"],
-                                    pc["quadrature_order"], pc["mc_samples"], rng=problem_rng)
-    elif pc["data"] is None:
-        problem = FiniteDataProblem.from_teacher(model, teacher, pc["n_samples"], problem_rng, pc["loss"],
-                                                 pc["noise_std"], pc["flip_prob"])
-    else:
-        with np.load(pc["data"], allow_pickle=False) as archive:
-            problem = FiniteDataProblem(model, archive["X"], archive["y"], pc["loss"])
-    if pc.get("tangent"):
-        from ._tangent import TangentProblem
-
-        problem = TangentProblem(problem, W0)
-    name = dc["integrator"]
-    if name == "gradient_descent":
-        integrator = gradient_descent(problem, dc["step"])
-    elif name == "heavy_ball":
-        integrator = heavy_ball(problem, dc["step"], dc["momentum"])
-    elif name == "sgd":
-        integrator = sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"])
-    elif name == "flow":
-        integrator = flow(problem, dc["ode_method"], dc["rtol"], dc["atol"])
-    else:
-        integrator = langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"])
-    if config["run"]["backend"] == "cuda":
-        from ._cuda import to_device
-
-        problem, integrator = to_device(problem, integrator)
-    times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
-    tracers, blocks = _tracers(config)
-    measures = (StepSizeError(problem, W0),) if rc.get("step_error") else ()
-    if rc.get("test_samples"):
-        from .lazy import HeldOutRisk
-
-        measures += (HeldOutRisk(model, config, teacher.W, rc["test_samples"]),)
-    return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
-                      tracers, blocks, measures)
 
 
 def paths(out_dir, spec: RunSpec):
@@ -194,19 +50,6 @@ def _summary(spec: RunSpec, status: str, path: str, risk=math.nan, time_=math.na
     return {"id": spec.id, "index": spec.index, "status": status, "final_risk": float(risk),
             "final_time": float(time_), "message": message, "path": path, "swept": spec.swept,
             "seconds": seconds}
-
-
-def _final_values(path):
-    with open_run(path) as f:
-        return _last_risk(f)
-
-
-def _last_risk(f: h5py.File) -> tuple[float, float]:
-    """(risk, time) of the last record of an open run file; NaNs before the first."""
-    risk = f["observables/risk"]
-    if risk["value"].shape[0] == 0:
-        return math.nan, math.nan
-    return float(risk["value"][-1]), float(risk["time"][-1])
 
 
 class _StepBar:
@@ -430,7 +273,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
         if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(part)  # a finish killed between its rename and the removal of the .part
-            risk, t = _final_values(final)
+            risk, t = final_values(final)
             if spec.config.get("landscape", {}).get("enabled"):  # killed between the run and its landscape stage
                 from .landscape import store_endpoint
 
@@ -491,7 +334,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
         from .landscape import store_endpoint
 
         store_endpoint(path, spec.config, experiment.problem)
-    risk, t = _final_values(path)
+    risk, t = final_values(path)
     return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
 
 
@@ -664,88 +507,6 @@ def format_summary_line(summary: dict) -> str:
     if summary["status"] in ("failed", "locked"):
         line += f"\n    {summary['message'].splitlines()[0] if summary['message'] else ''}"
     return line
-
-
-def catalog_rows(out_dir) -> list[dict]:
-    """One row per run in ``out_dir`` (finished, being written or interrupted): id, status,
-    file, final_risk, final_time and every config value as ``section.key``; the file of an
-    ``[experiment]`` kind (:mod:`meanfield.experiments`) has its kind under ``experiment`` and
-    NaN for the risk and time (it records no risk series).
-
-    A ``.part`` that no process writes is ``interrupted`` (:func:`meanfield._store.run_status`);
-    a file that cannot be read is a row with status ``corrupt`` and the reason under
-    ``message`` (the next ``meanfield run`` moves it aside and does the run again). A file
-    being created by a live writer is left out; so is the ``.part`` of a run whose finished
-    file exists already.
-    """
-    out_dir = os.fspath(out_dir)
-    rows = []
-    names = sorted(os.listdir(out_dir))
-    finished = {name for name in names if name.endswith(".h5")}
-    for name in names:
-        if not (name.endswith(".h5") or name.endswith(".h5.part")) or name == "index.h5":
-            continue
-        if name.endswith(".part") and name[: -len(".part")] in finished:
-            continue
-        path = os.path.join(out_dir, name)
-        run_id = name.split(".h5")[0]
-        try:
-            with open_run(path) as f:
-                attrs = attrs_of(f)
-                config = json.loads(attrs["config"])
-                # A file of an [experiment] kind (meanfield.experiments) records no risk series.
-                risk, t = (math.nan, math.nan) if attrs.get("experiment") else _last_risk(f)
-        except (OSError, KeyError, ValueError) as error:
-            _, _, lock = run_paths(out_dir, run_id)
-            if name.endswith(".part") and _store_lock_held(lock):
-                continue  # being created right now
-            reason = error.reason if isinstance(error, CorruptRunFile) else f"not a run file ({error})"
-            rows.append({"id": run_id, "status": "corrupt", "file": name, "final_risk": math.nan,
-                         "final_time": math.nan, "message": reason})
-            continue
-        row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
-               "final_time": t}
-        if attrs.get("experiment"):
-            row["experiment"] = attrs["experiment"]
-        for section, values in config.items():
-            for key, value in values.items():
-                row[f"{section}.{key}"] = value
-        rows.append(row)
-    return rows
-
-
-def write_index(out_dir, rows=None) -> None:
-    """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
-    run: id, status, file, config values, final risk) from the run files in ``out_dir``.
-
-    Written under temporary names and renamed, so a reader never sees a half-written index;
-    concurrent shards each write a complete view of what was there. ``rows`` are
-    :func:`catalog_rows` when the caller has them already.
-    """
-    out_dir = os.fspath(out_dir)
-    remove_abandoned(out_dir)
-    rows = catalog_rows(out_dir) if rows is None else rows
-    try:
-        _write_index_files(out_dir, rows)
-    except OSError as error:
-        if error.filename is None and error.errno is not None:  # h5py's and write()'s errors name no file
-            raise OSError(error.errno, f"{os.strerror(error.errno)} (writing the index of {out_dir})",
-                          os.path.join(out_dir, "index.h5")) from None
-        raise
-
-
-def _write_index_files(out_dir, rows) -> None:
-    with replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
-        with h5py.File(index_tmp, "w") as f:
-            for row in rows:
-                f[row["id"]] = h5py.ExternalLink(row["file"], "/")
-        _fault("index-written")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
-        with open(catalog_tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,8 +19,8 @@ from test_kernels import assert_close_scaled, closed_case, make_data, ref_field,
 
 import meanfield as mf
 from meanfield import kernels
-from meanfield._cuda import CudaProblem, to_device
-from meanfield._problems import pair_velocity as cpu_pair_velocity
+from meanfield.engine._cuda import CudaProblem, to_device
+from meanfield.engine._problems import pair_velocity as cpu_pair_velocity
 from meanfield.kernels import (
     gpu_finite_data,
     gpu_population,
@@ -172,7 +172,7 @@ def test_bias_pair_field_refuses_other_activations():
 
 @pytest.mark.parametrize("bias,train_readout", [(False, True), (True, False)])
 def test_pair_velocity(bias, train_readout):
-    """The device assembly of the velocity equals meanfield._problems.pair_velocity."""
+    """The device assembly of the velocity equals meanfield.engine._problems.pair_velocity."""
     rng = np.random.default_rng(2)
     model = mf.Model(d=D, activation="relu", bias=bias, train_readout=train_readout)
     points = rng.standard_normal((M, D + 2))

@@ -119,7 +119,7 @@ def test_risk_plot_is_the_directory_s_and_never_one_sweep_s_in_place_of_another(
     run of the directory, a curve per m, and says so; the second sweep does not replace the
     first one's curves by its own."""
     pytest.importorskip("matplotlib")
-    from meanfield import report
+    from meanfield import _summaries, report
 
     path = write(tmp_path, merged(sweep={"model.m": [8, 12], "run.seed": [0, 1]}))
     out = tmp_path / "out"
@@ -128,7 +128,7 @@ def test_risk_plot_is_the_directory_s_and_never_one_sweep_s_in_place_of_another(
     assert main(["run", str(path), "--out", str(out), "--set", "model.m=16"]) == 0
     captured = capsys.readouterr()
     assert f"plot: {out}/risk.png (every finished run in {out}: 6 runs, a curve per m)" in captured.out
-    summaries, keys = report.directory_summaries(out)
+    summaries, keys = _summaries.directory_summaries(out)
     assert keys == ["model.m", "run.seed"]
     assert list(report.risk_curves(summaries)) == ["m=8", "m=12", "m=16"]
     assert sorted(p.name for p in out.glob("*.png")) == ["risk.png"]
@@ -211,7 +211,7 @@ def test_report_prints_the_risk_summary_of_an_ordinary_sweep(tmp_path, capsys):
 
 
 def mf_series(path):
-    from meanfield._store import read_series
+    from meanfield.io._store import read_series
 
     return read_series(path, "risk")
 

@@ -21,7 +21,7 @@ import pytest
 from test_sweep import _datasets, toml_text
 
 from meanfield import sweep
-from meanfield._store import RunLock, open_run, read_checkpoint
+from meanfield.io._store import RunLock, open_run, read_checkpoint
 
 COMMAND_TIMEOUT_S = 120  # a command that takes longer has hung
 
@@ -130,7 +130,7 @@ def _records(part):
 
 
 # --------------------------------------------------------------------------- kills at chosen stages
-# (stage, occurrence): where meanfield._store._fault kills the writer. "record" is inside an
+# (stage, occurrence): where meanfield.io._store._fault kills the writer. "record" is inside an
 # append (some series one frame longer than others); "checkpoint-slot" between a slot's write
 # and its switch; "update-copied"/"update-written" inside the finish (its copy made / its
 # attributes written, not renamed); "finish-renamed" after the rename, before the .part is
@@ -499,8 +499,8 @@ def test_an_interrupt_at_a_record_keeps_that_record(tmp_path, references, monkey
     """SIGINT delivered while a record is written (here: from inside the 5th record) waits for
     the record to end; the run stops at that step boundary as `interrupted`, checkpointed
     after that record, and the resume neither repeats nor skips a record."""
-    from meanfield import _interrupt
-    from meanfield._store import RunFile
+    from meanfield.engine import _interrupt
+    from meanfield.io._store import RunFile
 
     path, reference = references["heavy_ball"]
     out = tmp_path / "out"
@@ -562,7 +562,7 @@ def test_an_interrupt_in_a_notebook_stops_the_run_and_the_next_one_runs(tmp_path
 def test_abandoned_temporary_names_with_an_extension_are_recognised(tmp_path):
     """Temporary files written through `_store.replacing` with a suffix (figures, movies) are
     removed like the others once their writer is gone; other hidden files are left alone."""
-    from meanfield._store import remove_abandoned, temporary_name
+    from meanfield.io._store import remove_abandoned, temporary_name
 
     dead = f"{temporary_name(tmp_path / 'risk.png')}.png".replace(f".{os.getpid()}.", ".999999999.")
     live = f"{temporary_name(tmp_path / 'cloud.gif')}.gif"

@@ -243,7 +243,7 @@ def test_data_tiles_stay_bounded_in_memory_at_large_width():
     array: about 2^22 entries from m = 2^22 / 16 down to m = 2^22 / 2048, never fewer than
     16 rows or more than 2048; at m = 10^6 a tile is 16 rows (128 MB in float64), not 512
     (4 GB)."""
-    from meanfield._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES, tile_rows
+    from meanfield.engine._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES, tile_rows
 
     for m in [1, 10, 1000, 2048, 2049, 4000, 10_000, 100_000, 262_144, 10**6, 10**7]:
         rows = tile_rows(m)

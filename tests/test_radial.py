@@ -1,6 +1,6 @@
 """Isotropic Gaussians (IsotropicProblem) and the radial mean-field PDE (RadialFlow).
 
-Every formula of meanfield/_isotropic.py and meanfield/radial.py is checked here against an
+Every formula of meanfield/engine/_isotropic.py and meanfield/radial.py is checked here against an
 independent computation: finite differences of the objective, Monte Carlo over 10^6 samples
 of the mixture, the relu closed form u_bar = C r r' and the exact mean-radius ODE that follows,
 a Lagrangian (moving-radii) solution of the PDE, and the particle system at growing width.
@@ -16,7 +16,7 @@ import pytest
 import scipy.stats
 
 import meanfield as mf
-from meanfield._isotropic import IsotropicProblem
+from meanfield.engine._isotropic import IsotropicProblem
 from meanfield.radial import RadialFlow, jacobi_rule, relu_radial_constant, sphere_moments
 
 DELTA = 0.5

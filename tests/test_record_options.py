@@ -9,8 +9,8 @@ import pytest
 from test_sweep import merged, write
 
 from meanfield import sweep
-from meanfield._teacher import Teacher
 from meanfield.cli import main
+from meanfield.engine._teacher import Teacher
 
 FINITE = {"problem": {"kind": "finite_data", "n_samples": 60, "teacher": {"kind": "orthonormal", "k": 2}},
           "model": {"d": 5, "m": 16, "activation": "relu", "bias": True},

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from meanfield import sweep
-from meanfield._store import RunLock, read_checkpoint
+from meanfield import io, sweep
 from meanfield.cli import main
+from meanfield.io._store import RunLock, read_checkpoint
 
 BASE = {
     "model": {"d": 4, "m": 8, "activation": "relu"},
@@ -493,7 +493,7 @@ f.close()
 def _finish_while_read(monkeypatch, hold_s):
     """Make every run's finish start while another process holds its file open for reading,
     as a concurrent shard's ``write_index`` or a notebook watching the run does."""
-    from meanfield import _store
+    from meanfield.io import _store
 
     real_finish = _store.RunFile.finish
     readers = []
@@ -560,8 +560,8 @@ def test_index_files_are_replaced_whole_with_unique_temporary_names(tmp_path, mo
         return real_file(name, mode, *args, **kwargs)
 
     monkeypatch.setattr(sweep.h5py, "File", recording_file)
-    sweep.write_index(out)
-    sweep.write_index(out)
+    io.write_index(out)
+    io.write_index(out)
     assert len(names) == 2 and names[0] != names[1] and all(n.startswith(".index.h5.") for n in names)
     monkeypatch.setattr(sweep.h5py, "File", real_file)
     before = (out / "catalog.csv").read_bytes()
@@ -571,7 +571,7 @@ def test_index_files_are_replaced_whole_with_unique_temporary_names(tmp_path, mo
 
     monkeypatch.setattr(sweep.csv.DictWriter, "writerows", failing_writerows)
     with pytest.raises(OSError, match="disk full"):
-        sweep.write_index(out)
+        io.write_index(out)
     assert (out / "catalog.csv").read_bytes() == before
     assert not [n for n in os.listdir(out) if n.startswith(".")]
     umask = os.umask(0)
@@ -584,7 +584,7 @@ def test_an_update_beside_a_reader_replaces_the_file_whole(tmp_path):
     """Post-run updates (limits, lazy series, census) write a copy and rename it: a reader
     that holds the file keeps the old version, the next open sees the new one, and no
     temporary or lock file is left."""
-    from meanfield._store import updating
+    from meanfield.io._store import updating
 
     path = tmp_path / "x.h5"
     with h5py.File(path, "w", libver="latest") as f:
@@ -626,5 +626,5 @@ def test_an_os_error_after_the_runs_is_one_line_and_exit_1(tmp_path, monkeypatch
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("meanfield run: [Errno 11] another process has held x.h5 open") and "Traceback" not in err
-    statuses = [row["status"] for row in sweep.catalog_rows(tmp_path / "out")]
+    statuses = [row["status"] for row in io.catalog_rows(tmp_path / "out")]
     assert len(statuses) >= 2 and set(statuses) == {"complete"}, statuses

@@ -20,8 +20,8 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from .._store import column_names, read_checkpoint
-from .._store import open_run as _open_file
+from ..io._store import column_names, read_checkpoint
+from ..io._store import open_run as _open_file
 
 __all__ = ["Sweep", "moments", "open_run", "open_sweep", "particle_observables", "quantiles"]
 
@@ -241,7 +241,7 @@ def _newest_run_file(directory: str) -> float:
 
 
 def _read_catalog(directory: str, refresh) -> pd.DataFrame:
-    from ..sweep import catalog_rows, write_index
+    from ..io import catalog_rows, write_index
 
     csv_path = os.path.join(directory, "catalog.csv")
     stale = (not os.path.exists(csv_path)) or os.path.getmtime(csv_path) < _newest_run_file(directory)
@@ -359,7 +359,8 @@ class Sweep:
             merged = xr.merge([p.rename("_value") for p in parts], join="outer", compat="no_conflicts",
                               combine_attrs="drop_conflicts")["_value"]
             return merged.rename(name).transpose(*dims, ...)
-        return xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts").transpose(*dims, ...)
+        merged = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
+        return merged.transpose(*dims, ...)
 
     def observable(self, name: str = "risk", by=("m", "seed"), **selection) -> xr.DataArray:
         """A time series of every selected run, as an array (by..., time).
@@ -440,7 +441,7 @@ def open_sweep(directory, refresh="auto") -> Sweep:
     directory : str or path-like
         An output directory of ``meanfield run`` (run files, ``catalog.csv``, ``index.h5``).
     refresh : "auto", True or False
-        Rebuild ``catalog.csv`` and ``index.h5`` (:func:`meanfield.sweep.write_index`: reads
+        Rebuild ``catalog.csv`` and ``index.h5`` (:func:`meanfield.io.write_index`: reads
         each run file's attributes and last risk, never its particles) when it is missing or
         older than a run file (``"auto"``), always (True) or never (False). In a read-only
         directory the catalog is built in memory instead.

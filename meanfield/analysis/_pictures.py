@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._store import replacing
+from ..io._store import replacing
 
 __all__ = ["CloudFrames", "animate_cloud", "cloud_frames", "plot_cloud", "plot_directory_risk",
            "write_directory_risk"]
@@ -42,7 +42,7 @@ def _directory_risk(directory):
     directory other than the seed)."""
     import xarray as xr
 
-    from .. import report
+    from .. import _summaries as report
 
     summaries, keys = report.directory_summaries(directory)
     groups = {}
@@ -55,7 +55,7 @@ def _directory_risk(directory):
             continue
         if len(times) == 0:
             continue
-        label = report._label(summary["swept"])
+        label = report.group_label(summary["swept"])
         seed = summary["swept"].get("run.seed")
         groups.setdefault(label, []).append((summary, seed, times, risk))
     curves, drawn = [], []
@@ -66,7 +66,7 @@ def _directory_risk(directory):
         series = [xr.DataArray(risk, dims="time", coords={"time": times}) for _, _, times, risk in members]
         # A run that diverged, or records another grid, is NaN where it has no record.
         curve = xr.concat(series, dim="seed", join="outer").assign_coords(seed=seeds)
-        order = tuple(report._order(v) for k, v in members[0][0]["swept"].items() if k not in report.GROUP_EXCLUDE)
+        order = tuple(report.sort_key(v) for k, v in members[0][0]["swept"].items() if k not in report.GROUP_EXCLUDE)
         curves.append((order, label, curve))
         drawn.extend(summary for summary, _, _, _ in members)
     if not curves:
@@ -78,7 +78,7 @@ def _directory_risk(directory):
 
 
 def _read_risk(path):
-    from .._store import read_series
+    from ..io._store import read_series
 
     return read_series(path, "risk")
 
@@ -89,7 +89,7 @@ def plot_directory_risk(directory, ax=None):
     between the smallest and largest seed (:func:`plot_risk`).
 
     Every finished run of the directory is drawn, whatever experiment file and ``--set``
-    wrote it (:func:`meanfield.report.directory_summaries`).
+    wrote it (:func:`meanfield._summaries.directory_summaries`).
 
     Parameters
     ----------
@@ -116,7 +116,7 @@ def plot_directory_risk(directory, ax=None):
 
 
 def _risk_title(directory, drawn, keys) -> str:
-    from .. import report
+    from .. import _summaries as report
 
     by = ", ".join(report.short_names(keys).values())
     name = os.path.basename(os.path.normpath(os.fspath(directory)))
@@ -134,7 +134,7 @@ def _safe(text: str) -> str:
 def default_risk_name(directory, drawn, keys) -> str:
     """``risk-<varying keys>-<digest of the run ids>.png`` in ``directory``: figures of other
     runs get other names."""
-    from .. import report
+    from .. import _summaries as report
 
     names = "_".join(_safe(n) for n in report.short_names(keys).values())
     stem = f"risk-{names}-" if names else "risk-"

@@ -29,7 +29,21 @@ def _label(dim: str, value) -> str:
 
 
 def pick_times(times, count: int) -> np.ndarray:
-    """Up to ``count`` recorded times, log-spaced over the positive ones (the nearest records)."""
+    """Up to ``count`` recorded times, log-spaced over the positive ones (the nearest records).
+
+    Parameters
+    ----------
+    times : array_like, shape (T,)
+        Recorded times t, increasing; zero, negative and non-finite times are skipped.
+    count : int
+        Number of log-spaced targets between the first and the last positive time.
+
+    Returns
+    -------
+    ndarray, shape (k,), float64
+        The recorded times nearest (in log t) to the targets, sorted and unique, k <= count;
+        empty when no time is positive.
+    """
     times = np.asarray(times, dtype=np.float64)
     positive = times[np.isfinite(times) & (times > 0)]
     if positive.size == 0:
@@ -158,6 +172,19 @@ def initial_norm_density(config: dict):
 
     ``init.a = "gaussian"``: a ~ tau N(0, I/d), so |a| = (tau / sqrt(d)) chi_d, with density
     f(r) = (sqrt(d)/tau) chi_d(r sqrt(d)/tau). ``"sphere"``: |a| = tau exactly (no density).
+
+    Parameters
+    ----------
+    config : dict
+        A run's resolved configuration (the ``config`` attribute of a run opened with
+        :func:`open_run`); ``config["init"]["a"]``, ``config["init"]["tau"]`` and
+        ``config["model"]["d"]`` are read.
+
+    Returns
+    -------
+    callable or None
+        The density r -> f(r) (``scipy.stats.chi(df=d, scale=tau / sqrt(d)).pdf``, vectorised
+        over r), or None when ``init.a`` is not ``"gaussian"``.
     """
     from scipy import stats
 

@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .._store import finished_run_files, open_run, updating
+from ..io._store import finished_run_files, open_run, updating
 from ._connectivity import PATHS, connectivity
 from ._endpoint import classify
 from ._precise import descend_to_precision
@@ -44,7 +44,7 @@ def _run_files(out_dir):
 
 
 def _final_W(f) -> np.ndarray:
-    from .._store import read_checkpoint
+    from ..io._store import read_checkpoint
 
     checkpoint = read_checkpoint(f)
     if checkpoint is None:
@@ -68,7 +68,7 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
             return None
         W = _final_W(f)
     if problem is None:
-        from ..sweep import build
+        from .._assembly import build
 
         problem = build(config).problem
     step = settings["step"] if settings["step"] is not None else config["dynamics"]["step"]
@@ -191,7 +191,7 @@ def connectivity_missing(out_dir) -> dict:
     """Measure every pair (seeds 2i, 2i + 1 of otherwise equal configs with ``[connectivity]``)
     whose seed-2i file has no ``/connectivity`` yet. Returns counts measured / up_to_date /
     waiting (partner missing or unfinished)."""
-    from ..sweep import build
+    from .._assembly import build
 
     found = {}
     for path in _run_files(out_dir):

@@ -44,7 +44,24 @@ def match_particles(W_A, W_B, mask=None) -> np.ndarray:
 def path_points(W_A, W_B, t, path: str, mask=None) -> np.ndarray:
     """The state at parameter t in [0, 1] of the ``"linear"`` path (1 - t) W_A + t W_B or the
     ``"arc"`` path cos(pi t / 2) W_A + sin(pi t / 2) W_B, on the columns of ``mask`` (the
-    trainable ones); other columns keep W_A's values (frozen readouts, absent biases)."""
+    trainable ones); other columns keep W_A's values (frozen readouts, absent biases).
+
+    Parameters
+    ----------
+    W_A, W_B : ndarray, shape (m, d + 2)
+        The two end points (t = 0 and t = 1).
+    t : float
+        Path parameter in [0, 1] (a path parameter, not the time of a run).
+    path : str
+        ``"linear"`` or ``"arc"``.
+    mask : ndarray of bool, shape (d + 2,), optional
+        The columns that move; default all.
+
+    Returns
+    -------
+    ndarray, shape (m, d + 2), float64
+        A new array.
+    """
     if path == "linear":
         alpha, beta = 1.0 - t, t
     elif path == "arc":

@@ -47,7 +47,19 @@ def _variables(problem, W):
 
 
 def gradient(problem, W) -> np.ndarray:
-    """grad F over the trainable coordinates, flattened particle-major, shape (n_var,)."""
+    """grad F over the trainable coordinates, flattened particle-major, shape (n_var,).
+
+    Parameters
+    ----------
+    problem : Problem
+    W : ndarray, shape (m, d + 2)
+
+    Returns
+    -------
+    ndarray, shape (n_var,), float64
+        grad F = -v / m on the columns of ``problem.model.trainable``, n_var = m times their
+        number (computed in the problem's dtype, returned as float64).
+    """
     W = np.asarray(W)
     velocity = problem.evaluate(W).velocity
     return (-velocity[:, problem.model.trainable] / W.shape[0]).ravel().astype(np.float64)
@@ -156,6 +168,23 @@ def hessian_operator(problem, W, method: str = "auto", step_scale: float = 1.0) 
     the vector, H u ~ (g(x + h u/|u|) - g(x - h u/|u|)) |u| / (2 h), with
     h = step_scale eps^(1/3) max(1, |x|_inf). Cost: one (analytic) or two gradient
     evaluations per product.
+
+    Parameters
+    ----------
+    problem : Problem
+    W : ndarray, shape (m, d + 2)
+        The point (copied to float64).
+    method : str
+        ``"auto"``, ``"analytic"`` (refused when the problem has no analytic Hessian) or
+        ``"finite_difference"``.
+    step_scale : float
+        Factor on the finite-difference step h.
+
+    Returns
+    -------
+    scipy.sparse.linalg.LinearOperator
+        Symmetric, shape (n_var, n_var), float64; ``matvec`` takes a vector of n_var
+        coordinates (particle-major).
     """
     analytic = bool(getattr(problem, "has_analytic_hessian", False))
     W64, mask = _variables(problem, W)
@@ -222,6 +251,12 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
         ARPACK's relative tolerance and iteration limit.
     rng : numpy.random.Generator, optional
         Starting vector of Lanczos (default: seed 0, so results are reproducible).
+
+    Returns
+    -------
+    Spectrum
+        lambda_min and lambda_max with their error bounds, the method used and the unit
+        eigenvector of lambda_min.
     """
     W64, mask = _variables(problem, W)
     n_var = int(W64.shape[0] * mask.sum())

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ._integrators import Integrator
+from ._integrators import INTEGRATORS, Integrator
 from ._model import TILE_SIZE
 from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
 
@@ -46,7 +46,7 @@ def cuda_status() -> tuple[bool, str]:
 def _gpu():
     from numba import cuda
 
-    from .kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
+    from ..kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
     return cuda, gpu_population, gpu_finite_data, gpu_updates, gpu_reductions
 
 
@@ -151,9 +151,9 @@ class CudaProblem(Problem):
         tables of the points, W and the teacher built once on the host under one rule (from
         host copies of the particles), the sums on the GPU; the velocity's error bound of an
         evaluation of W goes to the host problem's ``last_error_bound`` (``describe()``)."""
-        from . import kernels
+        from .. import kernels
+        from ..kernels import gpu_population_series
         from ._problems import SERIES_TOL
-        from .kernels import gpu_population_series
 
         host = self.host
         code = self.model.activation_code
@@ -235,7 +235,7 @@ class CudaProblem(Problem):
     def hessian(self, W) -> np.ndarray:
         if not self.has_analytic_hessian:
             return super().hessian(W)
-        from .kernels import gpu_population_bias_hessian
+        from ..kernels import gpu_population_bias_hessian
         cuda = _gpu()[0]
         W, _ = self._hessian_arrays(W)
         n_var = W.shape[0] * int(self.model.trainable.sum())
@@ -248,7 +248,7 @@ class CudaProblem(Problem):
     def hessian_vector_product(self, W, V) -> np.ndarray:
         if not self.has_analytic_hessian:
             return super().hessian_vector_product(W, V)
-        from .kernels import gpu_population_bias_hessian
+        from ..kernels import gpu_population_bias_hessian
         cuda = _gpu()[0]
         W, V = self._hessian_arrays(W, V)
         out = cuda.device_array(W.shape, dtype=np.float64)
@@ -263,7 +263,7 @@ class CudaProblem(Problem):
         found on the GPU for the closed form with biases)."""
         if not self.has_analytic_hessian:
             return super().hessian_singularities(W)
-        from .kernels import gpu_population_bias_hessian
+        from ..kernels import gpu_population_bias_hessian
         W, _ = self._hessian_arrays(W)
         return gpu_population_bias_hessian.bias_hessian_singular_particles(
             _gpu()[0].to_device(W), self.model.activation_code, self.model.train_readout)
@@ -275,7 +275,7 @@ class CudaProblem(Problem):
 
 
 def _loss_code(loss: str) -> int:
-    from . import kernels
+    from .. import kernels
     return kernels.LOSS_CODES[loss]
 
 
@@ -361,19 +361,19 @@ def _noise_seed(rng: np.random.Generator) -> int:
 def to_device(problem: Problem, integrator: Integrator):
     """The CUDA twins ``(CudaProblem, Integrator)`` of a CPU problem and an integrator on it.
 
-    The integrator is rebuilt from its name and parameters (gradient_descent, heavy_ball,
-    sgd, langevin); its steps run the CUDA kernels on a :class:`DeviceState`.
+    The integrator's entry (``INTEGRATORS[integrator.name]``) gives its buffers and its
+    update on the GPU (``device_update``); its steps run the CUDA kernels on a
+    :class:`DeviceState`.
     """
     cuda, _, _, gpu_updates, _ = _gpu()
     device_problem = problem if isinstance(problem, CudaProblem) else CudaProblem(problem)
     name, params = integrator.name, integrator.params
-    eta = params["step"]
-    buffer_names = ("momentum",) if name == "heavy_ball" else ()
+    entry = INTEGRATORS.get(name)
+    if entry is None or entry.device_update is None:
+        raise ValueError(f"the integrator {name!r} has no CUDA twin")
+    buffer_names = entry.buffers
     batch_size = params.get("batch_size")
-    weight_decay = params.get("weight_decay", 0.0)
-    beta = params.get("beta", math.inf)
-    noise_scale = math.sqrt(2.0 * eta / beta) if name == "langevin" else 0.0
-    n_trainable = int(problem.model.trainable.sum())
+    noise_scale = math.sqrt(2.0 * params["step"] / params.get("beta", math.inf))
 
     def init(W0, rng=None, tracers=None) -> DeviceState:
         if integrator.stochastic and not isinstance(rng, np.random.Generator):
@@ -401,27 +401,7 @@ def to_device(problem: Problem, integrator: Integrator):
     def step_fn(state: DeviceState) -> DeviceState:
         state.push_buffers()
         value, velocity, points_velocity = evaluate(state)
-        if name == "gradient_descent":
-            gpu_updates.euler_update(state.device_W, velocity, eta)
-            if state.device_tracers is not None:
-                gpu_updates.euler_update(state.device_tracers, points_velocity, eta)
-        elif name == "heavy_ball":
-            momentum = params["momentum"]
-            gpu_updates.heavy_ball_update(state.device_W, velocity, state.device_buffers["momentum"], eta, momentum)
-            if state.device_tracers is not None:
-                gpu_updates.heavy_ball_update(state.device_tracers, points_velocity,
-                                              state.device_buffers["tracer_momentum"], eta, momentum)
-        else:
-            trainable = device_problem.trainable_device()
-            if state.noise_states is not None and state.noise_step != state.step:
-                # A restored state: bring the generators to where the saved run left them.
-                gpu_updates.advance_noise_states(state.noise_states, state.step - state.noise_step, n_trainable)
-            gpu_updates.langevin_update(state.device_W, velocity, state.noise_states, eta, weight_decay, noise_scale,
-                                        trainable)
-            state.noise_step = state.step + 1
-            if state.device_tracers is not None:
-                gpu_updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0,
-                                            trainable)
+        entry.device_update(gpu_updates, device_problem, state, velocity, points_velocity, params)
         state.value = value
         state.step += 1
         state.t = state.step * integrator.dt

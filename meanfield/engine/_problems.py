@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from ._model import TILE_SIZE, Model, tile_rows
 from ._teacher import CLASSIFICATION_LOSSES, Teacher
 

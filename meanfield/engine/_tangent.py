@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from ._model import tile_rows
 from ._problems import Evaluation, FiniteDataProblem, Problem
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
-from ._integrators import Integrator, State
+from ._integrators import Integrator, IntegratorEntry, State, register_integrator
 from ._problems import Problem
 
 # A solver is restarted (at a record) once it has taken this many steps: a run file can only
@@ -283,3 +283,8 @@ def step_size_error(problem: Problem, times, particles, method: str = "DOP853", 
         for name in StepSizeError.names:
             out[name][k] = values[name]
     return out
+
+
+register_integrator(IntegratorEntry(
+    "flow", lambda problem, dc: flow(problem, dc["ode_method"], dc["rtol"], dc["atol"]), None,
+    keys=("ode_method", "rtol", "atol")))

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from ._problems import Problem
 
 
@@ -98,6 +98,77 @@ class Integrator(NamedTuple):
     problem: object = None
 
 
+@dataclass(frozen=True)
+class IntegratorEntry:
+    """An integrator as the rest of meanfield sees it: one entry of :data:`INTEGRATORS`.
+
+    A new integrator is one module that defines its constructor and calls
+    :func:`register_integrator` with its entry (and, if its arithmetic is new, its update
+    kernel and the CUDA twin of that kernel). The experiment files, the memory estimate and
+    the CUDA backend read everything they need from the entry; none of them names an
+    integrator.
+
+    Attributes
+    ----------
+    name : str
+        The value of ``[dynamics] integrator``.
+    build : callable
+        ``build(problem, dynamics) -> Integrator`` from a resolved ``[dynamics]`` section.
+    time_step : callable or None
+        ``time_step(dynamics) -> dt``, the continuous time of one step; None for an adaptive
+        integrator (its records are at the exact times).
+    keys : tuple of str
+        The ``[dynamics]`` keys it reads besides ``integrator`` and ``t_max``.
+    requires : dict
+        key -> what the key must be, for keys that have no default for this integrator
+        (``{"batch_size": "an integer >= 1"}``).
+    buffers : tuple of str
+        Arrays of shape (m, d + 2) that are part of its state (checkpointed, and counted by
+        the memory estimate).
+    deterministic : bool
+        Full-batch and noise-free with a fixed step: the runs that ``[landscape]``,
+        ``[record] step_error`` and step-paired comparisons accept.
+    tracers : bool
+        Whether tracer particles can be coupled to its particles.
+    device_update : callable or None
+        ``device_update(updates, problem, state, velocity, points_velocity, params)``: the
+        step's update on the GPU (``updates`` is ``meanfield.kernels.gpu_updates``, ``problem``
+        the ``CudaProblem``, ``state`` a ``DeviceState``, ``params`` the integrator's
+        ``params``); None when the integrator has no CUDA twin.
+    """
+
+    name: str
+    build: Callable
+    time_step: Callable | None
+    keys: tuple = ()
+    requires: dict = field(default_factory=dict)
+    buffers: tuple = ()
+    deterministic: bool = False
+    tracers: bool = True
+    device_update: Callable | None = None
+
+
+INTEGRATORS: dict[str, IntegratorEntry] = {}
+
+
+def register_integrator(entry: IntegratorEntry) -> IntegratorEntry:
+    """Add an integrator to :data:`INTEGRATORS` (its name must be new).
+
+    Parameters
+    ----------
+    entry : IntegratorEntry
+
+    Returns
+    -------
+    IntegratorEntry
+        ``entry``.
+    """
+    if entry.name in INTEGRATORS:
+        raise ValueError(f"an integrator named {entry.name!r} is registered already")
+    INTEGRATORS[entry.name] = entry
+    return entry
+
+
 def _positive(name, value):
     if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -154,7 +225,19 @@ def _advance(state: State, value: float, dt: float) -> State:
 
 
 def gradient_descent(problem: Problem, step: float) -> Integrator:
-    """Explicit Euler on dW/dt = v(W) = -m grad F: W <- W + eta v(W); dt = eta."""
+    """Explicit Euler on dW/dt = v(W) = -m grad F: W <- W + eta v(W); dt = eta.
+
+    Parameters
+    ----------
+    problem : Problem
+    step : float
+        Step size eta > 0, also the time dt advanced by one step.
+
+    Returns
+    -------
+    Integrator
+        Deterministic (``init`` needs no generator); tracers move with the same scheme.
+    """
     eta = _positive("step", step)
 
     def step_fn(state: State) -> State:
@@ -174,6 +257,20 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrat
     Each step advances t by dt = eta / (1 - beta): in the slowly varying regime the buffer
     settles at V = eta m grad F / (1 - beta), so at equal t the scheme follows the same
     gradient flow as gradient descent.
+
+    Parameters
+    ----------
+    problem : Problem
+    step : float
+        Step size eta > 0.
+    momentum : float
+        beta in [0, 1).
+
+    Returns
+    -------
+    Integrator
+        Deterministic, with ``dt = eta / (1 - beta)`` and the buffer ``"momentum"`` (and
+        ``"tracer_momentum"`` with tracers) in ``State.buffers``, saved by checkpoints.
     """
     eta = _positive("step", step)
     if not 0 <= momentum < 1:
@@ -201,6 +298,26 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
     on the trainable columns, with inverse temperature ``beta`` (inf: no noise), weight decay
     ``lambda`` and, when ``batch_size`` is given, v estimated on a fresh minibatch each step.
     Its mean-field limit is the Fokker-Planck equation of SCIENCE.md section 3. dt = eta.
+
+    Parameters
+    ----------
+    problem : Problem
+    step : float
+        Step size eta > 0, also the time dt advanced by one step.
+    beta : float
+        Inverse temperature > 0; ``math.inf`` (the default) adds no noise.
+    weight_decay : float
+        lambda >= 0.
+    batch_size : int, optional
+        Samples per step: minibatches of a finite data set, fresh samples of the data law
+        for a population problem. Default: the full velocity.
+
+    Returns
+    -------
+    Integrator
+        Named ``"langevin"`` when it adds noise, else ``"sgd"``; stochastic (``init`` needs
+        a ``numpy.random.Generator``) when it adds noise or draws batches. With noise it
+        refuses tracers.
     """
     eta = _positive("step", step)
     beta = _positive("beta", beta) if beta != math.inf else math.inf
@@ -233,8 +350,71 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
 
 def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.0) -> Integrator:
     """Minibatch SGD (finite data) or online SGD (population problem: a fresh batch from the
-    data law each step): w <- w + eta v_batch(w) - eta lambda w. dt = eta."""
+    data law each step): w <- w + eta v_batch(w) - eta lambda w. dt = eta.
+
+    Parameters
+    ----------
+    problem : Problem
+    step : float
+        Step size eta > 0, also the time dt advanced by one step.
+    batch_size : int
+        Samples per step (>= 1).
+    weight_decay : float
+        lambda >= 0.
+
+    Returns
+    -------
+    Integrator
+        :func:`langevin` without noise (named ``"sgd"``): stochastic, ``init`` needs a
+        ``numpy.random.Generator``.
+    """
     return langevin(problem, step, math.inf, weight_decay, batch_size)
+
+
+def _euler_on_device(updates, problem, state, velocity, points_velocity, params):
+    updates.euler_update(state.device_W, velocity, params["step"])
+    if state.device_tracers is not None:
+        updates.euler_update(state.device_tracers, points_velocity, params["step"])
+
+
+def _heavy_ball_on_device(updates, problem, state, velocity, points_velocity, params):
+    eta, momentum = params["step"], params["momentum"]
+    updates.heavy_ball_update(state.device_W, velocity, state.device_buffers["momentum"], eta, momentum)
+    if state.device_tracers is not None:
+        updates.heavy_ball_update(state.device_tracers, points_velocity, state.device_buffers["tracer_momentum"],
+                                  eta, momentum)
+
+
+def _langevin_on_device(updates, problem, state, velocity, points_velocity, params):
+    eta, weight_decay = params["step"], params["weight_decay"]
+    noise_scale = math.sqrt(2.0 * eta / params["beta"])
+    trainable = problem.trainable_device()
+    if state.noise_states is not None and state.noise_step != state.step:
+        # A restored state: bring the generators to where the saved run left them.
+        updates.advance_noise_states(state.noise_states, state.step - state.noise_step,
+                                     int(problem.model.trainable.sum()))
+    updates.langevin_update(state.device_W, velocity, state.noise_states, eta, weight_decay, noise_scale, trainable)
+    state.noise_step = state.step + 1
+    if state.device_tracers is not None:
+        updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0, trainable)
+
+
+register_integrator(IntegratorEntry(
+    "gradient_descent", lambda problem, dc: gradient_descent(problem, dc["step"]),
+    lambda dc: dc["step"], keys=("step",), deterministic=True, device_update=_euler_on_device))
+register_integrator(IntegratorEntry(
+    "heavy_ball", lambda problem, dc: heavy_ball(problem, dc["step"], dc["momentum"]),
+    lambda dc: dc["step"] / (1 - dc["momentum"]), keys=("step", "momentum"), buffers=("momentum",),
+    deterministic=True, device_update=_heavy_ball_on_device))
+register_integrator(IntegratorEntry(
+    "sgd", lambda problem, dc: sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"]),
+    lambda dc: dc["step"], keys=("step", "batch_size", "weight_decay"),
+    requires={"batch_size": "a batch_size (an integer >= 1)"}, device_update=_langevin_on_device))
+register_integrator(IntegratorEntry(
+    "langevin", lambda problem, dc: langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"]),
+    lambda dc: dc["step"], keys=("step", "beta", "weight_decay", "batch_size"),
+    requires={"beta": "an inverse temperature beta (a number > 0)"}, tracers=False,
+    device_update=_langevin_on_device))
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
@@ -262,6 +442,13 @@ def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffe
         evaluations, not time); fixed-step ones use ``step * dt``.
     info : dict, optional
         The saved ``State.info`` of an adaptive integrator (its evaluation counts).
+
+    Returns
+    -------
+    State
+        A fresh state of ``integrator`` (``integrator.init``) with W, the tracers, the
+        buffers, ``step``, ``value`` and the time t (``step * dt``, or ``time``) of the
+        checkpoint.
     """
     state = integrator.init(W, rng, tracers)
     for name, array in (buffers or {}).items():

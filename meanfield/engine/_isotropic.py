@@ -40,7 +40,7 @@ import numpy as np
 import scipy.special
 from numba import njit, prange
 
-from . import kernels
+from .. import kernels
 from ._model import Model
 from ._problems import Evaluation, Problem, _gauss_hermite, pair_objective, pair_sums, pair_velocity
 

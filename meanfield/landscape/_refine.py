@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from ._problems import Problem
+from ..engine._problems import Problem
 
 REFINE_METHODS = ("trust-exact", "trust-krylov", "BFGS")
 STALL_ITERATIONS = 3  # iterations without a 1 % decrease of |grad F| that hand over to Newton steps
@@ -234,7 +234,7 @@ def refine(problem: Problem, W, method: str = "trust-exact", grad_tol: float = 1
     end_point = None
     low = high = math.nan
     if classify:
-        from .landscape import classify as classify_point
+        from ._endpoint import classify as classify_point
 
         end_point = classify_point(problem, W_out, grad_tol=grad_tol, risk_threshold=risk_threshold,
                                    eig_tol=eig_tol)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 
 ACTIVATIONS = tuple(kernels.ACTIVATION_CODES)
 SCALINGS = ("mean_field", "sum")
@@ -258,5 +258,21 @@ class Init:
 
 
 def initialize(model: Model, m: int, rng: np.random.Generator, init: Init | None = None) -> np.ndarray:
-    """Initial state of width m drawn from ``init`` (default: ``Init()``), shape (m, d + 2)."""
+    """Initial state of width m drawn from ``init`` (default: ``Init()``), shape (m, d + 2).
+
+    Parameters
+    ----------
+    model : Model
+    m : int
+        Width (number of particles).
+    rng : numpy.random.Generator
+        The stream the particles are drawn from.
+    init : Init, optional
+        The initial law; default ``Init()``.
+
+    Returns
+    -------
+    ndarray, shape (m, d + 2), the model's dtype
+        Rows (a, b, c) (:meth:`Init.sample`).
+    """
     return (init or Init()).sample(model, m, rng)

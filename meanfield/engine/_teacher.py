@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from ._model import ACTIVATIONS, tile_rows
 
 CLASSIFICATION_LOSSES = ("logistic", "exponential")

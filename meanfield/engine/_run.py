@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _interrupt, kernels
+from .. import kernels
+from . import _interrupt
 from ._integrators import Integrator, State, share_evaluation
 from ._problems import Evaluation, Problem
 
@@ -48,7 +49,22 @@ def time_grid(t_max: float, num: int = 101, spacing: str = "linear", t_min: floa
 
 
 def record_steps(times, dt: float, n_steps: int) -> np.ndarray:
-    """Step indices nearest to the requested times (sorted, unique, within [0, n_steps])."""
+    """Step indices nearest to the requested times (sorted, unique, within [0, n_steps]).
+
+    Parameters
+    ----------
+    times : array_like
+        Requested continuous times t.
+    dt : float
+        Time advanced by one step.
+    n_steps : int
+        Number of steps of the run.
+
+    Returns
+    -------
+    ndarray, shape (k,), int64
+        round(t / dt) of each time, clipped to [0, n_steps], sorted, without repeats.
+    """
     steps = np.rint(np.asarray(times, dtype=np.float64) / dt).astype(np.int64)
     return np.unique(np.clip(steps, 0, n_steps))
 
@@ -186,7 +202,7 @@ def run(problem: Problem, integrator: Integrator, W0, t_max: float, times=None,
         if hasattr(measure, "set_horizon"):
             measure.set_horizon(t_max)
     # SIGINT (and SIGTERM under the command line) stop the run at a step boundary:
-    # meanfield._interrupt.
+    # meanfield.engine._interrupt.
     with _interrupt.handling((signal.SIGINT,), only_if_default=True):
         if integrator.advance is not None:
             return _run_adaptive(problem, integrator, W0, t_max, times, rng, observers, keep_particles, state,

@@ -505,7 +505,7 @@ def _versions() -> dict:
     import numba
     import scipy
 
-    from . import __version__
+    from .._version import __version__
 
     return {"meanfield": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "numba": numba.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
@@ -721,7 +721,8 @@ class RunFile:
             self.file.flush()
 
     def after_step(self, state) -> None:
-        if getattr(state, "checkpointable", True) and time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+        due = time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
+        if due and getattr(state, "checkpointable", True):
             self.checkpoint(state)
 
     def close(self, state, status: str, message: str) -> None:
@@ -885,3 +886,43 @@ def read_series(path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with open_run(path) as f:
         g = f[group]
         return g["step"][()], g["time"][()], g["value"][()]
+
+
+def write_experiment_file(path_final, attrs: dict, data: dict, group_attrs: dict) -> str:
+    """Write the file of an ``[experiment]`` kind (``meanfield.experiments``) in one piece.
+
+    Written under a temporary name, synced and renamed: a kill leaves no partial file, only a
+    temporary one that the next run removes.
+
+    Parameters
+    ----------
+    path_final : str or os.PathLike
+        The finished file's path.
+    attrs : dict
+        Root attributes (config, run id, kind, status, start time); the versions, git revision,
+        end time and the H5MD header are added here.
+    data : dict
+        Dataset path (``"group/name"``) -> array.
+    group_attrs : dict
+        Group path -> attributes of that group.
+
+    Returns
+    -------
+    str
+        ``path_final``.
+    """
+    part = temporary_name(path_final)
+    with h5py.File(part, "w") as f:
+        f.attrs.update(attrs)
+        f.attrs.update({"versions": json.dumps(_versions()), "git_revision": _git_revision(), "end_time": _now()})
+        h5md = f.create_group("h5md")
+        h5md.attrs["version"] = [1, 1]
+        h5md.create_group("creator").attrs.update({"name": "meanfield", "version": json.loads(
+            f.attrs["versions"])["meanfield"]})
+        for name, array in data.items():
+            f.create_dataset(name, data=np.asarray(array))
+        for group, values in group_attrs.items():
+            f.require_group(group).attrs.update(values)
+    _fsync(part)
+    os.replace(part, path_final)
+    return path_final

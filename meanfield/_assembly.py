@@ -1,0 +1,191 @@
+"""From a resolved config to the objects of one run: random streams, model, teacher,
+problem, integrator, initial particles, tracers and measures (:func:`build`).
+
+Random streams come from ``numpy.random.SeedSequence(root_seed, spawn_key=(seed, stream))``,
+with streams 0 (initial particles), 1 (problem: teacher, data, Monte Carlo sample) and
+2 (dynamics: minibatches, noise); seed is ``run.seed``, or ``[problem] seed`` for the
+problem's streams 1 and 3 when the file gives it (:func:`seed_sequence`). They depend on the
+run's identity only, never on a worker or array-task number, so any sharding of a sweep
+reproduces the same runs; and runs that
+differ only in the width m share their streams (the first particles of a width-m run are
+those of every wider run with the same seed). Stream 3 draws the held-out test sample of
+``[lazy]`` (``meanfield.lazy``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine._flow import StepSizeError
+from .engine._integrators import INTEGRATORS, Integrator
+from .engine._model import Init, Model
+from .engine._problems import FiniteDataProblem, PopulationProblem, Problem
+from .engine._run import time_grid
+from .engine._teacher import Teacher
+
+STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
+
+
+PROBLEM_STREAMS = ("problem", "test")
+
+
+def seed_sequence(config: dict, stream: str) -> np.random.SeedSequence:
+    """The SeedSequence of one random stream of a run (``init``, ``problem``, ``dynamics`` or
+    ``test``).
+
+    ``SeedSequence(root_seed, spawn_key=(seed, stream))`` with seed ``run.seed``, except that
+    the problem's streams (``problem``: teacher, data, Monte Carlo sample; ``test``: the
+    held-out sample) take ``[problem] seed`` when the config has it: runs with different
+    ``run.seed`` and the same ``problem.seed`` train on the same teacher and data from
+    different initial particles. ``problem.seed = s`` draws the problem of ``run.seed = s``.
+    """
+    seed = config["run"]["seed"]
+    if stream in PROBLEM_STREAMS:
+        seed = config.get("problem", {}).get("seed", seed)
+    return np.random.SeedSequence(config["run"]["root_seed"], spawn_key=(seed, STREAMS[stream]))
+
+
+def generator(config: dict, stream: str) -> np.random.Generator:
+    """A PCG64 generator on the stream's SeedSequence (:func:`seed_sequence`).
+
+    Parameters
+    ----------
+    config : dict
+        A resolved config (its ``run`` section, and ``problem.seed`` if given).
+    stream : str
+        ``init``, ``problem``, ``dynamics`` or ``test``.
+
+    Returns
+    -------
+    numpy.random.Generator
+    """
+    return np.random.Generator(np.random.PCG64(seed_sequence(config, stream)))
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, built from its resolved config."""
+
+    model: Model
+    problem: Problem
+    integrator: Integrator
+    W0: np.ndarray
+    times: np.ndarray
+    t_max: float
+    rng: np.random.Generator
+    teacher: Teacher | None
+    tracers: np.ndarray | None = None
+    tracer_blocks: tuple = ()
+    measures: tuple = ()
+
+
+def _model(config: dict) -> Model:
+    mc = config["model"]
+    return Model(mc["d"], mc["activation"], bias=mc["bias"], train_readout=mc["train_readout"],
+                 scaling=mc["scaling"], alpha=mc["alpha"], dtype=mc["dtype"])
+
+
+def initial_state(config: dict) -> np.ndarray:
+    """The initial particles of a run, shape (m, d + 2) (drawn from its ``init`` stream)."""
+    ic = config["init"]
+    init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
+    return init.sample(_model(config), config["model"]["m"], generator(config, "init"))
+
+
+def _tracers(config: dict):
+    """A reference run's tracers: the initial particles of each member width, stacked."""
+    widths = config.get("limit", {}).get("tracer_widths") or []
+    if not widths:
+        return None, ()
+    blocks, states, start = [], [], 0
+    for width in widths:
+        member = json.loads(json.dumps(config))
+        member["model"]["m"] = width
+        states.append(initial_state(member))
+        blocks.append((f"m={width}", start, start + width))
+        start += width
+    return np.concatenate(states), tuple(blocks)
+
+
+def build(config: dict) -> Experiment:
+    """Model, problem, integrator, initial particles and recording times of one run."""
+    mc, pc, tc = config["model"], config["problem"], config["problem.teacher"]
+    dc, rc = config["dynamics"], config["record"]
+    model = _model(config)
+    W0 = initial_state(config)
+    problem_rng = generator(config, "problem")
+    teacher = None
+    if pc["kind"] == "population" or pc["data"] is None:
+        if tc["kind"] == "orthonormal":
+            teacher = Teacher.orthonormal(mc["d"], tc["k"], tc["activation"], tc["readout"],
+                                          rng=problem_rng if tc["rotate"] else None)
+        else:
+            teacher = Teacher.random(mc["d"], tc["k"], problem_rng, tc["activation"], bias=tc["bias"])
+    if pc["kind"] == "population":
+        problem = PopulationProblem(model, teacher, pc["loss"], pc["noise_std"], pc["flip_prob"], pc["method"],
+                                    pc["quadrature_order"], pc["mc_samples"], rng=problem_rng)
+    elif pc["data"] is None:
+        problem = FiniteDataProblem.from_teacher(model, teacher, pc["n_samples"], problem_rng, pc["loss"],
+                                                 pc["noise_std"], pc["flip_prob"])
+    else:
+        with np.load(pc["data"], allow_pickle=False) as archive:
+            problem = FiniteDataProblem(model, archive["X"], archive["y"], pc["loss"])
+    if pc.get("tangent"):
+        from .engine._tangent import TangentProblem
+
+        problem = TangentProblem(problem, W0)
+    integrator = INTEGRATORS[dc["integrator"]].build(problem, dc)
+    if config["run"]["backend"] == "cuda":
+        from .engine._cuda import to_device
+
+        problem, integrator = to_device(problem, integrator)
+    times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
+    tracers, blocks = _tracers(config)
+    measures = (StepSizeError(problem, W0),) if rc.get("step_error") else ()
+    if rc.get("test_samples"):
+        measures += (HeldOutRisk(model, config, teacher.W, rc["test_samples"]),)
+    return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
+                      tracers, blocks, measures)
+
+
+def held_out_sample(config: dict, teacher_W, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out sample of a run: X (n, d) ~ N(0, I_d) and its labels y (n,), float64.
+
+    Drawn from the run's stream 3 (``generator(config, "test")``), so a run and
+    its tangent-model run share it, and it never consumes draws of the training streams.
+    ``n`` defaults to ``[lazy] test_samples``.
+    """
+    rng = generator(config, "test")
+    pc = config["problem"]
+    teacher = Teacher(np.asarray(teacher_W, dtype=np.float64), config["problem.teacher"]["activation"])
+    n = config["lazy"]["test_samples"] if n is None else n
+    X = rng.standard_normal((n, config["model"]["d"]))
+    return X, teacher.labels(X, rng, pc["loss"], pc["noise_std"], pc["flip_prob"])
+
+
+class HeldOutRisk:
+    """The risk on a held-out sample, as a measure of :func:`meanfield.run` (``[record]
+    test_samples``): the same loss as the training objective, averaged over n fresh inputs
+    X ~ N(0, I_d) labelled by the teacher (with the run's label noise), drawn once from the
+    run's test stream (:func:`held_out_sample`).
+
+    Parameters
+    ----------
+    model : Model
+    config : dict
+        The run's resolved config (its teacher, loss, label noise and test stream).
+    teacher_W : ndarray, shape (k, d + 2)
+    n : int
+        Size of the held-out sample.
+    """
+
+    names = ("test_risk",)
+
+    def __init__(self, model: Model, config: dict, teacher_W, n: int):
+        X, y = held_out_sample(config, teacher_W, n)
+        self.problem = FiniteDataProblem(model, X, y, config["problem"]["loss"])
+
+    def __call__(self, state) -> dict:
+        return {"test_risk": float(self.problem.risk(state.W))}

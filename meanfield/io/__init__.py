@@ -1,0 +1,40 @@
+"""The run-file format and everything that reads or writes it (the only package that imports h5py,
+with the analysis package's array adapter).
+
+- ``_store``: one run's HDF5 file (:class:`RunFile`: series, particle frames, checkpoints,
+  crash-safe finish), its paths, locks, temporary names and status.
+- ``_catalog``: an output directory's catalog (``catalog.csv``) and index (``index.h5``).
+
+The layout itself is documented in docs/hdf5.md.
+"""
+from ._catalog import catalog_rows, final_values, last_risk, write_index
+from ._store import (
+    OBSERVABLES,
+    CorruptRunFile,
+    RunFile,
+    RunLock,
+    RunLocked,
+    attrs_of,
+    column_names,
+    finished_run_files,
+    lock_held,
+    move_aside,
+    open_run,
+    read_attrs,
+    read_checkpoint,
+    read_series,
+    remove_abandoned,
+    replacing,
+    run_paths,
+    run_status,
+    temporary_name,
+    updating,
+    write_experiment_file,
+)
+
+__all__ = [
+    "OBSERVABLES", "CorruptRunFile", "RunFile", "RunLock", "RunLocked", "attrs_of", "catalog_rows", "column_names",
+    "final_values", "finished_run_files", "last_risk", "lock_held", "move_aside", "open_run", "read_attrs",
+    "read_checkpoint", "read_series", "remove_abandoned", "replacing", "run_paths", "run_status", "temporary_name",
+    "updating", "write_experiment_file", "write_index",
+]
