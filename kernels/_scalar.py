@@ -68,7 +68,21 @@ def _sigmoid(z):
 
 @njit(cache=True)
 def activation(z, code):
-    """sigma(z) for the activation ``code``."""
+    """sigma(z) for the activation ``code``.
+
+    Parameters
+    ----------
+    z : float32 or float64
+        Pre-activation (a scalar).
+    code : int
+        Activation code, a value of ``ACTIVATION_CODES``; an unknown code is the identity
+        (``linear``).
+
+    Returns
+    -------
+    float32 or float64
+        sigma(z), in the type of z.
+    """
     zero = like(z, 0.0)
     if code == RELU:
         return z if z > zero else zero
@@ -91,7 +105,21 @@ def activation(z, code):
 
 @njit(cache=True)
 def activation_derivative(z, code):
-    """sigma'(z) for the activation ``code`` (relu'(0) = 0)."""
+    """sigma'(z) for the activation ``code`` (relu'(0) = 0).
+
+    Parameters
+    ----------
+    z : float32 or float64
+        Pre-activation (a scalar).
+    code : int
+        Activation code, a value of ``ACTIVATION_CODES``; an unknown code is the identity
+        (derivative 1).
+
+    Returns
+    -------
+    float32 or float64
+        sigma'(z), in the type of z.
+    """
     zero = like(z, 0.0)
     one = like(z, 1.0)
     if code == RELU:
@@ -120,7 +148,21 @@ def activation_derivative(z, code):
 @njit(cache=True)
 def activation_second_derivative(z, code):
     """sigma''(z) for the activation ``code`` (relu'' = 0 away from the kink z = 0, where the
-    second derivative is a Dirac mass that the Hessians of this package leave out)."""
+    second derivative is a Dirac mass that the Hessians of this package leave out).
+
+    Parameters
+    ----------
+    z : float32 or float64
+        Pre-activation (a scalar).
+    code : int
+        Activation code, a value of ``ACTIVATION_CODES``; relu, linear and an unknown code
+        give 0.
+
+    Returns
+    -------
+    float32 or float64
+        sigma''(z), in the type of z.
+    """
     zero = like(z, 0.0)
     one = like(z, 1.0)
     two = like(z, 2.0)
@@ -147,7 +189,23 @@ def activation_second_derivative(z, code):
 
 @njit(cache=True)
 def loss(f, y, code):
-    """Pointwise loss l(f, y)."""
+    """Pointwise loss l(f, y).
+
+    Parameters
+    ----------
+    f : float32 or float64
+        Prediction (a scalar).
+    y : float32 or float64
+        Label, in the type of f (+-1 for the logistic and exponential losses).
+    code : int
+        Loss code, a value of ``LOSS_CODES``: squared (y - f)^2 / 2, logistic
+        log(1 + exp(-y f)) (computed without overflow), exponential exp(-y f) (any other code).
+
+    Returns
+    -------
+    float32 or float64
+        l(f, y), in the type of f.
+    """
     if code == SQUARED:
         r = y - f
         return like(f, 0.5) * r * r
@@ -160,7 +218,22 @@ def loss(f, y, code):
 
 @njit(cache=True)
 def loss_derivative(f, y, code):
-    """dl/df at (f, y)."""
+    """dl/df at (f, y).
+
+    Parameters
+    ----------
+    f : float32 or float64
+        Prediction (a scalar).
+    y : float32 or float64
+        Label, in the type of f.
+    code : int
+        Loss code, a value of ``LOSS_CODES`` (any other code: exponential).
+
+    Returns
+    -------
+    float32 or float64
+        dl/df: f - y, -y sigmoid(-y f) or -y exp(-y f), in the type of f.
+    """
     if code == SQUARED:
         return f - y
     elif code == LOGISTIC:
@@ -171,7 +244,22 @@ def loss_derivative(f, y, code):
 
 @njit(cache=True)
 def loss_second_derivative(f, y, code):
-    """d^2 l / df^2 at (f, y) (labels +-1 for the classification losses, y^2 = 1)."""
+    """d^2 l / df^2 at (f, y) (labels +-1 for the classification losses, y^2 = 1).
+
+    Parameters
+    ----------
+    f : float32 or float64
+        Prediction (a scalar).
+    y : float32 or float64
+        Label, in the type of f.
+    code : int
+        Loss code, a value of ``LOSS_CODES`` (any other code: exponential).
+
+    Returns
+    -------
+    float32 or float64
+        d^2 l / df^2, in the type of f (1 for the squared loss).
+    """
     if code == SQUARED:
         return like(f, 1.0)
     elif code == LOGISTIC:

@@ -74,6 +74,11 @@ def deep_random_forward(X0, depth, sigma_w, sigma_b, activation_code, seed, H, Y
         q_l = |h^l|^2 / N of each input (row 0: |x|^2 / N).
     cross_out : ndarray, shape (depth + 1, M // 2), output
         h^l_a . h^l_b / N of each pair (row 0: the inputs').
+
+    Returns
+    -------
+    int
+        M // 2, the number of input pairs (the columns of ``cross_out`` written).
     """
     N, M = X0.shape
     P = M // 2

@@ -243,6 +243,16 @@ def acos_branchless(x):
     rational approximation on [0, 1/2], and acos(x) = pi - acos(a) for x < 0. Both halves
     are computed and one is selected. Relative error a few ulp (float64 and float32; tested
     against ``numpy.arccos``).
+
+    Parameters
+    ----------
+    x : float32 or float64
+        A scalar in [-1, 1] (outside it the result is meaningless: no check).
+
+    Returns
+    -------
+    float32 or float64
+        arccos(x) in [0, pi], in the type of x.
     """
     one = like(x, 1.0)
     half = like(x, 0.5)
@@ -569,6 +579,19 @@ def fused_closed_form_pair_field(points, sources, activation_code, K, G):
     reference for :func:`closed_form_pair_field`, which computes the same sums with BLAS
     tiles and is several times faster at m >= 10^3. Same parameters and outputs as
     :func:`closed_form_pair_field` (without ``symmetric``).
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, d + 2), float32 or float64
+        Points w_i at which the field is evaluated (columns a, b, c; b is ignored).
+    sources : ndarray, shape (m, d + 2), same dtype
+        Measure sum_j c_j delta_{a_j}; c_j is the last column (b is ignored).
+    activation_code : int
+        RELU, ERF or LINEAR.
+    K : ndarray, shape (n,), output
+        K_i = sum_j c_j kappa(a_i, a_j), overwritten.
+    G : ndarray, shape (n, d + 1), output
+        G_i[:d] = sum_j c_j grad_{a_i} kappa(a_i, a_j); G_i[d] = 0 (no bias); overwritten.
     """
     no_rule = np.empty(0, dtype=points.dtype)
     _pair_field(points, sources, activation_code, False, no_rule, no_rule, K, G)

@@ -1200,6 +1200,17 @@ def shared_tables(particle_sets, activation_code, tol=1e-10, max_degree=1024):
     ``SeriesErrorBound.fallback_pairs`` counts; ``max_degree`` and a second call with
     ``rho_cap=1`` in :func:`choose_rule` give tables for every pair.
 
+    Parameters
+    ----------
+    particle_sets : sequence of ndarray, shape (p_k, d + 2), float32 or float64
+        The particle sets (a, b, c), e.g. ``(W, teacher)``; each set's tables are in its dtype.
+    activation_code : int
+    tol : float
+        Per-pair tolerance on the truncation of the series (as in :func:`series_pair_sums`),
+        which sizes the degree.
+    max_degree : int
+        Largest table degree (:func:`choose_rule`).
+
     Returns
     -------
     list of SeriesTables

@@ -27,6 +27,17 @@ def heavy_ball_update(W, velocity, buffer, step, momentum):
     """Heavy ball: buffer <- momentum * buffer - step * velocity; W <- W - buffer.
 
     ``velocity`` is minus the (m-scaled) gradient, so ``-step * velocity`` is eta * m grad F.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, p), updated in place
+    velocity : ndarray, shape (m, p), same dtype
+    buffer : ndarray, shape (m, p), same dtype, updated in place
+        The momentum buffer V (zero at the first step).
+    step : float
+        Step size eta.
+    momentum : float
+        beta in [0, 1).
     """
     eta = W.dtype.type(step)
     beta = W.dtype.type(momentum)
@@ -64,7 +75,16 @@ def langevin_update(W, velocity, noise, step, weight_decay, noise_scale, trainab
 
 @njit(cache=True)
 def all_finite(W):
-    """True when no entry of W is NaN or infinite (stops at the first one that is)."""
+    """True when no entry of W is NaN or infinite (stops at the first one that is).
+
+    Parameters
+    ----------
+    W : ndarray, any shape, float32 or float64
+
+    Returns
+    -------
+    bool
+    """
     flat = W.ravel()
     for k in range(flat.shape[0]):
         if not math.isfinite(flat[k]):
