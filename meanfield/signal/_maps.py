@@ -49,7 +49,20 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def phi(z, activation: str):
-    """The activation sigma(z) in numpy (the same functions as ``meanfield.kernels.activation``)."""
+    """The activation sigma(z) in numpy (the same functions as ``meanfield.kernels.activation``).
+
+    Parameters
+    ----------
+    z : float or array_like
+        Pre-activations.
+    activation : str
+        One of ``ACTIVATIONS``.
+
+    Returns
+    -------
+    ndarray, float64
+        sigma(z), of the shape of z.
+    """
     z = np.asarray(z, dtype=np.float64)
     if activation == "relu":
         return np.maximum(z, 0.0)
@@ -71,7 +84,20 @@ def phi(z, activation: str):
 
 
 def dphi(z, activation: str):
-    """sigma'(z) in numpy (relu'(0) = 0, as in the kernels)."""
+    """sigma'(z) in numpy (relu'(0) = 0, as in the kernels).
+
+    Parameters
+    ----------
+    z : float or array_like
+        Pre-activations.
+    activation : str
+        One of ``ACTIVATIONS``.
+
+    Returns
+    -------
+    ndarray, float64
+        sigma'(z), of the shape of z.
+    """
     z = np.asarray(z, dtype=np.float64)
     if activation == "relu":
         return (z > 0).astype(np.float64)
@@ -96,7 +122,21 @@ def dphi(z, activation: str):
 @functools.lru_cache(maxsize=32)
 def gauss_hermite(order: int):
     """Probabilists' Gauss-Hermite rule for N(0, 1): nodes (order,) and weights summing to 1
-    (cached, read-only arrays)."""
+    (cached, read-only arrays).
+
+    Parameters
+    ----------
+    order : int
+        Number of nodes.
+
+    Returns
+    -------
+    nodes : ndarray, shape (order,), float64
+        Ascending, symmetric about 0; read-only.
+    weights : ndarray, shape (order,), float64
+        Positive, summing to 1: sum_k weights[k] f(nodes[k]) approximates E f(z), z ~ N(0, 1);
+        read-only.
+    """
     nodes, weights = special.roots_hermitenorm(int(order))  # numpy's hermegauss overflows beyond ~170
     weights = weights / weights.sum()
     nodes.flags.writeable = False
@@ -211,20 +251,76 @@ def pair_moments(q1, q2, q12, activation: str, method: str = "auto", order2: int
 # --------------------------------------------------------------------------- maps
 def variance_map(q, sigma_w2: float, sigma_b2: float, activation: str, method: str = "auto",
                  order: int = ORDER):
-    """q' = V(q) = sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (float or array, like q)."""
+    """q' = V(q) = sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (float or array, like q).
+
+    Parameters
+    ----------
+    q : float or array_like
+        Variance(s) q >= 0 of the pre-activations of a layer.
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order : int
+        Gauss-Hermite order of the quadrature (raised with q, see the module docstring).
+
+    Returns
+    -------
+    float64 or ndarray
+        q' of the next layer, of the shape of q.
+    """
     return sigma_w2 * gaussian_moments(q, activation, method, order)[0] + sigma_b2
 
 
 def covariance_map(q1, q2, q12, sigma_w2: float, sigma_b2: float, activation: str, method: str = "auto",
                    order2: int = ORDER2):
-    """q12' = sigma_w^2 E[phi(u1) phi(u2)] + sigma_b^2 for (u1, u2) ~ N(0, [[q1, q12], [q12, q2]])."""
+    """q12' = sigma_w^2 E[phi(u1) phi(u2)] + sigma_b^2 for (u1, u2) ~ N(0, [[q1, q12], [q12, q2]]).
+
+    Parameters
+    ----------
+    q1, q2, q12 : float or array_like (broadcast)
+        Covariance of the pre-activations of two inputs; q1, q2 > 0, |q12| <= sqrt(q1 q2).
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order2 : int
+        Order of each factor of the tensor Gauss-Hermite rule.
+
+    Returns
+    -------
+    float64 or ndarray
+        q12' of the next layer, of the broadcast shape.
+    """
     return sigma_w2 * pair_moments(q1, q2, q12, activation, method, order2)[0] + sigma_b2
 
 
 def correlation_map(c, q_star: float, sigma_w2: float, sigma_b2: float, activation: str, method: str = "auto",
                     order2: int = ORDER2):
     """c' = C(c) = (sigma_w^2 E[phi(u1) phi(u2)] + sigma_b^2) / q*, u1, u2 of variance q*,
-    correlation c (float or array, like c). C(1) = 1 at the fixed point q*."""
+    correlation c (float or array, like c). C(1) = 1 at the fixed point q*.
+
+    Parameters
+    ----------
+    c : float or array_like
+        Correlation(s) in [-1, 1].
+    q_star : float
+        The variance fixed point q* (:func:`q_fixed_point`), > 0.
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order2 : int
+        Order of each factor of the tensor Gauss-Hermite rule.
+
+    Returns
+    -------
+    float64 or ndarray
+        c' of the next layer, of the shape of c.
+    """
     c = np.asarray(c, dtype=np.float64)
     return covariance_map(q_star, q_star, q_star * c, sigma_w2, sigma_b2, activation, method, order2) / q_star
 
@@ -238,6 +334,23 @@ def q_fixed_point(sigma_w2: float, sigma_b2: float, activation: str, method: str
     Brent's method (relative tolerance 1e-14). Returns ``inf`` when the iterates grow without
     bound (relu or softplus with sigma_w^2 >= 2, linear with sigma_w^2 >= 1) and 0 when they
     decay to 0 (odd activations without bias in the ordered phase).
+
+    Parameters
+    ----------
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    q0 : float
+        Starting variance, > 0.
+    order : int
+        Gauss-Hermite order of the quadrature.
+
+    Returns
+    -------
+    float
+        q* >= 0, or ``inf``.
     """
     def gap(q):
         return float(variance_map(q, sigma_w2, sigma_b2, activation, method, order)) - q
@@ -266,7 +379,25 @@ def q_fixed_point(sigma_w2: float, sigma_b2: float, activation: str, method: str
 def chi_1(q_star: float, sigma_w2: float, activation: str, method: str = "auto", order: int = ORDER) -> float:
     """chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2], the slope of the correlation map at c = 1.
 
-    With q* = inf (unbounded growth) the limit of large q is used (evaluated at q = 1e12)."""
+    With q* = inf (unbounded growth) the limit of large q is used (evaluated at q = 1e12).
+
+    Parameters
+    ----------
+    q_star : float
+        The variance fixed point q* (:func:`q_fixed_point`), possibly ``inf``.
+    sigma_w2 : float
+        Weight variance sigma_w^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order : int
+        Gauss-Hermite order of the quadrature.
+
+    Returns
+    -------
+    float
+        chi_1: < 1 ordered phase, > 1 chaotic phase.
+    """
     q = 1e12 if math.isinf(q_star) else q_star
     return float(sigma_w2 * gaussian_moments(q, activation, method, order)[1])
 
@@ -279,6 +410,23 @@ def c_fixed_point(q_star: float, sigma_w2: float, sigma_b2: float, activation: s
     convex on [0, 1] with C(0) >= 0 (its Hermite expansion has non-negative coefficients), so
     it has exactly one other fixed point in [0, 1), stable; found by Brent's method
     (absolute tolerance 1e-13).
+
+    Parameters
+    ----------
+    q_star : float
+        The variance fixed point q* (:func:`q_fixed_point`).
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order, order2 : int
+        Gauss-Hermite orders of the 1-D rule (for chi_1) and of each factor of the 2-D rule.
+
+    Returns
+    -------
+    float
+        c* in [0, 1]; 1 when q* = 0, NaN when q* is ``inf`` (or NaN).
     """
     if not math.isfinite(q_star) or q_star <= 0:
         return 1.0 if q_star <= 0 else math.nan
@@ -342,7 +490,22 @@ def fixed_points(sigma_w2: float, sigma_b2: float, activation: str, method: str 
     """q*, c*, chi_1, chi_c and the depth scales xi_q, xi_c (see the module docstring).
 
     A depth scale is inf where its slope is >= 1 (criticality, or no finite q*) and 0 where
-    the slope is 0 (convergence in one layer)."""
+    the slope is 0 (convergence in one layer).
+
+    Parameters
+    ----------
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order, order2 : int
+        Gauss-Hermite orders of the 1-D rule and of each factor of the 2-D rule.
+
+    Returns
+    -------
+    SignalPropagation
+    """
     q_star = q_fixed_point(sigma_w2, sigma_b2, activation, method, order=order)
     chi1 = chi_1(q_star, sigma_w2, activation, method, order)
     c_star = c_fixed_point(q_star, sigma_w2, sigma_b2, activation, method, order, order2)

@@ -10,7 +10,23 @@ from ._maps import ORDER, ORDER2, chi_1, fixed_points, q_fixed_point
 
 
 def chi_1_at(sigma_w2: float, sigma_b2: float, activation: str, method: str = "auto", order: int = ORDER) -> float:
-    """chi_1 at the fixed point q*(sigma_w^2, sigma_b^2)."""
+    """chi_1 at the fixed point q*(sigma_w^2, sigma_b^2).
+
+    Parameters
+    ----------
+    sigma_w2, sigma_b2 : float
+        Weight and bias variances sigma_w^2, sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    method : {"auto", "closed_form", "quadrature"}
+    order : int
+        Gauss-Hermite order of the quadrature.
+
+    Returns
+    -------
+    float
+        :func:`chi_1` at :func:`q_fixed_point` (iterated from q0 = 1).
+    """
     q_star = q_fixed_point(sigma_w2, sigma_b2, activation, method, order=order)
     return chi_1(q_star, sigma_w2, activation, method, order)
 
@@ -50,7 +66,25 @@ def critical_sigma_w2(sigma_b2: float, activation: str, bracket=(1e-3, 1e3), met
 
 def critical_curve(sigma_b2, activation: str, bracket=(1e-3, 1e3), method: str = "auto",
                    order: int = ORDER) -> np.ndarray:
-    """The critical sigma_w^2 for each sigma_b^2 (array (n,) float64; NaN where no transition)."""
+    """The critical sigma_w^2 for each sigma_b^2 (array (n,) float64; NaN where no transition).
+
+    Parameters
+    ----------
+    sigma_b2 : float or array_like, shape (n,)
+        Bias variances sigma_b^2.
+    activation : str
+        One of ``ACTIVATIONS``.
+    bracket : (float, float)
+        Interval of sigma_w^2 searched (:func:`critical_sigma_w2`).
+    method : {"auto", "closed_form", "quadrature"}
+    order : int
+        Gauss-Hermite order of the quadrature.
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+        :func:`critical_sigma_w2` of each sigma_b^2.
+    """
     return np.array([critical_sigma_w2(float(b), activation, bracket, method, order)
                      for b in np.atleast_1d(sigma_b2)])
 

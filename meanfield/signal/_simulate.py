@@ -87,7 +87,20 @@ def input_pairs(width: int, q0, c0, rng: np.random.Generator) -> np.ndarray:
 
 
 def network_seed(seed: int, network: int) -> int:
-    """The counter-RNG seed of network ``network`` of a simulation with root seed ``seed``."""
+    """The counter-RNG seed of network ``network`` of a simulation with root seed ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        Root seed of the simulation.
+    network : int
+        Index of the network.
+
+    Returns
+    -------
+    int
+        A 64-bit seed in [0, 2^64), from ``numpy.random.SeedSequence(seed, spawn_key=(network,))``.
+    """
     state = np.random.SeedSequence(seed, spawn_key=(network,)).generate_state(1, np.uint64)[0]
     return int(state)
 
