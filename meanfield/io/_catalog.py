@@ -51,6 +51,20 @@ def catalog_rows(out_dir) -> list[dict]:
     ``message`` (the next ``meanfield run`` moves it aside and does the run again). A file
     being created by a live writer is left out; so is the ``.part`` of a run whose finished
     file exists already.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        An output directory of ``meanfield run``.
+
+    Returns
+    -------
+    list of dict
+        In the order of the file names. Keys ``id``, ``status`` (``running``, ``complete``,
+        ``diverged`` or ``interrupted``: :func:`run_status`; ``corrupt`` for a file that
+        cannot be read), ``file`` (the file name), ``final_risk`` and ``final_time`` (float:
+        the risk and the continuous time t of the last record), ``experiment`` where set,
+        ``message`` for a corrupt file, and ``section.key`` for every config value.
     """
     out_dir = os.fspath(out_dir)
     rows = []
@@ -95,6 +109,14 @@ def write_index(out_dir, rows=None) -> None:
     Written under temporary names and renamed, so a reader never sees a half-written index;
     concurrent shards each write a complete view of what was there. ``rows`` are
     :func:`catalog_rows` when the caller has them already.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        An output directory of ``meanfield run``; ``index.h5`` and ``catalog.csv`` are
+        (re)written there, and abandoned temporary files removed first.
+    rows : list of dict, optional
+        :func:`catalog_rows` of ``out_dir``; default: read from the run files.
     """
     out_dir = os.fspath(out_dir)
     remove_abandoned(out_dir)
