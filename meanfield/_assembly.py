@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -109,6 +110,64 @@ def _tracers(config: dict):
     return np.concatenate(states), tuple(blocks)
 
 
+@dataclass(frozen=True)
+class ObservableContext:
+    """What an observable's ``make`` may use: the run's resolved config and its objects."""
+
+    config: dict
+    model: Model
+    problem: Problem
+    W0: np.ndarray
+    teacher: Teacher | None
+
+
+@dataclass(frozen=True)
+class ObservableEntry:
+    """A series recorded at every record time of a run: one entry of :data:`OBSERVABLES`.
+
+    The entry's measure is called at each record with the integrator's state and returns
+    ``{series name: float}``; the run file stores each series as ``/observables/<name>``
+    (``meanfield.io.RunFile``) and :func:`meanfield.analysis.open_run` reads every
+    ``/observables/*`` series as a variable over ``time``. Nothing else names it.
+
+    Attributes
+    ----------
+    name : str
+        The entry's name (one entry may record several series: the measure's ``names``).
+    enabled : callable
+        ``enabled(config) -> bool`` from the resolved config.
+    make : callable
+        ``make(context: ObservableContext) -> measure``; a measure is a callable
+        ``measure(state) -> dict`` with a ``names`` attribute (the series it returns), and
+        optionally ``set_horizon(t_max)``.
+    """
+
+    name: str
+    enabled: Callable
+    make: Callable
+
+
+OBSERVABLES: dict[str, ObservableEntry] = {}
+
+
+def register_observable(entry: ObservableEntry) -> ObservableEntry:
+    """Add an observable to :data:`OBSERVABLES` (its name must be new).
+
+    Parameters
+    ----------
+    entry : ObservableEntry
+
+    Returns
+    -------
+    ObservableEntry
+        ``entry``.
+    """
+    if entry.name in OBSERVABLES:
+        raise ValueError(f"an observable named {entry.name!r} is registered already")
+    OBSERVABLES[entry.name] = entry
+    return entry
+
+
 def build(config: dict) -> Experiment:
     """Model, problem, integrator, initial particles and recording times of one run."""
     mc, pc, tc = config["model"], config["problem"], config["problem.teacher"]
@@ -143,9 +202,8 @@ def build(config: dict) -> Experiment:
         problem, integrator = to_device(problem, integrator)
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
     tracers, blocks = _tracers(config)
-    measures = (StepSizeError(problem, W0),) if rc.get("step_error") else ()
-    if rc.get("test_samples"):
-        measures += (HeldOutRisk(model, config, teacher.W, rc["test_samples"]),)
+    context = ObservableContext(config, model, problem, W0, teacher)
+    measures = tuple(entry.make(context) for entry in OBSERVABLES.values() if entry.enabled(config))
     return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,
                       tracers, blocks, measures)
 
@@ -189,3 +247,11 @@ class HeldOutRisk:
 
     def __call__(self, state) -> dict:
         return {"test_risk": float(self.problem.risk(state.W))}
+
+
+register_observable(ObservableEntry(
+    "step_error", lambda config: bool(config["record"].get("step_error")),
+    lambda c: StepSizeError(c.problem, c.W0)))
+register_observable(ObservableEntry(
+    "test_risk", lambda config: bool(config["record"].get("test_samples")),
+    lambda c: HeldOutRisk(c.model, c.config, c.teacher.W, c.config["record"]["test_samples"])))

@@ -106,7 +106,6 @@ class Key:
 
 # Every rule about integrators below reads their entries (meanfield.engine._integrators):
 # a new integrator needs no change here.
-INTEGRATORS = tuple(INTEGRATOR_ENTRIES)
 ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield.engine._flow.ODE_METHODS
 # Keys of adaptive integrators only: dropped from the resolved configs of the others (whose run
 # ids predate them).
@@ -185,7 +184,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rotate": Key("bool", False),
     },
     "dynamics": {
-        "integrator": Key("str", "gradient_descent", choices=INTEGRATORS),
+        # A live view: an integrator registered after this module is imported is allowed too.
+        "integrator": Key("str", "gradient_descent", choices=INTEGRATOR_ENTRIES.keys()),
         "step": Key("float", minimum=0, strict_minimum=True),
         "t_max": Key("float", minimum=0, strict_minimum=True),
         "momentum": Key("float", 0.9, minimum=0, maximum=1, strict_maximum=True),
@@ -852,6 +852,9 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
                                f"reference_m = {limit['reference_m']}, got {model['m']}")
         limit["role"] = "member"
     if config["run"]["backend"] == "cuda":
+        if entry.device_update is None and entry.time_step is not None:
+            fail("dynamics", "integrator", f'"{integrator}" has no CUDA twin: use backend = "cpu" or '
+                                            f"{_integrators_where(lambda e: e.device_update is not None)}")
         _check_cuda(fail)
     _check_lazy(config, fail)
     if config["landscape"]["enabled"] and model["dtype"] != "float64":

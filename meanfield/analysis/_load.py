@@ -67,6 +67,25 @@ def _records(f: h5py.File, status: str) -> int:
     return count
 
 
+def _series_variable(group, steps, long_name):
+    """A stored series (``step``, ``time``, ``value``) as a variable over the run's records:
+    its values where its steps are records, NaN elsewhere (a series written at every record
+    is read as it is)."""
+    value = group["value"]
+    T = steps.shape[0]
+    dims = ("time",) + tuple(f"{group.name.rsplit('/', 1)[-1]}_{k}" for k in range(1, value.ndim))
+    stored_steps = group["step"][()]
+    if stored_steps.shape[0] >= T and np.array_equal(stored_steps[:T], steps):
+        return dims, value[:T], {"long_name": _text(long_name)}
+    full = np.full((T, *value.shape[1:]), np.nan)
+    where = {int(s): i for i, s in enumerate(steps)}
+    values = value[()]
+    for row, step in enumerate(stored_steps):
+        if int(step) in where:
+            full[where[int(step)]] = values[row]
+    return dims, full, {"long_name": _text(long_name)}
+
+
 def open_run(path) -> xr.Dataset:
     """Open one run file as an :class:`xarray.Dataset`, without reading its particles.
 
@@ -88,6 +107,10 @@ def open_run(path) -> xr.Dataset:
             float64 as stored); absent with ``[record] particles = false``.
         ``risk``, ``grad_norm`` (time)
             F(mu_m(t)) and |grad F| at each record, float64.
+        every other series ``/observables/<name>`` (time)
+            The run's measures (``step_error``, ``test_risk``, any registered observable,
+            ``meanfield._assembly.OBSERVABLES``) and the series that post-run stages add
+            (``tangent_distance``, ...): NaN at records where the series has no value.
         ``limit_<metric>`` (time) or (time, teacher) for ``overlap_w2``
             Distances to the reference of width ``reference_m`` (``/observables/limit``),
             NaN at records where they were not measured.
@@ -136,6 +159,10 @@ def open_run(path) -> xr.Dataset:
             variables["teacher_position"] = (("teacher", "coord"), f["parameters/teacher/position"][()],
                                              {"long_name": "teacher neurons"})
         steps = coords["step"][1]
+        for name, group in f["observables"].items():
+            if name in variables or name == "limit" or "value" not in group:
+                continue
+            variables[name] = _series_variable(group, steps, group.attrs.get("long_name", name))
         if "observables/limit" in f:
             limit = f["observables/limit"]
             for key in ("reference_m", "reference_id"):
