@@ -103,17 +103,16 @@ def run_command(args) -> int:
     if args.quiet:  # a failure is never silent: a batch job's log must say why it exits 1
         for reason in reasons:
             print(f"meanfield: run {reason}", file=sys.stderr, flush=True)
-    with_limit = any(spec.config.get("limit", {}).get("role") for spec in specs)
-    if with_limit:
-        from . import limits
+    from ._stages import STAGES
 
-        counts = limits.compute_missing(out, jobs=args.jobs)
-        if not args.quiet:
-            print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
-                  f"{counts['waiting']} waiting for their reference")
-    from . import landscape
-
-    landscape_text = landscape.after_runs(out, specs)  # connectivity pairs are measured even when quiet
+    # The post-run stages the file asks for measure what is missing even when quiet.
+    stage_reports = []
+    for stage in STAGES.values():
+        if stage.wanted(specs):
+            progress, lines = stage.run(out, args.jobs, 4)
+            stage_reports += lines
+            for line in progress if not args.quiet else ():
+                print(line)
     if not args.quiet:
         counts = {}
         for s in summaries:
@@ -121,20 +120,13 @@ def run_command(args) -> int:
         print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         for reason in reasons:
             print(f"  {reason}")
+        for line in stage_reports:
+            print(line)
         curves = report.risk_curves(summaries)
-        if with_limit:
-            table, plots = report.limit_rates(out)
-            print(table)
-            for path in plots:
-                print(f"plot: {path}")
-        if landscape_text:
-            print(landscape_text)
         if curves:
             print(report.risk_table(curves))
             _risk_plot(out)
         print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
-    if any(spec.config.get("lazy", {}).get("role") for spec in specs):
-        _lazy_report(out, args.quiet)
     return 1 if bad else 0
 
 
@@ -159,18 +151,8 @@ def _risk_plot(out) -> None:
     print(f"plot: {png} (every finished run in {out}: {finished} run{'s' if finished != 1 else ''}{by})")
 
 
-def _lazy_report(out, quiet=False) -> None:
-    from . import lazy
-
-    table, plots = lazy.report(out)
-    if not quiet:
-        print(table)
-        for path in plots:
-            print(f"plot: {path}")
-
-
 def report_command(args) -> int:
-    from . import limits, report
+    from . import report
     from ._config import ConfigError
 
     if not os.path.isdir(args.dir):
@@ -178,7 +160,7 @@ def report_command(args) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
     from . import _summaries as summaries_
-    from . import experiments, io, landscape, lazy
+    from . import experiments, io
 
     rows = io.catalog_rows(args.dir)
     for row in rows:  # damaged files are named once, and left out below
@@ -196,24 +178,17 @@ def report_command(args) -> int:
         print(f"risk at the end of the {len(finished)} finished run{'s' if len(finished) != 1 else ''} "
               f"in {args.dir}:")
         print(report.final_risk_table(summaries))
-    has_lazy = lazy.has_lazy(args.dir)
-    landscape.connectivity_missing(args.dir)
-    landscape_text = landscape.report_text(args.dir)
-    with_limit = bool(limits.pairs(args.dir))
-    if not (figures or finished or with_limit or has_lazy or landscape_text):
+    from ._stages import STAGES
+
+    lines = []
+    for stage in STAGES.values():
+        if stage.present(args.dir):
+            progress, report_lines = stage.run(args.dir, args.jobs, args.times)
+            lines += progress + report_lines
+    if not (figures or finished or lines):
         print(f"{args.dir}: no finished runs to report")
-    if with_limit:
-        counts = limits.compute_missing(args.dir, jobs=args.jobs)
-        print(f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
-              f"{counts['waiting']} waiting for their reference")
-        table, plots = report.limit_rates(args.dir, n_times=args.times)
-        print(table)
-        for path in plots:
-            print(f"plot: {path}")
-    if has_lazy:
-        _lazy_report(args.dir)
-    if landscape_text:
-        print(landscape_text)
+    for line in lines:
+        print(line)
     return 0
 
 

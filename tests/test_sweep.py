@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from meanfield import io, sweep
+from meanfield.io import _catalog
 from meanfield.cli import main
 from meanfield.io._store import RunLock, read_checkpoint
 
@@ -559,17 +560,17 @@ def test_index_files_are_replaced_whole_with_unique_temporary_names(tmp_path, mo
             names.append(os.path.basename(name))
         return real_file(name, mode, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.h5py, "File", recording_file)
+    monkeypatch.setattr(_catalog.h5py, "File", recording_file)
     io.write_index(out)
     io.write_index(out)
     assert len(names) == 2 and names[0] != names[1] and all(n.startswith(".index.h5.") for n in names)
-    monkeypatch.setattr(sweep.h5py, "File", real_file)
+    monkeypatch.setattr(_catalog.h5py, "File", real_file)
     before = (out / "catalog.csv").read_bytes()
 
     def failing_writerows(self, rows):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sweep.csv.DictWriter, "writerows", failing_writerows)
+    monkeypatch.setattr(_catalog.csv.DictWriter, "writerows", failing_writerows)
     with pytest.raises(OSError, match="disk full"):
         io.write_index(out)
     assert (out / "catalog.csv").read_bytes() == before

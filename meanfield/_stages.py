@@ -1,0 +1,111 @@
+"""Post-run stages: what ``meanfield run`` and ``meanfield report`` do after the runs themselves.
+
+Each stage is one entry of :data:`STAGES`: it finds in an output directory what it has to
+measure (distances to the limit, lazy-training observables, the landscape census and mode
+connectivity), measures what is missing into the run files, and returns the lines of its
+report (tables and ``plot: <path>``). The command line runs the entries in order; it names
+no stage. A new post-run analysis is one entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class PostRunStage:
+    """One post-run stage.
+
+    Attributes
+    ----------
+    name : str
+    wanted : callable
+        ``wanted(specs) -> bool``: whether the runs of an experiment file (``RunSpec`` list)
+        ask for it (``meanfield run``).
+    present : callable
+        ``present(out_dir) -> bool``: whether a directory holds runs it reports on
+        (``meanfield report``).
+    run : callable
+        ``run(out_dir, jobs, n_times) -> (progress, report)``: measures what is missing (with
+        up to ``jobs`` processes), writes its plots, and returns two lists of lines: progress
+        (what it measured) and its report.
+    """
+
+    name: str
+    wanted: Callable
+    present: Callable
+    run: Callable
+
+
+STAGES: dict[str, PostRunStage] = {}
+
+
+def register_stage(stage: PostRunStage) -> PostRunStage:
+    """Add a stage to :data:`STAGES` (run in the order of registration).
+
+    Parameters
+    ----------
+    stage : PostRunStage
+
+    Returns
+    -------
+    PostRunStage
+        ``stage``.
+    """
+    if stage.name in STAGES:
+        raise ValueError(f"a post-run stage named {stage.name!r} is registered already")
+    STAGES[stage.name] = stage
+    return stage
+
+
+def _plots(paths) -> list[str]:
+    return [f"plot: {path}" for path in paths]
+
+
+def _limit(out_dir, jobs, n_times):
+    from . import limits, report
+
+    counts = limits.compute_missing(out_dir, jobs=jobs)
+    progress = [f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
+                f"{counts['waiting']} waiting for their reference"]
+    table, plots = report.limit_rates(out_dir, n_times=n_times)
+    return progress, [table, *_plots(plots)]
+
+
+def _landscape(out_dir, jobs, n_times):
+    from . import landscape
+
+    landscape.connectivity_missing(out_dir)  # no-op without [connectivity] runs
+    text = landscape.report_text(out_dir)
+    return [], [text] if text else []
+
+
+def _lazy(out_dir, jobs, n_times):
+    from . import lazy
+
+    table, plots = lazy.report(out_dir)
+    return [], [table, *_plots(plots)]
+
+
+def _config_asks(section: str, key: str):
+    return lambda specs: any(spec.config.get(section, {}).get(key) for spec in specs)
+
+
+def _limit_present(out_dir) -> bool:
+    from . import limits
+
+    return bool(limits.pairs(out_dir))
+
+
+def _lazy_present(out_dir) -> bool:
+    from . import lazy
+
+    return lazy.has_lazy(out_dir)
+
+
+register_stage(PostRunStage("limit", _config_asks("limit", "role"), _limit_present, _limit))
+register_stage(PostRunStage(
+    "landscape",
+    lambda specs: _config_asks("landscape", "enabled")(specs) or _config_asks("connectivity", "enabled")(specs),
+    lambda out_dir: True, _landscape))
+register_stage(PostRunStage("lazy", _config_asks("lazy", "role"), _lazy_present, _lazy))
