@@ -20,6 +20,7 @@ import traceback
 
 from ._assembly import Experiment, build, generator, initial_state, seed_sequence
 from ._config import ConfigError, RunSpec, plan
+from ._run_stages import RUN_STAGES
 from .engine import _interrupt
 from .engine._integrators import restore
 from .engine._run import run
@@ -274,13 +275,14 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(part)  # a finish killed between its rename and the removal of the .part
             risk, t = final_values(final)
-            if spec.config.get("landscape", {}).get("enabled"):  # killed between the run and its landscape stage
-                from .landscape import store_endpoint
-
+            for stage in RUN_STAGES.values():  # a kill may have come between the run and its stages
+                if not stage.enabled(spec.config):
+                    continue
                 try:
-                    store_endpoint(final, spec.config)
+                    stage.after_run(final, spec.config, None)
                 except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-                    return _summary(spec, "failed", final, risk, t, f"landscape stage: {type(error).__name__}: {error}")
+                    return _summary(spec, "failed", final, risk, t,
+                                    f"{stage.name} stage: {type(error).__name__}: {error}")
             return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
     experiment = build(spec.config)
     buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
@@ -330,10 +332,10 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
             writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         raise
     path = final if trajectory.status in FINISHED else part
-    if spec.config.get("landscape", {}).get("enabled") and trajectory.status == "complete":
-        from .landscape import store_endpoint
-
-        store_endpoint(path, spec.config, experiment.problem)
+    if trajectory.status == "complete":
+        for stage in RUN_STAGES.values():
+            if stage.enabled(spec.config):
+                stage.after_run(path, spec.config, experiment.problem)
     risk, t = final_values(path)
     return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
 

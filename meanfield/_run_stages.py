@@ -1,0 +1,63 @@
+"""Stages that belong to one run: done in the run's own worker right after it finishes
+complete (and redone on the next ``meanfield run`` if a kill came in between).
+
+Each stage is one entry of :data:`RUN_STAGES`; ``meanfield.sweep.execute`` runs every entry
+that the run's config enables and names none. The stages over a whole directory (distances
+to the limit, census tables, lazy-training reports) are ``meanfield._stages``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class RunStage:
+    """One per-run stage.
+
+    Attributes
+    ----------
+    name : str
+        Named in the message of a run whose stage failed (``"<name> stage: ..."``).
+    enabled : callable
+        ``enabled(config) -> bool`` from the run's resolved config.
+    after_run : callable
+        ``after_run(path, config, problem)``: store the stage's result into the finished run
+        file at ``path`` (nothing when it is there already); ``problem`` is the run's problem
+        when the caller has it, else None.
+    """
+
+    name: str
+    enabled: Callable
+    after_run: Callable
+
+
+RUN_STAGES: dict[str, RunStage] = {}
+
+
+def register_run_stage(stage: RunStage) -> RunStage:
+    """Add a per-run stage to :data:`RUN_STAGES` (run in the order of registration).
+
+    Parameters
+    ----------
+    stage : RunStage
+
+    Returns
+    -------
+    RunStage
+        ``stage``.
+    """
+    if stage.name in RUN_STAGES:
+        raise ValueError(f"a run stage named {stage.name!r} is registered already")
+    RUN_STAGES[stage.name] = stage
+    return stage
+
+
+def _landscape_end_point(path, config, problem=None) -> None:
+    from .landscape import store_endpoint
+
+    store_endpoint(path, config, problem)
+
+
+register_run_stage(RunStage("landscape", lambda config: bool(config.get("landscape", {}).get("enabled")),
+                            _landscape_end_point))
