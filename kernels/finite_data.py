@@ -69,6 +69,37 @@ def unfused_finite_data_field(W, X, y, points, activation_code, loss_code, outpu
     backward one column by column); kept to test the fused kernel against and as the
     benchmarks' "previous kernel". Same formula, parameters, outputs and return value as
     :func:`finite_data_field`.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, d + 2), float32 or float64
+        Particles (sources of the field). Column layout: a, b, c.
+    X : ndarray, shape (N, d), same dtype, C-contiguous
+        Inputs.
+    y : ndarray, shape (N,), same dtype
+        Labels.
+    points : ndarray, shape (n, d + 2), same dtype
+        Extra points (tracers) that feel the field of ``W`` without acting on it; n may be 0.
+    activation_code, loss_code : int
+        Codes of ``meanfield.kernels.ACTIVATION_CODES`` and ``LOSS_CODES``.
+    output_scale : float
+        s: 1/m for the mean-field scaling, 1 for the unnormalised sum.
+    alpha : float
+        Scale of the output seen by the loss (1 mean-field, large lazy).
+    bias, train_readout : bool
+        Whether the b and c columns move; frozen columns get velocity 0.
+    tile_size : int
+        Rows of X per tile (at most N are used). Work arrays are allocated at every call (no
+        workspace argument).
+    velocity : ndarray, shape (m, d + 2), output
+        v(w_i) for every particle (overwritten).
+    points_velocity : ndarray, shape (n, d + 2), output
+        v(x_j) for every extra point (overwritten).
+
+    Returns
+    -------
+    float
+        The objective F (same dtype as W).
     """
     m, p = W.shape
     N, d = X.shape

@@ -41,6 +41,19 @@ def seed_sequence(config: dict, stream: str) -> np.random.SeedSequence:
     held-out sample) take ``[problem] seed`` when the config has it: runs with different
     ``run.seed`` and the same ``problem.seed`` train on the same teacher and data from
     different initial particles. ``problem.seed = s`` draws the problem of ``run.seed = s``.
+
+    Parameters
+    ----------
+    config : dict
+        A resolved config (its ``run`` section: ``seed`` and ``root_seed``; and
+        ``problem.seed`` if given).
+    stream : str
+        ``init``, ``problem``, ``dynamics`` or ``test`` (``KeyError`` for another name).
+
+    Returns
+    -------
+    numpy.random.SeedSequence
+        A new SeedSequence, equal for equal (root_seed, seed, stream).
     """
     seed = config["run"]["seed"]
     if stream in PROBLEM_STREAMS:
@@ -89,7 +102,21 @@ def _model(config: dict) -> Model:
 
 
 def initial_state(config: dict) -> np.ndarray:
-    """The initial particles of a run, shape (m, d + 2) (drawn from its ``init`` stream)."""
+    """The initial particles of a run, shape (m, d + 2) (drawn from its ``init`` stream).
+
+    Parameters
+    ----------
+    config : dict
+        A resolved config: its ``model`` section (d, m, dtype, bias, scaling) and its
+        ``init`` section (the laws of a, b and c, the scale tau, ``symmetric``), plus the
+        seeds of :func:`seed_sequence`.
+
+    Returns
+    -------
+    ndarray, shape (m, d + 2), in the model's dtype (float32 or float64)
+        A new array, columns a (d), b, c; equal for equal config and seeds, and a width-m
+        state is the first m rows of a wider one (except for the symmetric init).
+    """
     ic = config["init"]
     init = Init(a=ic["a"], c=ic["c"], b=ic["b"], tau=ic["tau"], symmetric=ic["symmetric"])
     return init.sample(_model(config), config["model"]["m"], generator(config, "init"))
@@ -169,7 +196,27 @@ def register_observable(entry: ObservableEntry) -> ObservableEntry:
 
 
 def build(config: dict) -> Experiment:
-    """Model, problem, integrator, initial particles and recording times of one run."""
+    """Model, problem, integrator, initial particles and recording times of one run.
+
+    Parameters
+    ----------
+    config : dict
+        A resolved config (every section filled in, as in ``RunSpec.config``). The file of
+        ``[problem] data``, if given, is read here (an ``.npz`` with ``X`` and ``y``); nothing
+        is written.
+
+    Returns
+    -------
+    Experiment
+        ``model``; ``problem`` (population or finite-data, wrapped as the tangent model when
+        ``[problem] tangent``; with ``[run] backend = "cuda"`` it and ``integrator`` are the
+        CUDA twins); ``integrator`` (``[dynamics] integrator``); ``W0`` (m, d + 2), from
+        :func:`initial_state`; ``times``, the recording times in continuous time t, float64,
+        from 0 to ``t_max``; ``t_max``; ``rng``, the generator of the ``dynamics`` stream;
+        ``teacher`` (None for a data file); ``tracers`` (n, d + 2) and ``tracer_blocks`` for a
+        ``[limit]`` reference run (None and () otherwise); ``measures``, one per enabled
+        entry of :data:`OBSERVABLES`.
+    """
     mc, pc, tc = config["model"], config["problem"], config["problem.teacher"]
     dc, rc = config["dynamics"], config["record"]
     model = _model(config)

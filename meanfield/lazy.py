@@ -97,12 +97,27 @@ def predictions(config: dict, particles, X) -> np.ndarray:
 def compute(path, tangent_path=None) -> dict:
     """The lazy observables of one finished run (and its distance to the paired tangent run).
 
+    Reads the files only; :func:`write` stores the result.
+
+    Parameters
+    ----------
+    path : path-like
+        The run file of a finished ``[lazy]`` run with recorded particles, the first record at
+        step 0 (``ValueError`` otherwise).
+    tangent_path : path-like, optional
+        The file of its paired tangent-model run (``[lazy] tangent = true``); without it no
+        ``tangent_distance`` is measured.
+
     Returns
     -------
     dict
         name -> (steps (T,), times (T,), values (T,)) for ``displacement``, ``test_risk`` and,
         with ``tangent_path``, ``tangent_distance`` (at the records common to both runs),
         plus ``"_tangent_id"``.
+        Steps are the integer step counts of the records, times their continuous times t
+        (float64), values float64 (T: the run's records, fewer for ``tangent_distance`` when
+        the two runs recorded different steps); ``"_tangent_id"`` is the tangent run's id
+        (str), present only with ``tangent_path``.
     """
     run = _load(path)
     config = run["config"]
@@ -126,7 +141,20 @@ def compute(path, tangent_path=None) -> dict:
 
 
 def write(path, results: dict) -> None:
-    """Store the series under ``/observables/<name>`` of a finished run file (replacing old ones)."""
+    """Store the series under ``/observables/<name>`` of a finished run file (replacing old ones).
+
+    Each series of ``SERIES`` found in ``results`` becomes the group ``/observables/<name>``
+    with datasets ``step`` (int64), ``time`` (float64, the continuous time t, a dimension
+    scale of ``value``) and ``value`` (float64); ``tangent_distance`` gets the attribute
+    ``tangent_id``. The file is updated crash-safely (``meanfield.io._store.updating``).
+
+    Parameters
+    ----------
+    path : path-like
+        The finished run file, changed in place.
+    results : dict
+        A result of :func:`compute`.
+    """
     with updating(path) as f:
         for name in SERIES:
             if name not in results:
@@ -145,7 +173,22 @@ def write(path, results: dict) -> None:
 
 
 def runs(out_dir) -> list[tuple[str, dict, str | None]]:
-    """(file, config, paired tangent-model file or None) of every finished ``[lazy]`` run."""
+    """(file, config, paired tangent-model file or None) of every finished ``[lazy]`` run.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory.
+
+    Returns
+    -------
+    list of (str, dict, str or None)
+        In file-name order, for every run file of the directory with status ``"complete"``
+        and a ``[lazy]`` role (``[lazy] test_samples`` set; network and tangent-model runs
+        alike): its path, its resolved config, and the path of its paired tangent-model run,
+        None when the run has ``[lazy] tangent = false`` (tangent-model runs included) or
+        its tangent-model run is not complete.
+    """
     out_dir = os.fspath(out_dir)
     found, tangents = [], {}
     for path in finished_run_files(out_dir):
@@ -164,6 +207,14 @@ def runs(out_dir) -> list[tuple[str, dict, str | None]]:
 def compute_missing(out_dir) -> dict:
     """Measure every finished ``[lazy]`` run that lacks its series (or whose tangent distance
     is missing or refers to another tangent run).
+
+    Each such run is measured by :func:`compute` and its series written into its file by
+    :func:`write`.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory (its runs as listed by :func:`runs`).
 
     Returns
     -------
@@ -192,13 +243,42 @@ def compute_missing(out_dir) -> dict:
 
 
 def has_lazy(out_dir) -> bool:
-    """Whether a directory holds finished ``[lazy]`` runs."""
+    """Whether a directory holds finished ``[lazy]`` runs.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Any path; a path that is not a directory gives False.
+
+    Returns
+    -------
+    bool
+        True when :func:`runs` lists at least one run.
+    """
     return os.path.isdir(out_dir) and bool(runs(out_dir))
 
 
 def collect(out_dir) -> list[dict]:
     """One record per finished ``[lazy]`` run: path, role, alpha (resolved), tau, seed, m,
-    and the stored series (times, displacement, test_risk, tangent_distance or None)."""
+    and the stored series (times, displacement, test_risk, tangent_distance or None).
+
+    Reads the files only; runs not measured yet (no ``/observables/test_risk``) are left out.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory.
+
+    Returns
+    -------
+    list of dict
+        Keys ``path`` (str), ``role`` (``"network"`` or ``"tangent"``), ``config`` (dict),
+        ``alpha`` (float, the output scale for the run's width), ``tau`` (float, the init
+        scale), ``seed`` and ``m`` (int), ``times`` (ndarray (T,), float64: continuous times t
+        of the records of ``test_risk``), and ``displacement``, ``test_risk`` (ndarray (T,),
+        float64) and ``tangent_distance`` (ndarray, float64, at the records common to both
+        runs) or None when a series is not stored.
+    """
     records = []
     for path, config, _ in runs(out_dir):
         with open_run(path) as f:
@@ -224,7 +304,24 @@ def _mean_series(members, name):
 
 
 def table(records) -> str:
-    """Final-time values, mean over seeds, one row per (alpha or tau, width m, model)."""
+    """Final-time values, mean over seeds, one row per (alpha or tau, width m, model).
+
+    The first column is alpha when the records have several alphas or a single tau, tau
+    otherwise.
+
+    Parameters
+    ----------
+    records : list of dict
+        Records of :func:`collect`.
+
+    Returns
+    -------
+    str
+        A header line, one line per group (scale, m, model, number of seeds, last recorded
+        time t, then the means of test_risk, displacement and, for paired runs,
+        tangent_distance at the last record) and a closing line; ``"lazy: no measured runs"``
+        when ``records`` is empty. No trailing newline.
+    """
     if not records:
         return "lazy: no measured runs"
     key = _scale(records)
@@ -255,6 +352,16 @@ def report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
     ``displacement.png`` (displacement against t, one line per value and width, mean over
     seeds) and ``tangent_distance.png`` (distance to the tangent model at the last recorded time
     against alpha or tau, log-log, one line per width, with its slope).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory. Missing series are measured and written into its run files
+        (:func:`compute_missing`) and the plots are written into it as PNG files (replacing
+        files of the same names).
+    plots : bool
+        Write the plots. Without matplotlib the text says how to install it and nothing is
+        plotted; without measured network runs there is nothing to plot.
 
     Returns
     -------
@@ -318,7 +425,19 @@ def _save(figure, out_dir, name) -> str:
 
 
 def slope(scales, values) -> float:
-    """Least-squares slope of log(values) against log(scales) (NaN with fewer than 2 points)."""
+    """Least-squares slope of log(values) against log(scales) (NaN with fewer than 2 points).
+
+    Parameters
+    ----------
+    scales, values : array_like, shape (n,)
+        Points (scale, value); those with a scale or value that is not positive, or a value
+        that is not finite, are left out.
+
+    Returns
+    -------
+    float
+        The fitted exponent p of values ~ scales^p; NaN when fewer than 2 points are kept.
+    """
     scales, values = np.asarray(scales, float), np.asarray(values, float)
     keep = (scales > 0) & (values > 0) & np.isfinite(values)
     if keep.sum() < 2:

@@ -68,7 +68,20 @@ def _reference_key(config: dict) -> str:
 
 
 def pairs(out_dir) -> list[tuple[str, str | None]]:
-    """(member file, its reference file or None) for every finished member in ``out_dir``."""
+    """(member file, its reference file or None) for every finished member in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory.
+
+    Returns
+    -------
+    list of (str, str or None)
+        In file-name order, for every run file with ``[limit]`` role ``"member"`` and status
+        ``"complete"``: its path and the path of its reference run (the same config at width
+        ``reference_m``), None when that run is not complete.
+    """
     out_dir = os.fspath(out_dir)
     references, members = {}, []
     for path in finished_run_files(out_dir):
@@ -86,11 +99,25 @@ def pairs(out_dir) -> list[tuple[str, str | None]]:
 def compute(member_path, reference_path) -> dict:
     """Every metric of the member's ``[limit]`` table at the records common to both runs.
 
+    Records are matched by step number; with ``[limit] times`` only the common records
+    nearest to those times are kept. Reads the files only; :func:`write` stores the result.
+
+    Parameters
+    ----------
+    member_path : path-like
+        The finished member's run file (recorded particles and risk).
+    reference_path : path-like
+        The finished reference's run file (its tracers are needed for
+        ``tracer_deviation``, which is NaN without them).
+
     Returns
     -------
     dict
         metric -> (steps (T,), times (T,), values (T,) or (T, k) for ``overlap_w2``), plus
         the key ``"_reference"`` -> (reference id, reference width).
+        Steps are the step numbers of the records, times the member's continuous times t
+        (float64), values float64 (k: teacher neurons); the metrics are those listed in
+        ``[limit] metrics``, the reference id a str and the width an int.
     """
     from . import distance
 
@@ -141,7 +168,20 @@ def compute(member_path, reference_path) -> dict:
 
 
 def write(member_path, results: dict) -> None:
-    """Store the metrics in the member file under ``/observables/limit`` (replacing old ones)."""
+    """Store the metrics in the member file under ``/observables/limit`` (replacing old ones).
+
+    The group ``/observables/limit`` gets the attributes ``reference_id`` and ``reference_m``
+    and one subgroup per metric with datasets ``step``, ``time`` (the continuous time t, a
+    dimension scale of ``value``) and ``value``. The file is updated crash-safely
+    (``meanfield.io._store.updating``).
+
+    Parameters
+    ----------
+    member_path : path-like
+        The finished member's run file, changed in place.
+    results : dict
+        A result of :func:`compute`.
+    """
     reference_id, reference_m = results["_reference"]
     with updating(member_path) as f:
         if "observables/limit" in f:
@@ -169,6 +209,16 @@ def _measure(member_path, reference_path):
 def compute_missing(out_dir, jobs: int = 1) -> dict:
     """Measure every finished member whose reference is finished and that has no (or stale)
     ``/observables/limit``; members in parallel with ``jobs`` spawned processes.
+
+    Stale means measured against another reference run (``reference_id``). Each member is
+    measured by :func:`compute` and written into its file by :func:`write`.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory (its pairs as listed by :func:`pairs`).
+    jobs : int
+        Number of worker processes (``spawn`` context); 1 or less measures in this process.
 
     Returns
     -------
@@ -202,11 +252,24 @@ def compute_missing(out_dir, jobs: int = 1) -> dict:
 def collect(out_dir, metric: str) -> dict:
     """Values of one metric across the members of a directory.
 
+    Reads the files only; members without the metric stored are left out.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory.
+    metric : str
+        One of ``LIMIT_METRICS`` (``meanfield._config``), e.g. ``"risk_gap"``.
+
     Returns
     -------
     dict
         ``times`` (T,), ``widths`` (n_w,), ``seeds`` (n_s,), ``values`` (T, n_w, n_s) with
         NaN where a (width, seed) is missing; for ``overlap_w2`` the mean over teacher neurons.
+        ``times`` are continuous times t (float64) of the first member read, T the fewest
+        records of any member (series are cut to it); widths and seeds are sorted int arrays,
+        values float64. All empty (``values`` of shape (0, 0, 0)) when no member has the
+        metric.
     """
     records = []
     for member_path, _ in pairs(out_dir):

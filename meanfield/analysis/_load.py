@@ -243,6 +243,23 @@ def moments(ds: xr.Dataset, names=("norm", "readout", "signed_norm"), orders=(1,
 
     Width-free: runs of different widths m give arrays of the same shape (time, order)
     (``overlap``: time, order, teacher).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`open_run` (needs ``position``; ``teacher_position`` for ``overlap``).
+    names : sequence of str
+        Observables of :func:`particle_observables`: ``norm``, ``readout``, ``signed_norm``,
+        ``overlap``.
+    orders : sequence of int
+        The powers k.
+
+    Returns
+    -------
+    xarray.Dataset
+        One float64 variable per name, dims (time, order) (``overlap``: time, order,
+        teacher), with the coordinates ``time`` (the continuous time t of each record) and
+        ``order`` (``orders``).
     """
     obs = particle_observables(ds, names)
     order = xr.DataArray(np.asarray(orders), dims="order", coords={"order": np.asarray(orders)})
@@ -253,6 +270,23 @@ def quantiles(ds: xr.Dataset, names=("norm", "readout", "signed_norm"), q=(0.1, 
     """Quantiles over the particles of each observable, per time: the 1-D laws, width-free.
 
     Returns a Dataset with dims (time, quantile) per observable (``overlap``: with teacher).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`open_run` (needs ``position``; ``teacher_position`` for ``overlap``).
+    names : sequence of str
+        Observables of :func:`particle_observables`: ``norm``, ``readout``, ``signed_norm``,
+        ``overlap``.
+    q : sequence of float
+        Quantile levels in [0, 1].
+
+    Returns
+    -------
+    xarray.Dataset
+        One float64 variable per name, dims (time, quantile) (``overlap``: time, quantile,
+        teacher), with the coordinates ``time`` (the continuous time t of each record) and
+        ``quantile`` (``q``); xarray's default (linear) interpolation between particles.
     """
     obs = particle_observables(ds, names)
     return obs.quantile(np.asarray(q, dtype=np.float64), dim="particle").transpose("time", "quantile", ...)

@@ -57,6 +57,36 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
     point and write ``/landscape`` into the run file (nothing if it is already there).
 
     Returns the stored attributes, or None when the run has no ``[landscape]`` stage.
+
+    The start is the run's final particles, read from its checkpoint (``ValueError`` when the
+    file has none). The file is updated crash-safely (``meanfield.io._store.updating``): it
+    gains the group ``/landscape`` with the dataset ``end_point``, shape (m, d + 2), float64
+    (the end point of the descent) and the attributes of the returned dict. A file that
+    already has ``/landscape`` (stored before, or meanwhile by another process) is not
+    changed.
+
+    Parameters
+    ----------
+    path : path-like
+        The run file (``<id>.h5``) of a finished run.
+    config : dict
+        The run's resolved config: its ``[landscape]`` table (``enabled``, ``grad_tol``,
+        ``risk_threshold``, ``eig_tol``, ``step`` (None: ``[dynamics] step``), ``max_steps``,
+        ``spectrum``, ``hessian``).
+    problem : Problem, optional
+        The run's problem, when the caller has it; default ``build(config).problem``.
+
+    Returns
+    -------
+    dict or None
+        The attributes of ``/landscape``: the fields of the :class:`EndPoint` of
+        :func:`classify` (``kind``, ``risk``, ``grad_norm``, ``lambda_min``, ``lambda_max``,
+        their error bounds, the thresholds ``grad_tol``, ``risk_threshold``, ``eig_tol`` and
+        ``spectrum_method``) and of the :class:`PreciseDescent` (``steps``, ``rejected``,
+        ``step``: its final step size, ``time``: the continuous time the descent travelled
+        after the run's end, ``message``); read back from the file (numpy scalars) when ``/landscape`` was there
+        already. None when ``[landscape]`` is not enabled or the run's status is not
+        ``"complete"``.
     """
     settings = config.get("landscape", {})
     if not settings.get("enabled"):
@@ -127,6 +157,27 @@ def census(out_dir, merge_tol: float = 1e-5, level_rtol: float = 1e-7) -> list[d
     ``merge_tol``) and ``levels`` (distinct risk values, relative tolerance ``level_rtol``:
     minima related by a symmetry of the teacher, e.g. permuting its orthonormal directions,
     share their risk).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory; its finished run files (``*.h5``) that have ``/landscape`` are
+        counted, the others left out.
+    merge_tol : float
+        Two spurious end points count as one when their largest coordinate difference, after
+        the best permutation of neurons, is below ``merge_tol``.
+    level_rtol : float
+        Relative tolerance under which two spurious risks count as one level.
+
+    Returns
+    -------
+    list of dict
+        One row per (k, n, d), sorted by (k, n, d), with keys ``k``, ``n``, ``d`` (int),
+        ``runs`` (int), ``kinds`` (dict: kind -> number of runs, for the kinds that occur),
+        ``fraction``, ``ci_low``, ``ci_high`` (float: fraction at spurious minima and its 95 %
+        interval), ``mean_lambda_min``, ``mean_risk`` (float, NaN without spurious minima),
+        ``distinct`` and ``levels`` (int, 0 without spurious minima). Empty when no run has
+        ``/landscape``.
     """
     from scipy.stats import binomtest
 
@@ -160,7 +211,20 @@ def census(out_dir, merge_tol: float = 1e-5, level_rtol: float = 1e-7) -> list[d
 
 
 def census_table(rows) -> str:
-    """The census rows as a text table."""
+    """The census rows as a text table.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`census`.
+
+    Returns
+    -------
+    str
+        A header line, a rule, one line per row (k, n, runs, counts per kind, fraction
+        spurious with its interval, mean lambda_min, mean risk, distinct, levels; "-" for NaN)
+        and a closing line that explains the columns; no trailing newline.
+    """
     header = (f"{'k':>3} {'n':>3} {'runs':>5} {'global':>6} {'spur.':>5} {'saddle':>6} {'degen.':>6} {'n.conv':>6}"
               f"  {'fraction spurious [95% CI]':<28} {'mean lambda_min':>15} {'mean risk':>10} {'distinct':>8}"
               f" {'levels':>6}")
@@ -190,7 +254,26 @@ def _pair_key(config: dict) -> str:
 def connectivity_missing(out_dir) -> dict:
     """Measure every pair (seeds 2i, 2i + 1 of otherwise equal configs with ``[connectivity]``)
     whose seed-2i file has no ``/connectivity`` yet. Returns counts measured / up_to_date /
-    waiting (partner missing or unfinished)."""
+    waiting (partner missing or unfinished).
+
+    Each measured pair's risk along the paths of :func:`connectivity` (``n_points`` and
+    ``match`` of the ``[connectivity]`` table), from the final particles of both runs (their
+    checkpoints), is written crash-safely into the seed-2i file as ``/connectivity`` (layout
+    in the module docstring; one that another process stored meanwhile is replaced).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory; its finished run files with ``[connectivity]`` enabled and status
+        ``"complete"`` are paired.
+
+    Returns
+    -------
+    dict
+        ``{"measured": int, "up_to_date": int, "waiting": int}``, counting the seed-2i runs
+        (even seeds) measured now, already measured, and without a complete seed-2i + 1
+        partner.
+    """
     from .._assembly import build
 
     found = {}
@@ -240,7 +323,23 @@ def connectivity_missing(out_dir) -> dict:
 
 def connectivity_rows(out_dir) -> list[dict]:
     """Barriers per width m (and any other setting but the seed): mean, standard error and
-    maximum over pairs, for each path with and without matching."""
+    maximum over pairs, for each path with and without matching.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory; its finished run files that have ``/connectivity`` are read.
+
+    Returns
+    -------
+    list of dict
+        One row per group of pairs whose configs differ only in seed (so one per width m when
+        nothing else varies), sorted by m, with keys ``m`` (int), ``pairs`` (int),
+        ``end_risk`` (float: mean risk of both end points over the pairs), and for each path
+        name of ``PATH_NAMES`` that was measured (``linear``, ``arc``, ``linear_matched``,
+        ``arc_matched``) a tuple (mean, standard error, maximum) of its barriers, floats (the
+        standard error is NaN for a single pair). Empty when no file has ``/connectivity``.
+    """
     groups = defaultdict(list)
     for path in _run_files(out_dir):
         with open_run(path) as f:
@@ -263,7 +362,20 @@ def connectivity_rows(out_dir) -> list[dict]:
 
 
 def connectivity_table(rows) -> str:
-    """Barrier versus width as a text table."""
+    """Barrier versus width as a text table.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`connectivity_rows`.
+
+    Returns
+    -------
+    str
+        A header line, a rule, one line per row (m, pairs, end risk, then "mean +- standard
+        error" of the barrier for each path that any row has) and a closing line that defines
+        the barrier; no trailing newline.
+    """
     names = [n for n in PATH_NAMES if any(n in r for r in rows)]
     header = f"{'m':>6} {'pairs':>5} {'end risk':>10}  " + "  ".join(f"{n:>24}" for n in names)
     lines = [header, "-" * len(header)]
@@ -282,7 +394,22 @@ def connectivity_table(rows) -> str:
 
 
 def report_text(out_dir) -> str:
-    """The census and connectivity tables of a sweep directory ("" when it has neither)."""
+    """The census and connectivity tables of a sweep directory ("" when it has neither).
+
+    Reads only: nothing is measured (:func:`after_runs` measures missing connectivity pairs
+    first).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        A sweep directory.
+
+    Returns
+    -------
+    str
+        The :func:`census_table` and the :func:`connectivity_table` of the directory, each
+        under a title line, separated by a blank line; a table without rows is left out.
+    """
     parts = []
     rows = census(out_dir)
     if rows:
@@ -295,7 +422,23 @@ def report_text(out_dir) -> str:
 
 def after_runs(out_dir, specs) -> str:
     """What ``meanfield run`` does after the runs of a file with a landscape stage: measure the
-    missing connectivity pairs, then return the report text."""
+    missing connectivity pairs, then return the report text.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The sweep directory of the runs.
+    specs : sequence of RunSpec
+        The planned runs of the file (their ``config`` says whether ``[landscape]`` or
+        ``[connectivity]`` is enabled).
+
+    Returns
+    -------
+    str
+        The text of :func:`report_text` after :func:`connectivity_missing` (which writes
+        ``/connectivity`` into the run files) when some run has ``[connectivity]``; "" when no
+        run has ``[landscape]`` or ``[connectivity]`` (nothing is read or written then).
+    """
     if not any(s.config.get("landscape", {}).get("enabled") or s.config.get("connectivity", {}).get("enabled")
                for s in specs):
         return ""
@@ -306,7 +449,19 @@ def after_runs(out_dir, specs) -> str:
 
 def plot_census(rows):
     """Fraction of runs at spurious minima against k, one line per n - k, with the 95 %
-    Clopper-Pearson intervals as error bars. Returns a matplotlib Figure (Agg, object API)."""
+    Clopper-Pearson intervals as error bars. Returns a matplotlib Figure (Agg, object API).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`census` (keys ``k``, ``n``, ``fraction``, ``ci_low``, ``ci_high``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        6 x 4.2 inches at 110 dpi, not registered with pyplot; save it with
+        ``figure.savefig(path)``. Nothing is written or shown.
+    """
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.0, 4.2), dpi=110)
@@ -330,7 +485,23 @@ def plot_census(rows):
 
 
 def plot_paths(result):
-    """Risk along the paths of :func:`connectivity` (one line per path) against t."""
+    """Risk along the paths of :func:`connectivity` (one line per path) against t.
+
+    Here t is the path parameter in [0, 1], not the time of a run.
+
+    Parameters
+    ----------
+    result : dict
+        A result of :func:`connectivity`: ``"t"`` and, under the name of each path drawn
+        (``linear``, ``arc``, ``linear_matched``, ``arc_matched``), a dict with ``"risk"`` and
+        ``"barrier"``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        6 x 4.2 inches at 110 dpi, not registered with pyplot; each line's label gives the
+        path's barrier. Nothing is written or shown.
+    """
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.0, 4.2), dpi=110)
