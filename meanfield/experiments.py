@@ -35,6 +35,7 @@ import tomllib
 
 from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
 from .engine._integrators import INTEGRATORS
+from .engine._problems import CLOSED_FORM_ACTIVATIONS
 from .io._store import (
     CorruptRunFile,
     _now,
@@ -224,7 +225,7 @@ def resolve(path, overrides=()) -> dict:
             fail("phase", "sigma_w2_max", f"must be > sigma_w2_min = {phase['sigma_w2_min']:g}")
         if phase["sigma_b2_min"] >= phase["sigma_b2_max"]:
             fail("phase", "sigma_b2_max", f"must be > sigma_b2_min = {phase['sigma_b2_min']:g}")
-        if phase["method"] == "closed_form" and config["network"]["activation"] not in ("relu", "erf", "linear"):
+        if phase["method"] == "closed_form" and config["network"]["activation"] not in CLOSED_FORM_ACTIVATIONS:
             fail("phase", "method", '"closed_form" exists for relu, erf and linear only; use "auto" or "quadrature"')
         config["simulation"]["widths"] = sorted(set(config["simulation"]["widths"]))
     else:

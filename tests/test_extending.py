@@ -135,3 +135,57 @@ def test_a_run_without_the_entry_has_no_such_series(tmp_path):
     _, path = _run(tmp_path)
     with h5py.File(path) as f:
         assert "observables/mean_readout" not in f
+
+
+# --- activations: the registry entries agree with the kernels ------------------------------------
+
+def test_activation_entries_are_the_kernels_activations():
+    from meanfield.engine._activations import ACTIVATION_ENTRIES
+
+    assert list(ACTIVATION_ENTRIES) == list(kernels.ACTIVATION_CODES)
+    assert all(entry.code == kernels.ACTIVATION_CODES[name] for name, entry in ACTIVATION_ENTRIES.items())
+
+
+@pytest.mark.parametrize("name", list(kernels.ACTIVATION_CODES))
+def test_activation_numpy_twins_match_the_kernel_code(name):
+    """The entry's numpy sigma and sigma' equal the compiled kernels' at random and large |z|
+    (relu'(0) = 0 in both)."""
+    from meanfield.engine._activations import ACTIVATION_ENTRIES
+
+    entry = ACTIVATION_ENTRIES[name]
+    z = np.concatenate([np.random.default_rng(5).normal(0.0, 3.0, 200), [0.0, -40.0, 40.0, 1e-300]])
+    code = kernels.ACTIVATION_CODES[name]
+    sigma = np.array([kernels.activation(x, code) for x in z])
+    prime = np.array([kernels.activation_derivative(x, code) for x in z])
+    np.testing.assert_allclose(entry.sigma(z), sigma, rtol=1e-13, atol=1e-300)
+    # 1 - tanh(z)^2 and s (1 - s) cancel: an absolute rounding floor of a few 1e-16.
+    np.testing.assert_allclose(entry.sigma_prime(z), prime, rtol=1e-12, atol=1e-15)
+
+
+def test_activation_closed_form_flags_match_the_kernels():
+    """The activations flagged closed_form are those whose bias-free closed-form pair term is
+    right: kappa(a, a') = E sigma(a . x) sigma(a' . x) against 2-D adaptive quadrature (scipy)
+    for one pair each; the bias_closed_form ones are the kernels' BIAS_CLOSED_FORM_CODES."""
+    from scipy import integrate
+
+    from meanfield.engine._activations import ACTIVATION_ENTRIES, activations_where
+    from meanfield.kernels.population_bias import BIAS_CLOSED_FORM_CODES
+
+    bias = activations_where(lambda entry: entry.bias_closed_form)
+    assert {kernels.ACTIVATION_CODES[name] for name in bias} == set(BIAS_CLOSED_FORM_CODES)
+    a = np.array([[0.9, -0.4, 0.3, 0.0, 1.0]])  # d = 3, b = 0, c = 1
+    b = np.array([[0.2, 0.7, -1.1, 0.0, 1.0]])
+    ra, rb = np.linalg.norm(a[0, :3]), np.linalg.norm(b[0, :3])
+    rho = a[0, :3] @ b[0, :3] / (ra * rb)
+    K, G = np.empty(1), np.empty((1, 4))
+    for name in activations_where(lambda entry: entry.closed_form):
+        sigma = ACTIVATION_ENTRIES[name].sigma
+
+        def integrand(z2, z1):
+            u = np.array([ra * z1])
+            v = np.array([rb * (rho * z1 + np.sqrt(1.0 - rho * rho) * z2)])
+            return float(sigma(u)[0] * sigma(v)[0]) * np.exp(-0.5 * (z1 * z1 + z2 * z2)) / (2.0 * np.pi)
+
+        reference, _ = integrate.dblquad(integrand, -9.0, 9.0, -9.0, 9.0, epsabs=1e-11, epsrel=1e-10)
+        kernels.closed_form_pair_field(a, b, kernels.ACTIVATION_CODES[name], K, G)
+        assert abs(K[0] - reference) <= 1e-8 * max(1.0, abs(reference)), (name, K[0], reference)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from meanfield import io, sweep
-from meanfield.io import _catalog
 from meanfield.cli import main
+from meanfield.io import _catalog
 from meanfield.io._store import RunLock, read_checkpoint
 
 BASE = {

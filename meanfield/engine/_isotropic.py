@@ -41,15 +41,16 @@ import scipy.special
 from numba import njit, prange
 
 from .. import kernels
+from ._activations import activations_where
 from ._model import Model
 from ._problems import Evaluation, Problem, _gauss_hermite, pair_objective, pair_sums, pair_velocity
 
 ISOTROPIC_METHODS = ("auto", "closed_form", "quadrature", "hermite")
-ISOTROPIC_CLOSED_FORM = ("relu", "erf", "linear")
+ISOTROPIC_CLOSED_FORM = activations_where(lambda entry: entry.closed_form)
 # With biases (or normal_cdf): the pair kernels of kernels.bias_pair_field and V in closed form.
-ISOTROPIC_BIAS_CLOSED_FORM = ("relu", "erf", "normal_cdf", "linear")
+ISOTROPIC_BIAS_CLOSED_FORM = activations_where(lambda entry: entry.bias_closed_form)
 # sigma - sigma(0) odd: V = 0 without bias.
-ODD_ACTIVATIONS = ("sigmoid", "tanh", "erf", "linear")
+ODD_ACTIVATIONS = activations_where(lambda entry: entry.odd)
 INV_SQRT_2PI = 0.3989422804014327
 
 

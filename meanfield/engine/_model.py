@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels
+from ._activations import ACTIVATION_ENTRIES
 
-ACTIVATIONS = tuple(kernels.ACTIVATION_CODES)
+ACTIVATIONS = tuple(ACTIVATION_ENTRIES)  # the registered activations (engine/_activations.py)
 SCALINGS = ("mean_field", "sum")
 DTYPES = ("float64", "float32")
 TILE_SIZE = 512  # rows of data per tile in the finite-data Hessian kernels and the CUDA kernels

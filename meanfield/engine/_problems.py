@@ -17,14 +17,15 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
+from ._activations import activations_where
 from ._model import TILE_SIZE, Model, tile_rows
 from ._teacher import CLASSIFICATION_LOSSES, Teacher
 
 LOSSES = tuple(kernels.LOSS_CODES)
 # Closed forms without bias (arc-cosine and arcsine kernels) and with biases (bivariate normal
 # CDF, kernels/population_bias.py); bias-free runs keep the bias-free kernels.
-CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "linear")
-BIAS_CLOSED_FORM_ACTIVATIONS = ("relu", "erf", "normal_cdf", "linear")
+CLOSED_FORM_ACTIVATIONS = activations_where(lambda entry: entry.closed_form)
+BIAS_CLOSED_FORM_ACTIVATIONS = activations_where(lambda entry: entry.bias_closed_form)
 METHODS = ("auto", "closed_form", "series", "quadrature", "monte_carlo")
 # Per-pair truncation tolerance of the Hermite series (kernels.population_series).
 SERIES_TOL = 1e-10

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special
 
-from ..kernels import ACTIVATION_CODES
+from ..engine._activations import ACTIVATION_ENTRIES, activations_where
 
-ACTIVATIONS = tuple(ACTIVATION_CODES)
-CLOSED_FORM = ("relu", "erf", "linear")
+ACTIVATIONS = tuple(ACTIVATION_ENTRIES)
+CLOSED_FORM = activations_where(lambda entry: entry.closed_form)
 METHODS = ("auto", "closed_form", "quadrature")
 ORDER = 100  # even: no node at the kink z = 0 (relu'(0) would count a whole node weight)
 ORDER2 = 64
@@ -64,23 +64,7 @@ def phi(z, activation: str):
         sigma(z), of the shape of z.
     """
     z = np.asarray(z, dtype=np.float64)
-    if activation == "relu":
-        return np.maximum(z, 0.0)
-    if activation == "sigmoid":
-        return special.expit(z)
-    if activation == "tanh":
-        return np.tanh(z)
-    if activation == "erf":
-        return special.erf(z / math.sqrt(2.0))
-    if activation == "softplus":
-        return np.logaddexp(0.0, z)
-    if activation == "linear":
-        return z.copy()
-    if activation == "gelu":
-        return z * special.ndtr(z)
-    if activation == "normal_cdf":
-        return special.ndtr(z)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return _entry(activation).sigma(z)
 
 
 def dphi(z, activation: str):
@@ -99,24 +83,14 @@ def dphi(z, activation: str):
         sigma'(z), of the shape of z.
     """
     z = np.asarray(z, dtype=np.float64)
-    if activation == "relu":
-        return (z > 0).astype(np.float64)
-    if activation == "sigmoid":
-        s = special.expit(z)
-        return s * (1.0 - s)
-    if activation == "tanh":
-        return 1.0 - np.tanh(z) ** 2
-    if activation == "erf":
-        return _SQRT_2_OVER_PI * np.exp(-0.5 * z * z)
-    if activation == "softplus":
-        return special.expit(z)
-    if activation == "linear":
-        return np.ones_like(z)
-    if activation == "gelu":
-        return special.ndtr(z) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    if activation == "normal_cdf":
-        return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return _entry(activation).sigma_prime(z)
+
+
+def _entry(activation: str):
+    entry = ACTIVATION_ENTRIES.get(activation)
+    if entry is None:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return entry
 
 
 @functools.lru_cache(maxsize=32)
