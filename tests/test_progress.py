@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from meanfield import sweep
+from meanfield import _progress, sweep
 
 # Runs of about a second each (m = 512, 2000 steps): long enough for the parent, which looks
 # every 0.1 s, to see steps between the first and the last (at m = 128 a run took 0.1 s and
@@ -63,12 +63,12 @@ def _spec(index, seed):
 
 def test_worker_slots_feed_one_bar_per_running_run(monkeypatch):
     FakeBar.made = []
-    steps = sweep._PoolSteps(FakeBar, multiprocessing.get_context("spawn"), 2, [_spec(0, 0), _spec(1, 1)])
+    steps = _progress._PoolSteps(FakeBar, multiprocessing.get_context("spawn"), 2, [_spec(0, 0), _spec(1, 1)])
     clock = [100.0]
     monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
     values, _ = steps.initargs
-    fixed = sweep._WorkerSteps(values, 1, index=1, total=400.0, adaptive=False, done=50.0)
-    flow = sweep._WorkerSteps(values, 0, index=0, total=20.0, adaptive=True)
+    fixed = _progress._WorkerSteps(values, 1, index=1, total=400.0, adaptive=False, done=50.0)
+    flow = _progress._WorkerSteps(values, 0, index=0, total=20.0, adaptive=True)
     for step in range(51, 300):  # one write per 0.1 s of the clock, however many steps
         clock[0] += 0.01
         fixed.after_step(SimpleNamespace(step=step, t=step * 0.05))
@@ -89,7 +89,7 @@ def test_worker_slots_feed_one_bar_per_running_run(monkeypatch):
     steps.end(0)  # the summary came back though the worker never closed its slot (a failed run)
     steps.update(force=True)
     assert bars[1].closed
-    again = sweep._WorkerSteps(values, 0, index=5, total=10.0, adaptive=False)  # the slot's next run
+    again = _progress._WorkerSteps(values, 0, index=5, total=10.0, adaptive=False)  # the slot's next run
     steps.update(force=True)
     assert FakeBar.made[-1].position == 1 and FakeBar.made[-1].desc == "run 5"
     steps.close()

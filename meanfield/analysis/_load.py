@@ -10,6 +10,7 @@ distances to the limit) are small and read at once.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -20,7 +21,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from ..io._store import column_names, read_checkpoint
+from ..io._store import column_names, read_checkpoint, run_file_names
 from ..io._store import open_run as _open_file
 
 __all__ = ["Sweep", "moments", "open_run", "open_sweep", "particle_observables", "quantiles"]
@@ -295,9 +296,9 @@ def quantiles(ds: xr.Dataset, names=("norm", "readout", "signed_norm"), q=(0.1, 
 # -------------------------------------------------------------------------------- sweeps
 def _newest_run_file(directory: str) -> float:
     newest = 0.0
-    for entry in os.scandir(directory):
-        if (entry.name.endswith(".h5") or entry.name.endswith(".h5.part")) and entry.name != "index.h5":
-            newest = max(newest, entry.stat().st_mtime)
+    for name in run_file_names(directory):
+        with contextlib.suppress(FileNotFoundError):  # a .part renamed meanwhile
+            newest = max(newest, os.stat(os.path.join(directory, name)).st_mtime)
     return newest
 
 

@@ -25,6 +25,7 @@ from ._store import (
     read_series,
     remove_abandoned,
     replacing,
+    run_file_names,
     run_paths,
     run_status,
     temporary_name,
@@ -35,6 +36,6 @@ from ._store import (
 __all__ = [
     "OBSERVABLES", "CorruptRunFile", "RunFile", "RunLock", "RunLocked", "attrs_of", "catalog_rows", "column_names",
     "final_values", "finished_run_files", "last_risk", "lock_held", "move_aside", "open_run", "read_attrs",
-    "read_checkpoint", "read_series", "remove_abandoned", "replacing", "run_paths", "run_status", "temporary_name",
-    "updating", "write_experiment_file", "write_index",
+    "read_checkpoint", "read_series", "remove_abandoned", "replacing", "run_file_names", "run_paths", "run_status",
+    "temporary_name", "updating", "write_experiment_file", "write_index",
 ]

@@ -14,6 +14,7 @@ import os
 import h5py
 
 from ._store import (
+    INDEX_NAME,
     CorruptRunFile,
     _fault,
     attrs_of,
@@ -21,6 +22,7 @@ from ._store import (
     open_run,
     remove_abandoned,
     replacing,
+    run_file_names,
     run_paths,
     run_status,
 )
@@ -68,11 +70,9 @@ def catalog_rows(out_dir) -> list[dict]:
     """
     out_dir = os.fspath(out_dir)
     rows = []
-    names = sorted(os.listdir(out_dir))
+    names = run_file_names(out_dir)
     finished = {name for name in names if name.endswith(".h5")}
     for name in names:
-        if not (name.endswith(".h5") or name.endswith(".h5.part")) or name == "index.h5":
-            continue
         if name.endswith(".part") and name[: -len(".part")] in finished:
             continue
         path = os.path.join(out_dir, name)
@@ -126,12 +126,12 @@ def write_index(out_dir, rows=None) -> None:
     except OSError as error:
         if error.filename is None and error.errno is not None:  # h5py's and write()'s errors name no file
             raise OSError(error.errno, f"{os.strerror(error.errno)} (writing the index of {out_dir})",
-                          os.path.join(out_dir, "index.h5")) from None
+                          os.path.join(out_dir, INDEX_NAME)) from None
         raise
 
 
 def _write_index_files(out_dir, rows) -> None:
-    with replacing(os.path.join(out_dir, "index.h5")) as index_tmp:
+    with replacing(os.path.join(out_dir, INDEX_NAME)) as index_tmp:
         with h5py.File(index_tmp, "w") as f:
             for row in rows:
                 f[row["id"]] = h5py.ExternalLink(row["file"], "/")

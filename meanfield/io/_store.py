@@ -298,16 +298,37 @@ def move_aside(path, reason: str) -> str:
     return aside
 
 
+INDEX_NAME = "index.h5"
+
+
+def run_file_names(out_dir, partial: bool = True) -> list[str]:
+    """Names of the run files in ``out_dir``, sorted: ``<id>.h5`` and, with ``partial``, the
+    ``<id>.h5.part`` of runs being written or interrupted (never ``index.h5``).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+    partial : bool
+        Include the ``.h5.part`` files.
+
+    Returns
+    -------
+    list of str
+        File names (not paths).
+    """
+    return [name for name in sorted(os.listdir(os.fspath(out_dir)))
+            if (name.endswith(".h5") or (partial and name.endswith(".h5.part"))) and name != INDEX_NAME]
+
+
 def finished_run_files(out_dir):
     """Paths of the finished run files (``*.h5``, not ``index.h5``) in ``out_dir`` whose
     superblock is whole, sorted. Unreadable files are skipped here: ``meanfield status`` and
     ``meanfield run`` name them, and the next run moves them aside."""
     out_dir = os.fspath(out_dir)
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(".h5") and name != "index.h5":
-            path = os.path.join(out_dir, name)
-            if check_superblock(path) is None:
-                yield path
+    for name in run_file_names(out_dir, partial=False):
+        path = os.path.join(out_dir, name)
+        if check_superblock(path) is None:
+            yield path
 
 
 def _fsync(path) -> None:
