@@ -79,13 +79,14 @@ class CudaProblem(Problem):
             # A student or teacher with biases takes the closed form with biases, as on the CPU
             # (PopulationProblem.with_bias); a bias-free problem keeps the bias-free kernel.
             self._bias_closed_form = problem.method == "closed_form" and problem.with_bias
-            self._teacher = cuda.to_device(problem._teacher_W)
+            self._teacher = cuda.to_device(problem.teacher_W)
             if problem.method == "quadrature":
-                self._rule = cuda.to_device(problem._nodes), cuda.to_device(problem._weights)
+                rule = problem.expectation
+                self._rule = cuda.to_device(rule.nodes), cuda.to_device(rule.weights)
         elif isinstance(problem, PopulationProblem) and problem.method == "monte_carlo":
             self._kind = "data"
-            self._X, self._y = cuda.to_device(problem._X), cuda.to_device(problem._y)
-            self._offset = problem._value_offset
+            X, y, self._offset = problem.sample
+            self._X, self._y = cuda.to_device(X), cuda.to_device(y)
         elif isinstance(problem, FiniteDataProblem):
             self._kind = "data"
             self._X, self._y = cuda.to_device(problem.X), cuda.to_device(problem.y)
@@ -147,7 +148,7 @@ class CudaProblem(Problem):
                                      self.model.bias, self.model.train_readout, K_w, G_w, K_t, G_t, out, energy)
 
     def _series_sums(self, points, W, K_w, G_w, K_t, G_t):
-        """Pair sums by Hermite series (``PopulationProblem._series_sums`` on the device): the
+        """Pair sums by Hermite series (``SeriesExpectation.series_sums`` on the device): the
         tables of the points, W and the teacher built once on the host under one rule (from
         host copies of the particles), the sums on the GPU; the velocity's error bound of an
         evaluation of W goes to the host problem's ``last_error_bound`` (``describe()``)."""
@@ -159,7 +160,7 @@ class CudaProblem(Problem):
         code = self.model.activation_code
         W_host = W.copy_to_host()
         points_host = W_host if points is W else points.copy_to_host()
-        teacher = host._teacher_W
+        teacher = host.teacher_W
         sets = (W_host, teacher) if points is W else (points_host, W_host, teacher)
         tables = kernels.shared_tables(sets, code, SERIES_TOL)
         t_points, t_teacher = tables[0], tables[-1]
@@ -171,7 +172,7 @@ class CudaProblem(Problem):
             points, self._teacher, code, SERIES_TOL, tables=(t_points, t_teacher), out=(K_t, G_t),
             host_arrays=(points_host, teacher), scratch=self._scratch)
         if points is W:
-            host.last_error_bound = host._series_velocity_bound(W_host, bound_w, bound_t)
+            host.expectation.last_error_bound = host.expectation.velocity_bound(W_host, bound_w, bound_t)
 
     def evaluate_device(self, W, points=None, out=None):
         """(F, velocity, points_velocity) of the device state ``W`` (velocities on the device)."""
@@ -223,7 +224,7 @@ class CudaProblem(Problem):
 
     def _hessian_device_arguments(self, W):
         """Device arguments of the Hessian kernels, in float64 as on the CPU
-        (``PopulationProblem._closed_form_arguments``)."""
+        (``ClosedFormExpectation._arguments``)."""
         cuda = _gpu()[0]
         if self._teacher64 is None:
             self._teacher64 = cuda.to_device(np.ascontiguousarray(self.host.teacher.W, dtype=np.float64))

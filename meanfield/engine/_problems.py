@@ -381,45 +381,50 @@ class PopulationProblem(Problem):
             raise ValueError(f"method={method!r} needs the squared loss and the teacher's activation "
                              "equal to the student's")
         self.method = method
-        # Series only: a bound on the velocity error of the last evaluation (absolute, the
-        # largest over particles; see kernels.series_pair_sums for what it covers).
-        self.last_error_bound = None
         self.quadrature_order = int(quadrature_order)
         self.mc_samples = int(mc_samples)
-        dtype = model.dtype
-        self._teacher_W = np.ascontiguousarray(teacher.W, dtype=dtype)
-        if method == "monte_carlo":
-            if rng is None:
-                raise ValueError("method='monte_carlo' draws a fixed sample: pass rng=numpy.random.default_rng(seed)")
-            X = rng.standard_normal((self.mc_samples, model.d))
-            y = teacher.labels(X, rng, loss, 0.0, flip_prob)
-            self._X = np.ascontiguousarray(X, dtype=dtype)
-            self._y = np.ascontiguousarray(y, dtype=dtype)
-            self._value_offset = 0.5 * self.noise_std**2 if loss == "squared" else 0.0
-        else:
-            if method == "quadrature":
-                if self.quadrature_order < 2:
-                    raise ValueError(f"quadrature_order must be >= 2, got {quadrature_order}")
-                self._nodes, self._weights = _gauss_hermite(self.quadrature_order, dtype)
-            K, _ = self._pair(self._teacher_W, self._teacher_W)
+        self._teacher_W = np.ascontiguousarray(teacher.W, dtype=model.dtype)
+        if method == "quadrature" and self.quadrature_order < 2:
+            raise ValueError(f"quadrature_order must be >= 2, got {quadrature_order}")
+        if method == "monte_carlo" and rng is None:
+            raise ValueError("method='monte_carlo' draws a fixed sample: pass rng=numpy.random.default_rng(seed)")
+        # How the expectation is computed: one strategy object per method (EXPECTATIONS).
+        self.expectation = EXPECTATIONS[method](self, rng)
+        if method != "monte_carlo":
+            K, _ = self.expectation.pair(self._teacher_W, self._teacher_W)
             # E[y^2] of the rule in use, so that F = 0 exactly when the student equals the teacher.
             self.label_second_moment = float(self._teacher_W[:, -1] @ K) + self.noise_std**2
 
+    @property
+    def teacher_W(self) -> np.ndarray:
+        """The teacher's neurons in the model's dtype, shape (k, d + 2)."""
+        return self._teacher_W
+
+    @property
+    def last_error_bound(self) -> float | None:
+        """Series only: a bound on the velocity error of the last evaluation (absolute, the
+        largest over particles; see ``kernels.series_pair_sums`` for what it covers); None
+        for the other methods and before the first evaluation."""
+        return getattr(self.expectation, "last_error_bound", None)
+
+    @property
+    def sample(self):
+        """Monte Carlo only: the fixed sample (X (n, d), y (n,), value offset), else None."""
+        return getattr(self.expectation, "sample", None)
+
+    def _sample_part(self, index: int):
+        if self.sample is None:
+            raise AttributeError(f"a {self.method!r} problem has no fixed sample")
+        return self.sample[index]
+
+    # The fixed sample under the names other code read before the strategies (tests, notebooks).
+    _X = property(lambda self: self._sample_part(0))
+    _y = property(lambda self: self._sample_part(1))
+    _value_offset = property(lambda self: self._sample_part(2))
+
     def describe(self) -> str:
         """One line saying how the population expectation is computed."""
-        if self.method == "closed_form" and self.with_bias:
-            return (f"population risk in closed form with biases ({self.model.activation} kernel, "
-                    "bivariate normal CDF)")
-        if self.method == "closed_form":
-            return f"population risk in closed form ({self.model.activation} kernel)"
-        if self.method == "series":
-            bound = "" if self.last_error_bound is None else (
-                f"; last evaluation: |error| <= {self.last_error_bound:.1e} in the velocity")
-            return (f"population risk by Hermite (Mehler) series, truncation <= {SERIES_TOL:g} per pair{bound}")
-        if self.method == "quadrature":
-            q = self.quadrature_order
-            return f"population risk by Gauss-Hermite quadrature ({q} x {q} nodes per pair)"
-        return f"population risk by Monte Carlo on a fixed sample of {self.mc_samples} inputs"
+        return self.expectation.describe()
 
     def sample_batch(self, rng, batch_size):
         """A fresh batch from the data law: X ~ N(0, I_d) of shape (batch_size, d), labels y."""
@@ -427,49 +432,6 @@ class PopulationProblem(Problem):
         y = self.teacher.labels(X, rng, self.loss, self.noise_std, self.flip_prob)
         dtype = self.model.dtype
         return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
-
-    def _pair(self, points, sources, symmetric=True):
-        if self.method == "series":
-            K, G, _ = kernels.series_pair_sums(points, sources, self.model.activation_code, SERIES_TOL)
-            return K, G
-        return pair_sums(points, sources, self.model.activation_code, self.method == "closed_form",
-                         getattr(self, "_nodes", None), getattr(self, "_weights", None), symmetric,
-                         self.with_bias)
-
-    def _series_sums(self, points, W):
-        """Pair sums against W and the teacher by the Hermite series, with every set's
-        coefficient tables built once under one rule (``kernels.shared_tables``)."""
-        code = self.model.activation_code
-        sets = (W, self._teacher_W) if points is W else (points, W, self._teacher_W)
-        tables = kernels.shared_tables(sets, code, SERIES_TOL)
-        t_points, t_teacher = tables[0], tables[-1]
-        t_w = tables[0] if points is W else tables[1]
-        K_w, G_w, bound_w = kernels.series_pair_sums(points, W, code, SERIES_TOL, tables=(t_points, t_w))
-        K_t, G_t, bound_t = kernels.series_pair_sums(points, self._teacher_W, code, SERIES_TOL,
-                                                     tables=(t_points, t_teacher))
-        if points is W:
-            self.last_error_bound = self._series_velocity_bound(W, bound_w, bound_t)
-        return K_w, G_w, K_t, G_t
-
-    def _series_velocity_bound(self, W, bound_w, bound_t) -> float:
-        """max_i of a bound on |v_i - v_i(exact)|_2 from the series' bounds on K and G
-        (v = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha]); rounding not included."""
-        m = W.shape[0]
-        s = self.model.output_scale(m)
-        inv_alpha = 1.0 / self.model.alpha_value(m)
-        c = np.abs(np.asarray(W[:, -1], dtype=np.float64))
-        field = c * (s * bound_w.G + inv_alpha * bound_t.G)
-        readout = (s * bound_w.K + inv_alpha * bound_t.K) if self.model.train_readout else 0.0
-        return float(np.max(m * s * (field + readout), initial=0.0))
-
-    def _pair_velocity(self, points, W, out, symmetric=True):
-        """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
-        if self.method == "series":
-            K_w, G_w, K_t, G_t = self._series_sums(points, W)
-        else:
-            K_w, G_w = self._pair(points, W, symmetric)
-            K_t, G_t = self._pair(points, self._teacher_W)
-        return pair_velocity(self.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
 
     def evaluate(self, W, points=None, out=None) -> Evaluation:
         """Population objective, particle velocities and (optionally) the field at ``points``.
@@ -482,18 +444,7 @@ class PopulationProblem(Problem):
             Buffer for the velocity.
         """
         W, points = self._state(W, points)
-        if self.method == "monte_carlo":
-            return _data_evaluation(self.model, self.loss, W, self._X, self._y, points, out,
-                                    self._value_offset, self._workspaces("sample"))
-        velocity = np.empty_like(W) if out is None else out
-        # With tracers, the particles take the general tiles too: a tracer on a particle then
-        # gets bitwise the particle's velocity.
-        velocity, K_w, K_t = self._pair_velocity(W, W, velocity, symmetric=points is None)
-        value = pair_objective(self.model, W, K_w, K_t, self.label_second_moment)
-        points_velocity = None
-        if points is not None:
-            points_velocity, _, _ = self._pair_velocity(points, W, np.empty_like(points))
-        return Evaluation(value, velocity, points_velocity)
+        return self.expectation.evaluate(W, points, out)
 
     @property
     def has_analytic_hessian(self) -> bool:
@@ -502,55 +453,249 @@ class PopulationProblem(Problem):
         Monte Carlo (the empirical Hessian of the fixed sample); quadrature has none (finite
         differences of the velocity). relu has no Hessian at a particle with a_i = 0 and
         b_i = 0: see :meth:`hessian_singularities`."""
-        return self.method in ("monte_carlo", "closed_form")
-
-    def _closed_form_arguments(self, W):
-        m = W.shape[0]
-        teacher = np.ascontiguousarray(self.teacher.W, dtype=np.float64)
-        arguments = (W, teacher, self.model.activation_code, self.model.output_scale(m),
-                     1.0 / self.model.alpha_value(m))
-        if self.with_bias:  # the bias kernels take whether b is a variable (Model.trainable)
-            return arguments + (self.model.bias, self.model.train_readout)
-        return arguments + (self.model.train_readout,)
+        return self.expectation.analytic_hessian
 
     def hessian_singularities(self, W) -> np.ndarray:
         """Particles at which F is not twice differentiable: in closed form with biases, relu
         particles with a_i = 0 and b_i = 0 that enter F (``kernels.bias_hessian_singular_particles``;
         their rows and columns of :meth:`hessian` are 0, the convention relu'(0) = relu''(0) = 0
         of the velocity). Duplicated particles are not singular (the pair term is C^2 there)."""
-        if self.method != "closed_form" or not self.with_bias:
-            return super().hessian_singularities(W)
-        return kernels.bias_hessian_singular_particles(
-            np.ascontiguousarray(self.model.check_state(W), dtype=np.float64), self.model.activation_code,
-            self.model.train_readout)
+        singular = self.expectation.hessian_singularities(W)
+        return super().hessian_singularities(W) if singular is None else singular
 
     def hessian(self, W) -> np.ndarray:
         W, _ = self._hessian_arrays(W)
-        if self.method == "monte_carlo":
-            return _data_hessian(self.model, self.loss, W, self._X, self._y)
-        if not self.has_analytic_hessian:
-            return super().hessian(W)
-        n_var = W.shape[0] * int(self.model.trainable.sum())
-        H = np.empty((n_var, n_var))
-        kernel = kernels.bias_closed_form_hessian if self.with_bias else kernels.closed_form_hessian
-        kernel(*self._closed_form_arguments(W), H)
-        return H
+        H = self.expectation.hessian(W)
+        return super().hessian(W) if H is None else H
 
     hessian.__doc__ = Problem.hessian.__doc__
 
     def hessian_vector_product(self, W, V) -> np.ndarray:
         W, V = self._hessian_arrays(W, V)
-        if self.method == "monte_carlo":
-            return _data_hessian_vector_product(self.model, self.loss, W, self._X, self._y, V)
-        if not self.has_analytic_hessian:
-            return super().hessian_vector_product(W, V)
-        out = np.empty_like(W)
-        kernel = (kernels.bias_closed_form_hessian_vector_product if self.with_bias
-                  else kernels.closed_form_hessian_vector_product)
-        kernel(*self._closed_form_arguments(W), V, out)
-        return out
+        HV = self.expectation.hessian_vector_product(W, V)
+        return super().hessian_vector_product(W, V) if HV is None else HV
 
     hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__
+
+
+class PairExpectation:
+    """The population expectation of a :class:`PopulationProblem` through pair sums (closed
+    form, series, quadrature): F and v from K_ij = E sigma(w_i . x) sigma(w_j . x) and its
+    gradient, summed against the particles and against the teacher.
+
+    A strategy: the problem delegates ``evaluate``, ``describe`` and the Hessians to it. A
+    subclass gives :meth:`pair` (and may override :meth:`pair_velocity`, :meth:`hessian`, ...).
+    Methods returning None mean "no analytic form: the problem's default (finite differences)".
+    """
+
+    name = ""
+    analytic_hessian = False
+
+    def __init__(self, problem: PopulationProblem, rng=None):
+        self.problem = problem
+
+    def pair(self, points, sources, symmetric=True):
+        """(K (n,), G (n, d + 1)): the pair sums of ``points`` against the measure ``sources``."""
+        raise NotImplementedError
+
+    def pair_velocity(self, points, W, out, symmetric=True):
+        """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
+        problem = self.problem
+        K_w, G_w = self.pair(points, W, symmetric)
+        K_t, G_t = self.pair(points, problem.teacher_W)
+        return pair_velocity(problem.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
+
+    def evaluate(self, W, points, out) -> Evaluation:
+        """Objective, particle velocities and the field at ``points`` (None: no points)."""
+        problem = self.problem
+        velocity = np.empty_like(W) if out is None else out
+        # With tracers, the particles take the general tiles too: a tracer on a particle then
+        # gets bitwise the particle's velocity.
+        velocity, K_w, K_t = self.pair_velocity(W, W, velocity, symmetric=points is None)
+        value = pair_objective(problem.model, W, K_w, K_t, problem.label_second_moment)
+        points_velocity = None
+        if points is not None:
+            points_velocity, _, _ = self.pair_velocity(points, W, np.empty_like(points))
+        return Evaluation(value, velocity, points_velocity)
+
+    def describe(self) -> str:
+        """One line saying how the expectation is computed."""
+        raise NotImplementedError
+
+    def hessian_singularities(self, W):
+        return None
+
+    def hessian(self, W):
+        return None
+
+    def hessian_vector_product(self, W, V):
+        return None
+
+
+class ClosedFormExpectation(PairExpectation):
+    """Closed forms: the arc-cosine and arcsine kernels without bias, the bivariate normal CDF
+    with biases (``PopulationProblem.with_bias``); analytic Hessians."""
+
+    name = "closed_form"
+    analytic_hessian = True
+
+    def pair(self, points, sources, symmetric=True):
+        problem = self.problem
+        return pair_sums(points, sources, problem.model.activation_code, True, None, None, symmetric,
+                         problem.with_bias)
+
+    def describe(self) -> str:
+        activation = self.problem.model.activation
+        if self.problem.with_bias:
+            return f"population risk in closed form with biases ({activation} kernel, bivariate normal CDF)"
+        return f"population risk in closed form ({activation} kernel)"
+
+    def _arguments(self, W):
+        problem = self.problem
+        m = W.shape[0]
+        teacher = np.ascontiguousarray(problem.teacher.W, dtype=np.float64)
+        arguments = (W, teacher, problem.model.activation_code, problem.model.output_scale(m),
+                     1.0 / problem.model.alpha_value(m))
+        if problem.with_bias:  # the bias kernels take whether b is a variable (Model.trainable)
+            return arguments + (problem.model.bias, problem.model.train_readout)
+        return arguments + (problem.model.train_readout,)
+
+    def hessian_singularities(self, W):
+        problem = self.problem
+        if not problem.with_bias:
+            return None
+        return kernels.bias_hessian_singular_particles(
+            np.ascontiguousarray(problem.model.check_state(W), dtype=np.float64), problem.model.activation_code,
+            problem.model.train_readout)
+
+    def hessian(self, W):
+        n_var = W.shape[0] * int(self.problem.model.trainable.sum())
+        H = np.empty((n_var, n_var))
+        kernel = kernels.bias_closed_form_hessian if self.problem.with_bias else kernels.closed_form_hessian
+        kernel(*self._arguments(W), H)
+        return H
+
+    def hessian_vector_product(self, W, V):
+        out = np.empty_like(W)
+        kernel = (kernels.bias_closed_form_hessian_vector_product if self.problem.with_bias
+                  else kernels.closed_form_hessian_vector_product)
+        kernel(*self._arguments(W), V, out)
+        return out
+
+
+class SeriesExpectation(PairExpectation):
+    """Mehler's Hermite series in the correlation (``kernels.series_pair_sums``), truncation
+    below ``SERIES_TOL`` per pair, with a bound on the velocity error of the last evaluation
+    (``last_error_bound``)."""
+
+    name = "series"
+
+    def __init__(self, problem, rng=None):
+        super().__init__(problem, rng)
+        self.last_error_bound = None
+
+    def pair(self, points, sources, symmetric=True):
+        K, G, _ = kernels.series_pair_sums(points, sources, self.problem.model.activation_code, SERIES_TOL)
+        return K, G
+
+    def pair_velocity(self, points, W, out, symmetric=True):
+        K_w, G_w, K_t, G_t = self.series_sums(points, W)
+        return pair_velocity(self.problem.model, points, W.shape[0], K_w, G_w, K_t, G_t, out), K_w, K_t
+
+    def series_sums(self, points, W):
+        """Pair sums against W and the teacher by the Hermite series, with every set's
+        coefficient tables built once under one rule (``kernels.shared_tables``)."""
+        problem = self.problem
+        code = problem.model.activation_code
+        sets = (W, problem.teacher_W) if points is W else (points, W, problem.teacher_W)
+        tables = kernels.shared_tables(sets, code, SERIES_TOL)
+        t_points, t_teacher = tables[0], tables[-1]
+        t_w = tables[0] if points is W else tables[1]
+        K_w, G_w, bound_w = kernels.series_pair_sums(points, W, code, SERIES_TOL, tables=(t_points, t_w))
+        K_t, G_t, bound_t = kernels.series_pair_sums(points, problem.teacher_W, code, SERIES_TOL,
+                                                     tables=(t_points, t_teacher))
+        if points is W:
+            self.last_error_bound = self.velocity_bound(W, bound_w, bound_t)
+        return K_w, G_w, K_t, G_t
+
+    def velocity_bound(self, W, bound_w, bound_t) -> float:
+        """max_i of a bound on |v_i - v_i(exact)|_2 from the series' bounds on K and G
+        (v = -m s [c (s G_w - G_t / alpha), s K_w - K_t / alpha]); rounding not included."""
+        model = self.problem.model
+        m = W.shape[0]
+        s = model.output_scale(m)
+        inv_alpha = 1.0 / model.alpha_value(m)
+        c = np.abs(np.asarray(W[:, -1], dtype=np.float64))
+        field = c * (s * bound_w.G + inv_alpha * bound_t.G)
+        readout = (s * bound_w.K + inv_alpha * bound_t.K) if model.train_readout else 0.0
+        return float(np.max(m * s * (field + readout), initial=0.0))
+
+    def describe(self) -> str:
+        bound = "" if self.last_error_bound is None else (
+            f"; last evaluation: |error| <= {self.last_error_bound:.1e} in the velocity")
+        return f"population risk by Hermite (Mehler) series, truncation <= {SERIES_TOL:g} per pair{bound}"
+
+
+class QuadratureExpectation(PairExpectation):
+    """Gauss-Hermite quadrature of order ``quadrature_order`` in the span of each pair."""
+
+    name = "quadrature"
+
+    def __init__(self, problem, rng=None):
+        super().__init__(problem, rng)
+        self.nodes, self.weights = _gauss_hermite(problem.quadrature_order, problem.model.dtype)
+
+    def pair(self, points, sources, symmetric=True):
+        problem = self.problem
+        return pair_sums(points, sources, problem.model.activation_code, False, self.nodes, self.weights,
+                         symmetric, problem.with_bias)
+
+    def describe(self) -> str:
+        q = self.problem.quadrature_order
+        return f"population risk by Gauss-Hermite quadrature ({q} x {q} nodes per pair)"
+
+
+class MonteCarloExpectation:
+    """The empirical risk of a fixed sample of ``mc_samples`` inputs drawn once from ``rng``
+    (labels noise-free for the squared loss, whose noise adds a constant)."""
+
+    name = "monte_carlo"
+    analytic_hessian = True
+
+    def __init__(self, problem: PopulationProblem, rng):
+        self.problem = problem
+        model, teacher = problem.model, problem.teacher
+        X = rng.standard_normal((problem.mc_samples, model.d))
+        y = teacher.labels(X, rng, problem.loss, 0.0, problem.flip_prob)
+        offset = 0.5 * problem.noise_std**2 if problem.loss == "squared" else 0.0
+        self.sample = (np.ascontiguousarray(X, dtype=model.dtype), np.ascontiguousarray(y, dtype=model.dtype),
+                       offset)
+
+    def evaluate(self, W, points, out) -> Evaluation:
+        problem = self.problem
+        X, y, offset = self.sample
+        return _data_evaluation(problem.model, problem.loss, W, X, y, points, out, offset,
+                                problem._workspaces("sample"))
+
+    def describe(self) -> str:
+        return f"population risk by Monte Carlo on a fixed sample of {self.problem.mc_samples} inputs"
+
+    def hessian_singularities(self, W):
+        return None
+
+    def hessian(self, W):
+        X, y, _ = self.sample
+        return _data_hessian(self.problem.model, self.problem.loss, W, X, y)
+
+    def hessian_vector_product(self, W, V):
+        X, y, _ = self.sample
+        return _data_hessian_vector_product(self.problem.model, self.problem.loss, W, X, y, V)
+
+
+# method name -> strategy: how PopulationProblem computes its expectation (a new method is one
+# class and one entry here).
+EXPECTATIONS = {cls.name: cls for cls in (ClosedFormExpectation, SeriesExpectation, QuadratureExpectation,
+                                          MonteCarloExpectation)}
 
 
 class FiniteDataProblem(Problem):

@@ -29,8 +29,8 @@ def _sample_of(problem: Problem):
     """(X, y, value offset) of a problem whose objective is a mean over a fixed sample."""
     if isinstance(problem, FiniteDataProblem):
         return problem.X, problem.y, 0.0
-    if getattr(problem, "method", None) == "monte_carlo" and hasattr(problem, "_X"):
-        return problem._X, problem._y, problem._value_offset
+    if getattr(problem, "method", None) == "monte_carlo" and getattr(problem, "sample", None) is not None:
+        return problem.sample
     raise ValueError(
         f"the tangent model is evaluated on a sample, but this problem computes its expectation by "
         f"{getattr(problem, 'method', type(problem).__name__)!r}: use a FiniteDataProblem or a "
