@@ -23,6 +23,7 @@ from .engine._flow import StepSizeError
 from .engine._integrators import INTEGRATORS, Integrator
 from .engine._model import Init, Model
 from .engine._problems import FiniteDataProblem, PopulationProblem, Problem
+from .engine._registry import Registry
 from .engine._run import time_grid
 from .engine._teacher import Teacher
 
@@ -174,25 +175,8 @@ class ObservableEntry:
     make: Callable
 
 
-OBSERVABLES: dict[str, ObservableEntry] = {}
-
-
-def register_observable(entry: ObservableEntry) -> ObservableEntry:
-    """Add an observable to :data:`OBSERVABLES` (its name must be new).
-
-    Parameters
-    ----------
-    entry : ObservableEntry
-
-    Returns
-    -------
-    ObservableEntry
-        ``entry``.
-    """
-    if entry.name in OBSERVABLES:
-        raise ValueError(f"an observable named {entry.name!r} is registered already")
-    OBSERVABLES[entry.name] = entry
-    return entry
+OBSERVABLES = Registry("observable")
+register_observable = OBSERVABLES.register
 
 
 def build(config: dict) -> Experiment:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .engine._registry import Registry
+
 
 @dataclass(frozen=True)
 class RunStage:
@@ -32,25 +34,8 @@ class RunStage:
     after_run: Callable
 
 
-RUN_STAGES: dict[str, RunStage] = {}
-
-
-def register_run_stage(stage: RunStage) -> RunStage:
-    """Add a per-run stage to :data:`RUN_STAGES` (run in the order of registration).
-
-    Parameters
-    ----------
-    stage : RunStage
-
-    Returns
-    -------
-    RunStage
-        ``stage``.
-    """
-    if stage.name in RUN_STAGES:
-        raise ValueError(f"a run stage named {stage.name!r} is registered already")
-    RUN_STAGES[stage.name] = stage
-    return stage
+RUN_STAGES = Registry("run stage")  # run in the order of registration
+register_run_stage = RUN_STAGES.register
 
 
 def _landscape_end_point(path, config, problem=None) -> None:

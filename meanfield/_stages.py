@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .engine._registry import Registry
+
 
 @dataclass(frozen=True)
 class PostRunStage:
@@ -37,25 +39,8 @@ class PostRunStage:
     run: Callable
 
 
-STAGES: dict[str, PostRunStage] = {}
-
-
-def register_stage(stage: PostRunStage) -> PostRunStage:
-    """Add a stage to :data:`STAGES` (run in the order of registration).
-
-    Parameters
-    ----------
-    stage : PostRunStage
-
-    Returns
-    -------
-    PostRunStage
-        ``stage``.
-    """
-    if stage.name in STAGES:
-        raise ValueError(f"a post-run stage named {stage.name!r} is registered already")
-    STAGES[stage.name] = stage
-    return stage
+STAGES = Registry("post-run stage")  # run in the order of registration
+register_stage = STAGES.register
 
 
 def _plots(paths) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import special
 
 from .. import kernels
+from ._registry import Registry
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -58,7 +59,7 @@ class ActivationEntry:
         return kernels.ACTIVATION_CODES[self.name]
 
 
-ACTIVATION_ENTRIES: dict[str, ActivationEntry] = {}
+ACTIVATION_ENTRIES = Registry("activation")
 
 
 def register_activation(entry: ActivationEntry) -> ActivationEntry:
@@ -75,10 +76,7 @@ def register_activation(entry: ActivationEntry) -> ActivationEntry:
     """
     if entry.name not in kernels.ACTIVATION_CODES:
         raise ValueError(f"{entry.name!r} has no code in kernels.ACTIVATION_CODES (kernels/_scalar.py)")
-    if entry.name in ACTIVATION_ENTRIES:
-        raise ValueError(f"an activation named {entry.name!r} is registered already")
-    ACTIVATION_ENTRIES[entry.name] = entry
-    return entry
+    return ACTIVATION_ENTRIES.register(entry)
 
 
 def _sigmoid_prime(z):

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import kernels
 from ._problems import Problem
+from ._registry import Registry
 
 
 @dataclass
@@ -148,25 +149,8 @@ class IntegratorEntry:
     device_update: Callable | None = None
 
 
-INTEGRATORS: dict[str, IntegratorEntry] = {}
-
-
-def register_integrator(entry: IntegratorEntry) -> IntegratorEntry:
-    """Add an integrator to :data:`INTEGRATORS` (its name must be new).
-
-    Parameters
-    ----------
-    entry : IntegratorEntry
-
-    Returns
-    -------
-    IntegratorEntry
-        ``entry``.
-    """
-    if entry.name in INTEGRATORS:
-        raise ValueError(f"an integrator named {entry.name!r} is registered already")
-    INTEGRATORS[entry.name] = entry
-    return entry
+INTEGRATORS = Registry("integrator")
+register_integrator = INTEGRATORS.register
 
 
 def _positive(name, value):
