@@ -61,10 +61,10 @@ from dataclasses import dataclass
 import numpy as np
 import tomllib
 
-from . import kernels
 from .engine._integrators import INTEGRATORS as INTEGRATOR_ENTRIES
+from .engine._losses import LOSS_ENTRIES
 from .engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
-from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
+from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS, method_applies
 from .engine._run import SPACINGS
 
 
@@ -161,7 +161,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "problem": {
         "kind": Key("str", "population", choices=PROBLEM_KINDS),
-        "loss": Key("str", "squared", choices=tuple(kernels.LOSS_CODES)),
+        "loss": Key("str", "squared", choices=tuple(LOSS_ENTRIES)),
         "noise_std": Key("float", 0.0, minimum=0),
         "flip_prob": Key("float", 0.0, minimum=0, maximum=0.5, strict_maximum=True),
         "method": Key("str", "auto", choices=METHODS),
@@ -793,17 +793,15 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
         fail("problem.teacher", "bias", 'an orthonormal teacher has no bias; use kind = "random"')
     if teacher["kind"] == "orthonormal" and teacher["k"] > model["d"]:
         fail("problem.teacher", "k", f"an orthonormal teacher needs k <= d = {model['d']}, got {teacher['k']}")
-    if problem["loss"] != "squared" and problem["noise_std"] > 0:
+    if LOSS_ENTRIES[problem["loss"]].classification and problem["noise_std"] > 0:
         fail("problem", "noise_std", f"Gaussian label noise is for the squared loss; the {problem['loss']} "
                                      "loss uses flip_prob")
     if problem["kind"] == "population":
         for name in ("n_samples", "data"):
             if problem[name] is not None:
                 fail("problem", name, 'only for kind = "finite_data"')
-        pair_ok = problem["loss"] == "squared" and teacher["activation"] == model["activation"]
-        with_bias = model["bias"] or teacher["bias"] or model["activation"] not in CLOSED_FORM_ACTIVATIONS
-        closed_ok = pair_ok and model["activation"] in (
-            BIAS_CLOSED_FORM_ACTIVATIONS if with_bias else CLOSED_FORM_ACTIVATIONS)
+        pair_ok, _, closed_ok = method_applies(problem["loss"], model["activation"], teacher["activation"],
+                                               model["bias"], teacher["bias"])
         if problem["method"] == "closed_form" and not closed_ok:
             fail("problem", "method", '"closed_form" needs the squared loss and the same activation in student '
                                       f"and teacher, one of {', '.join(BIAS_CLOSED_FORM_ACTIVATIONS)} "
@@ -953,7 +951,7 @@ def _check_data(file, base_dir, data, d, loss, via):
                           f"must be X (N, d) = (N, {d}) and y (N,)")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise ConfigError(f"{file}: {where} = {json.dumps(data)}: X or y contains NaN or inf")
-    if loss != "squared" and not np.isin(y, (-1.0, 1.0)).all():
+    if LOSS_ENTRIES[loss].classification and not np.isin(y, (-1.0, 1.0)).all():
         raise ConfigError(f"{file}: {where} = {json.dumps(data)}: the {loss} loss needs labels y in {{-1, +1}}")
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     return os.path.abspath(path), digest

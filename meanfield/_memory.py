@@ -105,17 +105,14 @@ def _npz_rows(path) -> int | None:
 
 def _population_method(config: dict) -> str:
     """The method ``PopulationProblem(method="auto")`` picks for this config."""
-    from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS
+    from .engine._problems import automatic_method, method_applies
 
     pc, model, teacher = config["problem"], config["model"], config["problem.teacher"]
     if pc["method"] != "auto":
         return pc["method"]
-    pair_ok = pc["loss"] == "squared" and teacher["activation"] == model["activation"]
-    with_bias = model["bias"] or teacher["bias"] or model["activation"] not in CLOSED_FORM_ACTIVATIONS
-    closed = BIAS_CLOSED_FORM_ACTIVATIONS if with_bias else CLOSED_FORM_ACTIVATIONS
-    if pair_ok and model["activation"] in closed:
-        return "closed_form"
-    return "series" if pair_ok else "monte_carlo"
+    pair_ok, _, closed_ok = method_applies(pc["loss"], model["activation"], teacher["activation"], model["bias"],
+                                           teacher["bias"])
+    return automatic_method(pair_ok, closed_ok)
 
 
 class _Ledger:

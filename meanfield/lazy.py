@@ -37,16 +37,13 @@ import numpy as np
 # public names stay here, on the lazy-training page.
 from ._assembly import HeldOutRisk, held_out_sample  # noqa: F401
 from ._config import canonical_json, tangent_config
+from .engine._losses import LOSS_ENTRIES
 from .engine._model import Model
 from .engine._tangent import tangent_predict
 from .io._store import finished_run_files, open_run, updating
 
 SERIES = ("displacement", "test_risk", "tangent_distance")
-LOSSES = {
-    "squared": lambda f, y: 0.5 * (y - f) ** 2,
-    "logistic": lambda f, y: np.logaddexp(0.0, -y * f),
-    "exponential": lambda f, y: np.exp(-y * f),
-}
+LOSSES = {name: entry.value for name, entry in LOSS_ENTRIES.items()}  # numpy twins of the kernels' losses
 
 
 def _model(config: dict) -> Model:

@@ -18,10 +18,11 @@ import numpy as np
 
 from .. import kernels
 from ._activations import activations_where
+from ._losses import LOSS_ENTRIES
 from ._model import TILE_SIZE, Model, tile_rows
 from ._teacher import CLASSIFICATION_LOSSES, Teacher
 
-LOSSES = tuple(kernels.LOSS_CODES)
+LOSSES = tuple(LOSS_ENTRIES)
 # Closed forms without bias (arc-cosine and arcsine kernels) and with biases (bivariate normal
 # CDF, kernels/population_bias.py); bias-free runs keep the bias-free kernels.
 CLOSED_FORM_ACTIVATIONS = activations_where(lambda entry: entry.closed_form)
@@ -268,6 +269,47 @@ def pair_objective(model: Model, W, K_w, K_target, label_second_moment: float) -
             + 0.5 * s * s * float(c @ K_w))
 
 
+def method_applies(loss: str, activation: str, teacher_activation: str, bias: bool,
+                   teacher_bias: bool) -> tuple[bool, bool, bool]:
+    """Which ways of computing the population risk apply (``PopulationProblem``).
+
+    Parameters
+    ----------
+    loss : str
+    activation, teacher_activation : str
+        The student's and the teacher's activations.
+    bias, teacher_bias : bool
+        Whether student and teacher have biases.
+
+    Returns
+    -------
+    (pair, with_bias, closed_form) : tuple of bool
+        ``pair``: the risk expands into pair sums (a regression loss and the teacher's
+        activation; series and quadrature apply); ``with_bias``: the closed forms with biases
+        are the ones to use (biases in student or teacher, or an activation whose only closed
+        form is that one, normal_cdf); ``closed_form``: a closed form exists.
+    """
+    pair = not LOSS_ENTRIES[loss].classification and teacher_activation == activation
+    with_bias = bool(bias or teacher_bias or activation not in CLOSED_FORM_ACTIVATIONS)
+    closed = pair and activation in (BIAS_CLOSED_FORM_ACTIVATIONS if with_bias else CLOSED_FORM_ACTIVATIONS)
+    return pair, with_bias, closed
+
+
+def automatic_method(pair: bool, closed_form: bool) -> str:
+    """What ``method="auto"`` picks: the closed form, else the series, else Monte Carlo.
+
+    Parameters
+    ----------
+    pair, closed_form : bool
+        From :func:`method_applies`.
+
+    Returns
+    -------
+    str
+    """
+    return "closed_form" if closed_form else "series" if pair else "monte_carlo"
+
+
 def _check_loss(loss: str) -> str:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -364,15 +406,12 @@ class PopulationProblem(Problem):
             raise ValueError(f"teacher input dimension {teacher.d} differs from the model's d = {model.d}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        pair_ok = loss == "squared" and teacher.activation == model.activation
-        # Whether the closed forms with biases (kernels.bias_pair_field) apply: biases in student
-        # or teacher, or an activation whose only closed form is that one (normal_cdf).
-        # Bias-free relu, erf and linear keep the bias-free kernels (bitwise the same runs).
-        self.with_bias = bool(model.bias or teacher.has_bias or model.activation not in CLOSED_FORM_ACTIVATIONS)
-        closed_ok = pair_ok and model.activation in (
-            BIAS_CLOSED_FORM_ACTIVATIONS if self.with_bias else CLOSED_FORM_ACTIVATIONS)
+        # with_bias: the closed forms with biases (kernels.bias_pair_field) apply; bias-free relu,
+        # erf and linear keep the bias-free kernels (bitwise the same runs).
+        pair_ok, self.with_bias, closed_ok = method_applies(self.loss, model.activation, teacher.activation,
+                                                            model.bias, teacher.has_bias)
         if method == "auto":
-            method = "closed_form" if closed_ok else "series" if pair_ok else "monte_carlo"
+            method = automatic_method(pair_ok, closed_ok)
         if method == "closed_form" and not closed_ok:
             raise ValueError(
                 "method='closed_form' needs the squared loss and the same activation in student and "
@@ -667,7 +706,7 @@ class MonteCarloExpectation:
         model, teacher = problem.model, problem.teacher
         X = rng.standard_normal((problem.mc_samples, model.d))
         y = teacher.labels(X, rng, problem.loss, 0.0, problem.flip_prob)
-        offset = 0.5 * problem.noise_std**2 if problem.loss == "squared" else 0.0
+        offset = 0.0 if LOSS_ENTRIES[problem.loss].classification else 0.5 * problem.noise_std**2
         self.sample = (np.ascontiguousarray(X, dtype=model.dtype), np.ascontiguousarray(y, dtype=model.dtype),
                        offset)
 

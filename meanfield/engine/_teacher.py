@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels
+from ._losses import CLASSIFICATION_LOSSES
 from ._model import ACTIVATIONS, tile_rows
-
-CLASSIFICATION_LOSSES = ("logistic", "exponential")
 
 
 @dataclass(frozen=True, eq=False)
