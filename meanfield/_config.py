@@ -72,7 +72,7 @@ class ConfigError(ValueError):
     """Bad input in an experiment file (reported with exit status 2, nothing written)."""
 
 
-_REQUIRED = object()
+REQUIRED = object()
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,24 @@ class Key:
     """One key of the schema: its type, default and what values are allowed."""
 
     kind: str  # "int", "float", "bool", "str", "alpha", "readout", "path", "float_or_none", "int_or_none", "names"
-    default: object = _REQUIRED
+    default: object = REQUIRED
     choices: tuple = ()
     minimum: float | None = None
     strict_minimum: bool = False
     maximum: float | None = None
     strict_maximum: bool = False
 
+    def check(self, file, section, name, value, via=None):
+        """The value, checked and converted (ConfigError naming the file, the key and what is
+        allowed)."""
+        return _check_value(file, section, name, self, value, via)
+
+    def default_value(self):
+        """The value of the key when a file does not give it."""
+        return self.default
+
     def allowed(self) -> str:
+        """What the key allows, in words (for messages)."""
         if self.choices and self.kind != "names":
             return "one of " + ", ".join(json.dumps(c) for c in self.choices)
         kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
@@ -289,7 +299,7 @@ def _where(file, section, key, via=None):
 
 def _check_value(file, section, name, key: Key, value, via=None):
     """The value converted to its canonical type, or a ConfigError naming the key."""
-    shown = json.dumps(value) if _jsonable(value) else repr(value)
+    shown = json.dumps(value) if jsonable(value) else repr(value)
     where = f"{file}: {via}" if via else f"{file}: [{section}] {name} = {shown}"
     bad = ConfigError(f"{where}: must be {key.allowed()}")
     kind = key.kind
@@ -350,7 +360,47 @@ def _check_value(file, section, name, key: Key, value, via=None):
     return number
 
 
-def _jsonable(value):
+def fill_section(file, section: str, keys: dict, given: dict, via=None, not_required=()) -> dict:
+    """One section of a resolved config: the given values checked (``key.check``), the
+    defaults for the others; a required key that is missing raises ConfigError.
+
+    The schema engine of every experiment file (``meanfield run`` files and the
+    ``[experiment]`` kinds of ``meanfield.experiments``).
+
+    Parameters
+    ----------
+    file : str
+        The file, for messages.
+    section : str
+    keys : dict
+        name -> key (``Key``, or any object with ``check``, ``default``, ``default_value`` and
+        ``allowed``).
+    given : dict
+        The section as the file (and ``--set``) gives it.
+    via : callable, optional
+        ``via(section, name)`` -> where a value came from, for messages (a sweep, ``--set``).
+    not_required : collection of str
+        Keys that are None rather than required here (the step of an adaptive integrator).
+
+    Returns
+    -------
+    dict
+        name -> value, in the schema's order.
+    """
+    out = {}
+    for name, key in keys.items():
+        if name in given:
+            out[name] = key.check(file, section, name, given[name], via(section, name) if via else None)
+        elif name in not_required:
+            out[name] = None
+        elif key.default is REQUIRED:
+            raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
+        else:
+            out[name] = key.default_value()
+    return out
+
+
+def jsonable(value):
     try:
         json.dumps(value)
         return True
@@ -358,21 +408,37 @@ def _jsonable(value):
         return False
 
 
-def _split_key(file, dotted: str, via: str):
+def _split_key(file, dotted: str, via: str, schema=None):
+    schema = SCHEMA if schema is None else schema
     section, _, name = dotted.rpartition(".")
-    if section not in SCHEMA or name not in SCHEMA[section]:
-        known = ", ".join(f'"{s}.{k}"' for s in SCHEMA for k in SCHEMA[s])
+    if section not in schema or name not in schema[section]:
+        known = ", ".join(f'"{s}.{k}"' for s in schema for k in schema[s])
         raise ConfigError(f"{file}: {via}: unknown key {dotted!r}; known keys: {known}")
     return section, name
 
 
-def parse_override(file, text: str):
-    """``section.key=value`` from ``--set``; the value is read as TOML (a bare word is a string)."""
+def parse_override(file, text: str, schema=None):
+    """``section.key=value`` from ``--set``; the value is read as TOML (a bare word is a string).
+
+    Parameters
+    ----------
+    file : str
+        The experiment file, for messages.
+    text : str
+        What followed ``--set``.
+    schema : dict, optional
+        section -> {name: key}; default the schema of ``meanfield run`` files.
+
+    Returns
+    -------
+    (section, name, value, via) : tuple
+        ``via`` is ``"--set <text>"``, for messages.
+    """
     dotted, sep, raw = text.partition("=")
     via = f"--set {text}"
     if not sep:
         raise ConfigError(f"{file}: {via}: expected section.key=value")
-    section, name = _split_key(file, dotted.strip(), via)
+    section, name = _split_key(file, dotted.strip(), via, schema)
     return section, name, _override_value(raw), via
 
 
@@ -511,7 +577,7 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
             return sweep_origins[dotted]
         name = "[sweep.zip]" if table == "zip" else "[sweep]"
         values = (zipped if table == "zip" else sweep)[dotted]
-        return f"{name} {json.dumps(dotted)} = {json.dumps(values) if _jsonable(values) else repr(values)}"
+        return f"{name} {json.dumps(dotted)} = {json.dumps(values) if jsonable(values) else repr(values)}"
 
     for text in overrides:
         parsed = parse_sweep_override(file, text)
@@ -564,7 +630,7 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
                               "or a range {start = 0, stop = 100} (step = 1)")
         item = f"{where}: value " if dotted in sweep_origins else where
         checked = [_check_value(file, section, name, SCHEMA[section][name], v,
-                                via=f"{item}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                                via=f"{item}[{i}] = {json.dumps(v) if jsonable(v) else repr(v)}")
                    for i, v in enumerate(values)]
         if len(set(map(json.dumps, checked))) != len(checked):
             raise ConfigError(f"{file}: {where}: values must be distinct")
@@ -624,7 +690,7 @@ def _sweep_values(file, where, values):
     if not isinstance(values, dict):
         return values
     allowed = {"start", "stop", "step"}
-    text = f"{file}: {where} = {json.dumps(values) if _jsonable(values) else repr(values)}"
+    text = f"{file}: {where} = {json.dumps(values) if jsonable(values) else repr(values)}"
     unknown = set(values) - allowed
     if unknown or "stop" not in values:
         raise ConfigError(f"{text}: a range must be a table {{start = 0, stop = 100}} with integer start (default 0), "
@@ -656,7 +722,7 @@ def _zip_axis(file, zipped, dedupe=False, origins=None):
             raise ConfigError(f"{file}: {where}{shown_values}: must be a non-empty list of values")
         item = f"{where}: value " if dotted in origins else where
         columns.append([_check_value(file, section, name, SCHEMA[section][name], v,
-                                     via=f"{item}[{i}] = {json.dumps(v) if _jsonable(v) else repr(v)}")
+                                     via=f"{item}[{i}] = {json.dumps(v) if jsonable(v) else repr(v)}")
                         for i, v in enumerate(values)])
         keys.append(dotted)
     lengths = {key: len(column) for key, column in zip(keys, columns)}
@@ -759,19 +825,10 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
             return f"[sweep] {json.dumps(dotted)} = {json.dumps(swept[dotted])}"
         return (origins or {}).get(dotted)
 
-    config = {}
-    for section, keys in SCHEMA.items():
-        out = {}
-        for name, key in keys.items():
-            if name in raw[section]:
-                out[name] = _check_value(file, section, name, key, raw[section][name], via(section, name))
-            elif (section, name) == ("dynamics", "step") and _adaptive(raw["dynamics"].get("integrator")):
-                out[name] = None  # adaptive steps
-            elif key.default is _REQUIRED:
-                raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
-            else:
-                out[name] = key.default
-        config[section] = out
+    adaptive = _adaptive(raw["dynamics"].get("integrator"))
+    config = {section: fill_section(file, section, keys, raw[section], via,
+                                    ("step",) if section == "dynamics" and adaptive else ())
+              for section, keys in SCHEMA.items()}
     if config["problem"]["seed"] is None:
         del config["problem"]["seed"]  # absent: the problem's streams follow run.seed, as before the key existed
 

@@ -31,9 +31,8 @@ import sys
 import time
 
 import numpy as np
-import tomllib
 
-from ._config import _REQUIRED, ConfigError, Key, _check_value, _jsonable, canonical_json, load_document
+from ._config import ConfigError, Key, canonical_json, fill_section, jsonable, load_document, parse_override
 from .engine._integrators import INTEGRATORS
 from .engine._problems import CLOSED_FORM_ACTIVATIONS
 from .io._store import (
@@ -67,8 +66,15 @@ class ListKey:
             text += f" and <= {self.maximum:g}"
         return text
 
-    def check(self, file, section, name, value):
-        shown = json.dumps(value) if _jsonable(value) else repr(value)
+    def default_value(self) -> list:
+        """A fresh copy of the default list."""
+        return list(self.default)
+
+    def check(self, file, section, name, value, via=None):
+        """The list, checked and converted (one number stands for a list of one)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        shown = json.dumps(value) if jsonable(value) else repr(value)
         bad = ConfigError(f"{file}: [{section}] {name} = {shown}: must be {self.allowed()}")
         if not isinstance(value, list) or not value:
             raise bad
@@ -152,7 +158,7 @@ def experiment_kind(path) -> str | None:
     table = document["experiment"]
     kind = table.get("kind") if isinstance(table, dict) else None
     if kind not in KINDS:
-        shown = json.dumps(kind) if kind is not None and _jsonable(kind) else "missing"
+        shown = json.dumps(kind) if kind is not None and jsonable(kind) else "missing"
         raise ConfigError(f"{file}: [experiment] kind = {shown}: must be one of "
                           + ", ".join(json.dumps(k) for k in KINDS))
     return kind
@@ -179,15 +185,7 @@ def resolve(path, overrides=()) -> dict:
     schema = SCHEMAS[kind]
     document = copy.deepcopy(load_document(file))
     for text in overrides:
-        dotted, sep, raw = text.partition("=")
-        section, _, name = dotted.strip().rpartition(".")
-        if not sep or section not in schema or name not in schema[section]:
-            known = ", ".join(f'"{s}.{k}"' for s in schema for k in schema[s])
-            raise ConfigError(f"{file}: --set {text}: unknown key {dotted.strip()!r}; known keys: {known}")
-        try:
-            value = tomllib.loads(f"value = {raw.strip()}")["value"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
+        section, name, value, _ = parse_override(file, text, schema)
         document.setdefault(section, {})[name] = value
     for section, content in document.items():
         if section not in schema or not isinstance(content, dict):
@@ -196,25 +194,8 @@ def resolve(path, overrides=()) -> dict:
         for name in content:
             if name not in schema[section]:
                 raise ConfigError(f"{file}: [{section}] unknown key {name!r}; allowed: {', '.join(schema[section])}")
-    config = {}
-    for section, keys in schema.items():
-        out = {}
-        for name, key in keys.items():
-            given = document.get(section, {})
-            if name in given:
-                if isinstance(key, ListKey):
-                    value = given[name]
-                    out[name] = key.check(file, section, name, [value] if isinstance(value, (int, float))
-                                          and not isinstance(value, bool) else value)
-                else:
-                    out[name] = _check_value(file, section, name, key, given[name])
-            elif isinstance(key, ListKey):
-                out[name] = list(key.default)
-            elif key.default is _REQUIRED:
-                raise ConfigError(f"{file}: [{section}] {name} is required: {key.allowed()}")
-            else:
-                out[name] = key.default
-        config[section] = out
+    config = {section: fill_section(file, section, keys, document.get(section, {}))
+              for section, keys in schema.items()}
 
     def fail(section, name, text):
         raise ConfigError(f"{file}: [{section}] {name}: {text}")
