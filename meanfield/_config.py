@@ -836,14 +836,37 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
         where = via(section, name) or f"[{section}] {name}"
         raise ConfigError(f"{file}: {where}: {text}")
 
-    model, init, problem = config["model"], config["init"], config["problem"]
-    teacher, dynamics, record = config["problem.teacher"], config["dynamics"], config["record"]
+    context = RuleContext(file, raw, base_dir, fail, via)
+    for rule in CROSS_KEY_RULES:  # in order: the first broken rule is the one reported
+        rule(config, context)
+    return config
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a cross-key rule may use besides the config: the file (for messages), its raw
+    sections, its folder (for data paths), ``fail(section, name, text)`` (raises ConfigError
+    naming where the value came from) and ``via(section, name)``."""
+
+    file: str
+    raw: dict
+    base_dir: str
+    fail: object
+    via: object
+
+
+def _rules_of_model(config: dict, context: RuleContext) -> None:
+    model, init, fail = config["model"], config["init"], context.fail
     if model["scaling"] == "sum" and model["train_readout"]:
         fail("model", "scaling", 'the "sum" scaling freezes the readout c = 1: set train_readout = false')
     if init["symmetric"] and model["m"] % 2:
         fail("model", "m", f"a symmetric init pairs particles: m must be even, got {model['m']}")
     if init["symmetric"] and model["scaling"] == "sum":
         fail("init", "symmetric", 'a symmetric init negates c, which the "sum" scaling fixes to 1')
+
+
+def _rules_of_problem(config: dict, context: RuleContext) -> None:
+    model, problem, teacher, fail = config["model"], config["problem"], config["problem.teacher"], context.fail
     if teacher["activation"] is None:
         teacher["activation"] = model["activation"]
     if teacher["kind"] == "orthonormal" and teacher["bias"]:
@@ -873,11 +896,19 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
         if problem["method"] != "auto":
             fail("problem", "method", 'only for kind = "population"')
         if problem["data"] is not None:
-            problem["data"], problem["data_sha256"] = _check_data(file, base_dir, problem["data"], model["d"],
-                                                                 problem["loss"], via("problem", "data"))
+            problem["data"], problem["data_sha256"] = _check_data(
+                context.file, context.base_dir, problem["data"], model["d"], problem["loss"],
+                context.via("problem", "data"))
+
+
+def _rules_of_flow(config: dict, context: RuleContext) -> None:
+    _check_flow(config, context.raw, context.fail, context.via)
+
+
+def _rules_of_dynamics(config: dict, context: RuleContext) -> None:
+    problem, dynamics, record, fail = config["problem"], config["dynamics"], config["record"], context.fail
     integrator = dynamics["integrator"]
     entry = INTEGRATOR_ENTRIES[integrator]
-    _check_flow(config, raw, fail, via)
     for key, what in entry.requires.items():
         if dynamics[key] is None:
             fail("dynamics", key, f'"{integrator}" needs {what}')
@@ -892,40 +923,69 @@ def resolve(file, raw: dict, base_dir: str, swept: dict, origins=None, sweep_ori
         fail("dynamics", "t_max", f"must be at least one step of dt = {dt:g}")
     if record["t_min"] is not None and record["t_min"] >= dynamics["t_max"]:
         fail("record", "t_min", f"must be < t_max = {dynamics['t_max']:g}")
-    limit = config["limit"]
-    if limit["reference_m"] is not None:
-        if not record["particles"]:
-            fail("record", "particles", "[limit] compares particle clouds: the particles must be recorded")
-        if limit["tracers"] and not entry.tracers:
-            fail("limit", "tracers", "tracers are not coupled under Langevin noise yet: set tracers = false "
-                                     f"or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
-        if limit["tracers"] and init["symmetric"]:
-            fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
-                                     "reference's: set tracers = false")
-        if limit["tracers"] and model["m"] > limit["reference_m"]:
-            fail("model", "m", f"tracers start at the member's particles inside the reference: m must be <= "
-                               f"reference_m = {limit['reference_m']}, got {model['m']}")
-        limit["role"] = "member"
-    if config["run"]["backend"] == "cuda":
-        if entry.device_update is None and entry.time_step is not None:
-            fail("dynamics", "integrator", f'"{integrator}" has no CUDA twin: use backend = "cpu" or '
-                                            f"{_integrators_where(lambda e: e.device_update is not None)}")
-        _check_cuda(fail)
-    _check_lazy(config, fail)
-    if config["landscape"]["enabled"] and model["dtype"] != "float64":
-        fail("model", "dtype", '[landscape] descends to a gradient norm of 1e-9 and needs "float64"')
-    if config["landscape"]["enabled"] and not entry.deterministic:
-        fail("dynamics", "integrator", '[landscape] classifies the end points of deterministic runs: use '
-                                        f"{_integrators_where(lambda e: e.deterministic)}")
-    if config["connectivity"]["enabled"] and (teacher["kind"] != "orthonormal" or teacher["rotate"]
-                                               or problem["kind"] != "population"
-                                               or problem["method"] == "monte_carlo"):
-        fail("connectivity", "enabled", "pairs runs of different seeds, which must train on the same problem: "
-                                        'needs kind = "population" (not "monte_carlo") with an orthonormal, '
-                                        "unrotated teacher")
-    if config["connectivity"]["enabled"] and limit["reference_m"] is not None:
-        fail("connectivity", "enabled", "[connectivity] and [limit] pair runs differently: use one per file")
-    return config
+
+
+def _rules_of_limit(config: dict, context: RuleContext) -> None:
+    model, init, record, limit, fail = config["model"], config["init"], config["record"], config["limit"], context.fail
+    if limit["reference_m"] is None:
+        return
+    entry = INTEGRATOR_ENTRIES[config["dynamics"]["integrator"]]
+    if not record["particles"]:
+        fail("record", "particles", "[limit] compares particle clouds: the particles must be recorded")
+    if limit["tracers"] and not entry.tracers:
+        fail("limit", "tracers", "tracers are not coupled under Langevin noise yet: set tracers = false "
+                                 f"or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
+    if limit["tracers"] and init["symmetric"]:
+        fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
+                                 "reference's: set tracers = false")
+    if limit["tracers"] and model["m"] > limit["reference_m"]:
+        fail("model", "m", f"tracers start at the member's particles inside the reference: m must be <= "
+                           f"reference_m = {limit['reference_m']}, got {model['m']}")
+    limit["role"] = "member"
+
+
+def _rules_of_backend(config: dict, context: RuleContext) -> None:
+    if config["run"]["backend"] != "cuda":
+        return
+    integrator = config["dynamics"]["integrator"]
+    entry = INTEGRATOR_ENTRIES[integrator]
+    if entry.device_update is None and entry.time_step is not None:
+        context.fail("dynamics", "integrator", f'"{integrator}" has no CUDA twin: use backend = "cpu" or '
+                                                f"{_integrators_where(lambda e: e.device_update is not None)}")
+    _check_cuda(context.fail)
+
+
+def _rules_of_lazy(config: dict, context: RuleContext) -> None:
+    _check_lazy(config, context.fail)
+
+
+def _rules_of_landscape(config: dict, context: RuleContext) -> None:
+    if not config["landscape"]["enabled"]:
+        return
+    if config["model"]["dtype"] != "float64":
+        context.fail("model", "dtype", '[landscape] descends to a gradient norm of 1e-9 and needs "float64"')
+    if not INTEGRATOR_ENTRIES[config["dynamics"]["integrator"]].deterministic:
+        context.fail("dynamics", "integrator", '[landscape] classifies the end points of deterministic runs: use '
+                                                f"{_integrators_where(lambda e: e.deterministic)}")
+
+
+def _rules_of_connectivity(config: dict, context: RuleContext) -> None:
+    if not config["connectivity"]["enabled"]:
+        return
+    teacher, problem = config["problem.teacher"], config["problem"]
+    if (teacher["kind"] != "orthonormal" or teacher["rotate"] or problem["kind"] != "population"
+            or problem["method"] == "monte_carlo"):
+        context.fail("connectivity", "enabled", "pairs runs of different seeds, which must train on the same "
+                                                'problem: needs kind = "population" (not "monte_carlo") with an '
+                                                "orthonormal, unrotated teacher")
+    if config["limit"]["reference_m"] is not None:
+        context.fail("connectivity", "enabled", "[connectivity] and [limit] pair runs differently: use one per file")
+
+
+# The cross-key rules, one function per feature, applied in this order by resolve(): a new
+# feature's rules are one function and one entry here.
+CROSS_KEY_RULES = (_rules_of_model, _rules_of_problem, _rules_of_flow, _rules_of_dynamics, _rules_of_limit,
+                   _rules_of_backend, _rules_of_lazy, _rules_of_landscape, _rules_of_connectivity)
 
 
 def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
