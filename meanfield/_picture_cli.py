@@ -12,7 +12,7 @@ def _analysis():
     """``meanfield.analysis``, or a ConfigError (exit 2) that says how to install it."""
     import importlib
 
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     try:
         analysis = importlib.import_module("meanfield.analysis")
@@ -24,7 +24,7 @@ def _analysis():
 
 def plot_command(args) -> int:
     """The risk plot of a run directory, written to a file named for its runs."""
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir}: no such directory")
@@ -35,7 +35,7 @@ def plot_command(args) -> int:
         written = analysis.write_directory_risk(args.dir, args.output, force=args.force)
     except PictureError as error:
         raise ConfigError(str(error)) from None
-    from ._summaries import short_names
+    from .experiments._summaries import short_names
 
     by = f", a curve per {', '.join(short_names(written['keys']).values())}" if written["keys"] else ""
     print(f"plot: {written['path']} ({written['runs']} finished run{'s' if written['runs'] != 1 else ''} "
@@ -45,7 +45,7 @@ def plot_command(args) -> int:
 
 def animate_command(args) -> int:
     """An animation of a stored run's particle cloud (GIF, or MP4 with ffmpeg)."""
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     if not os.path.isfile(args.run):
         raise ConfigError(f"{args.run}: no such run file")

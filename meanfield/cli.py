@@ -21,7 +21,7 @@ USAGE_ERROR = 2
 def _out_dir(args) -> str:
     """The output directory, refused (ConfigError) when it cannot be created or written;
     nothing is written here."""
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     if args.out is not None:
         out, named = args.out, f"--out {args.out}"
@@ -55,7 +55,7 @@ def _out_dir(args) -> str:
 
 def run_command(args) -> int:
     from . import report, sweep
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
@@ -72,14 +72,14 @@ def run_command(args) -> int:
     specs = sweep.plan(args.file, args.set, notes)  # validates everything before any output exists
     for note in notes:  # a --set that replaced a sweep list is never silent, even with --quiet
         print(f"meanfield run: {args.file}: {note}", file=sys.stderr, flush=True)
-    from . import _memory
+    from .experiments import _memory
 
     # Runs that cannot fit in memory are refused here, before the output directory exists.
     mine = specs if args.slurm else [s for s in specs if s.index % args.task_count == args.task_index]
     _memory.check(mine, _memory.parse_size(getattr(args, "max_memory", None)), jobs=1 if args.slurm else args.jobs)
     out = _out_dir(args)
     if args.slurm:
-        from ._slurm import submit
+        from .experiments._slurm import submit
 
         if args.jobs != 1 or args.task_count != 1 or args.task_index != 0:
             raise ConfigError("--slurm makes one array task per run: --jobs, --task-index and --task-count "
@@ -103,7 +103,7 @@ def run_command(args) -> int:
     if args.quiet:  # a failure is never silent: a batch job's log must say why it exits 1
         for reason in reasons:
             print(f"meanfield: run {reason}", file=sys.stderr, flush=True)
-    from ._stages import STAGES
+    from .experiments._stages import STAGES
 
     # The post-run stages the file asks for measure what is missing even when quiet.
     stage_reports = []
@@ -134,8 +134,8 @@ def _risk_plot(out) -> None:
     """``<out>/risk.png``: the figure of the directory, every finished run in it, one curve per
     combination of the keys that vary across it (mean over run.seed), whichever files and
     --set wrote them; so it never shows one sweep's runs in place of another's."""
-    from . import _summaries as summaries_
     from . import report
+    from .experiments import _summaries as summaries_
 
     summaries, keys = summaries_.directory_summaries(out)
     curves = report.risk_curves(summaries)
@@ -153,14 +153,14 @@ def _risk_plot(out) -> None:
 
 def report_command(args) -> int:
     from . import report
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     if not os.path.isdir(args.dir):
         raise ConfigError(f"{args.dir}: no such directory")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
-    from . import _summaries as summaries_
     from . import experiments, io
+    from .experiments import _summaries as summaries_
 
     rows = io.catalog_rows(args.dir)
     for row in rows:  # damaged files are named once, and left out below
@@ -178,7 +178,7 @@ def report_command(args) -> int:
         print(f"risk at the end of the {len(finished)} finished run{'s' if len(finished) != 1 else ''} "
               f"in {args.dir}:")
         print(report.final_risk_table(summaries))
-    from ._stages import STAGES
+    from .experiments._stages import STAGES
 
     lines = []
     for stage in STAGES.values():
@@ -197,9 +197,9 @@ def status_command(args) -> int:
     risk; with ``--file`` (and its ``--set``), the runs of that experiment not started yet too."""
     import json
 
-    from . import _summaries as summaries_
     from . import io, sweep
-    from ._config import ConfigError
+    from .experiments import _summaries as summaries_
+    from .experiments._config import ConfigError
 
     specs = []
     if args.file is not None:
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ._config import ConfigError
+    from .experiments._config import ConfigError
 
     try:
         sys.stdout.reconfigure(line_buffering=True)

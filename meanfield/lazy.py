@@ -33,13 +33,14 @@ from collections import defaultdict
 
 import numpy as np
 
-# The held-out sample and its measure are assembled with the run (meanfield._assembly); their
-# public names stay here, on the lazy-training page.
-from ._assembly import HeldOutRisk, held_out_sample  # noqa: F401
-from ._config import canonical_json, tangent_config
 from .engine._losses import LOSS_ENTRIES
 from .engine._model import Model
 from .engine._tangent import tangent_predict
+
+# The held-out sample and its measure are assembled with the run (meanfield.experiments._assembly); their
+# public names stay here, on the lazy-training page.
+from .experiments._assembly import HeldOutRisk, held_out_sample  # noqa: F401
+from .experiments._config import canonical_json, tangent_config
 from .io._store import finished_run_files, open_run, updating
 
 SERIES = ("displacement", "test_risk", "tangent_distance")

@@ -2,7 +2,7 @@
 
 A file with ``[limit] reference_m = M`` plans its runs ("members") and, per group of members
 that differ only in the width, one reference run of width M that carries the members'
-initial points as tracers (see ``meanfield._config``). Once a member and its reference are
+initial points as tracers (see ``meanfield.experiments._config``). Once a member and its reference are
 finished, :func:`compute` measures, at every common recorded time (or at the recorded times
 nearest to ``[limit] times``),
 
@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from ._config import canonical_json, reference_config
+from .experiments._config import canonical_json, reference_config
 from .io._store import finished_run_files, open_run, updating
 
 
@@ -259,7 +259,7 @@ def collect(out_dir, metric: str) -> dict:
     out_dir : path-like
         A sweep directory.
     metric : str
-        One of ``LIMIT_METRICS`` (``meanfield._config``), e.g. ``"risk_gap"``.
+        One of ``LIMIT_METRICS`` (``meanfield.experiments._config``), e.g. ``"risk_gap"``.
 
     Returns
     -------

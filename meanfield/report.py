@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._summaries import (
+from .experiments._summaries import (
     FINISHED,
     GROUP_EXCLUDE,
     cell_text,

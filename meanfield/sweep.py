@@ -1,11 +1,11 @@
 """Runs of experiment files: from a resolved config to objects, to a stored HDF5 trajectory.
 
 The data flows one way: experiment file -> :func:`plan` (validated, resolved
-:class:`~meanfield._config.RunSpec` list) -> :func:`build` (model, problem, integrator,
+:class:`~meanfield.experiments._config.RunSpec` list) -> :func:`build` (model, problem, integrator,
 initial state) -> :func:`meanfield.run` with a :class:`~meanfield.io._store.RunFile` observer ->
 ``<out>/<run id>.h5``.
 
-Random streams and the assembly of a run's objects: :mod:`meanfield._assembly`.
+Random streams and the assembly of a run's objects: :mod:`meanfield.experiments._assembly`.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import sys
 import time
 import traceback
 
-from . import _progress
-from ._assembly import Experiment, build, generator, initial_state, seed_sequence
-from ._config import ConfigError, RunSpec, plan
-from ._progress import _PoolSteps, _StepBar, _tqdm, _worker_observer
-from ._run_stages import RUN_STAGES
 from .engine import _interrupt
 from .engine._integrators import restore
 from .engine._run import run
+from .experiments import _progress
+from .experiments._assembly import Experiment, build, generator, initial_state, seed_sequence
+from .experiments._config import ConfigError, RunSpec, plan
+from .experiments._progress import _PoolSteps, _StepBar, _tqdm, _worker_observer
+from .experiments._run_stages import RUN_STAGES
 from .io import catalog_rows, final_values, write_index
 from .io._store import (
     CorruptRunFile,

@@ -15,8 +15,9 @@ import tempfile
 
 import pytest
 
-from meanfield import _memory, sweep
-from meanfield._config import ConfigError
+from meanfield import sweep
+from meanfield.experiments import _memory
+from meanfield.experiments._config import ConfigError
 
 TINY = {
     "model": {"d": 4, "m": 8, "activation": "relu"},

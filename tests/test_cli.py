@@ -119,7 +119,8 @@ def test_risk_plot_is_the_directory_s_and_never_one_sweep_s_in_place_of_another(
     run of the directory, a curve per m, and says so; the second sweep does not replace the
     first one's curves by its own."""
     pytest.importorskip("matplotlib")
-    from meanfield import _summaries, report
+    from meanfield import report
+    from meanfield.experiments import _summaries
 
     path = write(tmp_path, merged(sweep={"model.m": [8, 12], "run.seed": [0, 1]}))
     out = tmp_path / "out"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from test_sweep import merged, write
 
-from meanfield import _assembly, kernels, sweep
+from meanfield import kernels, sweep
 from meanfield.engine import _integrators
 from meanfield.engine._integrators import Integrator, IntegratorEntry, _advance, _make_init, _positive
+from meanfield.experiments import _assembly
 
 # --- the worked example of an integrator (docs/extending.md shows this code) -------------------
 

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from meanfield import _progress, sweep
+from meanfield import sweep
+from meanfield.experiments import _progress
 
 # Runs of about a second each (m = 512, 2000 steps): long enough for the parent, which looks
 # every 0.1 s, to see steps between the first and the last (at m = 128 a run took 0.1 s and

@@ -274,7 +274,7 @@ def test_meanfield_run_slurm_matches_local_run(slurm, job_env, sweep_file, local
 
 
 def test_submit_without_submitit_says_how_to_install(monkeypatch, sweep_file, tmp_path):
-    from meanfield import _slurm
+    from meanfield.experiments import _slurm
 
     monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` raise ImportError
     with pytest.raises(RuntimeError, match=r"pip install 'meanfield\[cluster\]'"):

@@ -47,7 +47,7 @@ def test_import_contracts_hold():
     ("meanfield/engine/_run.py", "import h5py", "the engine computes"),
     ("kernels/updates.py", "import h5py", "kernels are numeric code only"),
     ("meanfield/io/_store.py", "from ..sweep import execute", "the store does not know"),
-    ("meanfield/_config.py", "from .cli import main", "nothing imports the command line"),
+    ("meanfield/experiments/_config.py", "from ..cli import main", "nothing imports the command line"),
     ("meanfield/engine/_model.py", "from ..analysis import open_runs", "layers"),
 ])
 def test_import_contracts_bite(tmp_path, module, line, contract):

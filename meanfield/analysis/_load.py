@@ -110,7 +110,7 @@ def open_run(path) -> xr.Dataset:
             F(mu_m(t)) and |grad F| at each record, float64.
         every other series ``/observables/<name>`` (time)
             The run's measures (``step_error``, ``test_risk``, any registered observable,
-            ``meanfield._assembly.OBSERVABLES``) and the series that post-run stages add
+            ``meanfield.experiments._assembly.OBSERVABLES``) and the series that post-run stages add
             (``tangent_distance``, ...): NaN at records where the series has no value.
         ``limit_<metric>`` (time) or (time, teacher) for ``overlap_w2``
             Distances to the reference of width ``reference_m`` (``/observables/limit``),

@@ -42,7 +42,7 @@ def _directory_risk(directory):
     directory other than the seed)."""
     import xarray as xr
 
-    from .. import _summaries as report
+    from ..experiments import _summaries as report
 
     summaries, keys = report.directory_summaries(directory)
     groups = {}
@@ -89,7 +89,7 @@ def plot_directory_risk(directory, ax=None):
     between the smallest and largest seed (:func:`plot_risk`).
 
     Every finished run of the directory is drawn, whatever experiment file and ``--set``
-    wrote it (:func:`meanfield._summaries.directory_summaries`).
+    wrote it (:func:`meanfield.experiments._summaries.directory_summaries`).
 
     Parameters
     ----------
@@ -116,7 +116,7 @@ def plot_directory_risk(directory, ax=None):
 
 
 def _risk_title(directory, drawn, keys) -> str:
-    from .. import _summaries as report
+    from ..experiments import _summaries as report
 
     by = ", ".join(report.short_names(keys).values())
     name = os.path.basename(os.path.normpath(os.fspath(directory)))
@@ -134,7 +134,7 @@ def _safe(text: str) -> str:
 def default_risk_name(directory, drawn, keys) -> str:
     """``risk-<varying keys>-<digest of the run ids>.png`` in ``directory``: figures of other
     runs get other names."""
-    from .. import _summaries as report
+    from ..experiments import _summaries as report
 
     names = "_".join(_safe(n) for n in report.short_names(keys).values())
     stem = f"risk-{names}-" if names else "risk-"

@@ -98,7 +98,7 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
             return None
         W = _final_W(f)
     if problem is None:
-        from .._assembly import build
+        from ..experiments._assembly import build
 
         problem = build(config).problem
     step = settings["step"] if settings["step"] is not None else config["dynamics"]["step"]
@@ -244,7 +244,7 @@ def census_table(rows) -> str:
 
 
 def _pair_key(config: dict) -> str:
-    from .._config import canonical_json
+    from ..experiments._config import canonical_json
 
     stripped = json.loads(json.dumps(config))
     stripped["run"]["seed"] = None
@@ -274,7 +274,7 @@ def connectivity_missing(out_dir) -> dict:
         (even seeds) measured now, already measured, and without a complete seed-2i + 1
         partner.
     """
-    from .._assembly import build
+    from ..experiments._assembly import build
 
     found = {}
     for path in _run_files(out_dir):

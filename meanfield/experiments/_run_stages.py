@@ -3,14 +3,14 @@ complete (and redone on the next ``meanfield run`` if a kill came in between).
 
 Each stage is one entry of :data:`RUN_STAGES`; ``meanfield.sweep.execute`` runs every entry
 that the run's config enables and names none. The stages over a whole directory (distances
-to the limit, census tables, lazy-training reports) are ``meanfield._stages``.
+to the limit, census tables, lazy-training reports) are ``meanfield.experiments._stages``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from .engine._registry import Registry
+from ..engine._registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ register_run_stage = RUN_STAGES.register
 
 
 def _landscape_end_point(path, config, problem=None) -> None:
-    from .landscape import store_endpoint
+    from ..landscape import store_endpoint
 
     store_endpoint(path, config, problem)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+from ..io import catalog_rows
 from ._config import SCHEMA
-from .io import catalog_rows
 
 GROUP_EXCLUDE = ("run.seed",)
 FINISHED = ("complete", "skipped", "diverged")

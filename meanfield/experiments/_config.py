@@ -61,11 +61,11 @@ from dataclasses import dataclass
 import numpy as np
 import tomllib
 
-from .engine._integrators import INTEGRATORS as INTEGRATOR_ENTRIES
-from .engine._losses import LOSS_ENTRIES
-from .engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
-from .engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS, method_applies
-from .engine._run import SPACINGS
+from ..engine._integrators import INTEGRATORS as INTEGRATOR_ENTRIES
+from ..engine._losses import LOSS_ENTRIES
+from ..engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
+from ..engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS, method_applies
+from ..engine._run import SPACINGS
 
 
 class ConfigError(ValueError):
@@ -662,7 +662,7 @@ def plan(path, overrides=(), notes=None) -> list[RunSpec]:
 def _collapsed_grids(runs) -> list[str]:
     """One line per distinct time grid whose requested times fall on fewer distinct steps (a
     log grid finer than dt near t_min): those times are recorded once."""
-    from .engine._run import record_steps, time_grid
+    from ..engine._run import record_steps, time_grid
 
     lines, seen = [], set()
     for spec in runs:
@@ -1043,7 +1043,7 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
 
 def _check_cuda(fail) -> None:
     """The CUDA backend needs a usable GPU (or numba's CUDA simulator)."""
-    from .engine._cuda import cuda_status
+    from ..engine._cuda import cuda_status
 
     usable, why = cuda_status()
     if not usable:

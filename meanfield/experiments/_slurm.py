@@ -34,7 +34,7 @@ def _numba_cache_setup(out_dir):
 
 def _run_task(config_file, out_dir, overrides, task_index, task_count, restart=False):
     """One array task (runs on the compute node)."""
-    from . import sweep
+    from .. import sweep
 
     return sweep.run_shard(config_file, out_dir, overrides=overrides, task_index=task_index,
                            task_count=task_count, jobs=1, quiet=True, restart=restart)
@@ -88,11 +88,11 @@ def submit(config_file, out_dir, overrides=(), task_count=None, partition=None, 
     ------
     RuntimeError
         submitit is not installed, or there is no Slurm here (no ``srun``).
-    meanfield._config.ConfigError
+    meanfield.experiments._config.ConfigError
         The experiment file is invalid (nothing is submitted).
     """
     submitit = _import_submitit()
-    from . import sweep
+    from .. import sweep
 
     config_file = os.path.abspath(os.fspath(config_file))
     out_dir = os.path.abspath(os.fspath(out_dir))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .engine._registry import Registry
+from ..engine._registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def _plots(paths) -> list[str]:
 
 
 def _limit(out_dir, jobs, n_times):
-    from . import limits, report
+    from .. import limits, report
 
     counts = limits.compute_missing(out_dir, jobs=jobs)
     progress = [f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
@@ -58,7 +58,7 @@ def _limit(out_dir, jobs, n_times):
 
 
 def _landscape(out_dir, jobs, n_times):
-    from . import landscape
+    from .. import landscape
 
     landscape.connectivity_missing(out_dir)  # no-op without [connectivity] runs
     text = landscape.report_text(out_dir)
@@ -66,7 +66,7 @@ def _landscape(out_dir, jobs, n_times):
 
 
 def _lazy(out_dir, jobs, n_times):
-    from . import lazy
+    from .. import lazy
 
     table, plots = lazy.report(out_dir)
     return [], [table, *_plots(plots)]
@@ -77,13 +77,13 @@ def _config_asks(section: str, key: str):
 
 
 def _limit_present(out_dir) -> bool:
-    from . import limits
+    from .. import limits
 
     return bool(limits.pairs(out_dir))
 
 
 def _lazy_present(out_dir) -> bool:
-    from . import lazy
+    from .. import lazy
 
     return lazy.has_lazy(out_dir)
 

@@ -32,10 +32,9 @@ import time
 
 import numpy as np
 
-from ._config import ConfigError, Key, canonical_json, fill_section, jsonable, load_document, parse_override
-from .engine._integrators import INTEGRATORS
-from .engine._problems import CLOSED_FORM_ACTIVATIONS
-from .io._store import (
+from ..engine._integrators import INTEGRATORS
+from ..engine._problems import CLOSED_FORM_ACTIVATIONS
+from ..io._store import (
     CorruptRunFile,
     _now,
     finished_run_files,
@@ -44,6 +43,7 @@ from .io._store import (
     remove_abandoned,
     write_experiment_file,
 )
+from ._config import ConfigError, Key, canonical_json, fill_section, jsonable, load_document, parse_override
 
 # The deep-linear experiment takes the deterministic fixed-step integrators (their entries read
 # only step and momentum from [dynamics]).
@@ -230,7 +230,7 @@ def identity(config: dict) -> tuple[str, str]:
 # --------------------------------------------------------------------------- computations
 def compute_signal_propagation(config: dict) -> dict:
     """Every array of a signal-propagation experiment, by HDF5 path."""
-    from . import signal as sp
+    from .. import signal as sp
 
     net, phase, maps, sim = config["network"], config["phase"], config["maps"], config["simulation"]
     act, sw2, sb2, method = net["activation"], net["sigma_w2"], net["sigma_b2"], phase["method"]
@@ -263,8 +263,8 @@ def compute_signal_propagation(config: dict) -> dict:
 
 def compute_deep_linear(config: dict) -> dict:
     """Every array of a deep-linear experiment, by HDF5 path."""
-    from . import linear
-    from .engine._run import run, time_grid
+    from .. import linear
+    from ..engine._run import run, time_grid
 
     K = config["network"]["K"]
     eigenvalues = np.array(config["target"]["eigenvalues"])
@@ -374,8 +374,8 @@ def report(out_dir) -> list[str]:
     signal_propagation: ``<id>_phase_diagram.png`` and ``<id>_theory_vs_simulation.png``;
     deep_linear: ``<id>_modes.png``.
     """
-    from .linear import plot_modes
-    from .signal import plot_phase_diagram, plot_theory_vs_simulation
+    from ..linear import plot_modes
+    from ..signal import plot_phase_diagram, plot_theory_vs_simulation
 
     written = []
     for path in finished_run_files(out_dir):

@@ -50,8 +50,8 @@ import zipfile
 
 import numpy as np
 
+from ..engine._integrators import INTEGRATORS
 from ._config import ConfigError
-from .engine._integrators import INTEGRATORS
 
 __all__ = ["available_bytes", "check", "estimate_bytes", "format_bytes", "parse_size"]
 
@@ -79,14 +79,14 @@ _LANDSCAPE_DENSE_LIMIT = 600  # meanfield.landscape._hessian.DENSE_LIMIT
 def _frame_block(frame_bytes: int) -> int:
     """Frames that a resume copies at once (``meanfield.io._store``: at most FRAME_BLOCK frames and
     COPY_BLOCK_BYTES bytes)."""
-    from .io._store import copy_block
+    from ..io._store import copy_block
 
     return copy_block(frame_bytes)
 
 
 def _tile_rows(m: int) -> int:
     """``meanfield.engine._model.tile_rows`` in Python integers (m may exceed 64 bits here)."""
-    from .engine._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES
+    from ..engine._model import MAX_TILE_ROWS, MIN_TILE_ROWS, TILE_ENTRIES
 
     return int(min(MAX_TILE_ROWS, max(MIN_TILE_ROWS, TILE_ENTRIES // max(m, 1))))
 
@@ -105,7 +105,7 @@ def _npz_rows(path) -> int | None:
 
 def _population_method(config: dict) -> str:
     """The method ``PopulationProblem(method="auto")`` picks for this config."""
-    from .engine._problems import automatic_method, method_applies
+    from ..engine._problems import automatic_method, method_applies
 
     pc, model, teacher = config["problem"], config["model"], config["problem.teacher"]
     if pc["method"] != "auto":

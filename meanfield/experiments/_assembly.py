@@ -19,13 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from .engine._flow import StepSizeError
-from .engine._integrators import INTEGRATORS, Integrator
-from .engine._model import Init, Model
-from .engine._problems import FiniteDataProblem, PopulationProblem, Problem
-from .engine._registry import Registry
-from .engine._run import time_grid
-from .engine._teacher import Teacher
+from ..engine._flow import StepSizeError
+from ..engine._integrators import INTEGRATORS, Integrator
+from ..engine._model import Init, Model
+from ..engine._problems import FiniteDataProblem, PopulationProblem, Problem
+from ..engine._registry import Registry
+from ..engine._run import time_grid
+from ..engine._teacher import Teacher
 
 STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 
@@ -223,12 +223,12 @@ def build(config: dict) -> Experiment:
         with np.load(pc["data"], allow_pickle=False) as archive:
             problem = FiniteDataProblem(model, archive["X"], archive["y"], pc["loss"])
     if pc.get("tangent"):
-        from .engine._tangent import TangentProblem
+        from ..engine._tangent import TangentProblem
 
         problem = TangentProblem(problem, W0)
     integrator = INTEGRATORS[dc["integrator"]].build(problem, dc)
     if config["run"]["backend"] == "cuda":
-        from .engine._cuda import to_device
+        from ..engine._cuda import to_device
 
         problem, integrator = to_device(problem, integrator)
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
