@@ -344,40 +344,40 @@ def finite_data_field(W, X, y, points, activation_code, loss_code, output_scale,
     m, n_points, (N, d) = W.shape[0], points.shape[0], X.shape
     tile = min(int(tile_size), N)
     workspace = finite_data_workspace(m, n_points, d, tile, W.dtype, reuse=workspace)
+    # The arrays one by one: numba types a tuple argument in Python at every call (~0.2 ms
+    # for these 14), an array in C.
     return _finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha, bias,
-                              train_readout, tile, velocity, points_velocity, workspace)
+                              train_readout, tile, velocity, points_velocity, *workspace)
 
 
 @njit(cache=True, parallel=True)
 def _finite_data_field(W, X, y, points, activation_code, loss_code, output_scale, alpha,
-                       bias, train_readout, tile, velocity, points_velocity, workspace):
-    """:func:`finite_data_field` with its work arrays given (``tile`` <= N)."""
+                       bias, train_readout, tile, velocity, points_velocity,
+                       A, pre, sig, grad_a, work, grad_b_part, grad_c_part,
+                       A_pts, pre_pts, sig_pts, pgrad_a, pwork, pgrad_b_part, pgrad_c_part):
+    """:func:`finite_data_field` with its work arrays given (those of ``FiniteDataWorkspace``,
+    in its order; ``tile`` <= N)."""
     m, p = W.shape
     N, d = X.shape
     n_points = points.shape[0]
     T = W.dtype.type
     s = T(output_scale)
     al = T(alpha)
-    (A, pre, sig, grad_a, work, grad_b_part, grad_c_part,
-     A_pts, pre_pts, sig_pts, pgrad_a, pwork, pgrad_b_part, pgrad_c_part) = workspace
-
     _copy_columns(W, d, A)
-    b, c = W[:, d].copy(), W[:, d + 1].copy()
+    b, c = _column(W, d), _column(W, d + 1)
     _copy_columns(points, d, A_pts)
-    b_pts, c_pts = points[:, d].copy(), points[:, d + 1].copy()
+    b_pts, c_pts = _column(points, d), _column(points, d + 1)
     residual = np.empty(tile, dtype=W.dtype)
-    grad_b = np.zeros(m, dtype=W.dtype)
-    grad_c = np.zeros(m, dtype=W.dtype)
+    grad_b = _zeros(W, m)
+    grad_c = _zeros(W, m)
     n_chunks = min(_ROW_CHUNKS, tile)
-    chunk_loss = np.zeros(n_chunks, dtype=W.dtype)
-    pgrad_b = np.zeros(n_points, dtype=W.dtype)
-    pgrad_c = np.zeros(n_points, dtype=W.dtype)
-    grad_a[:, :] = T(0.0)
-    grad_b_part[:, :] = T(0.0)
-    grad_c_part[:, :] = T(0.0)
-    pgrad_a[:, :] = T(0.0)
-    pgrad_b_part[:, :] = T(0.0)
-    pgrad_c_part[:, :] = T(0.0)
+    chunk_loss = _zeros(W, n_chunks)
+    pgrad_b = _zeros(W, n_points)
+    pgrad_c = _zeros(W, n_points)
+    # Zeroed by a plain loop: an array expression here would be a parallel region of its own
+    # (a thread launch each, ~20 us on a small problem).
+    for array in (grad_a, grad_b_part, grad_c_part, pgrad_a, pgrad_b_part, pgrad_c_part):
+        _clear(array)
 
     scale = al * s
     for start in range(0, N, tile):
@@ -411,6 +411,31 @@ def _finite_data_field(W, X, y, points, activation_code, loss_code, output_scale
     _assemble(grad_a, grad_b, grad_c, factor, bias, train_readout, velocity)
     _assemble(pgrad_a, pgrad_b, pgrad_c, factor, bias, train_readout, points_velocity)
     return total / (al * al * T(N))
+
+
+@njit(cache=True)
+def _column(W, k):
+    """W[:, k] as a contiguous copy, serially (in a parallel function the slice copy would be
+    a parallel region of its own)."""
+    out = np.empty(W.shape[0], dtype=W.dtype)
+    for i in range(W.shape[0]):
+        out[i] = W[i, k]
+    return out
+
+
+@njit(cache=True)
+def _zeros(W, n):
+    """np.zeros(n) of W's dtype, serially (see ``_column``)."""
+    return np.zeros(n, dtype=W.dtype)
+
+
+@njit(cache=True)
+def _clear(array):
+    """array[...] = 0 for a 2-D array, serially."""
+    zero = array.dtype.type(0.0)
+    for i in range(array.shape[0]):
+        for k in range(array.shape[1]):
+            array[i, k] = zero
 
 
 @njit(cache=True)
