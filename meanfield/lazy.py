@@ -44,7 +44,6 @@ from .experiments._config import canonical_json, tangent_config
 from .io._store import finished_run_files, open_run, updating
 
 SERIES = ("displacement", "test_risk", "tangent_distance")
-LOSSES = {name: entry.value for name, entry in LOSS_ENTRIES.items()}  # numpy twins of the kernels' losses
 
 
 def _model(config: dict) -> Model:
@@ -125,7 +124,7 @@ def compute(path, tangent_path=None) -> dict:
     displacement = np.linalg.norm(W - W[0], axis=(1, 2)) / np.linalg.norm(W[0])
     X, y = held_out_sample(config, run["teacher"])
     f = predictions(config, W, X)
-    test_risk = LOSSES[config["problem"]["loss"]](f, y[None, :]).mean(axis=1)
+    test_risk = LOSS_ENTRIES[config["problem"]["loss"]].value(f, y[None, :]).mean(axis=1)
     results = {"displacement": (run["steps"], run["times"], displacement),
                "test_risk": (run["steps"], run["times"], test_risk)}
     if tangent_path is not None:

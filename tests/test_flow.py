@@ -118,7 +118,8 @@ def test_monte_carlo_population_hessian_is_that_of_its_fixed_sample():
                                    mc_samples=300, rng=np.random.default_rng(9))
     assert problem.method == "monte_carlo" and problem.has_analytic_hessian
     W = mf.initialize(model, 3, np.random.default_rng(10))
-    sample = mf.FiniteDataProblem(model, problem._X, problem._y, "logistic")
+    X, y, _ = problem.sample
+    sample = mf.FiniteDataProblem(model, X, y, "logistic")
     assert np.array_equal(problem.hessian(W), sample.hessian(W))
     _check_hessian(problem, W, np.random.default_rng(11), 1e-8)
 

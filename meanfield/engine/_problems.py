@@ -11,6 +11,7 @@ Integrators only use these, so a new problem is one new class.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import NamedTuple
 
@@ -451,16 +452,6 @@ class PopulationProblem(Problem):
         """Monte Carlo only: the fixed sample (X (n, d), y (n,), value offset), else None."""
         return getattr(self.expectation, "sample", None)
 
-    def _sample_part(self, index: int):
-        if self.sample is None:
-            raise AttributeError(f"a {self.method!r} problem has no fixed sample")
-        return self.sample[index]
-
-    # The fixed sample under the names other code read before the strategies (tests, notebooks).
-    _X = property(lambda self: self._sample_part(0))
-    _y = property(lambda self: self._sample_part(1))
-    _value_offset = property(lambda self: self._sample_part(2))
-
     def describe(self) -> str:
         """One line saying how the population expectation is computed."""
         return self.expectation.describe()
@@ -517,7 +508,7 @@ class PopulationProblem(Problem):
     hessian_vector_product.__doc__ = Problem.hessian_vector_product.__doc__
 
 
-class PairExpectation:
+class PairExpectation(abc.ABC):
     """The population expectation of a :class:`PopulationProblem` through pair sums (closed
     form, series, quadrature): F and v from K_ij = E sigma(w_i . x) sigma(w_j . x) and its
     gradient, summed against the particles and against the teacher.
@@ -533,9 +524,11 @@ class PairExpectation:
     def __init__(self, problem: PopulationProblem, rng=None):
         self.problem = problem
 
+    @abc.abstractmethod
     def pair(self, points, sources, symmetric=True):
         """(K (n,), G (n, d + 1)): the pair sums of ``points`` against the measure ``sources``."""
-        raise NotImplementedError
+        # Abstract: each method's class (closed form, series, quadrature) gives its own kernel
+        # call; ABC refuses to make a PairExpectation that lacks it.
 
     def pair_velocity(self, points, W, out, symmetric=True):
         """Velocity of ``points`` in the field of W, and the pair sums K_W, K_teacher there."""
@@ -557,9 +550,10 @@ class PairExpectation:
             points_velocity, _, _ = self.pair_velocity(points, W, np.empty_like(points))
         return Evaluation(value, velocity, points_velocity)
 
+    @abc.abstractmethod
     def describe(self) -> str:
         """One line saying how the expectation is computed."""
-        raise NotImplementedError
+        # Abstract, as ``pair``: each method says in its own words what it computes.
 
     def hessian_singularities(self, W):
         return None
