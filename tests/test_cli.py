@@ -281,7 +281,7 @@ def test_problem_seed_fixes_teacher_and_data_and_run_seed_moves_the_particles(tm
     (a, A), (b, B) = _built(path)
     assert a.config["problem"]["seed"] == b.config["problem"]["seed"] == 7
     np.testing.assert_array_equal(A.teacher.W, B.teacher.W)
-    data = ("X", "y") if problem["kind"] == "finite_data" else ("_X", "_y")
+    data = (0, 1)  # X and y
     for name in data:
         np.testing.assert_array_equal(_data(A.problem, name), _data(B.problem, name))
     for x, y in zip(lazy.held_out_sample(a.config, A.teacher.W), lazy.held_out_sample(b.config, B.teacher.W)):
@@ -300,9 +300,10 @@ def test_problem_seed_fixes_teacher_and_data_and_run_seed_moves_the_particles(tm
     np.testing.assert_array_equal(E.W0, C.W0)
 
 
-def _data(problem, name):
-    """The training set of a finite-data problem, or the fixed sample of a Monte Carlo one."""
-    return getattr(problem, name)
+def _data(problem, index):
+    """X (index 0) or y (1) of the training set of a finite-data problem, or of the fixed
+    sample of a Monte Carlo one."""
+    return (problem.X, problem.y)[index] if hasattr(problem, "X") else problem.sample[index]
 
 
 def test_problem_seed_is_checked(tmp_path):
