@@ -14,6 +14,7 @@ from ._scalar import (
     loss_second_derivative,
 )
 from .deep_random import deep_random_forward
+from .ensemble import closed_form_points_velocity, ensemble_closed_form_evaluate, ensemble_work_arrays, member_sums_of_squares
 from .finite_data import (
     FiniteDataWorkspace,
     finite_data_field,
@@ -35,6 +36,10 @@ from .tangent import tangent_field, tangent_output
 from .updates import all_finite, euler_update, heavy_ball_update, langevin_update, sum_of_squares
 
 __all__ = [
+    "closed_form_points_velocity",
+    "ensemble_closed_form_evaluate",
+    "ensemble_work_arrays",
+    "member_sums_of_squares",
     "ACTIVATION_CODES",
     "LOSS_CODES",
     "activation",

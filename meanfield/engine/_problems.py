@@ -31,6 +31,11 @@ BIAS_CLOSED_FORM_ACTIVATIONS = activations_where(lambda entry: entry.bias_closed
 METHODS = ("auto", "closed_form", "series", "quadrature", "monte_carlo")
 # Per-pair truncation tolerance of the Hermite series (kernels.population_series).
 SERIES_TOL = 1e-10
+# Bias-free closed-form networks with at most this many pairs (m (m + 1) / 2 with itself plus
+# m k with the teacher) are evaluated by one fused serial pass (kernels.ensemble): below it the
+# tiled kernels' thread launches, BLAS calls and allocations cost more than the arithmetic.
+# Set from `python benchmarks/ensemble_throughput.py --crossover`.
+FUSED_MAX_PAIRS = 1200
 
 
 class Evaluation(NamedTuple):
@@ -571,6 +576,43 @@ class ClosedFormExpectation(PairExpectation):
 
     name = "closed_form"
     analytic_hessian = True
+
+    def __init__(self, problem, rng=None):
+        super().__init__(problem, rng)
+        self._fused_work = None
+
+    def fused_applies(self, m: int) -> bool:
+        """Whether a width-m evaluation takes the fused per-network kernel
+        (``kernels.ensemble_closed_form_evaluate``): bias-free float64 networks with at most
+        ``FUSED_MAX_PAIRS`` pairs, where the tiled kernels spend more time in their calls than in
+        arithmetic. An ensemble member (``meanfield.engine.PopulationEnsemble``) takes the same
+        kernel, so its numbers are bitwise those of the same run alone."""
+        problem = self.problem
+        k = problem.teacher_W.shape[0]
+        return (not problem.with_bias and np.dtype(problem.model.dtype) == np.float64
+                and m * (m + 1) // 2 + m * k <= FUSED_MAX_PAIRS)
+
+    def evaluate(self, W, points, out) -> Evaluation:
+        m = W.shape[0]
+        if not self.fused_applies(m):
+            return super().evaluate(W, points, out)
+        problem = self.problem
+        velocity = np.empty_like(W) if out is None else out
+        if self._fused_work is None or self._fused_work[0].shape[1] != m:
+            self._fused_work = kernels.ensemble_work_arrays(1, m, problem.teacher_W.shape[0], problem.model.d,
+                                                            W.dtype)
+        values = np.empty(1)
+        kernels.ensemble_closed_form_evaluate(
+            W[None], problem.teacher_W[None], problem.model.activation_code, problem.model.output_scale(m),
+            problem.model.alpha_value(m), np.array([problem.label_second_moment]), problem.model.train_readout,
+            values, velocity[None], *self._fused_work)
+        points_velocity = None
+        if points is not None:  # in the same arithmetic: a tracer on a particle moves bitwise with it
+            points_velocity = np.empty_like(points)
+            kernels.closed_form_points_velocity(W, problem.teacher_W, points, problem.model.activation_code,
+                                                problem.model.output_scale(m), problem.model.alpha_value(m),
+                                                problem.model.train_readout, points_velocity)
+        return Evaluation(float(values[0]), velocity, points_velocity)
 
     def pair(self, points, sources, symmetric=True):
         problem = self.problem

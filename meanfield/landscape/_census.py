@@ -103,6 +103,49 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
         problem = build(config).problem
     step = settings["step"] if settings["step"] is not None else config["dynamics"]["step"]
     descent = descend_to_precision(problem, W, settings["grad_tol"], step, settings["max_steps"])
+    return _write_endpoint(path, settings, problem, descent)
+
+
+def store_endpoints(paths, configs, problems, final_W) -> list:
+    """:func:`store_endpoint` for the members of an ensemble: one batched descent
+    (:func:`meanfield.landscape._precise.descend_batch`, bitwise each member's descent alone),
+    then each end point classified and written into its own file.
+
+    Parameters
+    ----------
+    paths : list of path-like
+        The members' finished run files (status ``complete``, no ``/landscape`` yet).
+    configs : list of dict
+        Their resolved configs (the same ``[landscape]`` and ``[dynamics]`` tables).
+    problems : list of Problem
+    final_W : list of ndarray, shape (m, d + 2)
+        Their final particles (what each file's last checkpoint holds).
+
+    Returns
+    -------
+    list of Exception or None
+        Per member, the error that stopped its stage (None: stored).
+    """
+    from ._precise import descend_batch
+
+    settings = configs[0]["landscape"]
+    step = settings["step"] if settings["step"] is not None else configs[0]["dynamics"]["step"]
+    starts = np.stack([np.asarray(W, dtype=np.float64) for W in final_W])
+    descents = descend_batch(problems, starts, settings["grad_tol"], step, settings["max_steps"])
+    errors = []
+    for path, problem, descent in zip(paths, problems, descents):
+        try:
+            if isinstance(descent, Exception):
+                raise descent
+            _write_endpoint(path, settings, problem, descent)
+            errors.append(None)
+        except Exception as error:  # noqa: BLE001 - one member's failure is its own
+            errors.append(error)
+    return errors
+
+
+def _write_endpoint(path, settings, problem, descent) -> dict:
+    """Classify a descent's end point and write ``/landscape`` into the run file."""
     end = classify(problem, descent.W, grad_tol=settings["grad_tol"], risk_threshold=settings["risk_threshold"],
                    eig_tol=settings["eig_tol"], spectrum_method=settings["spectrum"],
                    hessian_method=settings["hessian"])
