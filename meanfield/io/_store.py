@@ -57,6 +57,7 @@ import ctypes
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import getpass
 import json
 import os
@@ -513,7 +514,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=None)
 def _git_revision() -> str:
+    # Once per process: the code a process runs does not change under it, and a subprocess
+    # per run file cost more than the rest of a small run's header.
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -523,6 +527,13 @@ def _git_revision() -> str:
 
 
 def _versions() -> dict:
+    """The versions of meanfield and its numeric dependencies (looked up once per process; a
+    fresh dict each call)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def _package_versions() -> dict:
     import numba
     import scipy
 
