@@ -137,7 +137,7 @@ class _Member:
 
 def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max: float, times=None,
                  observers=None, measures=None, state: State | None = None,
-                 checkpoint_seconds: float = 60.0, rngs=None) -> list[tuple[str, str, np.ndarray]]:
+                 checkpoint_seconds: float = 60.0, rngs=None, close_complete: bool = True) -> list:
     """Integrate B members together up to ``t_max``, each recorded by its own observers.
 
     The loop of :func:`meanfield.run` for a fixed-step, deterministic integrator built on
@@ -169,15 +169,18 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
         A stacked state to continue (``meanfield.restore`` on the stacked arrays).
     checkpoint_seconds : float
         Wall time between checkpoints.
+    close_complete : bool
+        Close the observers of the members that complete (False: the caller closes them, with
+        the member state returned, after what it stores at the end of a run).
     rngs : list of numpy.random.Generator, optional
         ``rngs[b]``: member b's generator, which its checkpoints save as a run alone saves it
         (a deterministic integrator draws nothing from it).
 
     Returns
     -------
-    list of (status, message, W)
-        Per member: ``"complete"`` or ``"diverged"``, the message a run alone would have, and
-        its final particles (a view, shape (m, d + 2)).
+    list of (status, message, W, member)
+        Per member: ``"complete"`` or ``"diverged"``, the message a run alone would have, its
+        final particles (a view, shape (m, d + 2)) and its state as its observers see it.
     """
     B, m = len(ensemble.members), ensemble.m
     rngs = rngs if rngs is not None else [None] * B
@@ -197,12 +200,13 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
     results = [None] * B
     last_checkpoint = time.monotonic()
 
-    def close(b, status, message):
+    def close(b, status, message, observed=True):
         member = _Member(state, b, m, rngs[b])
-        with _interrupt.deferred():
-            for observer in observers[b]:
-                observer.close(member, status, message)
-        results[b] = (status, message, member.W)
+        if observed:
+            with _interrupt.deferred():
+                for observer in observers[b]:
+                    observer.close(member, status, message)
+        results[b] = (status, message, member.W, member)
         active[b] = False
 
     with _interrupt.handling((signal.SIGINT,), only_if_default=True):
@@ -242,7 +246,7 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
             stop.results = results  # what each member ended as: diverged before the signal, or interrupted
             raise
     for b in np.flatnonzero(active):
-        close(b, "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps")
+        close(b, "complete", f"reached t = {n_steps * integrator.dt:g} in {n_steps} steps", close_complete)
     return results
 
 

@@ -27,17 +27,18 @@ class RunStage:
         ``after_run(path, config, problem)``: store the stage's result into the finished run
         file at ``path`` (nothing when it is there already); ``problem`` is the run's problem
         when the caller has it, else None.
-    after_ensemble : callable or None
-        ``after_ensemble(paths, configs, problems, final_W) -> errors``: the stage for the
-        complete members of an ensemble at once (``meanfield.sweep.execute_ensemble``), each
-        member's result the one ``after_run`` would store; returns per member the exception that
-        stopped it, or None. None: ``after_run`` member by member.
+    ensemble_writers : callable or None
+        ``ensemble_writers(configs, problems, final_W) -> writers``: the stage for the complete
+        members of an ensemble at once (``meanfield.sweep.execute_ensemble``), before their files
+        are finished: per member a function ``write(f)`` that stores what ``after_run`` would
+        store into the open file being finished, or the exception that stopped it. None:
+        ``after_run`` member by member after the files are finished.
     """
 
     name: str
     enabled: Callable
     after_run: Callable
-    after_ensemble: Callable | None = None
+    ensemble_writers: Callable | None = None
 
 
 RUN_STAGES = Registry("run stage")  # run in the order of registration
@@ -50,10 +51,10 @@ def _landscape_end_point(path, config, problem=None) -> None:
     store_endpoint(path, config, problem)
 
 
-def _landscape_end_points(paths, configs, problems, final_W) -> list:
-    from ..landscape._census import store_endpoints
+def _landscape_end_points(configs, problems, final_W) -> list:
+    from ..landscape._census import endpoint_writers
 
-    return store_endpoints(paths, configs, problems, final_W)
+    return endpoint_writers(configs, problems, final_W)
 
 
 register_run_stage(RunStage("landscape", lambda config: bool(config.get("landscape", {}).get("enabled")),

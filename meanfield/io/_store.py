@@ -757,9 +757,10 @@ class RunFile:
         if due and getattr(state, "checkpointable", True):
             self.checkpoint(state)
 
-    def close(self, state, status: str, message: str) -> None:
+    def close(self, state, status: str, message: str, also=None) -> None:
         """End the file: a final checkpoint, then :meth:`finish` (an ``interrupted`` run is
-        checkpointed where its state allows it and closed, and stays a ``.part`` to resume)."""
+        checkpointed where its state allows it and closed, and stays a ``.part`` to resume);
+        ``also(f)``, when given, writes more into the finished file (see :meth:`finish`)."""
         if status == "interrupted":
             if getattr(state, "checkpointable", True):
                 self.checkpoint(state)
@@ -775,7 +776,7 @@ class RunFile:
             # How the objective was computed, with what the last evaluation says of its error
             # (the Hermite series' velocity bound): PopulationProblem.describe().
             extra["method_description"] = self.describe()
-        self.finish(status, message, extra or None)
+        self.finish(status, message, extra or None, also)
 
     # -- writing -------------------------------------------------------------------------
     def _append(self, group, n, state, value):
@@ -833,8 +834,10 @@ class RunFile:
             with contextlib.suppress(Exception):
                 self.file.close()
 
-    def finish(self, status: str, message: str, extra: dict | None = None) -> str:
-        """Close the file and write its final attributes into a renamed copy (:func:`updating`).
+    def finish(self, status: str, message: str, extra: dict | None = None, also=None) -> str:
+        """Close the file and write its final attributes into a renamed copy (:func:`updating`);
+        ``also(f)``, when given, writes more into that copy (a per-run stage's results: one copy
+        instead of two).
 
         A finished run (``complete``, ``diverged``) becomes ``<id>.h5`` and its ``.part`` is
         removed; a ``failed`` run keeps its ``.part`` name so that a later call resumes it.
@@ -849,6 +852,8 @@ class RunFile:
             f.attrs["end_time"] = _now()
             for key, value in (extra or {}).items():
                 f.attrs[key] = value
+            if also is not None:
+                also(f)
         if target != self.part_path:
             _fault("finish-renamed")
             with contextlib.suppress(FileNotFoundError):

@@ -106,25 +106,25 @@ def store_endpoint(path, config: dict, problem=None) -> dict | None:
     return _write_endpoint(path, settings, problem, descent)
 
 
-def store_endpoints(paths, configs, problems, final_W) -> list:
-    """:func:`store_endpoint` for the members of an ensemble: one batched descent
+def endpoint_writers(configs, problems, final_W) -> list:
+    """The landscape stage for the members of an ensemble: one batched descent
     (:func:`meanfield.landscape._precise.descend_batch`, bitwise each member's descent alone),
-    then each end point classified and written into its own file.
+    then each end point classified; returns per member a function that writes ``/landscape``
+    into its open run file (``RunFile.close(..., also=...)``: in the copy that finishing writes
+    anyway, instead of a second copy), or the exception that stopped its stage.
 
     Parameters
     ----------
-    paths : list of path-like
-        The members' finished run files (status ``complete``, no ``/landscape`` yet).
     configs : list of dict
-        Their resolved configs (the same ``[landscape]`` and ``[dynamics]`` tables).
+        The members' resolved configs (the same ``[landscape]`` and ``[dynamics]`` tables).
     problems : list of Problem
     final_W : list of ndarray, shape (m, d + 2)
         Their final particles (what each file's last checkpoint holds).
 
     Returns
     -------
-    list of Exception or None
-        Per member, the error that stopped its stage (None: stored).
+    list of callable or Exception
+        ``write(f)`` per member (``f`` an h5py File open for writing), or its error.
     """
     from ._precise import descend_batch
 
@@ -132,33 +132,49 @@ def store_endpoints(paths, configs, problems, final_W) -> list:
     step = settings["step"] if settings["step"] is not None else configs[0]["dynamics"]["step"]
     starts = np.stack([np.asarray(W, dtype=np.float64) for W in final_W])
     descents = descend_batch(problems, starts, settings["grad_tol"], step, settings["max_steps"])
-    errors = []
-    for path, problem, descent in zip(paths, problems, descents):
+    writers = []
+    for problem, descent in zip(problems, descents):
         try:
             if isinstance(descent, Exception):
                 raise descent
-            _write_endpoint(path, settings, problem, descent)
-            errors.append(None)
+            writers.append(_landscape_writer(_endpoint_attrs(settings, problem, descent), descent.W))
         except Exception as error:  # noqa: BLE001 - one member's failure is its own
-            errors.append(error)
-    return errors
+            writers.append(error)
+    return writers
 
 
-def _write_endpoint(path, settings, problem, descent) -> dict:
-    """Classify a descent's end point and write ``/landscape`` into the run file."""
+def _landscape_writer(attrs, end_point):
+    def write(f):
+        _write_landscape_group(f, attrs, end_point)
+
+    return write
+
+
+def _endpoint_attrs(settings, problem, descent) -> dict:
+    """Classify a descent's end point: the attributes of ``/landscape``."""
     end = classify(problem, descent.W, grad_tol=settings["grad_tol"], risk_threshold=settings["risk_threshold"],
                    eig_tol=settings["eig_tol"], spectrum_method=settings["spectrum"],
                    hessian_method=settings["hessian"])
     attrs = end.as_dict()
     attrs.update(steps=descent.steps, rejected=descent.rejected, step=descent.step, time=descent.time,
                  message=descent.message)
+    return attrs
+
+
+def _write_landscape_group(f, attrs, end_point) -> None:
+    group = f.create_group("landscape")
+    group.create_dataset("end_point", data=end_point)
+    for key, value in attrs.items():
+        group.attrs[key] = value
+
+
+def _write_endpoint(path, settings, problem, descent) -> dict:
+    """Classify a descent's end point and write ``/landscape`` into the run file."""
+    attrs = _endpoint_attrs(settings, problem, descent)
     with updating(path) as f:
         if "landscape" in f:  # another process stored it meanwhile
             return dict(f["landscape"].attrs)
-        group = f.create_group("landscape")
-        group.create_dataset("end_point", data=descent.W)
-        for key, value in attrs.items():
-            group.attrs[key] = value
+        _write_landscape_group(f, attrs, descent.W)
     return attrs
 
 
