@@ -14,7 +14,12 @@ from ._scalar import (
     loss_second_derivative,
 )
 from .deep_random import deep_random_forward
-from .ensemble import closed_form_points_velocity, ensemble_closed_form_evaluate, ensemble_work_arrays, member_sums_of_squares
+from .ensemble import (
+    closed_form_points_velocity,
+    ensemble_closed_form_evaluate,
+    ensemble_work_arrays,
+    member_sums_of_squares,
+)
 from .finite_data import (
     FiniteDataWorkspace,
     finite_data_field,

@@ -61,6 +61,29 @@ def _symmetric_pair(dot, norm_i, norm_j, code):
 
 
 @njit(cache=True)
+def _ordered_sums(x, norm_x, sources, source_norms, code, G):
+    """sum_j c_j kappa(x, s_j) and sum_j c_j beta(x, s_j) over the sources in order, and
+    G += sum_j c_j alpha(x, s_j) s_j (the first d columns): the sums of one point against a
+    measure (the teacher, or the particles for a tracer)."""
+    d = G.shape[0]
+    zero = like(norm_x, 0.0)
+    K = zero
+    beta = zero
+    for j in range(sources.shape[0]):
+        dot = zero
+        for t in range(d):
+            dot += x[t] * sources[j, t]
+        kappa, weight, beta_ij, _ = _symmetric_pair(dot, norm_x, source_norms[j], code)
+        c_j = sources[j, d + 1]
+        K += c_j * kappa
+        beta += c_j * beta_ij
+        w_ij = c_j * weight
+        for t in range(d):
+            G[t] += w_ij * sources[j, t]
+    return K, beta
+
+
+@njit(cache=True)
 def _member(W, teacher, code, s, alpha, second_moment, train_readout, velocity, K, G, beta, K_t, G_t, norms,
             teacher_norms):
     """One member: fills ``velocity`` and returns F (see ``ensemble_closed_form_evaluate``)."""
@@ -106,18 +129,7 @@ def _member(W, teacher, code, s, alpha, second_moment, train_readout, velocity, 
                     G[j, t] += w_ji * W[i, t]
     # The measure against the teacher.
     for i in range(m):
-        b_t = zero
-        for j in range(k):
-            dot = zero
-            for t in range(d):
-                dot += W[i, t] * teacher[j, t]
-            kappa, weight, beta_ij, _ = _symmetric_pair(dot, norms[i], teacher_norms[j], code)
-            c_j = teacher[j, d + 1]
-            K_t[i] += c_j * kappa
-            b_t += c_j * beta_ij
-            w_ij = c_j * weight
-            for t in range(d):
-                G_t[i, t] += w_ij * teacher[j, t]
+        K_t[i], b_t = _ordered_sums(W[i], norms[i], teacher, teacher_norms, code, G_t[i])
         for t in range(d):
             G[i, t] += beta[i] * W[i, t]
             G_t[i, t] += b_t * W[i, t]
@@ -268,34 +280,10 @@ def closed_form_points_velocity(W, teacher, points, activation_code, output_scal
         for t in range(d):
             acc += points[i, t] * points[i, t]
         norm_i = math.sqrt(acc)
-        K = zero
-        beta = zero
-        K_t = zero
-        b_t = zero
         G = work[i, 0]
         G_t = work[i, 1]
-        for j in range(m):
-            dot = zero
-            for t in range(d):
-                dot += points[i, t] * W[j, t]
-            kappa, weight, beta_ij, _ = _symmetric_pair(dot, norm_i, norms[j], activation_code)
-            c_j = W[j, d + 1]
-            K += c_j * kappa
-            beta += c_j * beta_ij
-            w_ij = c_j * weight
-            for t in range(d):
-                G[t] += w_ij * W[j, t]
-        for j in range(k):
-            dot = zero
-            for t in range(d):
-                dot += points[i, t] * teacher[j, t]
-            kappa, weight, beta_ij, _ = _symmetric_pair(dot, norm_i, teacher_norms[j], activation_code)
-            c_j = teacher[j, d + 1]
-            K_t += c_j * kappa
-            b_t += c_j * beta_ij
-            w_ij = c_j * weight
-            for t in range(d):
-                G_t[t] += w_ij * teacher[j, t]
+        K, beta = _ordered_sums(points[i], norm_i, W, norms, activation_code, G)
+        K_t, b_t = _ordered_sums(points[i], norm_i, teacher, teacher_norms, activation_code, G_t)
         factor = scale * points[i, d + 1]
         for t in range(d):
             g = G[t] + beta * points[i, t]

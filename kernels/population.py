@@ -27,7 +27,8 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ._scalar import ERF, RELU, activation, activation_derivative, like
+from ._scalar import RELU, activation, activation_derivative, like
+from .ensemble import _symmetric_pair
 
 # Tiles of the BLAS closed-form kernels keep M N K (rows x sources x d) at most
 # _BLAS_SERIAL_MNK, so that OpenBLAS runs each product on the calling numba thread: it gives
@@ -46,34 +47,10 @@ _SELF_TILE_MAX = 128
 
 @njit(cache=True)
 def _closed_form_pair(dot, norm_i, norm_j, code):
-    """kappa(a_i, a_j) and (alpha, beta) with grad_{a_i} kappa = alpha a_j + beta a_i."""
-    zero = like(dot, 0.0)
-    one = like(dot, 1.0)
-    if code == RELU:
-        if norm_i == zero or norm_j == zero:
-            return zero, zero, zero
-        cos_t = dot / (norm_i * norm_j)
-        if cos_t > one:
-            cos_t = one
-        elif cos_t < -one:
-            cos_t = -one
-        theta = math.acos(cos_t)
-        sin_t = math.sqrt(one - cos_t * cos_t)
-        inv_2pi = like(dot, 0.15915494309189535)
-        pi = like(dot, math.pi)
-        kappa = norm_i * norm_j * (sin_t + (pi - theta) * cos_t) * inv_2pi
-        return kappa, (pi - theta) * inv_2pi, sin_t * norm_j / norm_i * inv_2pi
-    elif code == ERF:
-        qi = one + norm_i * norm_i
-        qj = one + norm_j * norm_j
-        denom = math.sqrt(qi * qj)
-        q = dot / denom
-        two_over_pi = like(dot, 0.6366197723675814)
-        kappa = two_over_pi * math.asin(q)
-        g = two_over_pi / math.sqrt(one - q * q) / denom
-        return kappa, g, -g * dot / qi
-    else:  # linear
-        return dot, one, zero
+    """kappa(a_i, a_j) and (alpha, beta) with grad_{a_i} kappa = alpha a_j + beta a_i
+    (``ensemble._symmetric_pair``, whose beta of the other order is not needed here)."""
+    kappa, alpha, beta, _ = _symmetric_pair(dot, norm_i, norm_j, code)
+    return kappa, alpha, beta
 
 
 @njit(cache=True)
