@@ -35,7 +35,7 @@ SERIES_TOL = 1e-10
 # m k with the teacher) are evaluated by one fused serial pass (kernels.ensemble): below it the
 # tiled kernels' thread launches, BLAS calls and allocations cost more than the arithmetic.
 # Set from `python benchmarks/ensemble_throughput.py --crossover`.
-FUSED_MAX_PAIRS = 1200
+FUSED_MAX_PAIRS = 1000
 
 
 class Evaluation(NamedTuple):

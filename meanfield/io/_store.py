@@ -578,6 +578,7 @@ class RunFile:
         self._particles = "particles/neurons/position" in handle
         self._tracers = "particles/tracers/position" in handle
         self.observables = tuple(observables)
+        self._handles = {}  # path -> dataset of this file (_node)
         # Set by the caller to the problem's describe(): written as method_description at close.
         self.describe = None
         handle.swmr_mode = True
@@ -779,37 +780,44 @@ class RunFile:
         self.finish(status, message, extra or None, also)
 
     # -- writing -------------------------------------------------------------------------
-    def _append(self, group, n, state, value):
-        g = self.file[group]
-        for name in ("step", "time", "value"):
-            g[name].resize(n + 1, axis=0)
-        g["step"][n] = state.step
-        g["time"][n] = state.t
-        g["value"][n] = value
+    def _node(self, path):
+        """The dataset at ``path``, looked up once per file: h5py's lookup by name costs about
+        70 us, several times the write of a small record or checkpoint field."""
+        node = self._handles.get(path)
+        if node is None:
+            node = self._handles[path] = self.file[path]
+        return node
 
-    @staticmethod
-    def _write_json(ckpt, name: str, size: int, content) -> None:
+    def _append(self, group, n, state, value):
+        for name in ("step", "time", "value"):
+            self._node(f"{group}/{name}").resize(n + 1, axis=0)
+        self._node(f"{group}/step")[n] = state.step
+        self._node(f"{group}/time")[n] = state.t
+        self._node(f"{group}/value")[n] = value
+
+    def _write_json(self, slot: str, name: str, size: int, content) -> None:
         raw = json.dumps(content).encode() if content is not None else b""
         if len(raw) > size:
             raise ValueError(f"checkpoint {name} of {len(raw)} bytes exceeds {size}")
         buffer = np.zeros(size, dtype=np.uint8)
         buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        ckpt[name][...] = buffer
-        ckpt[f"{name}_length"][()] = len(raw)
+        self._node(f"{slot}/{name}")[...] = buffer
+        self._node(f"{slot}/{name}_length")[()] = len(raw)
 
     def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None, info=None):
-        active = self.file["checkpoint/active"]
-        slot = 1 - int(active[()]) if int(active[()]) >= 0 else 0
-        ckpt = self.file[f"checkpoint/slot_{slot}"]
-        ckpt["W"][...] = W
+        active = self._node("checkpoint/active")
+        current = int(active[()])
+        slot = 1 - current if current >= 0 else 0
+        ckpt = f"checkpoint/slot_{slot}"
+        self._node(f"{ckpt}/W")[...] = W
         if tracers is not None:
-            ckpt["tracers"][...] = tracers
+            self._node(f"{ckpt}/tracers")[...] = tracers
         for name, array in buffers.items():
-            ckpt[f"buffers/{name}"][...] = array
-        ckpt["step"][()] = step
-        ckpt["time"][()] = step_time
-        ckpt["value"][()] = value
-        ckpt["records"][()] = self.records
+            self._node(f"{ckpt}/buffers/{name}")[...] = array
+        self._node(f"{ckpt}/step")[()] = step
+        self._node(f"{ckpt}/time")[()] = step_time
+        self._node(f"{ckpt}/value")[()] = value
+        self._node(f"{ckpt}/records")[()] = self.records
         self._write_json(ckpt, "rng_state", RNG_STATE_BYTES, rng_state)
         self._write_json(ckpt, "info", INFO_BYTES, info or None)
         self.file.flush()
