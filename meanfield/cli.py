@@ -126,7 +126,8 @@ def run_command(args) -> int:
         if curves:
             print(report.risk_table(curves))
             _risk_plot(out)
-        print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)")
+        print(f"files: {out}/ (index.h5, catalog.csv, one .h5 per run)" if args.task_count == 1 else
+              f"files: {out}/ (one .h5 per run; 'meanfield status {out}' merges the shards' catalogs)")
     return 1 if bad else 0
 
 
@@ -219,11 +220,13 @@ def status_command(args) -> int:
         raise ConfigError(f"{args.dir}: no such directory")
     rows = []
     if exists:
-        rows = io.catalog_rows(args.dir)
-        try:  # write_index first removes what killed writers left (temporary and lock files)
-            io.write_index(args.dir, rows)
+        # write_index first removes what killed writers left (temporary and lock files), then
+        # merges the shards' catalog fragments (io.catalog_rows) and writes the index from them.
+        try:
+            rows = io.write_index(args.dir)
         except OSError as error:  # a full disk or a read-only directory: the table is still shown
             print(f"meanfield status: index not rewritten ({error.strerror or error})", file=sys.stderr)
+            rows = io.catalog_rows(args.dir)
     present = {row["id"] for row in rows}
     waiting = []
     for spec in specs:

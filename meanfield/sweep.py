@@ -26,7 +26,7 @@ from .experiments._assembly import Experiment, build, generator, initial_state, 
 from .experiments._config import ConfigError, RunSpec, plan
 from .experiments._progress import _PoolSteps, _StepBar, _tqdm, _worker_observer
 from .experiments._run_stages import RUN_STAGES
-from .io import catalog_rows, final_values, write_index
+from .io import CatalogFragment, catalog_rows, final_values, write_index
 from .io._store import (
     CorruptRunFile,
     RunFile,
@@ -221,7 +221,12 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     ----------
     config_file : path
     out_dir : path
-        Created if needed; one ``<id>.h5`` per run, plus ``index.h5`` and ``catalog.csv``.
+        Created if needed; one ``<id>.h5`` per run. The catalog row of each run is appended as
+        it ends to this call's own file ``catalog.d/<host>-<pid>-<random>.jsonl``
+        (:class:`meanfield.io.CatalogFragment`); with ``task_count == 1`` (the whole
+        experiment) ``index.h5`` and ``catalog.csv`` are written at the end
+        (:func:`write_index`), one shard of several leaves them to ``meanfield status``
+        (and :func:`catalog_rows`), so its bookkeeping does not grow with the directory.
     overrides : sequence of str
         ``section.key=value`` (``--set``).
     task_index, task_count : int
@@ -252,6 +257,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     tqdm = None if quiet or progress is not None else _tqdm()
     bar = tqdm(total=len(specs), desc="runs", unit="run") if tqdm is not None else None
 
+    catalog = CatalogFragment(out_dir)  # this call's own file of catalog rows (made at its first row)
+
     def done(summary):
         summaries.append(summary)
         if progress is not None:
@@ -261,6 +268,7 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
             bar.update(1)
         elif not quiet:
             print(format_summary_line(summary), flush=True)
+        catalog.add(summary["path"])  # a cache: an error writing it loses nothing, the run file is the truth
 
     remove_abandoned(out_dir)
     stop = None
@@ -280,9 +288,14 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     if bar is not None:
         bar.close()
     summaries.sort(key=lambda s: s["index"])
+    catalog.close()
     with _interrupt.deferred():  # the index is written whole even after a signal
         try:
-            write_index(out_dir)
+            # One shard of several leaves its rows in its fragment only: rebuilding the index
+            # here reads every run of the directory, O(runs) per shard and O(runs^2) for an
+            # array; `meanfield status` or open_sweep merges the fragments when asked.
+            if task_count == 1:
+                write_index(out_dir)
         except OSError:
             # The index is derived from the run files and rebuilt by the next run or status;
             # when a run already failed for the same cause (a full disk), that run's line says it.

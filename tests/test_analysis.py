@@ -166,9 +166,10 @@ def test_limit_distances_are_on_the_time_axis(limit_dir):
 
 # ------------------------------------------------------------------------------ sweeps
 def test_sweep_catalog_selection_and_risk_table(sweep_dir):
-    os.remove(sweep_dir / "catalog.csv")  # rebuilt on open
+    os.remove(sweep_dir / "catalog.csv")  # merged in memory on open: a reader writes nothing
     sweep = analysis.open_sweep(sweep_dir)
-    assert len(sweep.catalog) == 4 and (sweep_dir / "catalog.csv").exists()
+    assert len(sweep.catalog) == 4 and not (sweep_dir / "catalog.csv").exists()
+    assert len(analysis.open_sweep(sweep_dir, refresh=True).catalog) == 4 and (sweep_dir / "catalog.csv").exists()
     assert sorted(sweep.select(m=8)["run.seed"]) == [0, 1]
     assert len(sweep.select(m=[8, 64], seed=1)) == 2
     run_id = sweep.select(m=64, seed=0).index[0]

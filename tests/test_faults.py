@@ -99,7 +99,7 @@ def references(tmp_path_factory):
 
 def _assert_same_runs(reference_dir, out_dir, path):
     """Every run of ``path`` is finished in ``out_dir`` and bitwise equal to the reference,
-    every dataset; nothing but run files and the index is left in ``out_dir``."""
+    every dataset; nothing but run files, the index and the compacted catalog is left in ``out_dir``."""
     specs = sweep.plan(path)
     for spec in specs:
         a, attrs_a = _datasets(reference_dir / f"{spec.id}.h5")
@@ -108,8 +108,10 @@ def _assert_same_runs(reference_dir, out_dir, path):
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{spec.id}: {name}")
-    expected = {f"{spec.id}.h5" for spec in specs} | {"index.h5", "catalog.csv"}
+    expected = {f"{spec.id}.h5" for spec in specs} | {"index.h5", "catalog.csv", "catalog.d"}
     assert set(os.listdir(out_dir)) == expected
+    # the cache of catalog rows compacted: the fragments of the killed writers merged and removed
+    assert os.listdir(out_dir / "catalog.d") == ["merged.jsonl"]
 
 
 def _status(out):

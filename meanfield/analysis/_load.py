@@ -302,24 +302,53 @@ def _newest_run_file(directory: str) -> float:
     return newest
 
 
-def _read_catalog(directory: str, refresh) -> pd.DataFrame:
-    from ..io import catalog_rows, write_index
-
-    csv_path = os.path.join(directory, "catalog.csv")
-    stale = (not os.path.exists(csv_path)) or os.path.getmtime(csv_path) < _newest_run_file(directory)
-    if refresh is True or (refresh == "auto" and stale):
-        try:
-            write_index(directory)
-        except OSError:  # a read-only directory: build the same table in memory
-            frame = pd.DataFrame(catalog_rows(directory))  # what write_index would write
-            if len(frame):
-                return frame.set_index("id")
-            return pd.DataFrame(columns=["status", "file"], index=pd.Index([], name="id"))
+def _catalog_frame(source) -> pd.DataFrame:
+    """The catalog frame of ``catalog.csv`` text (a path or a text buffer), indexed by run id."""
     try:
-        frame = pd.read_csv(csv_path, dtype={"id": str, "file": str, "status": str})
+        frame = pd.read_csv(source, dtype={"id": str, "file": str, "status": str})
     except (FileNotFoundError, pd.errors.EmptyDataError):  # no runs yet
         return pd.DataFrame(columns=["status", "file"], index=pd.Index([], name="id"))
     return frame.set_index("id")
+
+
+def _merged_catalog(directory: str) -> pd.DataFrame:
+    """The catalog merged now (:func:`meanfield.io.catalog_rows`: the shards' fragments, and the
+    run files they do not cover), parsed from the very text write_index would write to
+    ``catalog.csv``, so its columns and types are those of a fresh ``catalog.csv``."""
+    import io as text_io
+
+    from ..io import catalog_rows, write_catalog_csv
+
+    rows = catalog_rows(directory)
+    if not rows:
+        return _catalog_frame(text_io.StringIO(""))
+    buffer = text_io.StringIO(newline="")
+    write_catalog_csv(buffer, rows)
+    buffer.seek(0)
+    return _catalog_frame(buffer)
+
+
+def _read_catalog(directory: str, refresh) -> pd.DataFrame:
+    from ..io import write_index
+
+    csv_path = os.path.join(directory, "catalog.csv")
+    if refresh is True:
+        try:
+            write_index(directory)
+        except OSError:  # a read-only directory: the same table, in memory
+            return _merged_catalog(directory)
+    elif refresh == "auto":
+        # catalog.csv is written by `meanfield run` (a whole experiment) and `meanfield status`,
+        # not by each shard of an array: when a run file is newer, or the files differ, the
+        # catalog is merged in memory (nothing is written here).
+        if not os.path.exists(csv_path) or os.path.getmtime(csv_path) < _newest_run_file(directory):
+            return _merged_catalog(directory)
+        frame = _catalog_frame(csv_path)
+        names = set(run_file_names(directory))
+        if set(frame["file"]) != {n for n in names if not (n.endswith(".part") and n[: -len(".part")] in names)}:
+            return _merged_catalog(directory)
+        return frame
+    return _catalog_frame(csv_path)
 
 
 class Sweep:
@@ -331,7 +360,8 @@ class Sweep:
     catalog : pandas.DataFrame
         One row per run file, indexed by run id: ``status``, ``file``, ``final_risk``,
         ``final_time`` and every config value as a ``section.key`` column (``model.m``,
-        ``run.seed``, ...), from the directory's ``catalog.csv``.
+        ``run.seed``, ...), as the directory's ``catalog.csv`` holds them (read, or merged in
+        memory when it is not up to date: :func:`open_sweep`).
 
     Selections (``select``, ``runs``, ``stack``, the reductions) take keyword arguments
     ``key=value`` where ``key`` is a catalog column or its last part when that is unique
@@ -503,10 +533,13 @@ def open_sweep(directory, refresh="auto") -> Sweep:
     directory : str or path-like
         An output directory of ``meanfield run`` (run files, ``catalog.csv``, ``index.h5``).
     refresh : "auto", True or False
-        Rebuild ``catalog.csv`` and ``index.h5`` (:func:`meanfield.io.write_index`: reads
-        each run file's attributes and last risk, never its particles) when it is missing or
-        older than a run file (``"auto"``), always (True) or never (False). In a read-only
-        directory the catalog is built in memory instead.
+        ``"auto"``: read ``catalog.csv`` when it is up to date, and when it is missing, older
+        than a run file or lists other files (a Slurm array's shards do not write it), merge
+        the catalog in memory (:func:`meanfield.io.catalog_rows`: the rows the shards cached
+        in ``catalog.d/``, and each run file they do not cover read for its attributes and
+        last risk, never its particles), writing nothing. True: rewrite ``catalog.csv`` and
+        ``index.h5`` first (:func:`meanfield.io.write_index`; in a read-only directory the
+        catalog is merged in memory instead). False: read ``catalog.csv`` as it is.
 
     Returns
     -------

@@ -72,7 +72,8 @@ def submit(config_file, out_dir, overrides=(), task_count=None, partition=None, 
     array_parallelism : int, optional
         At most this many tasks run at once (``--array=0-N%P``).
     wait : bool
-        Wait for every task and report; otherwise return once submitted.
+        Wait for every task and report, then write ``index.h5`` and ``catalog.csv`` of
+        ``out_dir`` (merging the tasks' catalog fragments); otherwise return once submitted.
     log_dir : str or path-like, optional
         submitit's folder (sbatch script, pickles, task logs); default ``out_dir/slurm-logs``.
     restart : bool
@@ -132,7 +133,13 @@ def submit(config_file, out_dir, overrides=(), task_count=None, partition=None, 
           f"run{'s' * (n_runs != 1)} of {config_file} -> {out_dir} (logs in {folder})", flush=True)
     if not wait:
         return 0
-    return _wait(jobs, job_id, n_runs)
+    status = _wait(jobs, job_id, n_runs)
+    try:  # the tasks leave their catalog rows in out_dir/catalog.d: merged once, here
+        sweep.write_index(out_dir)
+    except OSError as error:
+        print(f"meanfield run: index not written ({error.strerror or error}); 'meanfield status {out_dir}' "
+              "writes it", file=sys.stderr)
+    return status
 
 
 def _array_in_queue(job_id) -> bool | None:

@@ -3,11 +3,20 @@ with the analysis package's array adapter).
 
 - ``_store``: one run's HDF5 file (:class:`RunFile`: series, particle frames, checkpoints,
   crash-safe finish), its paths, locks, temporary names and status.
-- ``_catalog``: an output directory's catalog (``catalog.csv``) and index (``index.h5``).
+- ``_catalog``: an output directory's catalog (``catalog.csv``), index (``index.h5``) and cache
+  of catalog rows (``catalog.d/``: a fragment per shard, merged on demand).
 
 The layout itself is documented in docs/hdf5.md.
 """
-from ._catalog import catalog_rows, final_values, last_risk, write_index
+from ._catalog import (
+    CatalogFragment,
+    catalog_row,
+    catalog_rows,
+    final_values,
+    last_risk,
+    write_catalog_csv,
+    write_index,
+)
 from ._store import (
     OBSERVABLES,
     CorruptRunFile,
@@ -34,8 +43,9 @@ from ._store import (
 )
 
 __all__ = [
-    "OBSERVABLES", "CorruptRunFile", "RunFile", "RunLock", "RunLocked", "attrs_of", "catalog_rows", "column_names",
+    "OBSERVABLES", "CatalogFragment", "CorruptRunFile", "RunFile", "RunLock", "RunLocked", "attrs_of", "catalog_row",
+    "catalog_rows", "column_names",
     "final_values", "finished_run_files", "last_risk", "lock_held", "move_aside", "open_run", "read_attrs",
     "read_checkpoint", "read_series", "remove_abandoned", "replacing", "run_file_names", "run_paths", "run_status",
-    "temporary_name", "updating", "write_experiment_file", "write_index",
+    "temporary_name", "updating", "write_catalog_csv", "write_experiment_file", "write_index",
 ]

@@ -1,15 +1,40 @@
 """The catalog of an output directory: one row per run file, ``catalog.csv`` and ``index.h5``.
 
 The catalog is what ``meanfield status`` and ``report`` read and what the analysis loaders
-list; it is rebuilt from the run files themselves (they are the truth; the catalog and the
+list; it is made from the run files themselves (they are the truth; the catalog and the
 index are views, written under temporary names and renamed).
+
+Opening every run file costs about 1.2 ms a file, so rows are cached in ``<out>/catalog.d/``
+(a cache only: a row is used only while its file is the one it was made from):
+
+- ``<host>-<pid>-<random>.jsonl``: a *fragment*, the file of one :class:`CatalogFragment` (one
+  ``run_shard`` call), written by that process alone. One JSON line per finished run, appended
+  and flushed as the run ends: ``{"file": name, "stat": [size, mtime_ns, inode], "row": row}``,
+  the row as :func:`catalog_row` makes it and the stat of the file when it was made (before and
+  after; a file that changed meanwhile gets no line). ``{"closed": true}`` ends a fragment
+  whose writer is done.
+- ``merged.jsonl``: the rows of every finished run file at the last :func:`write_index`, in
+  the same form, replaced whole (a temporary name renamed).
+
+:func:`catalog_rows` lists the run files (one ``stat`` each) and reads the cache; a file whose
+current stat matches a cached line takes that line's row, any other (no line: its writer was
+killed first, it was resumed or updated since, a ``.part``, a corrupt file) is opened as
+before. The rows are therefore those of opening every file, in the same order. A line that
+does not parse (a writer killed in the middle of it) is ignored. :func:`write_index` compacts:
+it writes ``merged.jsonl`` and removes the fragments that no writer can append to any more
+(closed, or of a process of this host that no longer runs); no lock is taken anywhere, so this
+works on NFS and Lustre, and a race can only cost a cache miss (a file opened once more).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import re
+import socket
+import uuid
 
 import h5py
 
@@ -17,6 +42,7 @@ from ._store import (
     INDEX_NAME,
     CorruptRunFile,
     _fault,
+    _pid_alive,
     attrs_of,
     lock_held,
     open_run,
@@ -42,6 +68,143 @@ def last_risk(f: h5py.File) -> tuple[float, float]:
     return float(risk["value"][-1]), float(risk["time"][-1])
 
 
+CATALOG_DIR = "catalog.d"  # the cache of catalog rows (module docstring)
+MERGED_NAME = "merged.jsonl"
+_FRAGMENT = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}\.jsonl$")
+_CLOSED = b'{"closed": true}\n'
+
+
+def catalog_row(path) -> dict | None:
+    """The catalog row of one run file (finished, being written or interrupted), read from
+    that file alone: what :func:`catalog_rows` lists for it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A run file, ``<dir>/<id>.h5`` or ``<dir>/<id>.h5.part``.
+
+    Returns
+    -------
+    dict or None
+        The row (keys as in :func:`catalog_rows`); a row with status ``corrupt`` and the reason
+        under ``message`` for a file that cannot be read; None for a ``.part`` that a live
+        writer is creating right now (its run lock is held, the file not readable yet).
+    """
+    path = os.fspath(path)
+    out_dir, name = os.path.split(path)
+    run_id = name.split(".h5")[0]
+    try:
+        with open_run(path) as f:
+            attrs = attrs_of(f)
+            config = json.loads(attrs["config"])
+            # A file of an [experiment] kind (meanfield.experiments) records no risk series.
+            risk, t = (math.nan, math.nan) if attrs.get("experiment") else last_risk(f)
+    except (OSError, KeyError, ValueError) as error:
+        _, _, lock = run_paths(out_dir, run_id)
+        if name.endswith(".part") and lock_held(lock):
+            return None  # being created right now
+        reason = error.reason if isinstance(error, CorruptRunFile) else f"not a run file ({error})"
+        return {"id": run_id, "status": "corrupt", "file": name, "final_risk": math.nan,
+                "final_time": math.nan, "message": reason}
+    row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
+           "final_time": t}
+    if attrs.get("experiment"):
+        row["experiment"] = attrs["experiment"]
+    for section, values in config.items():
+        for key, value in values.items():
+            row[f"{section}.{key}"] = value
+    return row
+
+
+def _stat_key(path) -> list[int] | None:
+    """What tells one version of a file from another: size, mtime (ns), inode (a finished run
+    file is only ever replaced by a rename, which gives a new inode). None if it is gone."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _cache_line(name: str, key: list[int], row: dict) -> bytes:
+    return (json.dumps({"file": name, "stat": key, "row": row}) + "\n").encode()
+
+
+def _cached_row(path, name: str):
+    """(row, stat key) of a finished run file read from the file itself; the key is None
+    when the row must not be cached (the file changed while it was read, or is corrupt)."""
+    before = _stat_key(path)
+    row = catalog_row(path)
+    if row is None or row["status"] == "corrupt" or before is None or _stat_key(path) != before:
+        return row, None
+    return row, before
+
+
+def _read_cache(out_dir):
+    """({(file name, stat key): row}, [fragment names no writer appends to any more]) from
+    ``<out_dir>/catalog.d``; lines that do not parse (a writer killed mid-line) are ignored."""
+    directory = os.path.join(out_dir, CATALOG_DIR)
+    cache, finished = {}, []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:  # no cache yet
+        return cache, finished
+    host = socket.gethostname()
+    for name in names:
+        if name.startswith(".") or not name.endswith(".jsonl"):
+            continue  # a temporary file of a compaction
+        found = _FRAGMENT.match(name)
+        # Asked before the file is read: a writer found dead had written all its lines.
+        dead = found is not None and found["host"] == host and not _pid_alive(int(found["pid"]))
+        try:
+            with open(os.path.join(directory, name), "rb") as handle:
+                content = handle.read()
+        except OSError:  # removed by a concurrent compaction: its rows are in merged.jsonl
+            continue
+        for line in content.splitlines():
+            try:
+                entry = json.loads(line)
+                row, key = entry["row"], tuple(entry["stat"])
+                if row["file"] != entry["file"] or len(key) != 3:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue  # a truncated or foreign line
+            cache[(entry["file"], key)] = row
+        if found is not None and (dead or content.endswith(_CLOSED)):
+            finished.append(name)
+    return cache, finished
+
+
+def _merge(out_dir):
+    """(rows as :func:`catalog_rows` returns them, cache lines of the rows that may be cached,
+    fragments no writer appends to any more)."""
+    # The cache is read before the directory is listed: a fragment closed by then names only
+    # files that were finished by then.
+    cache, finished_fragments = _read_cache(out_dir)
+    rows, lines = [], []
+    names = run_file_names(out_dir)
+    finished = {name for name in names if name.endswith(".h5")}
+    for name in names:
+        if name.endswith(".part") and name[: -len(".part")] in finished:
+            continue
+        path = os.path.join(out_dir, name)
+        if name.endswith(".part"):  # its status depends on its run lock: always read
+            row = catalog_row(path)
+            if row is not None:
+                rows.append(row)
+            continue
+        key = _stat_key(path)
+        row = cache.get((name, tuple(key))) if key is not None else None
+        if row is None:
+            row, key = _cached_row(path, name)
+            if row is None:
+                continue
+        if key is not None:
+            lines.append(_cache_line(name, key, row))
+        rows.append(row)
+    return rows, lines, finished_fragments
+
+
 def catalog_rows(out_dir) -> list[dict]:
     """One row per run in ``out_dir`` (finished, being written or interrupted): id, status,
     file, final_risk, final_time and every config value as ``section.key``; the file of an
@@ -53,6 +216,13 @@ def catalog_rows(out_dir) -> list[dict]:
     ``message`` (the next ``meanfield run`` moves it aside and does the run again). A file
     being created by a live writer is left out; so is the ``.part`` of a run whose finished
     file exists already.
+
+    The rows are those of opening every run file (:func:`catalog_row`), but a finished file
+    whose size, mtime and inode match a row cached in ``out_dir/catalog.d`` (written as each
+    run of ``run_shard`` ends, and by :func:`write_index`) is not opened: the cost is one
+    ``stat`` per run file, the reading of the cache and one open per file not cached
+    (``.part`` files, files written by a shard killed before its line, files changed since).
+    Nothing is written.
 
     Parameters
     ----------
@@ -68,47 +238,92 @@ def catalog_rows(out_dir) -> list[dict]:
         the risk and the continuous time t of the last record), ``experiment`` where set,
         ``message`` for a corrupt file, and ``section.key`` for every config value.
     """
-    out_dir = os.fspath(out_dir)
-    rows = []
-    names = run_file_names(out_dir)
-    finished = {name for name in names if name.endswith(".h5")}
-    for name in names:
-        if name.endswith(".part") and name[: -len(".part")] in finished:
-            continue
-        path = os.path.join(out_dir, name)
-        run_id = name.split(".h5")[0]
+    return _merge(os.fspath(out_dir))[0]
+
+
+class CatalogFragment:
+    """The catalog rows of the runs one process finishes, appended to a file of its own,
+    ``<out_dir>/catalog.d/<host>-<pid>-<random>.jsonl`` (created at the first row), so that
+    :func:`catalog_rows` need not open those run files again.
+
+    The file is written by this object alone (shards on many nodes never share one), one
+    line per :meth:`add`, opened in append mode, written in one call and closed (flushed)
+    each time. It is a cache: an error writing it (a full disk) stops its writes, silently,
+    and costs only the opening of those run files by the next :func:`catalog_rows`.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The output directory the runs are written to.
+    """
+
+    def __init__(self, out_dir):
+        directory = os.path.join(os.fspath(out_dir), CATALOG_DIR)
+        self.path = os.path.join(directory, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl")
+        self.broken = False
+        self.written = 0
+
+    def add(self, path) -> bool:
+        """Append the row of the finished run file at ``path`` (read from it, :func:`catalog_row`).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A run file of the output directory; anything but a readable finished ``<id>.h5``
+            (a ``.part``, a missing or corrupt file) is not cached.
+
+        Returns
+        -------
+        bool
+            Whether a line was written.
+        """
+        path = os.fspath(path)
+        name = os.path.basename(path)
+        if self.broken or not name.endswith(".h5") or name == INDEX_NAME:
+            return False
         try:
-            with open_run(path) as f:
-                attrs = attrs_of(f)
-                config = json.loads(attrs["config"])
-                # A file of an [experiment] kind (meanfield.experiments) records no risk series.
-                risk, t = (math.nan, math.nan) if attrs.get("experiment") else last_risk(f)
-        except (OSError, KeyError, ValueError) as error:
-            _, _, lock = run_paths(out_dir, run_id)
-            if name.endswith(".part") and lock_held(lock):
-                continue  # being created right now
-            reason = error.reason if isinstance(error, CorruptRunFile) else f"not a run file ({error})"
-            rows.append({"id": run_id, "status": "corrupt", "file": name, "final_risk": math.nan,
-                         "final_time": math.nan, "message": reason})
-            continue
-        row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
-               "final_time": t}
-        if attrs.get("experiment"):
-            row["experiment"] = attrs["experiment"]
-        for section, values in config.items():
-            for key, value in values.items():
-                row[f"{section}.{key}"] = value
-        rows.append(row)
-    return rows
+            row, key = _cached_row(path, name)
+            line = _cache_line(name, key, row) if key is not None else None
+        except Exception:  # noqa: BLE001 - a row that cannot be cached is read from its file later
+            return False
+        return line is not None and self._append(line)
+
+    def close(self) -> None:
+        """End the fragment (``{"closed": true}``): no more lines, so a compaction
+        (:func:`write_index`) may remove it once its rows are merged."""
+        if self.written and not self.broken:
+            self._append(_CLOSED)
+        self.broken = True
+
+    def _append(self, data: bytes) -> bool:
+        try:
+            if not self.written:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError("short write")
+            finally:
+                os.close(fd)
+        except BaseException as error:  # a full disk; a signal (this line is then left whole or out)
+            self.broken = True  # a part of a line may be there: nothing may follow it
+            if isinstance(error, OSError):
+                return False
+            raise
+        self.written += 1
+        return True
 
 
-def write_index(out_dir, rows=None) -> None:
+def write_index(out_dir, rows=None) -> list[dict]:
     """Rebuild ``index.h5`` (external links to every run file) and ``catalog.csv`` (one row per
-    run: id, status, file, config values, final risk) from the run files in ``out_dir``.
+    run: id, status, file, config values, final risk) from the run files in ``out_dir``, and
+    compact the cache of rows (``catalog.d``): write ``catalog.d/merged.jsonl`` and remove the
+    fragments that no writer appends to any more.
 
     Written under temporary names and renamed, so a reader never sees a half-written index;
-    concurrent shards each write a complete view of what was there. ``rows`` are
-    :func:`catalog_rows` when the caller has them already.
+    concurrent callers each write a complete view of what was there. The rows come from
+    :func:`catalog_rows` (run files not in the cache are opened), so the cost is that of
+    :func:`catalog_rows` plus writing the three files, linear in the number of runs.
 
     Parameters
     ----------
@@ -116,18 +331,42 @@ def write_index(out_dir, rows=None) -> None:
         An output directory of ``meanfield run``; ``index.h5`` and ``catalog.csv`` are
         (re)written there, and abandoned temporary files removed first.
     rows : list of dict, optional
-        :func:`catalog_rows` of ``out_dir``; default: read from the run files.
+        Rows to write as they are (the cache is then not compacted); default:
+        :func:`catalog_rows` of ``out_dir``.
+
+    Returns
+    -------
+    list of dict
+        The rows written (:func:`catalog_rows`).
     """
     out_dir = os.fspath(out_dir)
     remove_abandoned(out_dir)
-    rows = catalog_rows(out_dir) if rows is None else rows
+    remove_abandoned(os.path.join(out_dir, CATALOG_DIR))
+    lines, fragments = None, ()
+    if rows is None:
+        rows, lines, fragments = _merge(out_dir)
     try:
         _write_index_files(out_dir, rows)
+        if lines is not None and (lines or fragments or os.path.isdir(os.path.join(out_dir, CATALOG_DIR))):
+            _compact(out_dir, lines, fragments)
     except OSError as error:
         if error.filename is None and error.errno is not None:  # h5py's and write()'s errors name no file
             raise OSError(error.errno, f"{os.strerror(error.errno)} (writing the index of {out_dir})",
                           os.path.join(out_dir, INDEX_NAME)) from None
         raise
+    return rows
+
+
+def _compact(out_dir, lines, fragments) -> None:
+    """Replace ``catalog.d/merged.jsonl`` with ``lines``, then remove ``fragments``."""
+    directory = os.path.join(out_dir, CATALOG_DIR)
+    os.makedirs(directory, exist_ok=True)
+    with replacing(os.path.join(directory, MERGED_NAME)) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.writelines(lines)
+    for name in fragments:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, name))
 
 
 def _write_index_files(out_dir, rows) -> None:
@@ -136,9 +375,23 @@ def _write_index_files(out_dir, rows) -> None:
             for row in rows:
                 f[row["id"]] = h5py.ExternalLink(row["file"], "/")
         _fault("index-written")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
     with replacing(os.path.join(out_dir, "catalog.csv")) as catalog_tmp:
         with open(catalog_tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+            write_catalog_csv(handle, rows)
+
+
+def write_catalog_csv(handle, rows) -> None:
+    """Write catalog rows as ``catalog.csv`` holds them: a header of every key (in the order
+    first seen), then one line per row.
+
+    Parameters
+    ----------
+    handle : text file
+        Opened with ``newline=""`` (or a :class:`io.StringIO`).
+    rows : list of dict
+        :func:`catalog_rows`.
+    """
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
