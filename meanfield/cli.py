@@ -61,6 +61,8 @@ def run_command(args) -> int:
         raise ConfigError(f"--jobs must be an integer >= 1, got {args.jobs}")
     if args.task_count < 1:
         raise ConfigError(f"--task-count must be an integer >= 1, got {args.task_count}")
+    if args.ensemble_size is not None and args.ensemble_size < 1:
+        raise ConfigError(f"--ensemble-size must be an integer >= 1, got {args.ensemble_size}")
     from . import experiments
 
     if experiments.experiment_kind(args.file) is not None:  # signal propagation, deep linear
@@ -82,7 +84,7 @@ def run_command(args) -> int:
         from .experiments._slurm import submit
 
         if args.jobs != 1 or args.task_count != 1 or args.task_index != 0:
-            raise ConfigError("--slurm makes one array task per run: --jobs, --task-index and --task-count "
+            raise ConfigError("--slurm makes one array task per ensemble or run: --jobs, --task-index and --task-count "
                               "do not apply (use --slurm-tasks and --slurm-cpus-per-task)")
         try:
             return submit(args.file, out, overrides=args.set, task_count=args.slurm_tasks,
@@ -91,13 +93,14 @@ def run_command(args) -> int:
                           wait=args.wait, restart=args.restart)
         except (RuntimeError, ValueError) as error:
             raise ConfigError(str(error)) from None
-    shard = [s for s in specs if s.index % args.task_count == args.task_index]
+    size = sweep.ENSEMBLE_SIZE if args.ensemble_size is None else args.ensemble_size
+    shard = [s for unit in sweep.shard_units(specs, args.task_index, args.task_count, size) for s in unit]
     if not args.quiet:
         where = f" (shard {args.task_index} of {args.task_count})" if args.task_count > 1 else ""
         print(f"meanfield {__version__}: {len(shard)} run{'s' if len(shard) != 1 else ''} of {args.file}{where} "
               f"-> {out}/", flush=True)
     summaries = sweep.run_shard(args.file, out, args.set, args.task_index, args.task_count, args.jobs,
-                                quiet=args.quiet, restart=args.restart, specs=specs)
+                                quiet=args.quiet, restart=args.restart, specs=specs, ensemble_size=size)
     bad = [s for s in summaries if s["status"] in ("failed", "locked")]
     reasons = [f"{s['id']} {s['status']}: {s['message'].splitlines()[0] if s['message'] else ''}" for s in bad]
     if args.quiet:  # a failure is never silent: a batch job's log must say why it exits 1
@@ -308,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "key gets that one value (a note on stderr says so); --set 'sweep.\"model.m\"=[16, 32]' "
                         "replaces or adds a sweep list")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine (default 1)")
+    p.add_argument("--ensemble-size", type=int, default=None, metavar="N",
+                   help="runs that differ only in their seed advance together, N at most (default 128; "
+                        "1: every run alone); each is still its own run file, with the same numbers")
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs from their last checkpoint (the default)")
     p.add_argument("--restart", action="store_true", help="start unfinished runs over instead of resuming")
@@ -315,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-count", type=int, default=1, help="number of shards")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--slurm", action="store_true", help="submit the runs as a Slurm job array (submitit)")
-    p.add_argument("--slurm-tasks", type=int, help="array tasks (default: one per run)")
+    p.add_argument("--slurm-tasks", type=int, help="array tasks (default: one per ensemble or lone run)")
     p.add_argument("--slurm-partition", help="Slurm partition")
     p.add_argument("--slurm-cpus-per-task", type=int, default=1, help="cpus per array task (default 1)")
     p.add_argument("--slurm-time", type=int, default=60, help="time limit per task, minutes (default 60)")

@@ -18,6 +18,8 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 from .engine import _interrupt
 from .engine._integrators import restore
 from .engine._run import run
@@ -38,8 +40,9 @@ from .io._store import (
     run_paths,
 )
 
-__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "generator", "initial_state",
-           "plan", "run_shard", "seed_sequence", "write_index"]
+__all__ = ["ConfigError", "Experiment", "RunSpec", "build", "catalog_rows", "execute", "execute_ensemble",
+           "execute_unit", "generator", "initial_state", "plan", "plan_units", "run_shard", "seed_sequence",
+           "shard_units", "write_index"]
 
 FINISHED = ("complete", "diverged")
 
@@ -129,51 +132,18 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
     """:func:`execute` with the run's lock held."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(part + ".new")  # a resume killed while copying; the .part itself is whole
-    if os.path.exists(final):
-        try:
-            attrs = read_attrs(final)
-        except CorruptRunFile as error:
-            move_aside(final, error.reason)
-            attrs = {}
-        if attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(part)  # a finish killed between its rename and the removal of the .part
-            risk, t = final_values(final)
-            for stage in RUN_STAGES.values():  # a kill may have come between the run and its stages
-                if not stage.enabled(spec.config):
-                    continue
-                try:
-                    stage.after_run(final, spec.config, None)
-                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-                    return _summary(spec, "failed", final, risk, t,
-                                    f"{stage.name} stage: {type(error).__name__}: {error}")
-            return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
+    finished = _finished_summary(spec, final, part)
+    if finished is not None:
+        return finished
     experiment = build(spec.config)
-    buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
-    buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
-    record = spec.config["record"]
-    header = RunFile.header(spec, experiment.problem.method)
-    teacher_W = experiment.teacher.W if experiment.teacher is not None else None
-    observables = tuple(name for measure in experiment.measures for name in measure.names)
-    args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
-            record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
-            experiment.tracer_blocks, observables)
+    writer, checkpoint = _open_writer(spec, experiment, final, part, restart)
     state = None
-    if os.path.exists(part) and not restart:
-        try:
-            writer, checkpoint = RunFile.resume(*args)
-        except (CorruptRunFile, KeyError) as error:
-            move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
-            writer, checkpoint = RunFile.create(*args), None
-        if checkpoint is not None:
-            rng = experiment.rng
-            if checkpoint["rng_state"] is not None:
-                rng.bit_generator.state = checkpoint["rng_state"]
-            state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"], checkpoint["value"],
-                            checkpoint["buffers"], rng, checkpoint["tracers"], checkpoint["time"], checkpoint["info"])
-    else:
-        writer = RunFile.create(*args)
-    writer.describe = getattr(experiment.problem, "describe", None)
+    if checkpoint is not None:
+        rng = experiment.rng
+        if checkpoint["rng_state"] is not None:
+            rng.bit_generator.state = checkpoint["rng_state"]
+        state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"], checkpoint["value"],
+                        checkpoint["buffers"], rng, checkpoint["tracers"], checkpoint["time"], checkpoint["info"])
     observers = [writer]
     tqdm = _tqdm() if step_bar else None
     if tqdm is not None and experiment.integrator.advance is None:
@@ -204,6 +174,338 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
     return _summary(spec, trajectory.status, path, risk, t, trajectory.message, time.perf_counter() - start)
 
 
+def _finished_summary(spec, final, part) -> dict | None:
+    """The summary of a run whose finished file is there already (``skipped``, or ``failed``
+    when a stage that a kill cut short fails now); None when the run is still to do."""
+    if not os.path.exists(final):
+        return None
+    try:
+        attrs = read_attrs(final)
+    except CorruptRunFile as error:
+        move_aside(final, error.reason)
+        return None
+    if not (attrs.get("config_sha256") == spec.sha256 and attrs.get("status") in FINISHED):
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(part)  # a finish killed between its rename and the removal of the .part
+    risk, t = final_values(final)
+    for stage in RUN_STAGES.values():  # a kill may have come between the run and its stages
+        if not stage.enabled(spec.config):
+            continue
+        try:
+            stage.after_run(final, spec.config, None)
+        except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+            return _summary(spec, "failed", final, risk, t, f"{stage.name} stage: {type(error).__name__}: {error}")
+    return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
+
+
+def _open_writer(spec, experiment, final, part, restart):
+    """(writer, checkpoint): the run file created, or resumed from its ``.part`` (checkpoint
+    None when there is nothing to resume: a new file, or a damaged ``.part`` moved aside)."""
+    buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
+    buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
+    record = spec.config["record"]
+    header = RunFile.header(spec, experiment.problem.method)
+    teacher_W = experiment.teacher.W if experiment.teacher is not None else None
+    observables = tuple(name for measure in experiment.measures for name in measure.names)
+    args = (part, final, header, experiment.model, experiment.W0.shape[0], teacher_W, buffer_shapes,
+            record["particles"], record["particles_dtype"], record["checkpoint_seconds"],
+            experiment.tracer_blocks, observables)
+    checkpoint = None
+    if os.path.exists(part) and not restart:
+        try:
+            writer, checkpoint = RunFile.resume(*args)
+        except (CorruptRunFile, KeyError) as error:
+            move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
+            writer, checkpoint = RunFile.create(*args), None
+    else:
+        writer = RunFile.create(*args)
+    writer.describe = getattr(experiment.problem, "describe", None)
+    return writer, checkpoint
+
+
+ENSEMBLE_SIZE = 128  # members of one ensemble at most (``run_shard(ensemble_size=...)``)
+
+
+def ensemble_key(spec: RunSpec) -> str | None:
+    """What runs must share to advance as one ensemble: the whole config but the seed; None for
+    a run that is never put in an ensemble (a stochastic or adaptive integrator, the CUDA
+    backend, tracers, step bars). Whether a group is worth batching is decided on its first
+    member (:func:`plan_units`)."""
+    import json
+
+    from .engine._integrators import INTEGRATORS
+
+    config = spec.config
+    entry = INTEGRATORS.get(config["dynamics"]["integrator"])
+    if entry is None or not entry.deterministic or entry.time_step is None:
+        return None
+    if config.get("run", {}).get("backend", "cpu") != "cpu" or config.get("limit", {}).get("enabled"):
+        return None
+    rest = {section: dict(values) for section, values in config.items()}
+    rest.get("run", {}).pop("seed", None)
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def plan_units(specs, ensemble_size: int = ENSEMBLE_SIZE) -> list[list[RunSpec]]:
+    """Group runs into ensembles: runs with the same :func:`ensemble_key` whose problem the
+    batched kernel evaluates (``meanfield.engine._ensemble.batched``), in chunks of at most
+    ``ensemble_size``, in the order of their first run; every other run is a unit of one.
+
+    Parameters
+    ----------
+    specs : list of RunSpec
+    ensemble_size : int
+        Members at most; 1 turns ensembles off.
+
+    Returns
+    -------
+    list of list of RunSpec
+        The units, ordered by the index of their first run; each list in run order.
+    """
+    from .engine._ensemble import batched
+
+    if ensemble_size <= 1:
+        return [[spec] for spec in specs]
+    groups: dict = {}
+    units = []
+    for spec in specs:
+        key = ensemble_key(spec)
+        if key is None:
+            units.append([spec])
+            continue
+        if key not in groups:
+            try:
+                experiment = build(spec.config)
+                eligible = experiment.tracers is None and batched(experiment.problem, experiment.W0.shape[0])
+            except Exception:  # noqa: BLE001 - a run that cannot be built fails alone, with its message
+                eligible = False
+            groups[key] = [] if eligible else None
+        if groups[key] is None:
+            units.append([spec])
+            continue
+        chunk = groups[key]
+        if not chunk or len(chunk[-1]) >= ensemble_size:
+            chunk.append([])
+            units.append(chunk[-1])
+        chunk[-1].append(spec)
+    return units
+
+
+def shard_units(specs, task_index: int = 0, task_count: int = 1,
+                ensemble_size: int = ENSEMBLE_SIZE) -> list[list[RunSpec]]:
+    """The units (:func:`plan_units`) of one shard: every ``task_count``-th unit of the whole
+    experiment from ``task_index``, so that a shard (a Slurm array task) takes whole ensembles.
+    Without ensembles the units are the runs in index order: a shard takes the runs whose
+    index is ``task_index`` modulo ``task_count``.
+
+    Parameters
+    ----------
+    specs : list of RunSpec
+        Every run of the experiment.
+    task_index, task_count : int
+    ensemble_size : int
+
+    Returns
+    -------
+    list of list of RunSpec
+    """
+    units = plan_units(specs, ensemble_size)
+    return [unit for position, unit in enumerate(units) if position % task_count == task_index]
+
+
+def execute_unit(unit, out_dir, restart: bool = False) -> list[dict]:
+    """:func:`execute` for a unit of :func:`plan_units` (one run, or an ensemble).
+
+    Parameters
+    ----------
+    unit : list of RunSpec
+    out_dir : path
+    restart : bool
+
+    Returns
+    -------
+    list of dict
+        One summary per run (see :func:`execute`), in the unit's order.
+    """
+    if len(unit) == 1:
+        return [execute(unit[0], out_dir, restart)]
+    return execute_ensemble(unit, out_dir, restart)
+
+
+def execute_ensemble(specs, out_dir, restart: bool = False) -> list[dict]:
+    """Run runs that share everything but their seed as one ensemble; each ends as its own run.
+
+    Each member gets what :func:`execute` would give it alone: its lock, its run file
+    (created, or resumed from its checkpoint), its records, its status and its summary, and
+    bitwise the same numbers (``meanfield.engine._ensemble``). Members already finished are
+    skipped; members resumed from checkpoints at different steps advance as separate
+    ensembles; a member that diverges is closed at that step while the others go on.
+
+    Parameters
+    ----------
+    specs : list of RunSpec
+        Runs with the same :func:`ensemble_key`.
+    out_dir : path
+    restart : bool
+        Start unfinished runs over instead of resuming them.
+
+    Returns
+    -------
+    list of dict
+        One summary per run, in the order of ``specs``.
+    """
+    summaries = {}
+    start = time.perf_counter()
+    if _interrupt.stop_requested_in_worker():
+        for spec in specs:
+            summary = _summary(spec, "interrupted", paths(out_dir, spec)[1],
+                               message="not started: the sweep was stopped")
+            summary["exit_status"] = 128 + _interrupt.received[0]
+            summaries[spec.id] = summary
+        return [summaries[spec.id] for spec in specs]
+    with contextlib.ExitStack() as locks:
+        todo = []
+        for spec in specs:
+            final, part, lock_path = paths(out_dir, spec)
+            try:
+                locks.enter_context(RunLock(lock_path))
+            except RunLocked as error:
+                summaries[spec.id] = _summary(spec, "locked", part, message=str(error))
+                continue
+            try:
+                finished = _finished_summary(spec, final, part)
+            except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                finished = _summary(spec, "failed", final, message=f"{type(error).__name__}: {error}")
+            if finished is not None:
+                summaries[spec.id] = finished
+            else:
+                todo.append(spec)
+        groups: dict = {}
+        for spec in todo:
+            final, part, _ = paths(out_dir, spec)
+            try:
+                experiment = build(spec.config)
+                writer, checkpoint = _open_writer(spec, experiment, final, part, restart)
+            except OSError as error:
+                summary = _summary(spec, "failed", part, message=_os_error_text(error, part))
+                summary["os_error"] = True
+                summaries[spec.id] = summary
+                continue
+            except Exception as error:  # noqa: BLE001
+                summaries[spec.id] = _summary(spec, "failed", part, message=f"{type(error).__name__}: {error}")
+                continue
+            step = checkpoint["step"] if checkpoint is not None else 0
+            groups.setdefault(step, []).append((spec, experiment, writer, checkpoint))
+        with _interrupt.worker_run():
+            for step in sorted(groups):
+                summaries.update(_run_members(groups[step], out_dir, start))
+    return [summaries[spec.id] for spec in specs]
+
+
+def _run_members(members, out_dir, start) -> dict:
+    """Advance members that start at the same step as one ensemble; their summaries by id."""
+    from .engine._ensemble import PopulationEnsemble, run_ensemble
+    from .engine._integrators import INTEGRATORS
+
+    specs = [member[0] for member in members]
+    experiments = [member[1] for member in members]
+    writers = [member[2] for member in members]
+    checkpoints = [member[3] for member in members]
+    first = experiments[0]
+    m = first.W0.shape[0]
+    ensemble = PopulationEnsemble([e.problem for e in experiments], m)
+    dynamics = specs[0].config["dynamics"]
+    integrator = INTEGRATORS[dynamics["integrator"]].build(ensemble, dynamics)
+    W0 = np.stack([e.W0 for e in experiments])
+    state = None
+    if checkpoints[0] is not None:
+        names = checkpoints[0]["buffers"].keys()
+        state = restore(integrator, np.concatenate([c["W"] for c in checkpoints]), checkpoints[0]["step"],
+                        buffers={name: np.concatenate([c["buffers"][name] for c in checkpoints]) for name in names})
+        state.value = np.array([c["value"] for c in checkpoints])  # one objective per member
+    summaries = {}
+    try:
+        results = run_ensemble(ensemble, integrator, W0, first.t_max, first.times, [[w] for w in writers],
+                               [e.measures for e in experiments], state,
+                               specs[0].config["record"]["checkpoint_seconds"], [e.rng for e in experiments],
+                               close_complete=False)
+        # The per-run stages of the complete members, at once, stored in the copy that
+        # finishing their files writes anyway; then the files are finished.
+        complete = [i for i, result in enumerate(results) if result[0] == "complete"]
+        writes = {i: [] for i in complete}
+        failed = {}
+        for stage in RUN_STAGES.values():
+            chosen = [i for i in complete if stage.enabled(specs[i].config)]
+            if not chosen:
+                continue
+            if stage.ensemble_writers is None:
+                continue  # after the files are finished, below
+            try:
+                found = stage.ensemble_writers([specs[i].config for i in chosen],
+                                               [experiments[i].problem for i in chosen],
+                                               [results[i][2] for i in chosen])
+            except Exception as error:  # noqa: BLE001 - the stage failed for all of them
+                found = [error] * len(chosen)
+            for i, write in zip(chosen, found):
+                if isinstance(write, Exception):
+                    failed.setdefault(specs[i].id, f"{stage.name} stage: {type(write).__name__}: {write}")
+                else:
+                    writes[i].append(write)
+        for i in complete:
+            member = results[i][3]
+            extra = writes[i]
+            with _interrupt.deferred():
+                writers[i].close(member, "complete", results[i][1],
+                                 also=(lambda f, extra=extra: [write(f) for write in extra]) if extra else None)
+    except _interrupt.Interrupted as stop:
+        ended = getattr(stop, "results", [None] * len(specs))
+        for spec, writer, result in zip(specs, writers, ended):
+            writer.abandon()
+            if result is not None and result[0] in FINISHED:  # diverged before the signal: finished
+                path = paths(out_dir, spec)[0]
+                risk, t = final_values(path)
+                summaries[spec.id] = _summary(spec, result[0], path, risk, t, result[1])
+                continue
+            summary = _summary(spec, "interrupted", writer.part_path, message=f"stopped by {stop.name}; resumable",
+                               seconds=time.perf_counter() - start)
+            summary["exit_status"] = stop.exit_status
+            summaries[spec.id] = summary
+        return summaries
+    except OSError as error:
+        for spec, writer in zip(specs, writers):
+            writer.abandon()
+            summary = _summary(spec, "failed", writer.part_path, message=_os_error_text(error, writer.part_path),
+                               seconds=time.perf_counter() - start)
+            summary["os_error"] = True
+            summaries[spec.id] = summary
+        return summaries
+    except Exception as error:  # noqa: BLE001 - one failed ensemble must not stop the sweep
+        for spec, writer in zip(specs, writers):
+            if writer.file.id.valid:
+                writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+            summaries[spec.id] = _summary(spec, "failed", writer.part_path, message=f"{type(error).__name__}: {error}")
+        return summaries
+    for i, spec in enumerate(specs):
+        status, message = results[i][0], results[i][1]
+        final, part, _ = paths(out_dir, spec)
+        path = final if status in FINISHED else part
+        if status == "complete" and spec.id not in failed:
+            for stage in RUN_STAGES.values():  # stages without an ensemble form, member by member
+                if stage.ensemble_writers is not None or not stage.enabled(spec.config):
+                    continue
+                try:
+                    stage.after_run(path, spec.config, experiments[i].problem)
+                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                    failed[spec.id] = f"{stage.name} stage: {type(error).__name__}: {error}"
+                    break
+        risk, t = final_values(path)
+        if spec.id in failed:
+            summaries[spec.id] = _summary(spec, "failed", path, risk, t, failed[spec.id])
+        else:
+            summaries[spec.id] = _summary(spec, status, path, risk, t, message, time.perf_counter() - start)
+    return summaries
+
 def _worker_init(threads: int, steps=None):
     import numba
 
@@ -214,8 +516,13 @@ def _worker_init(threads: int, steps=None):
 
 
 def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_count: int = 1, jobs: int = 1,
-              quiet: bool = True, restart: bool = False, progress=None, specs=None) -> list[dict]:
-    """Run the runs of an experiment file whose index is ``task_index`` modulo ``task_count``.
+              quiet: bool = True, restart: bool = False, progress=None, specs=None,
+              ensemble_size: int = ENSEMBLE_SIZE) -> list[dict]:
+    """Run the runs of one shard of an experiment file (:func:`shard_units`).
+
+    Runs that share everything but their seed and whose problem has the batched kernel advance
+    together as ensembles (:func:`plan_units`, :func:`execute_ensemble`), each still its own
+    run file with bitwise the numbers it would have alone.
 
     Parameters
     ----------
@@ -230,7 +537,9 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     overrides : sequence of str
         ``section.key=value`` (``--set``).
     task_index, task_count : int
-        The shard (a Slurm array task) of this call.
+        The shard (a Slurm array task) of this call: whole ensembles, every ``task_count``-th
+        from ``task_index`` (without ensembles, the runs whose index is ``task_index`` modulo
+        ``task_count``).
     jobs : int
         Runs in parallel (a process pool with the spawn start method); numba threads per
         job are ``max(1, cores // jobs)``.
@@ -242,6 +551,9 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
         Called with each run's summary as it finishes.
     specs : list of RunSpec, optional
         ``plan(config_file, overrides)`` when the caller has it already.
+    ensemble_size : int
+        Members of an ensemble at most (with ``jobs`` > 1, also at most the shard's runs over
+        ``jobs``, so that every worker gets some); 1 runs every run alone.
 
     Returns
     -------
@@ -251,7 +563,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     if not (0 <= task_index < task_count):
         raise ConfigError(f"--task-index must be in [0, --task-count = {task_count}), got {task_index}")
     specs = specs if specs is not None else plan(config_file, overrides)
-    specs = [s for s in specs if s.index % task_count == task_index]
+    units = shard_units(specs, task_index, task_count, ensemble_size)
+    specs = sorted((spec for unit in units for spec in unit), key=lambda spec: spec.index)
     os.makedirs(out_dir, exist_ok=True)
     summaries = []
     tqdm = None if quiet or progress is not None else _tqdm()
@@ -270,21 +583,29 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
             print(format_summary_line(summary), flush=True)
         catalog.add(summary["path"])  # a cache: an error writing it loses nothing, the run file is the truth
 
-    remove_abandoned(out_dir)
+    if task_count == 1:  # a shard of several leaves it to write_index (status): it lists the whole directory
+        remove_abandoned(out_dir)
     stop = None
     if jobs <= 1 or len(specs) <= 1:
         try:
-            for spec in specs:
+            for unit in units:
                 _interrupt.poll()
-                summary = execute(spec, out_dir, restart, step_bar=bar is not None)
-                done(summary)
-                if summary["status"] == "interrupted":
-                    stop = _interrupt.Interrupted(summary["exit_status"] - 128)
+                unit_summaries = (execute_unit(unit, out_dir, restart) if len(unit) > 1
+                                  else [execute(unit[0], out_dir, restart, step_bar=bar is not None)])
+                for summary in unit_summaries:
+                    done(summary)
+                interrupted = [s for s in unit_summaries if s["status"] == "interrupted"]
+                if interrupted:
+                    stop = _interrupt.Interrupted(interrupted[0]["exit_status"] - 128)
                     break
         except _interrupt.Interrupted as error:
             stop = error
     else:
-        stop = _run_pool(specs, out_dir, restart, jobs, done, step_bars=tqdm if bar is not None else None)
+        # Step bars follow one run per worker: with them, every run goes alone; without, the
+        # ensembles are cut so that every worker gets some.
+        size = 1 if bar is not None else max(1, -(-len(specs) // jobs))
+        pieces = [unit[start:start + size] for unit in units for start in range(0, len(unit), size)]
+        stop = _run_pool(pieces, out_dir, restart, jobs, done, step_bars=tqdm if bar is not None else None)
     if bar is not None:
         bar.close()
     summaries.sort(key=lambda s: s["index"])
@@ -307,7 +628,7 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     return summaries
 
 
-def _run_pool(specs, out_dir, restart, jobs, done, step_bars=None):
+def _run_pool(units, out_dir, restart, jobs, done, step_bars=None):
     """Runs in a pool of ``jobs`` spawned processes; returns the Interrupted that stopped it, or None.
 
     On SIGINT or SIGTERM nothing new starts; the signal is passed on to the workers, whose runs
@@ -319,11 +640,12 @@ def _run_pool(specs, out_dir, restart, jobs, done, step_bars=None):
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs)
     context = multiprocessing.get_context("spawn")
+    specs = [spec for unit in units for spec in unit]
     steps = _PoolSteps(step_bars, context, jobs, specs) if step_bars is not None else None
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                                   initargs=(threads, steps.initargs if steps else None))
     futures = {}
-    waiting = list(specs)
+    waiting = list(units)
     stop = None
     try:
         # At most one run per worker is handed to the pool: a run queued ahead would start
@@ -333,20 +655,23 @@ def _run_pool(specs, out_dir, restart, jobs, done, step_bars=None):
             while waiting or futures:
                 _interrupt.poll()
                 while waiting and len(futures) < jobs:
-                    spec = waiting.pop(0)
-                    futures[pool.submit(execute, spec, out_dir, restart)] = spec
+                    unit = waiting.pop(0)
+                    futures[pool.submit(execute_unit, unit, out_dir, restart)] = unit
                 finished, _ = concurrent.futures.wait(list(futures), timeout=0.1,
                                                       return_when=concurrent.futures.FIRST_COMPLETED)
                 if steps is not None:
                     for future in finished:
-                        steps.end(futures[future].index)
+                        for spec in futures[future]:
+                            steps.end(spec.index)
                     steps.update(force=bool(finished))
                 for future in finished:
                     del futures[future]
-                    summary = future.result()
-                    done(summary)
-                    if summary["status"] == "interrupted":
-                        raise _interrupt.Interrupted(summary["exit_status"] - 128)
+                    unit_summaries = future.result()
+                    for summary in unit_summaries:
+                        done(summary)
+                    interrupted = [s for s in unit_summaries if s["status"] == "interrupted"]
+                    if interrupted:
+                        raise _interrupt.Interrupted(interrupted[0]["exit_status"] - 128)
     except _interrupt.Interrupted as error:
         stop = error
         with _interrupt.deferred():
@@ -370,7 +695,8 @@ def _stop_pool(pool, futures, signum, done, grace_s: float = 60.0) -> None:
     finished, _ = concurrent.futures.wait(running, timeout=grace_s)
     for future in finished:
         with contextlib.suppress(Exception):
-            done(future.result())
+            for summary in future.result():
+                done(summary)
 
 
 def format_summary_line(summary: dict) -> str:

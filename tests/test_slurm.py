@@ -235,7 +235,7 @@ def test_slurm_runs_a_job_array(slurm, job_env, tmp_path):
 def test_sweep_sbatch_template_matches_local_run(slurm, job_env, sweep_file, local_reference, tmp_path):
     slurm.require()
     out = tmp_path / "out"
-    # Three tasks for four runs: task 0 takes the runs of index 0 and 3.
+    # Three tasks for two ensembles of two runs: task 2 has nothing to do.
     job_id = _sbatch(["--array=0-2", f"--output={tmp_path}/sweep-%a.out", str(SWEEP_SBATCH), str(sweep_file),
                       str(out)], job_env, tmp_path)
     logs = [tmp_path / f"sweep-{i}.out" for i in range(3)]
@@ -268,8 +268,13 @@ def test_meanfield_run_slurm_matches_local_run(slurm, job_env, sweep_file, local
                             capture_output=True, text=True, env=job_env, cwd=tmp_path, timeout=JOB_TIMEOUT_S + 60)
     assert result.returncode == 0, \
         f"meanfield run --slurm --wait: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert f"{N_RUNS} of {N_RUNS} tasks succeeded" in result.stdout, result.stdout
-    assert re.search(r"submitted Slurm job \d+: 4 tasks", result.stdout), result.stdout
+    # One task per unit: the two seeds of each width advance as one ensemble (sweep.plan_units).
+    from meanfield import sweep
+
+    n_tasks = len(sweep.plan_units(sweep.plan(sweep_file)))
+    assert n_tasks == 2
+    assert f"{n_tasks} of {n_tasks} tasks succeeded" in result.stdout, result.stdout
+    assert re.search(rf"submitted Slurm job \d+: {n_tasks} tasks for {N_RUNS} runs", result.stdout), result.stdout
     assert_same_runs(local_reference, out)
 
 

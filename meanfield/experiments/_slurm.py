@@ -62,7 +62,9 @@ def submit(config_file, out_dir, overrides=(), task_count=None, partition=None, 
     overrides : sequence of str
         ``section.key=value`` overrides, as ``meanfield run --set``.
     task_count : int, optional
-        Number of array tasks; default (and at most) the number of runs, one run per task.
+        Number of array tasks; default (and at most) the number of units of
+        ``meanfield.sweep.plan_units``: one ensemble (runs that differ only in their seed, up
+        to 128) or one run per task.
     partition : str, optional
         Slurm partition (the cluster's default if not given).
     cpus_per_task : int
@@ -98,14 +100,16 @@ def submit(config_file, out_dir, overrides=(), task_count=None, partition=None, 
     config_file = os.path.abspath(os.fspath(config_file))
     out_dir = os.path.abspath(os.fspath(out_dir))
     overrides = tuple(overrides)
-    n_runs = len(sweep.plan(config_file, overrides))
+    specs = sweep.plan(config_file, overrides)
+    n_runs = len(specs)
     if n_runs < 1:
         raise RuntimeError(f"{config_file}: no runs to submit")
+    n_units = len(sweep.plan_units(specs))  # a task takes whole ensembles (sweep.shard_units)
     if task_count is None:
-        task_count = n_runs
+        task_count = n_units
     if isinstance(task_count, bool) or not isinstance(task_count, int) or task_count < 1:
         raise ValueError(f"task_count must be an integer >= 1, got {task_count!r}")
-    task_count = min(task_count, n_runs)  # more tasks than runs would only start idle tasks
+    task_count = min(task_count, n_units)  # more tasks than units would only start idle tasks
     if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
         raise ValueError(f"cpus_per_task must be an integer >= 1, got {cpus_per_task!r}")
 
