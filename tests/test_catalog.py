@@ -189,6 +189,30 @@ def test_a_row_made_before_the_file_changed_is_not_used(tmp_path, opened):
         assert _fragments(out) == []
 
 
+def test_fragments_absorbed_by_a_compaction_are_not_read_again(tmp_path, monkeypatch, opened):
+    """write_index absorbs the closed fragments into merged.jsonl; those it had no time to
+    remove are skipped by readers (a row forged in one is never used), and a later
+    write_index removes them."""
+    out = _sharded_sweep(tmp_path)
+    monkeypatch.setattr(_catalog, "REMOVAL_BUDGET_S", -1.0)  # no time to remove any
+    io.write_index(out)
+    fragments = _fragments(out)
+    assert len(fragments) == 4
+    for fragment in fragments:  # each row made wrong, its stat key left valid
+        entries = [json.loads(line) for line in fragment.read_bytes().splitlines()]
+        for entry in entries:
+            if "row" in entry:
+                entry["row"]["final_risk"] = 123.0
+        fragment.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    opened.clear()
+    rows = io.catalog_rows(out)
+    assert opened == [] and 123.0 not in [row["final_risk"] for row in rows]
+    assert _same(rows, _rows_from_the_files(out))
+    monkeypatch.setattr(_catalog, "REMOVAL_BUDGET_S", 1.0)
+    io.write_index(out)
+    assert _fragments(out) == []
+
+
 def test_a_full_disk_while_writing_a_fragment_loses_no_run(tmp_path, monkeypatch):
     """The fragment is a cache: an error writing it (ENOSPC) stops its lines, the shard's runs
     complete, and their rows come from the files."""
