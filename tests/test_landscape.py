@@ -415,3 +415,21 @@ def test_plots_show_the_census_and_the_paths():
     lines = figure.axes[0].lines
     assert len(lines) == 4 and all(len(line.get_xdata()) == 5 for line in lines)
     assert np.allclose(lines[0].get_ydata(), result["linear"]["risk"])
+
+
+def test_dense_spectrum_falls_back_when_divide_and_conquer_refuses(monkeypatch):
+    """OpenBLAS's eigh refused a Safran-Shamir Hessian (one eigenvalue repeated many times):
+    the dense spectrum then takes LAPACK's evr driver, with the same extremes and eigenvector."""
+    from meanfield.landscape import _hessian
+
+    problem, W, exact = linear_quadratic(m=6, d=5)  # kron(c c^T, I): eigenvalue 0 repeated
+    expected = landscape.spectrum_extremes(problem, W, method="dense")
+
+    def refuse(H):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(_hessian.np.linalg, "eigh", refuse)
+    got = landscape.spectrum_extremes(problem, W, method="dense")
+    assert abs(got.lambda_min - expected.lambda_min) < 1e-12 and abs(got.lambda_max - expected.lambda_max) < 1e-12
+    H = exact
+    assert np.linalg.norm(H @ got.vector_min - got.lambda_min * got.vector_min) < 1e-10

@@ -264,7 +264,7 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
         method = "dense" if n_var <= DENSE_LIMIT else "lanczos"
     if method == "dense" or n_var < 3:
         H, error = hessian(problem, W64, hessian_method, return_error=True)
-        values, vectors = np.linalg.eigh(H)
+        values, vectors = _dense_eigh(H)
         error = error + 4 * EPS * float(np.abs(values).max(initial=0.0)) * n_var
         error = float(error)
         return Spectrum(float(values[0]), float(values[-1]), error, error, "dense", vectors[:, 0])
@@ -296,3 +296,17 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
     if _singular_error(problem, W64):
         low_error = high_error = float("inf")
     return Spectrum(low, high, low_error, high_error, "lanczos", u_low)
+
+
+def _dense_eigh(H):
+    """Eigenvalues and eigenvectors of a symmetric matrix, by LAPACK's divide and conquer
+    (``numpy.linalg.eigh``), else by the relatively robust representations (``scipy.linalg.eigh``,
+    driver ``evr``): OpenBLAS's divide and conquer refused ("Eigenvalues did not converge") the
+    Hessian of a Safran-Shamir global minimum at k = n = 18 (runs/safran_shamir.toml, seed 539),
+    whose spectrum is one value repeated many times; ``evr`` takes it."""
+    try:
+        return np.linalg.eigh(H)
+    except np.linalg.LinAlgError:
+        from scipy.linalg import eigh
+
+        return eigh(H, driver="evr")
