@@ -229,16 +229,18 @@ ENSEMBLE_SIZE = 128  # members of one ensemble at most (``run_shard(ensemble_siz
 
 def ensemble_key(spec: RunSpec) -> str | None:
     """What runs must share to advance as one ensemble: the whole config but the seed; None for
-    a run that is never put in an ensemble (a stochastic or adaptive integrator, the CUDA
-    backend, tracers, step bars). Whether a group is worth batching is decided on its first
-    member (:func:`plan_units`)."""
+    a run that is never put in an ensemble (an integrator whose entry does not allow it,
+    minibatches, an adaptive integrator, the CUDA backend, tracers). Whether a group is worth
+    batching is decided on its first member (:func:`plan_units`)."""
     import json
 
     from .engine._integrators import INTEGRATORS
 
     config = spec.config
     entry = INTEGRATORS.get(config["dynamics"]["integrator"])
-    if entry is None or not entry.deterministic or entry.time_step is None:
+    if entry is None or not entry.ensembles or entry.time_step is None:
+        return None
+    if config["dynamics"].get("batch_size") is not None:  # minibatches: drawn per member, not batched
         return None
     if config.get("run", {}).get("backend", "cpu") != "cpu" or config.get("limit", {}).get("enabled"):
         return None
@@ -405,7 +407,7 @@ def execute_ensemble(specs, out_dir, restart: bool = False) -> list[dict]:
 
 def _run_members(members, out_dir, start) -> dict:
     """Advance members that start at the same step as one ensemble; their summaries by id."""
-    from .engine._ensemble import PopulationEnsemble, run_ensemble
+    from .engine._ensemble import MemberStreams, PopulationEnsemble, run_ensemble
     from .engine._integrators import INTEGRATORS
 
     specs = [member[0] for member in members]
@@ -420,9 +422,14 @@ def _run_members(members, out_dir, start) -> dict:
     W0 = np.stack([e.W0 for e in experiments])
     state = None
     if checkpoints[0] is not None:
+        for experiment, checkpoint in zip(experiments, checkpoints):
+            if checkpoint["rng_state"] is not None:
+                experiment.rng.bit_generator.state = checkpoint["rng_state"]
+        streams = MemberStreams([e.rng for e in experiments], m) if integrator.stochastic else None
         names = checkpoints[0]["buffers"].keys()
         state = restore(integrator, np.concatenate([c["W"] for c in checkpoints]), checkpoints[0]["step"],
-                        buffers={name: np.concatenate([c["buffers"][name] for c in checkpoints]) for name in names})
+                        buffers={name: np.concatenate([c["buffers"][name] for c in checkpoints]) for name in names},
+                        rng=streams)
         state.value = np.array([c["value"] for c in checkpoints])  # one objective per member
     summaries = {}
     try:

@@ -328,3 +328,67 @@ def test_an_interrupted_ensemble_resumes_to_the_files_of_runs_alone(tmp_path, mo
     assert {s["status"] for s in resumed} <= {"complete", "skipped"}
     sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
     assert_same_files(tmp_path / "out", tmp_path / "alone")
+
+
+def test_noisy_members_draw_their_own_noise():
+    """Full-batch Langevin: each member's noise comes from its own generator, so records, final
+    particles and generator states are bitwise those of the runs alone; any other draw from the
+    ensemble's stream is refused."""
+    rng = np.random.default_rng(9)
+    d, m = 4, 5
+    model = mf.Model(d=d, activation="relu", scaling="mean_field")
+    problems = [mf.PopulationProblem(model, mf.Teacher.orthonormal(d=d, k=2)) for _ in range(3)]
+    W0s = np.stack([mf.initialize(model, m, rng) for _ in problems])
+    dynamics = {"step": 0.05, "beta": 50.0, "weight_decay": 0.01, "batch_size": None}
+    solo = []
+    for b, (problem, W0) in enumerate(zip(problems, W0s)):
+        integrator = INTEGRATORS["langevin"].build(problem, dynamics)
+        solo.append(mf.run(problem, integrator, W0, 1.0, times=np.linspace(0, 1, 3),
+                           rng=np.random.default_rng(100 + b)))
+    ensemble = _ensemble.PopulationEnsemble(problems, m)
+    integrator = INTEGRATORS["langevin"].build(ensemble, dynamics)
+    rngs = [np.random.default_rng(100 + b) for b in range(3)]
+    recorded = [mf.Trajectory() for _ in problems]
+    results = _ensemble.run_ensemble(ensemble, integrator, W0s, 1.0, np.linspace(0, 1, 3), [[r] for r in recorded],
+                                     rngs=rngs)
+    for b, (alone, member, result) in enumerate(zip(solo, recorded, results)):
+        np.testing.assert_array_equal(result[2], alone.W)
+        np.testing.assert_array_equal(member.risk, alone.risk)
+        assert rngs[b].bit_generator.state == alone.final.rng.bit_generator.state
+    streams = _ensemble.MemberStreams(rngs, m)
+    with pytest.raises(TypeError, match="standard_normal only"):
+        streams.integers(3)
+    with pytest.raises(TypeError, match="stacked state"):
+        streams.standard_normal(size=4)
+
+
+LANGEVIN = CENSUS.replace('integrator = "gradient_descent"', 'integrator = "langevin"\nbeta = 200.0').replace(
+    "[landscape]\ngrad_tol = 1e-8\nstep = 0.1\nmax_steps = 20000\n", "")
+
+
+def test_noisy_sweep_with_ensembles_writes_the_files_of_runs_alone(tmp_path):
+    """Langevin runs grouped by seed: the same run files as alone (checkpointed generator
+    states included), and after an interruption the resumed members draw on where they were."""
+    path = tmp_path / "langevin.toml"
+    path.write_text(LANGEVIN)
+    assert sorted(len(u) for u in sweep.plan_units(sweep.plan(path))) == [5, 5]
+    sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
+    calls = {"n": 0}
+    original = _interrupt.poll
+
+    def poll():
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise _interrupt.Interrupted(signal.SIGINT)
+        original()
+
+    import meanfield.engine._ensemble as ensemble_module
+    ensemble_module._interrupt.poll = poll
+    try:
+        with pytest.raises(_interrupt.Interrupted):
+            sweep.run_shard(path, tmp_path / "together")
+    finally:
+        ensemble_module._interrupt.poll = original
+    resumed = sweep.run_shard(path, tmp_path / "together")
+    assert {s["status"] for s in resumed} <= {"complete", "skipped"}
+    assert_same_files(tmp_path / "together", tmp_path / "alone")

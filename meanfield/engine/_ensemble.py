@@ -26,7 +26,7 @@ from ._integrators import Integrator, State, share_evaluation
 from ._problems import ClosedFormExpectation, Evaluation, PopulationProblem
 from ._run import record_steps, time_grid
 
-__all__ = ["PopulationEnsemble", "batched", "member_states", "run_ensemble"]
+__all__ = ["MemberStreams", "PopulationEnsemble", "batched", "member_states", "run_ensemble"]
 
 
 def batched(problem, m: int) -> bool:
@@ -113,6 +113,53 @@ class PopulationEnsemble:
         return Evaluation(values, velocity, None)
 
 
+class MemberStreams(np.random.Generator):
+    """The random stream of a stacked state: each member's block of a draw comes from that
+    member's own generator, so a noisy member draws what it would alone.
+
+    Only ``standard_normal(dtype=..., out=...)`` over the stacked state is served (what a
+    Langevin step draws); any other draw would mix the members' streams and is refused.
+
+    Parameters
+    ----------
+    rngs : sequence of numpy.random.Generator
+        One per member, in the stacking order.
+    m : int
+        Rows per member.
+    """
+
+    def __init__(self, rngs, m: int):
+        super().__init__(np.random.PCG64(0))
+        self.members = list(rngs)
+        self.m = int(m)
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        """Fill ``out`` (shape (B m, p)) block by block from the members' generators.
+
+        Parameters
+        ----------
+        size : None
+            Draws are made into ``out`` only.
+        dtype : numpy dtype
+        out : ndarray, shape (B m, p)
+
+        Returns
+        -------
+        ndarray
+            ``out``.
+        """
+        if out is None or size is not None or out.shape[0] != self.m * len(self.members):
+            raise TypeError("an ensemble's stream fills the stacked state's array (out=...) only")
+        for b, rng in enumerate(self.members):
+            rng.standard_normal(dtype=dtype, out=out[b * self.m:(b + 1) * self.m])
+        return out
+
+    def __getattribute__(self, name):
+        if name in ("standard_normal", "members", "m", "__class__", "__dict__") or name.startswith("__"):
+            return object.__getattribute__(self, name)
+        raise TypeError(f"an ensemble's stream serves standard_normal only, not {name}")
+
+
 class _Member:
     """The state of one member as its observers see it: views of the stacked arrays."""
 
@@ -127,7 +174,7 @@ class _Member:
         self.t = state.t
         value = state.value
         self.value = float(value[b]) if np.ndim(value) else float(value)
-        self.rng = rng  # a deterministic integrator draws nothing; its stream is checkpointed as alone
+        self.rng = rng  # the member's own generator: its checkpoints save it as a run alone does
         self.tracers = None
         self.info = {}
         self.measured = {}
@@ -140,11 +187,13 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
                  checkpoint_seconds: float = 60.0, rngs=None, close_complete: bool = True) -> list:
     """Integrate B members together up to ``t_max``, each recorded by its own observers.
 
-    The loop of :func:`meanfield.run` for a fixed-step, deterministic integrator built on
-    ``ensemble``: the same records (steps nearest to ``times``), the same divergence rule per
-    member (its objective or particles NaN or inf after a step: that member is closed
-    ``"diverged"`` at that step, the others go on), the same interrupt handling (SIGINT stops
-    at a step boundary; every running member is checkpointed and closed ``"interrupted"``).
+    The loop of :func:`meanfield.run` for a fixed-step integrator built on ``ensemble`` whose
+    entry allows ensembles (gradient descent, heavy ball, full-batch Langevin: its noise comes
+    from each member's own generator, :class:`MemberStreams`): the same records (steps nearest
+    to ``times``), the same divergence rule per member (its objective or particles NaN or inf
+    after a step: that member is closed ``"diverged"`` at that step, the others go on), the
+    same interrupt handling (SIGINT stops at a step boundary; every running member is
+    checkpointed and closed ``"interrupted"``).
     Checkpoints are taken for all members at the same step, every ``checkpoint_seconds``, so
     that a resumed ensemble starts its members together.
 
@@ -152,8 +201,8 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
     ----------
     ensemble : PopulationEnsemble
     integrator : Integrator
-        Built on ``ensemble`` (``INTEGRATORS[name].build(ensemble, dynamics)``): a fixed step,
-        no random stream.
+        Built on ``ensemble`` (``INTEGRATORS[name].build(ensemble, dynamics)``), with a fixed
+        step.
     W0 : ndarray, shape (B, m, d + 2)
         The members' initial particles (ignored when ``state`` is given).
     t_max : float
@@ -173,8 +222,8 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
         Close the observers of the members that complete (False: the caller closes them, with
         the member state returned, after what it stores at the end of a run).
     rngs : list of numpy.random.Generator, optional
-        ``rngs[b]``: member b's generator, which its checkpoints save as a run alone saves it
-        (a deterministic integrator draws nothing from it).
+        ``rngs[b]``: member b's generator (its noise when the integrator draws, and what its
+        checkpoints save, as a run alone saves it).
 
     Returns
     -------
@@ -192,7 +241,8 @@ def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max
     steps = record_steps(time_grid(t_max) if times is None else times, integrator.dt, n_steps)
     if state is None:
         W0 = np.asarray(W0)
-        state = integrator.init(W0.reshape(B * m, W0.shape[-1]), None, None)
+        streams = MemberStreams(rngs, m) if integrator.stochastic else None
+        state = integrator.init(W0.reshape(B * m, W0.shape[-1]), streams, None)
         next_record = 0
     else:
         next_record = int(np.searchsorted(steps, state.step, side="right"))

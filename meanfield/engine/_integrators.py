@@ -131,6 +131,10 @@ class IntegratorEntry:
         ``[record] step_error`` and step-paired comparisons accept.
     tracers : bool
         Whether tracer particles can be coupled to its particles.
+    ensembles : bool
+        Whether runs of it can advance as one ensemble (``meanfield.engine._ensemble``): with the
+        full velocity, its step draws nothing or only standard normals of the state's shape
+        (``state.rng.standard_normal(out=...)``), and updates element by element.
     device_update : callable or None
         ``device_update(updates, problem, state, velocity, points_velocity, params)``: the
         step's update on the GPU (``updates`` is ``meanfield.kernels.gpu_updates``, ``problem``
@@ -147,6 +151,7 @@ class IntegratorEntry:
     deterministic: bool = False
     tracers: bool = True
     device_update: Callable | None = None
+    ensembles: bool = False
 
 
 INTEGRATORS = Registry("integrator")
@@ -385,11 +390,11 @@ def _langevin_on_device(updates, problem, state, velocity, points_velocity, para
 
 register_integrator(IntegratorEntry(
     "gradient_descent", lambda problem, dc: gradient_descent(problem, dc["step"]),
-    lambda dc: dc["step"], keys=("step",), deterministic=True, device_update=_euler_on_device))
+    lambda dc: dc["step"], keys=("step",), deterministic=True, device_update=_euler_on_device, ensembles=True))
 register_integrator(IntegratorEntry(
     "heavy_ball", lambda problem, dc: heavy_ball(problem, dc["step"], dc["momentum"]),
     lambda dc: dc["step"] / (1 - dc["momentum"]), keys=("step", "momentum"), buffers=("momentum",),
-    deterministic=True, device_update=_heavy_ball_on_device))
+    deterministic=True, device_update=_heavy_ball_on_device, ensembles=True))
 register_integrator(IntegratorEntry(
     "sgd", lambda problem, dc: sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"]),
     lambda dc: dc["step"], keys=("step", "batch_size", "weight_decay"),
@@ -398,7 +403,7 @@ register_integrator(IntegratorEntry(
     "langevin", lambda problem, dc: langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"]),
     lambda dc: dc["step"], keys=("step", "beta", "weight_decay", "batch_size"),
     requires={"beta": "an inverse temperature beta (a number > 0)"}, tracers=False,
-    device_update=_langevin_on_device))
+    device_update=_langevin_on_device, ensembles=True))
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,
