@@ -28,7 +28,7 @@ from .experiments._assembly import Experiment, build, generator, initial_state, 
 from .experiments._config import ConfigError, RunSpec, plan
 from .experiments._progress import _PoolSteps, _StepBar, _tqdm, _worker_observer
 from .experiments._run_stages import RUN_STAGES
-from .io import CatalogFragment, catalog_rows, final_values, write_index
+from .io import CatalogFragment, catalog_rows, final_values, open_file_row, publish, write_index
 from .io._store import (
     CorruptRunFile,
     RunFile,
@@ -162,7 +162,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
         writer.abandon()
         raise
     except BaseException as error:
-        if writer.file.id.valid:
+        if writer.is_open:
             writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         raise
     path = final if trajectory.status in FINISHED else part
@@ -199,9 +199,10 @@ def _finished_summary(spec, final, part) -> dict | None:
     return _summary(spec, "skipped", final, risk, t, f"already {attrs['status']}")
 
 
-def _open_writer(spec, experiment, final, part, restart):
+def _open_writer(spec, experiment, final, part, restart, in_memory: bool = False):
     """(writer, checkpoint): the run file created, or resumed from its ``.part`` (checkpoint
-    None when there is nothing to resume: a new file, or a damaged ``.part`` moved aside)."""
+    None when there is nothing to resume: a new file, or a damaged ``.part`` moved aside).
+    ``in_memory``: a new file is built in memory (``RunFile.create``)."""
     buffers = experiment.integrator.init(experiment.W0, experiment.rng, experiment.tracers).buffers
     buffer_shapes = {name: array.shape for name, array in sorted(buffers.items())}
     record = spec.config["record"]
@@ -217,9 +218,9 @@ def _open_writer(spec, experiment, final, part, restart):
             writer, checkpoint = RunFile.resume(*args)
         except (CorruptRunFile, KeyError) as error:
             move_aside(part, getattr(error, "reason", f"not a run file ({error})"))
-            writer, checkpoint = RunFile.create(*args), None
+            writer, checkpoint = RunFile.create(*args, in_memory=in_memory), None
     else:
-        writer = RunFile.create(*args)
+        writer = RunFile.create(*args, in_memory=in_memory)
     writer.describe = getattr(experiment.problem, "describe", None)
     return writer, checkpoint
 
@@ -355,7 +356,8 @@ def execute_ensemble(specs, out_dir, restart: bool = False) -> list[dict]:
     Returns
     -------
     list of dict
-        One summary per run, in the order of ``specs``.
+        One summary per run, in the order of ``specs``; a member finished here carries its
+        catalog row under ``catalog_row`` (``run_shard`` moves it to the catalog).
     """
     summaries = {}
     start = time.perf_counter()
@@ -388,7 +390,8 @@ def execute_ensemble(specs, out_dir, restart: bool = False) -> list[dict]:
             final, part, _ = paths(out_dir, spec)
             try:
                 experiment = build(spec.config)
-                writer, checkpoint = _open_writer(spec, experiment, final, part, restart)
+                # Members start in memory: most ensembles are of runs that end in seconds.
+                writer, checkpoint = _open_writer(spec, experiment, final, part, restart, in_memory=True)
             except OSError as error:
                 summary = _summary(spec, "failed", part, message=_os_error_text(error, part))
                 summary["os_error"] = True
@@ -459,12 +462,18 @@ def _run_members(members, out_dir, start) -> dict:
                     failed.setdefault(specs[i].id, f"{stage.name} stage: {type(write).__name__}: {write}")
                 else:
                     writes[i].append(write)
-        for i in complete:
-            member = results[i][3]
-            extra = writes[i]
-            with _interrupt.deferred():
-                writers[i].close(member, "complete", results[i][1],
-                                 also=(lambda f, extra=extra: [write(f) for write in extra]) if extra else None)
+        rows = {}  # the catalog rows of the finished files, made before they are written
+
+        def finishing(f, i):
+            for write in writes[i]:
+                write(f)
+            rows[i] = open_file_row(f, paths(out_dir, specs[i])[0])
+
+        with _interrupt.deferred():  # the files finished together, put on the disk by one sync
+            for i in complete:
+                writers[i].close(results[i][3], "complete", results[i][1], also=lambda f, i=i: finishing(f, i),
+                                 publish_now=False)
+            publish(writers[i] for i in complete)
     except _interrupt.Interrupted as stop:
         ended = getattr(stop, "results", [None] * len(specs))
         for spec, writer, result in zip(specs, writers, ended):
@@ -489,7 +498,7 @@ def _run_members(members, out_dir, start) -> dict:
         return summaries
     except Exception as error:  # noqa: BLE001 - one failed ensemble must not stop the sweep
         for spec, writer in zip(specs, writers):
-            if writer.file.id.valid:
+            if writer.is_open:
                 writer.finish("failed", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
             summaries[spec.id] = _summary(spec, "failed", writer.part_path, message=f"{type(error).__name__}: {error}")
         return summaries
@@ -506,11 +515,15 @@ def _run_members(members, out_dir, start) -> dict:
                 except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
                     failed[spec.id] = f"{stage.name} stage: {type(error).__name__}: {error}"
                     break
-        risk, t = final_values(path)
+        row = rows.get(i) if spec.id not in failed else None
+        risk, t = (row["final_risk"], row["final_time"]) if row is not None else final_values(path)
         if spec.id in failed:
             summaries[spec.id] = _summary(spec, "failed", path, risk, t, failed[spec.id])
         else:
             summaries[spec.id] = _summary(spec, status, path, risk, t, message, time.perf_counter() - start)
+            if row is not None and not any(stage.ensemble_writers is None and stage.enabled(spec.config)
+                                           for stage in RUN_STAGES.values()):
+                summaries[spec.id]["catalog_row"] = row  # for run_shard's catalog (no stage changed the file)
     return summaries
 
 def _worker_init(threads: int, steps=None):
@@ -580,6 +593,7 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
     catalog = CatalogFragment(out_dir)  # this call's own file of catalog rows (made at its first row)
 
     def done(summary):
+        row = summary.pop("catalog_row", None)
         summaries.append(summary)
         if progress is not None:
             progress(summary)
@@ -588,7 +602,8 @@ def run_shard(config_file, out_dir, overrides=(), task_index: int = 0, task_coun
             bar.update(1)
         elif not quiet:
             print(format_summary_line(summary), flush=True)
-        catalog.add(summary["path"])  # a cache: an error writing it loses nothing, the run file is the truth
+        # A cache: an error writing it loses nothing, the run file is the truth.
+        catalog.add(summary["path"], row)
 
     if task_count == 1:  # a shard of several leaves it to write_index (status): it lists the whole directory
         remove_abandoned(out_dir)

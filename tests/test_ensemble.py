@@ -392,3 +392,57 @@ def test_noisy_sweep_with_ensembles_writes_the_files_of_runs_alone(tmp_path):
     resumed = sweep.run_shard(path, tmp_path / "together")
     assert {s["status"] for s in resumed} <= {"complete", "skipped"}
     assert_same_files(tmp_path / "together", tmp_path / "alone")
+
+
+IN_MEMORY = CENSUS.replace("checkpoint_seconds = 1e-9", "checkpoint_seconds = 600.0")
+
+
+def test_members_kept_in_memory_write_the_files_of_runs_alone(tmp_path, monkeypatch):
+    """Members of short runs stay in memory (no .part, no checkpoint on the disk) and are
+    written once when they finish, from a layout template shared by the ensemble: the same
+    files as runs alone, every dataset and attribute (records, particles, both checkpoint
+    slots, /landscape), and the catalog rows made in memory equal those read from the files."""
+    from meanfield.io import RunFile, catalog_row
+
+    path = tmp_path / "census.toml"
+    path.write_text(IN_MEMORY)
+    written = []
+    materialize = RunFile.materialize
+    monkeypatch.setattr(RunFile, "materialize", lambda self: written.append(self.part_path) or materialize(self))
+    together = sweep.run_shard(path, tmp_path / "together")
+    assert not written, "a member reached the disk before it finished"
+    assert {s["status"] for s in together} == {"complete"}
+    sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
+    assert_same_files(tmp_path / "together", tmp_path / "alone")
+    cached = sweep.catalog_rows(tmp_path / "together")
+    for row in cached:
+        assert row == catalog_row(tmp_path / "together" / row["file"])
+    assert not [n for n in os.listdir(tmp_path / "together") if ".tmp." in n or n.endswith(".part")]
+
+
+@pytest.mark.parametrize("stage", ["image-written:3", "finish-renamed:2"])
+def test_a_kill_while_an_ensemble_is_written_loses_nothing_finished(tmp_path, stage):
+    """SIGKILL while an ensemble's files are written (after the third image, before any is
+    renamed; or between two renames of the one sync): no half file under a run's name, the
+    next call removes the temporary files, redoes what was not published and ends with the
+    files of runs alone."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "census.toml"
+    path.write_text(IN_MEMORY)
+    out = tmp_path / "together"
+    command = [sys.executable, "-m", "meanfield", "run", str(path), "--out", str(out), "--quiet"]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", MEANFIELD_KILL_AT=stage)
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    names = os.listdir(out)
+    finished = [n for n in names if n.endswith(".h5") and n != "index.h5"]
+    assert len(finished) == (0 if stage.startswith("image") else 2), names
+    assert any(".tmp." in n for n in names), names  # written, not yet renamed
+    env.pop("MEANFIELD_KILL_AT")
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert not [n for n in os.listdir(out) if ".tmp." in n or n.endswith(".part")]
+    sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
+    assert_same_files(out, tmp_path / "alone")

@@ -499,12 +499,12 @@ def _finish_while_read(monkeypatch, hold_s):
     real_finish = _store.RunFile.finish
     readers = []
 
-    def finish(self, status, message, extra=None, also=None):
+    def finish(self, status, message, extra=None, also=None, publish_now=True):
         reader = subprocess.Popen([sys.executable, "-c", _HOLD_OPEN, self.part_path, str(hold_s)],
                                   stdout=subprocess.PIPE, text=True)
         assert reader.stdout.readline().strip() == "open"
         readers.append(reader)
-        return real_finish(self, status, message, extra, also)
+        return real_finish(self, status, message, extra, also, publish_now)
 
     monkeypatch.setattr(_store.RunFile, "finish", finish)
     return readers

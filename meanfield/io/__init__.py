@@ -14,6 +14,7 @@ from ._catalog import (
     catalog_rows,
     final_values,
     last_risk,
+    open_file_row,
     write_catalog_csv,
     write_index,
 )
@@ -29,6 +30,7 @@ from ._store import (
     lock_held,
     move_aside,
     open_run,
+    publish,
     read_attrs,
     read_checkpoint,
     read_series,
@@ -45,7 +47,8 @@ from ._store import (
 __all__ = [
     "OBSERVABLES", "CatalogFragment", "CorruptRunFile", "RunFile", "RunLock", "RunLocked", "attrs_of", "catalog_row",
     "catalog_rows", "column_names",
-    "final_values", "finished_run_files", "last_risk", "lock_held", "move_aside", "open_run", "read_attrs",
+    "final_values", "finished_run_files", "last_risk", "lock_held", "move_aside", "open_file_row", "open_run",
+    "publish", "read_attrs",
     "read_checkpoint", "read_series", "remove_abandoned", "replacing", "run_file_names", "run_paths", "run_status",
     "temporary_name", "updating", "write_catalog_csv", "write_experiment_file", "write_index",
 ]

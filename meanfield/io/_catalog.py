@@ -47,7 +47,6 @@ from ._store import (
     CorruptRunFile,
     _fault,
     _pid_alive,
-    attrs_of,
     lock_held,
     open_run,
     remove_abandoned,
@@ -100,10 +99,7 @@ def catalog_row(path) -> dict | None:
     run_id = name.split(".h5")[0]
     try:
         with open_run(path) as f:
-            attrs = attrs_of(f)
-            config = json.loads(attrs["config"])
-            # A file of an [experiment] kind (meanfield.experiments) records no risk series.
-            risk, t = (math.nan, math.nan) if attrs.get("experiment") else last_risk(f)
+            return open_file_row(f, path)
     except (OSError, KeyError, ValueError) as error:
         _, _, lock = run_paths(out_dir, run_id)
         if name.endswith(".part") and lock_held(lock):
@@ -111,6 +107,34 @@ def catalog_row(path) -> dict | None:
         reason = error.reason if isinstance(error, CorruptRunFile) else f"not a run file ({error})"
         return {"id": run_id, "status": "corrupt", "file": name, "final_risk": math.nan,
                 "final_time": math.nan, "message": reason}
+
+
+def open_file_row(f: h5py.File, path) -> dict:
+    """The catalog row (:func:`catalog_row`) of the open run file ``f`` that is, or is about
+    to be, at ``path``: a finished file still in memory gives its row before it is written.
+
+    Parameters
+    ----------
+    f : h5py.File
+        A run file, open for reading or writing.
+    path : str or path-like
+        Where the file lies: its name gives the row's ``file`` and, for a ``.part``, its status.
+
+    Returns
+    -------
+    dict
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    # Only the attributes the row needs: reading all of them costs more than the rest of the row.
+    attrs = {}
+    for key in ("run_id", "config", "status", "experiment"):
+        if key in f.attrs:
+            value = f.attrs[key]
+            attrs[key] = value.decode() if isinstance(value, bytes) else value
+    config = json.loads(attrs["config"])
+    # A file of an [experiment] kind (meanfield.experiments) records no risk series.
+    risk, t = (math.nan, math.nan) if attrs.get("experiment") else last_risk(f)
     row = {"id": attrs["run_id"], "status": run_status(path, attrs), "file": name, "final_risk": risk,
            "final_time": t}
     if attrs.get("experiment"):
@@ -292,7 +316,7 @@ class CatalogFragment:
         self.broken = False
         self.written = 0
 
-    def add(self, path) -> bool:
+    def add(self, path, row: dict | None = None) -> bool:
         """Append the row of the finished run file at ``path`` (read from it, :func:`catalog_row`).
 
         Parameters
@@ -300,6 +324,9 @@ class CatalogFragment:
         path : str or path-like
             A run file of the output directory; anything but a readable finished ``<id>.h5``
             (a ``.part``, a missing or corrupt file) is not cached.
+        row : dict, optional
+            The file's row, made by its writer from the file before it was written
+            (:func:`open_file_row`): then the file is not opened again.
 
         Returns
         -------
@@ -311,7 +338,7 @@ class CatalogFragment:
         if self.broken or not name.endswith(".h5") or name == INDEX_NAME:
             return False
         try:
-            row, key = _cached_row(path, name)
+            row, key = (row, _stat_key(path)) if row is not None else _cached_row(path, name)
             line = _cache_line(name, key, row) if key is not None else None
         except Exception:  # noqa: BLE001 - a row that cannot be cached is read from its file later
             return False

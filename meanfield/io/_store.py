@@ -561,27 +561,54 @@ def _series(group, value_shape, dtype, compress):
     return value
 
 
+_LAYOUT_TEMPLATES: dict = {}  # layout key -> image of an empty in-memory run file (RunFile._layout_in_memory)
+
+
+def _model_attributes(model, m: int) -> list:
+    """(name, value) of ``/parameters/model``'s attributes."""
+    return [("activation", model.activation), ("d", model.d), ("m", m), ("p", model.p),
+            ("scaling", model.scaling), ("output_scale", model.output_scale(m)), ("alpha", model.alpha_value(m)),
+            ("bias", model.bias), ("train_readout", model.train_readout), ("dtype", model.dtype)]
+
+
 class RunFile:
     """Writer of one run's file; an observer of :func:`meanfield.run`.
 
     Use :meth:`create` for a new run and :meth:`resume` to continue a ``.part`` file.
     """
 
-    def __init__(self, handle: h5py.File, part_path: str, final_path: str, checkpoint_seconds: float,
-                 records: int, observables=()):
+    def __init__(self, handle: h5py.File | None, part_path: str, final_path: str, checkpoint_seconds: float,
+                 records: int, observables=(), layout: tuple | None = None):
         self.file = handle
         self.part_path = part_path
         self.final_path = final_path
         self.checkpoint_seconds = checkpoint_seconds
         self.records = records
         self._last_checkpoint = time.monotonic()
-        self._particles = "particles/neurons/position" in handle
-        self._tracers = "particles/tracers/position" in handle
         self.observables = tuple(observables)
         self._handles = {}  # path -> dataset of this file (_node)
         # Set by the caller to the problem's describe(): written as method_description at close.
         self.describe = None
-        handle.swmr_mode = True
+        # A run file kept in memory (create(in_memory=True)): ``layout`` holds _layout's
+        # arguments, records and checkpoints wait in _pending and _slots, and the file is laid
+        # out once, when it is finished or must reach the disk (materialize).
+        self.in_memory = handle is None
+        self._layout_args = layout
+        self._pending = {}  # series group -> [(step, time, value)]
+        self._slots = {}  # checkpoint slot -> _write_slot's arguments
+        self._active = -1
+        self.unpublished = None  # (temporary file, name) of a finished file left to publish()
+        if self.in_memory:
+            self._particles, self._tracers = bool(layout[5]), bool(layout[7])
+        else:
+            self._particles = "particles/neurons/position" in handle
+            self._tracers = "particles/tracers/position" in handle
+            handle.swmr_mode = True
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the run can still be written (kept in memory, or its file open)."""
+        return self.in_memory or (self.file is not None and self.file.id.valid)
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
@@ -589,7 +616,46 @@ class RunFile:
                 particles_dtype: str, tracer_blocks, observables=()) -> h5py.File:
         # No chunk cache: a frame that cannot be written (a full disk) fails its own write call
         # instead of failing silently when the cache is evicted later.
+        if path is None:
+            return cls._layout_in_memory(header, model, m, teacher_W, buffer_shapes, particles, particles_dtype,
+                                         tracer_blocks, observables)
         f = h5py.File(path, "w", libver="latest", rdcc_nbytes=0)
+        cls._lay_out(f, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype, tracer_blocks,
+                     observables)
+        _fault("create")
+        return f
+
+    @classmethod
+    def _layout_in_memory(cls, header: dict, model, m: int, teacher_W, buffer_shapes, particles: bool,
+                          particles_dtype: str, tracer_blocks, observables=()) -> h5py.File:
+        """The layout of :meth:`_layout` in an in-memory file. The members of an ensemble share
+        everything but the header and the teacher: the first lays the file out and leaves its
+        image as a template, which the others copy (a third of the cost) and fill in."""
+        key = json.dumps([sorted(header), _model_attributes(model, m), m, None if teacher_W is None else
+                          [list(np.shape(teacher_W)), str(np.asarray(teacher_W).dtype)],
+                          sorted((name, list(shape)) for name, shape in buffer_shapes.items()), bool(particles),
+                          str(particles_dtype), list(tracer_blocks), list(observables), header["versions"]],
+                         default=str)
+        image = _LAYOUT_TEMPLATES.get(key)
+        if image is None:
+            f = h5py.File.in_memory(libver="latest")
+            cls._lay_out(f, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype, tracer_blocks,
+                         observables)
+            f.flush()
+            if len(_LAYOUT_TEMPLATES) >= 8:
+                _LAYOUT_TEMPLATES.pop(next(iter(_LAYOUT_TEMPLATES)))
+            _LAYOUT_TEMPLATES[key] = f.id.get_file_image()
+            return f
+        f = h5py.File.in_memory(file_image=image, libver="latest")
+        for name, value in header.items():
+            f.attrs[name] = value
+        if teacher_W is not None:
+            f["parameters/teacher/position"][...] = teacher_W
+        return f
+
+    @classmethod
+    def _lay_out(cls, f, header: dict, model, m: int, teacher_W, buffer_shapes, particles: bool,
+                 particles_dtype: str, tracer_blocks, observables=()) -> None:
         for key, value in header.items():
             f.attrs[key] = value
         h5md = f.create_group("h5md")
@@ -619,10 +685,7 @@ class RunFile:
         for name in (*OBSERVABLES, *observables):
             _series(f.create_group(f"observables/{name}"), (), np.float64, compress=False)
         params = f.create_group("parameters/model")
-        for key, value in (("activation", model.activation), ("d", model.d), ("m", m), ("p", p),
-                           ("scaling", model.scaling), ("output_scale", model.output_scale(m)),
-                           ("alpha", model.alpha_value(m)), ("bias", model.bias),
-                           ("train_readout", model.train_readout), ("dtype", model.dtype)):
+        for key, value in _model_attributes(model, m):
             params.attrs[key] = value
         if teacher_W is not None:
             f.create_dataset("parameters/teacher/position", data=teacher_W)
@@ -643,8 +706,6 @@ class RunFile:
             ckpt.create_dataset("rng_state_length", data=np.int64(0))
             ckpt.create_dataset("info", shape=(INFO_BYTES,), dtype=np.uint8)
             ckpt.create_dataset("info_length", data=np.int64(0))
-        _fault("create")
-        return f
 
     @classmethod
     def header(cls, spec, method: str) -> dict:
@@ -656,13 +717,26 @@ class RunFile:
     @classmethod
     def create(cls, part_path, final_path, header: dict, model, m: int, teacher_W, buffer_shapes,
                particles: bool = True, particles_dtype: str = "float64",
-               checkpoint_seconds: float = 60.0, tracer_blocks=(), observables=()) -> "RunFile":
+               checkpoint_seconds: float = 60.0, tracer_blocks=(), observables=(),
+               in_memory: bool = False) -> "RunFile":
         """A new run file at ``part_path`` (renamed to ``final_path`` when the run ends).
 
         ``buffer_shapes`` maps the integrator's state buffers to their shapes;
         ``tracer_blocks`` lists ``(label, start, stop)`` row ranges of the tracer array;
         ``observables`` names the series of the run's measures (``state.measured``).
+
+        ``in_memory``: the file is built in memory and written once, when it is finished,
+        or as ``part_path`` when its first checkpoint falls due by time (``checkpoint_seconds``),
+        when the run is interrupted or abandoned; from then on it is an ordinary ``.part``.
+        For the members of an ensemble of short runs: a run file written by records and
+        checkpoints costs several times the arithmetic of such a run (docs/performance.md).
+        A kill before the file reaches the disk loses at most ``checkpoint_seconds`` of work.
         """
+        if in_memory:
+            layout = (header, model, m, teacher_W, buffer_shapes, particles, particles_dtype, list(tracer_blocks),
+                      tuple(observables))
+            return cls(None, os.fspath(part_path), os.fspath(final_path), checkpoint_seconds, 0, observables,
+                       layout=layout)
         # Laid out under a temporary name and renamed once in SWMR mode: a kill before that
         # leaves no .part that HDF5 would refuse to open, only a temporary file to remove.
         tmp = temporary_name(part_path)
@@ -750,22 +824,27 @@ class RunFile:
         self.records = n + 1
         if getattr(state, "checkpointable", True):
             self.checkpoint(state)
-        else:
+        elif not self.in_memory:
             self.file.flush()
 
     def after_step(self, state) -> None:
         due = time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
         if due and getattr(state, "checkpointable", True):
+            if self.in_memory:
+                self.materialize()
             self.checkpoint(state)
 
-    def close(self, state, status: str, message: str, also=None) -> None:
+    def close(self, state, status: str, message: str, also=None, publish_now: bool = True) -> None:
         """End the file: a final checkpoint, then :meth:`finish` (an ``interrupted`` run is
         checkpointed where its state allows it and closed, and stays a ``.part`` to resume);
-        ``also(f)``, when given, writes more into the finished file (see :meth:`finish`)."""
+        ``also(f)``, when given, writes more into the finished file, and ``publish_now`` is
+        passed on (see :meth:`finish`)."""
         if status == "interrupted":
             if getattr(state, "checkpointable", True):
                 self.checkpoint(state)
-            self.file.close()
+            if self.in_memory:
+                self.materialize()
+            self._close_file()
             return
         if status != "diverged":
             # Even where an adaptive solver would not resume from here bitwise: the run is
@@ -777,9 +856,15 @@ class RunFile:
             # How the objective was computed, with what the last evaluation says of its error
             # (the Hermite series' velocity bound): PopulationProblem.describe().
             extra["method_description"] = self.describe()
-        self.finish(status, message, extra or None, also)
+        self.finish(status, message, extra or None, also, publish_now)
 
     # -- writing -------------------------------------------------------------------------
+    def _close_file(self) -> None:
+        # The cached dataset objects go first: h5py's close visits every live h5py object of
+        # the process, and an ensemble holds the files of all its members open at once.
+        self._handles = {}
+        self.file.close()
+
     def _node(self, path):
         """The dataset at ``path``, looked up once per file: h5py's lookup by name costs about
         70 us, several times the write of a small record or checkpoint field."""
@@ -789,40 +874,80 @@ class RunFile:
         return node
 
     def _append(self, group, n, state, value):
+        if self.in_memory:
+            self._pending.setdefault(group, []).append((state.step, state.t, np.array(value, copy=True)))
+            return
         for name in ("step", "time", "value"):
             self._node(f"{group}/{name}").resize(n + 1, axis=0)
         self._node(f"{group}/step")[n] = state.step
         self._node(f"{group}/time")[n] = state.t
         self._node(f"{group}/value")[n] = value
 
-    def _write_json(self, slot: str, name: str, size: int, content) -> None:
-        raw = json.dumps(content).encode() if content is not None else b""
-        if len(raw) > size:
-            raise ValueError(f"checkpoint {name} of {len(raw)} bytes exceeds {size}")
-        buffer = np.zeros(size, dtype=np.uint8)
-        buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        self._node(f"{slot}/{name}")[...] = buffer
-        self._node(f"{slot}/{name}_length")[()] = len(raw)
-
     def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None, info=None):
+        if self.in_memory:  # the same alternation of slots as on disk, written out later (_replay)
+            slot = 1 - self._active if self._active >= 0 else 0
+            self._slots[slot] = (np.array(W, copy=True), {name: np.array(a, copy=True) for name, a in buffers.items()},
+                                 step, step_time, value, rng_state,
+                                 None if tracers is None else np.array(tracers, copy=True), info, self.records)
+            self._active = slot
+            return
         active = self._node("checkpoint/active")
         current = int(active[()])
         slot = 1 - current if current >= 0 else 0
-        ckpt = f"checkpoint/slot_{slot}"
-        self._node(f"{ckpt}/W")[...] = W
-        if tracers is not None:
-            self._node(f"{ckpt}/tracers")[...] = tracers
-        for name, array in buffers.items():
-            self._node(f"{ckpt}/buffers/{name}")[...] = array
-        self._node(f"{ckpt}/step")[()] = step
-        self._node(f"{ckpt}/time")[()] = step_time
-        self._node(f"{ckpt}/value")[()] = value
-        self._node(f"{ckpt}/records")[()] = self.records
-        self._write_json(ckpt, "rng_state", RNG_STATE_BYTES, rng_state)
-        self._write_json(ckpt, "info", INFO_BYTES, info or None)
+        self._write_slot(slot, W, buffers, step, step_time, value, rng_state, tracers, info, self.records)
         self.file.flush()
         _fault("checkpoint-slot")
         active[()] = slot  # the switch: one 8-byte write, after the slot is on disk
+
+    def _write_slot(self, slot, W, buffers, step, step_time, value, rng_state, tracers, info, records,
+                    fresh: bool = False):
+        """Write one checkpoint slot; ``fresh``: into a file just laid out from its template,
+        by h5py's low-level calls (:meth:`_replay`)."""
+        put = self._put if fresh else self._assign
+        ckpt = f"checkpoint/slot_{slot}"
+        put(f"{ckpt}/W", W)
+        if tracers is not None:
+            put(f"{ckpt}/tracers", tracers)
+        for name, array in buffers.items():
+            put(f"{ckpt}/buffers/{name}", array)
+        put(f"{ckpt}/step", step)
+        put(f"{ckpt}/time", step_time)
+        put(f"{ckpt}/value", value)
+        put(f"{ckpt}/records", records)
+        for name, size, content in (("rng_state", RNG_STATE_BYTES, rng_state), ("info", INFO_BYTES, info or None)):
+            if content is not None or not fresh:  # a fresh slot holds no state already
+                raw = json.dumps(content).encode() if content is not None else b""
+                if len(raw) > size:
+                    raise ValueError(f"checkpoint {name} of {len(raw)} bytes exceeds {size}")
+                buffer = np.zeros(size, dtype=np.uint8)
+                buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+                put(f"{ckpt}/{name}", buffer)
+                put(f"{ckpt}/{name}_length", len(raw))
+
+    def _assign(self, path, value) -> None:
+        self._node(path)[()] = value
+
+    def _put(self, path, value, extent=None) -> None:
+        """Write a whole dataset (first resized to ``extent``) by h5py's low-level calls: a tenth
+        of the cost of the high-level ones, which dominates writing a small run's file."""
+        dataset = h5py.h5d.open(self.file.id, path.encode())
+        if extent is not None:
+            dataset.set_extent(extent)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(value, dtype=dataset.dtype))
+
+    def _replay(self) -> None:
+        """Write what a run kept in memory (records, checkpoint slots) into ``self.file``, just
+        laid out (:meth:`_layout`)."""
+        for group, rows in self._pending.items():
+            steps, times, values = zip(*rows)
+            for name, column in (("step", steps), ("time", times), ("value", values)):
+                column = np.asarray(column)
+                self._put(f"{group}/{name}", column, extent=column.shape)
+        for slot, arguments in sorted(self._slots.items()):
+            self._write_slot(slot, *arguments, fresh=True)
+        if self._active >= 0:
+            self._put("checkpoint/active", self._active)
+        self._pending, self._slots = {}, {}
 
     def checkpoint(self, state) -> None:
         """Save what resuming needs (state, buffers, generator, record count, an adaptive
@@ -831,18 +956,69 @@ class RunFile:
         info = getattr(state, "info", None)
         self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state,
                                       state.tracers, _json_safe(info))
-        self.file.flush()
+        if not self.in_memory:
+            self.file.flush()
         _fault("checkpoint")
         self._last_checkpoint = time.monotonic()
 
     def abandon(self) -> None:
         """Close the file after an interrupt or an OS error (a full disk), keeping what is on
-        disk: everything up to the last checkpoint, which the next call resumes."""
-        if self.file.id.valid:
+        disk: everything up to the last checkpoint, which the next call resumes (a file still
+        in memory is written as its ``.part`` first, where the disk allows it)."""
+        if self.in_memory:
             with contextlib.suppress(Exception):
-                self.file.close()
+                self.materialize()
+        if self.file is not None and self.file.id.valid:
+            with contextlib.suppress(Exception):
+                self._close_file()
 
-    def finish(self, status: str, message: str, extra: dict | None = None, also=None) -> str:
+    def _write_image(self, target, sync: bool = True) -> str:
+        """Write the in-memory file to a temporary name beside ``target`` in one piece and
+        return that name; ``sync``: then push it to the disk and rename it onto ``target``
+        (a kill leaves ``target`` as it was). Without ``sync``, :func:`publish` does both, for
+        many files at once."""
+        image = self.file.id.get_file_image()
+        tmp = temporary_name(target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(image)
+                handle.flush()
+                _fault("image-written")
+                if sync:
+                    os.fsync(handle.fileno())
+            if sync:
+                os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        return tmp
+
+    def materialize(self) -> None:
+        """Write a run kept in memory to its ``.part`` (laid out under a temporary name, then
+        renamed) and continue writing it there."""
+        if not self.in_memory:
+            return
+        tmp = temporary_name(self.part_path)
+        try:
+            self.file = self._layout(tmp, *self._layout_args)
+            self._handles = {}
+            self._replay()
+            self.file.flush()
+            self.file.swmr_mode = True
+            os.replace(tmp, self.part_path)
+        except BaseException:
+            if self.file is not None and self.file.id.valid:
+                with contextlib.suppress(Exception):
+                    self._close_file()
+            self.file = None
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        self.in_memory = False
+
+    def finish(self, status: str, message: str, extra: dict | None = None, also=None,
+               publish_now: bool = True) -> str:
         """Close the file and write its final attributes into a renamed copy (:func:`updating`);
         ``also(f)``, when given, writes more into that copy (a per-run stage's results: one copy
         instead of two).
@@ -850,11 +1026,13 @@ class RunFile:
         A finished run (``complete``, ``diverged``) becomes ``<id>.h5`` and its ``.part`` is
         removed; a ``failed`` run keeps its ``.part`` name so that a later call resumes it.
         Returns the path of the file.
+
+        ``publish_now=False``, for a run kept in memory: the file is written under a temporary
+        name and left for :func:`publish`, which puts many on the disk with one sync.
         """
-        if self.file.id.valid:
-            self.file.close()
         target = self.part_path if status == "failed" else self.final_path
-        with updating(self.part_path, target) as f:
+
+        def write_end(f):
             f.attrs["status"] = status
             f.attrs["message"] = message
             f.attrs["end_time"] = _now()
@@ -862,11 +1040,77 @@ class RunFile:
                 f.attrs[key] = value
             if also is not None:
                 also(f)
-        if target != self.part_path:
+
+        if self.in_memory:  # no .part on the disk: the finished file is laid out and written once
+            self.file = self._layout(None, *self._layout_args)
+            self._handles = {}
+            self._replay()
+            write_end(self.file)
+            self.file.flush()
+            try:
+                written = self._write_image(target, sync=publish_now)
+            finally:
+                self._close_file()
+            self.in_memory = False
+            if not publish_now:
+                self.unpublished = (written, target)
+                return target
+        else:
+            if self.file.id.valid:
+                self._close_file()
+            with updating(self.part_path, target) as f:
+                write_end(f)
+        if target != self.part_path:  # a .part of an earlier call, too, when started over
             _fault("finish-renamed")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.part_path)
         return target
+
+
+def publish(writers) -> None:
+    """Put the files that :meth:`RunFile.finish` left unpublished (``publish_now=False``) in
+    place: their data pushed to the disk by one sync of the file system (``syncfs``, where the
+    system has it; a sync per file elsewhere), then each renamed onto its name and its ``.part``
+    removed. One sync instead of one per file: on a parallel file system a sync is a round
+    trip to its servers, and an ensemble finishes its members at once.
+
+    Parameters
+    ----------
+    writers : iterable of RunFile
+        Writers with a file left unpublished; the others are passed over.
+    """
+    pending = [writer for writer in writers if writer.unpublished is not None]
+    if not pending:
+        return
+    _sync_files([writer.unpublished[0] for writer in pending])
+    for writer in pending:
+        written, target = writer.unpublished
+        os.replace(written, target)
+        writer.unpublished = None
+        if target != writer.part_path:
+            _fault("finish-renamed")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(writer.part_path)
+    for directory in sorted({os.path.dirname(writer.final_path) for writer in pending}):
+        _fsync_directory(directory)
+
+
+def _sync_files(paths) -> None:
+    """Push the data of the files at ``paths`` (in one directory) to the disk."""
+    paths = list(paths)
+    if len(paths) > 1 and sys.platform.startswith("linux"):
+        try:
+            syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+            fd = os.open(paths[0], os.O_RDONLY)
+            try:
+                if syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        except (AttributeError, OSError):
+            pass
+    for path in paths:
+        _fsync(path)
 
 
 def copy_block(frame_bytes: int) -> int:
