@@ -133,8 +133,10 @@ def test_a_non_homogeneous_activation_records_norms_and_errors_only(tmp_path):
      '"finite_data"'),
     ({"problem": {**RELU_L2["problem"], "loss": "squared"}},
      '[record] classification: needs labels +-1: loss = "logistic" or "exponential", not "squared"'),
-    ({"record": {"classification": "yes"}}, "[record] classification"),
-], ids=["population", "squared loss", "not a bool"])
+    ({"problem": {**RELU_L2["problem"], "tangent": True}},
+     "[record] classification: measures the network, not the tangent model: needs tangent = false"),
+    ({"record": {"classification": "yes"}}, '[record] classification = "yes"'),
+], ids=["population", "squared loss", "tangent model", "not a bool"])
 def test_classification_refused_where_it_has_no_meaning(tmp_path, change, message):
     doc = {**RELU_L2, **change}
     path = write(tmp_path, doc)
@@ -225,6 +227,8 @@ def test_exponential_loss_turns_towards_the_hard_margin_svm(tmp_path):
         w = f["particles/neurons/position/value"][1:, 0, :d]
         times = f["observables/risk/time"][1:]
         margins = _series(f, "normalized_margin")[1:]
+        assert np.isnan(_series(f, "normalized_margin")[0])  # w(0) = 0: rho = 0, no margin
+        assert np.isnan(_series(f, "predictor_change")[:2]).all()  # none at t = 0, so none at t = 10
     np.testing.assert_allclose(times, [10.0, 100.0, 1000.0, 10000.0])
     angles = np.arccos(np.clip(w @ svm / np.linalg.norm(w, axis=1) / np.linalg.norm(svm), -1.0, 1.0))
     assert np.all(np.diff(angles) < 0), angles
