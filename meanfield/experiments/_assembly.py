@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..engine._classification import ClassificationMeasure
 from ..engine._flow import StepSizeError
 from ..engine._integrators import INTEGRATORS, Integrator
 from ..engine._model import Init, Model
@@ -286,3 +287,31 @@ register_observable(ObservableEntry(
 register_observable(ObservableEntry(
     "test_risk", lambda config: bool(config["record"].get("test_samples")),
     lambda c: HeldOutRisk(c.model, c.config, c.teacher.W, c.config["record"]["test_samples"])))
+
+
+def classification_measure(context: ObservableContext) -> ClassificationMeasure:
+    """The measure of ``[record] classification``: norms, normalised margin, errors and
+    predictor change on the run's training set (``meanfield.engine._classification``).
+
+    Parameters
+    ----------
+    context : ObservableContext
+        The run's config and objects; its problem is a :class:`FiniteDataProblem` (the
+        experiment-file rules see to it), whose X and y are the training set.
+
+    Returns
+    -------
+    ClassificationMeasure
+        With ``test_error`` on the held-out sample of ``[record] test_samples`` (the sample of
+        ``test_risk``, :func:`held_out_sample`) when that key is set.
+    """
+    problem, config = context.problem, context.config
+    X_test = y_test = None
+    n_test = config["record"].get("test_samples")
+    if n_test:
+        X_test, y_test = held_out_sample(config, context.teacher.W, n_test)
+    return ClassificationMeasure(context.model, problem.X, problem.y, X_test, y_test)
+
+
+register_observable(ObservableEntry(
+    "classification", lambda config: bool(config["record"].get("classification")), classification_measure))

@@ -26,7 +26,11 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             record the distance to the exact flow, "gradient_descent" and "heavy_ball"; kept
             in the resolved config only when true), test_samples (none: for kind =
             "finite_data" with a teacher, the risk on a held-out sample of this size recorded as
-            test_risk; kept in the resolved config only when set)
+            test_risk; kept in the resolved config only when set), classification (false: for
+            kind = "finite_data" with a classification loss, record the parameter norms, the
+            training error, the normalised margin and the normalised predictor's change, and
+            test_error on the test_samples sample when set; kept in the resolved config only
+            when true)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
@@ -215,6 +219,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "checkpoint_seconds": Key("float", 60.0, minimum=0, strict_minimum=True),
         "step_error": Key("bool", False),
         "test_samples": Key("int_or_none", None, minimum=1),
+        "classification": Key("bool", False),
     },
     "run": {
         "seed": Key("int", 0, minimum=0),
@@ -982,10 +987,32 @@ def _rules_of_connectivity(config: dict, context: RuleContext) -> None:
         context.fail("connectivity", "enabled", "[connectivity] and [limit] pair runs differently: use one per file")
 
 
+def _rules_of_classification(config: dict, context: RuleContext) -> None:
+    """``[record] classification``: measured on the training set of a finite-data problem with
+    labels +-1, from the network's particles on the CPU; dropped from the resolved config when
+    false (the ids of other runs stay)."""
+    record, problem, fail = config["record"], config["problem"], context.fail
+    if not record["classification"]:
+        del record["classification"]
+        return
+    if problem["kind"] != "finite_data":
+        fail("record", "classification", 'the margin and the errors are measured on the training set: needs '
+                                         'kind = "finite_data"')
+    if not LOSS_ENTRIES[problem["loss"]].classification:
+        classification_losses = _quoted(name for name, entry in LOSS_ENTRIES.items() if entry.classification)
+        fail("record", "classification", f"needs labels +-1: loss = {classification_losses}, "
+                                         f'not "{problem["loss"]}"')
+    if problem["tangent"]:
+        fail("record", "classification", "measures the network, not the tangent model: needs tangent = false")
+    if config["run"]["backend"] != "cpu":
+        fail("record", "classification", 'the observables are evaluated on the CPU: needs backend = "cpu"')
+
+
 # The cross-key rules, one function per feature, applied in this order by resolve(): a new
 # feature's rules are one function and one entry here.
 CROSS_KEY_RULES = (_rules_of_model, _rules_of_problem, _rules_of_flow, _rules_of_dynamics, _rules_of_limit,
-                   _rules_of_backend, _rules_of_lazy, _rules_of_landscape, _rules_of_connectivity)
+                   _rules_of_backend, _rules_of_lazy, _rules_of_landscape, _rules_of_connectivity,
+                   _rules_of_classification)
 
 
 def _check_flow(config: dict, raw: dict, fail, via=None) -> None:

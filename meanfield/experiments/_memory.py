@@ -246,6 +246,17 @@ def _items(config: dict) -> _Ledger:
         add("step error: reference flow (DOP853) vectors and its own W",
             _EXPLICIT_VECTORS["DOP853"] * n_var * 8 + 4 * m * p * 8, mk + ("record.step_error",))
 
+    if rc.get("classification"):
+        # The measure keeps float64 copies of the training inputs (a copy only for a float32
+        # model), the held-out inputs of [record] test_samples and the last normalised
+        # predictor; each record makes a float64 copy of W and a few output vectors.
+        n_test = int(rc.get("test_samples") or 0)
+        add("classification observables: float64 inputs, held-out sample, outputs and a copy of W",
+            (sample * d * (8 if s != 8 else 0) + n_test * (d + 2) * 8 + 4 * (sample + n_test) * 8
+             + m * p * 8),
+            tuple(dict.fromkeys(mk + ("record.classification",) + sample_keys
+                                + (("record.test_samples",) if n_test else ()))))
+
     # Recording: HDF5 compresses a whole frame (one chunk) at a time; writing one peaked at two
     # frames' worth of buffers (measured, float64 and float32 frames of 200000 x 102). The
     # record's own evaluation keeps its velocity meanwhile.
