@@ -108,11 +108,15 @@ def run_command(args) -> int:
             print(f"meanfield: run {reason}", file=sys.stderr, flush=True)
     from .experiments._stages import STAGES
 
-    # The post-run stages the file asks for measure what is missing even when quiet.
+    # The post-run stages the file asks for measure what is missing even when quiet. Their
+    # reports read the whole directory: a shard of several leaves them to `meanfield report`
+    # (made by every shard they would cost the square of the sweep), and a quiet run makes
+    # only those that write figures.
     stage_reports = []
     for stage in STAGES.values():
         if stage.wanted(specs):
-            progress, lines = stage.run(out, args.jobs, 4)
+            report_too = args.task_count == 1 and (stage.figures or not args.quiet)
+            progress, lines = stage.run(out, args.jobs, 4, report_too)
             stage_reports += lines
             for line in progress if not args.quiet else ():
                 print(line)

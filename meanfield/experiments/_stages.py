@@ -28,15 +28,20 @@ class PostRunStage:
         ``present(out_dir) -> bool``: whether a directory holds runs it reports on
         (``meanfield report``).
     run : callable
-        ``run(out_dir, jobs, n_times) -> (progress, report)``: measures what is missing (with
-        up to ``jobs`` processes), writes its plots, and returns two lists of lines: progress
-        (what it measured) and its report.
+        ``run(out_dir, jobs, n_times, report) -> (progress, report)``: measures what is missing
+        (with up to ``jobs`` processes) and, when ``report`` is true, writes its plots and
+        makes its report; returns two lists of lines: progress (what it measured) and its
+        report (empty when ``report`` is false).
+    figures : bool
+        Whether its report writes figures (a quiet ``meanfield run`` still makes those; a
+        report of text alone is made only to be printed).
     """
 
     name: str
     wanted: Callable
     present: Callable
     run: Callable
+    figures: bool = True
 
 
 STAGES = Registry("post-run stage")  # run in the order of registration
@@ -47,27 +52,38 @@ def _plots(paths) -> list[str]:
     return [f"plot: {path}" for path in paths]
 
 
-def _limit(out_dir, jobs, n_times):
-    from .. import limits, report
+def _limit(out_dir, jobs, n_times, report=True):
+    from .. import limits
+    from .. import report as reports
 
     counts = limits.compute_missing(out_dir, jobs=jobs)
     progress = [f"limit: {counts['measured']} members measured, {counts['up_to_date']} up to date, "
                 f"{counts['waiting']} waiting for their reference"]
-    table, plots = report.limit_rates(out_dir, n_times=n_times)
+    if not report:
+        return progress, []
+    table, plots = reports.limit_rates(out_dir, n_times=n_times)
     return progress, [table, *_plots(plots)]
 
 
-def _landscape(out_dir, jobs, n_times):
+def _connectivity(out_dir, jobs, n_times, report=True):
     from .. import landscape
 
     landscape.connectivity_missing(out_dir)  # no-op without [connectivity] runs
-    text = landscape.report_text(out_dir)
+    return [], []
+
+
+def _landscape(out_dir, jobs, n_times, report=True):
+    from .. import landscape
+
+    text = landscape.report_text(out_dir) if report else None
     return [], [text] if text else []
 
 
-def _lazy(out_dir, jobs, n_times):
+def _lazy(out_dir, jobs, n_times, report=True):
     from .. import lazy
 
+    if not report:
+        return [], []
     table, plots = lazy.report(out_dir)
     return [], [table, *_plots(plots)]
 
@@ -89,8 +105,10 @@ def _lazy_present(out_dir) -> bool:
 
 
 register_stage(PostRunStage("limit", _config_asks("limit", "role"), _limit_present, _limit))
+register_stage(PostRunStage("connectivity", _config_asks("connectivity", "enabled"), lambda out_dir: True,
+                            _connectivity, figures=False))
 register_stage(PostRunStage(
     "landscape",
     lambda specs: _config_asks("landscape", "enabled")(specs) or _config_asks("connectivity", "enabled")(specs),
-    lambda out_dir: True, _landscape))
+    lambda out_dir: True, _landscape, figures=False))
 register_stage(PostRunStage("lazy", _config_asks("lazy", "role"), _lazy_present, _lazy))

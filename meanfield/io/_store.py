@@ -636,19 +636,21 @@ class RunFile:
                           sorted((name, list(shape)) for name, shape in buffer_shapes.items()), bool(particles),
                           str(particles_dtype), list(tracer_blocks), list(observables), header["versions"]],
                          default=str)
-        image = _LAYOUT_TEMPLATES.get(key)
-        if image is None:
+        template = _LAYOUT_TEMPLATES.get(key)
+        if template is None:
             f = h5py.File.in_memory(libver="latest")
             cls._lay_out(f, header, model, m, teacher_W, buffer_shapes, particles, particles_dtype, tracer_blocks,
                          observables)
             f.flush()
             if len(_LAYOUT_TEMPLATES) >= 8:
                 _LAYOUT_TEMPLATES.pop(next(iter(_LAYOUT_TEMPLATES)))
-            _LAYOUT_TEMPLATES[key] = f.id.get_file_image()
+            _LAYOUT_TEMPLATES[key] = (f.id.get_file_image(), dict(header))
             return f
+        image, written = template
         f = h5py.File.in_memory(file_image=image, libver="latest")
         for name, value in header.items():
-            f.attrs[name] = value
+            if type(value) is not type(written[name]) or value != written[name]:  # the run's own: id, config, ...
+                f.attrs[name] = value
         if teacher_W is not None:
             f["parameters/teacher/position"][...] = teacher_W
         return f
