@@ -233,29 +233,29 @@ def _is_device(array):
     return hasattr(array, "copy_to_host")
 
 
-def _device(array, dtype, name):
-    """(device array, the host array to fill afterwards or None): ``array`` itself if it is on the
-    device (it must have ``dtype``), else a device copy of it in ``dtype``."""
-    if _is_device(array):
-        if array.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (that of W), got {array.dtype}")
-        return array, None
-    host = np.asarray(array)
-    return cuda.to_device(np.ascontiguousarray(host, dtype=dtype)), host
-
-
-def _check_shape(name, array, shape):
-    if tuple(array.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")
-
-
-def _arrays(dtype, named, shapes):
-    """Device versions of the arrays of ``named`` ({name: array}), their shapes checked."""
+def _arrays(dtype, named, shapes, outputs):
+    """({name: device array}, {name: host array to fill afterwards, or None}) of the arrays of
+    ``named``, their shapes checked: a device array is itself (it must have ``dtype``); a host
+    one is copied to the device in ``dtype``, or only allocated there if its name is in
+    ``outputs``."""
     device, host = {}, {}
     for name, array in named.items():
-        _check_shape(name, array, shapes[name])
-        device[name], host[name] = _device(array, dtype, name)
+        if not _is_device(array):
+            array = np.asarray(array)
+        if tuple(array.shape) != tuple(shapes[name]):
+            raise ValueError(f"{name} must have shape {tuple(shapes[name])}, got {tuple(array.shape)}")
+        if _is_device(array):
+            if array.dtype != dtype:
+                raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (that of W), got {array.dtype}")
+            device[name], host[name] = array, None
+        elif name in outputs:
+            device[name], host[name] = cuda.device_array(array.shape, dtype), array
+        else:
+            device[name], host[name] = cuda.to_device(np.ascontiguousarray(array, dtype=dtype)), array
     return device, host
+
+
+_EVALUATE_OUTPUTS = ("values", "velocity", "K", "G", "beta", "K_t", "G_t", "norms", "teacher_norms")
 
 
 def _copy_back(device, host, names):
@@ -369,7 +369,7 @@ def gpu_ensemble_closed_form_evaluate(W, teacher, activation_code, output_scale,
               "teacher_norms": (B, k)}
     dev, host = _arrays(dtype, {"W": W, "teacher": teacher, "second_moment": second_moment, "values": values,
                                 "velocity": velocity, "K": K, "G": G, "beta": beta, "K_t": K_t, "G_t": G_t,
-                                "norms": norms, "teacher_norms": teacher_norms}, shapes)
+                                "norms": norms, "teacher_norms": teacher_norms}, shapes, _EVALUATE_OUTPUTS)
     if B == 0:
         return
     if m == 0:
@@ -382,7 +382,7 @@ def gpu_ensemble_closed_form_evaluate(W, teacher, activation_code, output_scale,
         dev["W"], dev["teacher"], int(activation_code), scalar(output_scale), scalar(alpha), dev["second_moment"],
         bool(train_readout), rows, dev["values"], dev["velocity"], dev["K"], dev["G"], dev["beta"], dev["K_t"],
         dev["G_t"], dev["norms"], dev["teacher_norms"])
-    _copy_back(dev, host, ("values", "velocity", "K", "G", "beta", "K_t", "G_t", "norms", "teacher_norms"))
+    _copy_back(dev, host, _EVALUATE_OUTPUTS)
 
 
 def gpu_closed_form_points_velocity(W, teacher, points, activation_code, output_scale, alpha, train_readout, out):
@@ -413,7 +413,7 @@ def gpu_closed_form_points_velocity(W, teacher, points, activation_code, output_
     m, p = W.shape
     n_points = points.shape[0]
     shapes = {"W": (m, p), "teacher": (teacher.shape[0], p), "points": (n_points, p), "out": (n_points, p)}
-    dev, host = _arrays(dtype, {"W": W, "teacher": teacher, "points": points, "out": out}, shapes)
+    dev, host = _arrays(dtype, {"W": W, "teacher": teacher, "points": points, "out": out}, shapes, ("out",))
     if n_points == 0:
         return
     sources = m + teacher.shape[0]
@@ -445,7 +445,7 @@ def gpu_member_sums_of_squares(V, out):
     T = numba_type(dtype)
     if V.ndim != 3:
         raise ValueError(f"V must be (B, m, p), got {V.shape}")
-    dev, host = _arrays(dtype, {"V": V, "out": out}, {"V": V.shape, "out": (V.shape[0],)})
+    dev, host = _arrays(dtype, {"V": V, "out": out}, {"V": V.shape, "out": (V.shape[0],)}, ("out",))
     if V.shape[0] == 0:
         return
     _squares_kernel(T)[V.shape[0], THREADS_PER_BLOCK](dev["V"], dev["out"])
