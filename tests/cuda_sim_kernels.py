@@ -930,6 +930,54 @@ def test_cuda_run_matches_cpu_population(scheme, dtype):
     assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
 
 
+def test_cuda_ensemble_members_equal_their_device_runs_alone(monkeypatch):
+    """to_device(PopulationEnsemble) is a CudaEnsemble (one gpu_ensemble launch per evaluation):
+    run_ensemble on it gives every member bitwise its device run alone, and the CPU ensemble's
+    numbers to 1e-12; noisy ensembles are refused. A member alone takes the same kernel with
+    B = 1 (CudaProblem, for a small bias-free closed-form problem, as the CPU does): on a GPU
+    that is what makes the member bitwise its run alone; in the simulator (no fused
+    multiply-adds) the tiled pair kernels happen to give the same bits, so the kernel a run
+    alone takes is checked by counting the launches."""
+    from meanfield.engine._cuda import CudaEnsemble
+    from meanfield.engine._ensemble import PopulationEnsemble, run_ensemble
+    from meanfield.engine._integrators import INTEGRATORS
+
+    d, m = 3, 4
+    members = [mf.PopulationProblem(mf.Model(d=d, activation="relu", train_readout=True),
+                                    mf.Teacher.random(d, 2, np.random.default_rng(60 + b), "relu")) for b in range(3)]
+    W0 = np.stack([mf.initialize(member.model, m=m, rng=np.random.default_rng(70 + b))
+                   for b, member in enumerate(members)])
+    W0[1, 1] = W0[1, 0]  # a duplicated particle
+    ensemble = PopulationEnsemble(members, m)
+    assert ensemble.batched
+    dynamics = {"step": 0.1, "momentum": 0.5}
+    integrator = INTEGRATORS["heavy_ball"].build(ensemble, dynamics)
+    device_ensemble, device_integrator = to_device(ensemble, integrator)
+    assert isinstance(device_ensemble, CudaEnsemble)
+    t_max = 3 * integrator.dt
+    device = run_ensemble(device_ensemble, device_integrator, W0, t_max, times=[0, t_max])
+    cpu = run_ensemble(ensemble, integrator, W0, t_max, times=[0, t_max])
+    launches = []
+    kernel = gpu_ensemble.gpu_ensemble_closed_form_evaluate
+    monkeypatch.setattr(gpu_ensemble, "gpu_ensemble_closed_form_evaluate",
+                        lambda W, *args: launches.append(W.shape) or kernel(W, *args))
+    for b, member in enumerate(members):
+        del launches[:]
+        alone = mf.run(*to_device(member, INTEGRATORS["heavy_ball"].build(member, dynamics)), W0[b], t_max,
+                       times=[0, t_max])
+        assert launches and set(launches) == {(1, m, d + 2)}
+        assert device[b][0] == "complete" and device[b][3].value == alone.final.value
+        assert np.array_equal(device[b][2], alone.final.W)
+        assert_close_scaled(device[b][2], cpu[b][2], 1e-12)
+        assert abs(device[b][3].value - cpu[b][3].value) <= 1e-12 * abs(cpu[b][3].value)
+    evaluation, expected = device_ensemble.evaluate(W0.reshape(-1, d + 2)), ensemble.evaluate(W0.reshape(-1, d + 2))
+    np.testing.assert_allclose(evaluation.value, expected.value, rtol=1e-12)
+    assert_close_scaled(evaluation.velocity, expected.velocity, 1e-12)
+    with pytest.raises(ValueError, match="noisy ensemble"):
+        to_device(ensemble, INTEGRATORS["langevin"].build(ensemble, {"step": 0.1, "beta": 10.0, "weight_decay": 0.0,
+                                                                      "batch_size": None}))
+
+
 def test_cuda_run_matches_cpu_quadrature():
     """A tanh student with biases (the Gauss-Hermite population risk, Q = 4) on the device."""
     model = mf.Model(d=D, activation="tanh", bias=True)
