@@ -11,7 +11,8 @@ What it measures, for float32 and float64:
 * each kernel at several m: the closed-form pair field (m up to 10^5: m^2 pairs), the
   quadrature pair field (Q = 32, tanh with biases; m up to 10^4), the
   finite-data forward/backward on N = 4096 samples and the online-SGD batch of 256 (m up to
-  10^6), the Euler, heavy-ball and Langevin updates and the gradient-norm reduction (m up to
+  10^6), the ensemble kernel (B small networks of m = k = 20 at once: the "m" column is B, up
+  to 10^4), the Euler, heavy-ball and Langevin updates and the gradient-norm reduction (m up to
   10^6), timed with CUDA events (median of ``--repeats`` after a warm-up);
 * a whole run step through the backend (``meanfield.engine._cuda.to_device``) for the same three
   problems, host round trip of the objective included;
@@ -38,12 +39,13 @@ from numba import config, cuda
 import meanfield as mf
 from meanfield import kernels
 from meanfield.engine._cuda import cuda_status, to_device
-from meanfield.kernels import gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
+from meanfield.kernels import gpu_ensemble, gpu_finite_data, gpu_population, gpu_reductions, gpu_updates
 
 SIM = config.ENABLE_CUDASIM
 D = 20
 N_DATA = 4096
 BATCH = 256
+ENSEMBLE_WIDTH = 20  # m = k of each member of the ensemble case
 TRANSCENDENTAL = 20  # FLOP counted for one activation, loss or closed-form kernel evaluation
 
 
@@ -165,6 +167,24 @@ def bench_size(name, m, dtype, repeats, cpu_budget, cpu_estimate):
         byte = (2 * m * p + n * (D + 1)) * item
         vc, pvc, Pc = np.empty_like(W), np.empty((0, p), dtype), np.empty((0, p), dtype)
         cpu_fn = lambda: kernels.finite_data_field(W, X, y, Pc, *args, vc, pvc)  # noqa: E731
+    elif name == "ensemble of B networks (m = k = 20)":
+        B, w = m, ENSEMBLE_WIDTH
+        rng = np.random.default_rng(0)
+        W = (rng.standard_normal((B, w, p)) / np.sqrt(D)).astype(dtype)
+        teacher = (rng.standard_normal((B, w, p)) / np.sqrt(D)).astype(dtype)
+        moments = np.ones(B, dtype)
+        args = (kernels.ACTIVATION_CODES["relu"], 1.0 / w, 1.0)
+        dW, dT, dM = dev(W), dev(teacher), dev(moments)
+        values, velocity = cuda.device_array(B, dtype), cuda.device_array_like(W)
+        work = gpu_ensemble.gpu_ensemble_work_arrays(B, w, w, D, dtype)
+        gpu = timed(lambda: gpu_ensemble.gpu_ensemble_closed_form_evaluate(dW, dT, *args, dM, True, values, velocity,
+                                                                           *work), repeats)
+        flop = B * w * 2 * w * (4 * D + TRANSCENDENTAL)
+        byte = B * (3 * w * p + 1) * item
+        cpu_values, cpu_velocity = np.empty(B, dtype), np.empty_like(W)
+        cpu_work = kernels.ensemble_work_arrays(B, w, w, D, dtype)
+        cpu_fn = lambda: kernels.ensemble_closed_form_evaluate(W, teacher, *args, moments, True, cpu_values,  # noqa: E731
+                                                               cpu_velocity, *cpu_work)
     elif name in ("euler update", "heavy-ball update", "langevin update", "gradient norm"):
         W = np.random.default_rng(0).standard_normal((m, p)).astype(dtype)
         V = np.random.default_rng(1).standard_normal((m, p)).astype(dtype)
@@ -223,6 +243,7 @@ CASES = {  # name: (sizes, exponent of the cost in m, for extrapolating the CPU 
     "pair field (quadrature, Q = 32)": ([10**3, 10**4], 2),
     "finite data field": ([10**3, 10**4, 10**5, 10**6], 1),
     "online-SGD batch field": ([10**3, 10**4, 10**5, 10**6], 1),
+    "ensemble of B networks (m = k = 20)": ([10**2, 10**3, 10**4], 1),
     "euler update": ([10**4, 10**5, 10**6], 1),
     "heavy-ball update": ([10**4, 10**5, 10**6], 1),
     "langevin update": ([10**4, 10**5, 10**6], 1),
@@ -248,9 +269,9 @@ def main(argv=None):
     if not usable:
         print(f"gpu_bench: CUDA is not usable here ({device})", file=sys.stderr)
         return 2
-    global N_DATA, BATCH, D
+    global N_DATA, BATCH, D, ENSEMBLE_WIDTH
     if args.tiny:
-        N_DATA, BATCH, D = 13, 5, 3
+        N_DATA, BATCH, D, ENSEMBLE_WIDTH = 13, 5, 3, 4
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     import numba
     lines = [f"## {datetime.date.today().isoformat()}: {device}", "",

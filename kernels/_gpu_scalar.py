@@ -21,6 +21,7 @@ from numba.core.extending import overload
 from numba.core.registry import CPUDispatcher
 
 from . import _gaussian, _scalar
+from . import ensemble as _ensemble
 from . import population as _population
 from . import population_bias as _population_bias
 from . import population_bias_hessian as _population_bias_hessian
@@ -55,6 +56,11 @@ loss_derivative = _scalar_twins["loss_derivative"]
 _population_twins = device_twins(_population, activation=activation, activation_derivative=activation_derivative)
 closed_form_pair = _population_twins["_closed_form_pair"]
 quadrature_pair = _population_twins["_quadrature_pair"]
+# The fused closed-form pass of ``ensemble``: a pair's scalars in both orders, and a point's
+# ordered sums against a measure (kernels/gpu_ensemble.py).
+_ensemble_twins = device_twins(_ensemble)
+symmetric_pair = _ensemble_twins["_symmetric_pair"]
+ordered_sums = _ensemble_twins["_ordered_sums"]
 
 
 def _device_sin(x):

@@ -18,6 +18,7 @@ import pytest
 from numba import cuda, float32, float64
 
 from meanfield.kernels import (
+    gpu_ensemble,
     gpu_finite_data,
     gpu_population,
     gpu_population_bias_hessian,
@@ -38,7 +39,7 @@ F64_REGISTER = re.compile(r"%fd\d*")
 def signatures(T):
     return (gpu_population.ptx_signatures(T, D) + gpu_population_bias_hessian.ptx_signatures(T, D)
             + gpu_population_series.ptx_signatures(T, D) + gpu_finite_data.ptx_signatures(T, D)
-            + gpu_updates.ptx_signatures(T) + gpu_reductions.ptx_signatures(T))
+            + gpu_updates.ptx_signatures(T) + gpu_reductions.ptx_signatures(T) + gpu_ensemble.ptx_signatures(T, D))
 
 
 NAMES = [name for name, _, _ in signatures(float64)]
@@ -62,7 +63,8 @@ def test_every_kernel_is_listed():
                 "finite_data_forward", "finite_data_loss",
                 "finite_data_backward",
                 "euler_update", "heavy_ball_update", "langevin_update", "advance_noise_states", "device_sum",
-                "sum_of_squares", "all_finite"}
+                "sum_of_squares", "all_finite", "ensemble_closed_form_evaluate", "closed_form_points_velocity",
+                "member_sums_of_squares"}
     assert set(NAMES) == expected
 
 

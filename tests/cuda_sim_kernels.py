@@ -6,7 +6,9 @@ references of tests/test_kernels.py: float64 to 1e-10 relative, float32 to 1e-4 
 forms with biases against their CPU kernel: 1e-12 and 1e-5), on odd sizes (m = 19, N = 23,
 d = 5) that cross the simulator's 8-thread blocks and shared-memory tiles with partial last
 ones (kernels/_gpu_launch.py); the Hessians with biases and the Hermite series at d = 3 and
-m = 5, 7 (their kernels run a pair's scalars through long Python code in the simulator).
+m = 5, 7 (their kernels run a pair's scalars through long Python code in the simulator); the
+ensemble kernels (one block per member) at B = 3, m = 5, k = 3, d = 7 against the CPU
+ensemble kernel (1e-12 and 1e-5) and the numpy closed forms.
 """
 import math
 import os
@@ -22,6 +24,7 @@ from meanfield import kernels
 from meanfield.engine._cuda import CudaProblem, to_device
 from meanfield.engine._problems import pair_velocity as cpu_pair_velocity
 from meanfield.kernels import (
+    gpu_ensemble,
     gpu_finite_data,
     gpu_population,
     gpu_population_bias_hessian,
@@ -673,6 +676,230 @@ def test_advance_noise_states_skips_whole_steps():
 
 
 # ---------------------------------------------------------------------------------------
+# ensembles of small networks (kernels.gpu_ensemble)
+# ---------------------------------------------------------------------------------------
+
+EB, EM, EK, ED = 3, 5, 3, 7  # members, width, teacher width, input dimension
+ENSEMBLE_RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def ensemble_case(dtype):
+    """(W, teacher, second_moment) of 3 members at the closed forms' weak points.
+
+    Member 0: a duplicated particle, an antipodal one, a parallel one, a zero particle, and
+    teacher neurons equal and opposite to a particle. The degenerate directions are multiples of
+    the dyadic u = (1, 2, -2, 0, ...) / 4 (|u| = 3/4, every product and sum exact), so that the
+    cosines are exactly +1 or -1 whatever the order of the dot products (near |cos| = 1 the
+    sine moves like the square root of a rounding error). Member 1: weights of norm 500 to
+    2000 (one of them 1024 u, parallel to the particle u of norm 3/4). Member 2: generic.
+    Signed readouts everywhere.
+    """
+    rng = np.random.default_rng(41)
+    u = np.zeros(ED)
+    u[:3] = np.array([1.0, 2.0, -2.0]) / 4.0
+    W = rng.standard_normal((EB, EM, ED + 2)) / np.sqrt(ED)
+    W[:, :, ED] = 0.0
+    W[:, :, ED + 1] = rng.choice([-1.5, 0.7, 1.0], (EB, EM))
+    teacher = rng.standard_normal((EB, EK, ED + 2)) / np.sqrt(ED)
+    teacher[:, :, ED] = 0.0
+    W[0, 0, :ED] = u
+    W[0, 1, :ED] = u  # duplicated: cos = 1
+    W[0, 2, :ED] = -2.0 * u  # antipodal: cos = -1
+    W[0, 3, :ED] = 0.5 * u  # parallel
+    W[0, 4, :ED] = 0.0  # zero particle
+    teacher[0, 0, :ED] = u
+    teacher[0, 1, :ED] = -u
+    W[1, :, :ED] *= rng.uniform(500.0, 2000.0, (EM, 1)) / np.linalg.norm(W[1, :, :ED], axis=1, keepdims=True)
+    W[1, 0, :ED] = 1024.0 * u
+    W[1, 1, :ED] = u
+    second_moment = rng.uniform(0.5, 2.0, EB)
+    return W.astype(dtype), teacher.astype(dtype), second_moment.astype(dtype)
+
+
+def cpu_ensemble(W, teacher, second_moment, code, s, alpha, train_readout):
+    """values, velocity and work arrays of the CPU kernel (kernels.ensemble)."""
+    B, m, p = W.shape
+    values, velocity = np.empty(B, W.dtype), np.empty_like(W)
+    work = kernels.ensemble_work_arrays(B, m, teacher.shape[1], p - 2, W.dtype)
+    kernels.ensemble_closed_form_evaluate(W, teacher, code, s, alpha, second_moment, train_readout, values, velocity,
+                                          *work)
+    return values, velocity, work
+
+
+def gpu_ensemble_call(W, teacher, second_moment, code, s, alpha, train_readout):
+    """The same on the GPU, every argument a device array; results copied to the host."""
+    B, m, p = W.shape
+    values, velocity = cuda.device_array(B, W.dtype), cuda.device_array(W.shape, W.dtype)
+    work = gpu_ensemble.gpu_ensemble_work_arrays(B, m, teacher.shape[1], p - 2, W.dtype)
+    gpu_ensemble.gpu_ensemble_closed_form_evaluate(dev(W), dev(teacher), code, s, alpha, dev(second_moment),
+                                                   train_readout, values, velocity, *work)
+    return values.copy_to_host(), velocity.copy_to_host(), [w.copy_to_host() for w in work]
+
+
+def closed_sums(a, sources, act):
+    """sum_j c_j kappa(a, s_j) and sum_j c_j grad_a kappa(a, s_j) from numpy (tests/test_kernels.py),
+    with relu's convention at zero vectors (both 0)."""
+    d = len(a)
+    K, G = 0.0, np.zeros(d)
+    for source in sources:
+        if act == "relu" and (not np.any(a) or not np.any(source[:d])):
+            continue
+        K += source[d + 1] * ref_kappa_closed(a, source[:d], act)
+        G += source[d + 1] * ref_grad_closed(a, source[:d], act)
+    return K, G
+
+
+@pytest.mark.parametrize("train_readout", [True, False], ids=["readout", "frozen"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["relu", "erf", "linear"])
+def test_ensemble_closed_form_evaluate(act, dtype, train_readout):
+    """Objective, velocity and work arrays (K, G, beta, K*, G*, norms) of 3 members on the GPU
+    equal the CPU kernel's (kernels.ensemble, tested against the tiled kernels in
+    tests/test_ensemble.py) to 1e-12 (float64) and 1e-5 (float32, both kernels in float32),
+    relative to each array's largest entry; and the numpy closed forms (float64, on the same
+    inputs) to 1e-10 and 1e-3. Measured (simulator): float64 bitwise equal to the CPU kernel,
+    float32 within 7e-8 of the float32 CPU kernel. The float32 kernels themselves are 1.4e-4
+    from float64 (beta, erf): the pair of a particle of norm ~1e3 with itself has
+    q = |a|^2 / (1 + |a|^2) = 1 - 1e-6, and 1 - q^2 keeps 3 digits of float32's 7."""
+    W, teacher, second_moment = ensemble_case(dtype)
+    code = kernels.ACTIVATION_CODES[act]
+    s, alpha = 0.37, 1.3
+    values, velocity, work = gpu_ensemble_call(W, teacher, second_moment, code, s, alpha, train_readout)
+    cpu_values, cpu_velocity, cpu_work = cpu_ensemble(W, teacher, second_moment, code, s, alpha, train_readout)
+    assert values.dtype == dtype and velocity.dtype == dtype
+    rtol = ENSEMBLE_RTOL[dtype]
+    assert_close_scaled(values, cpu_values, rtol)
+    assert_close_scaled(velocity, cpu_velocity, rtol)
+    for name, got, expected in zip(("K", "G", "beta", "K_t", "G_t", "norms", "teacher_norms"), work, cpu_work):
+        assert_close_scaled(got, expected, rtol, name)
+    assert np.all(velocity[:, :, ED] == 0)
+    assert np.all(velocity[:, :, ED + 1] == 0) != train_readout
+    # The closed forms from numpy, member by member, through the formulas of F and v.
+    ref_rtol = 1e-10 if dtype == np.float64 else 1e-3
+    W64, teacher64 = W.astype(np.float64), teacher.astype(np.float64)
+    for b in range(EB):
+        sums = [closed_sums(W64[b, i, :ED], W64[b], act) for i in range(EM)]
+        sums_t = [closed_sums(W64[b, i, :ED], teacher64[b], act) for i in range(EM)]
+        K, G = np.array([x[0] for x in sums]), np.array([x[1] for x in sums])
+        K_t, G_t = np.array([x[0] for x in sums_t]), np.array([x[1] for x in sums_t])
+        c = W64[b, :, ED + 1]
+        expected = np.zeros((EM, ED + 2))
+        expected[:, :ED] = -EM * s * c[:, None] * (s * G - G_t / alpha)
+        if train_readout:
+            expected[:, ED + 1] = -EM * s * (s * K - K_t / alpha)
+        value = float(second_moment[b]) / (2 * alpha**2) - s / alpha * (c @ K_t) + 0.5 * s * s * (c @ K)
+        assert_close_scaled(work[0][b], K, ref_rtol, f"K of member {b}")
+        assert_close_scaled(work[1][b], G, ref_rtol, f"G of member {b}")
+        assert_close_scaled(work[3][b], K_t, ref_rtol, f"K* of member {b}")
+        assert_close_scaled(work[4][b], G_t, ref_rtol, f"G* of member {b}")
+        assert_close_scaled(velocity[b], expected, ref_rtol, f"velocity of member {b}")
+        assert abs(values[b] - value) <= ref_rtol * max(1.0, abs(value)), (b, values[b], value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_ensemble_members_are_independent_and_launch_free(dtype, monkeypatch):
+    """Member b of a batch is bitwise the batch of that member alone (and of the members in
+    reverse order), and the numbers do not depend on the block's threads (8, 3, 5) or on the
+    rows per tile of the pair table (all 5, 2, 1: the shared-memory budget made smaller)."""
+    W, teacher, second_moment = ensemble_case(dtype)
+    args = (kernels.ACTIVATION_CODES["relu"], 0.37, 1.3, True)
+    batch = gpu_ensemble_call(W, teacher, second_moment, *args)
+    for b in range(EB):
+        alone = gpu_ensemble_call(W[b:b + 1], teacher[b:b + 1], second_moment[b:b + 1], *args)
+        assert np.array_equal(alone[0], batch[0][b:b + 1]) and np.array_equal(alone[1], batch[1][b:b + 1])
+    reverse = gpu_ensemble_call(W[::-1], teacher[::-1], second_moment[::-1], *args)
+    assert np.array_equal(reverse[0], batch[0][::-1]) and np.array_equal(reverse[1], batch[1][::-1])
+    itemsize = np.dtype(dtype).itemsize
+    n = EM + EK
+    for threads, rows in ((3, EM), (5, 2), (8, 1), (3, 2)):
+        monkeypatch.setattr(gpu_ensemble, "THREADS_PER_BLOCK", threads)
+        monkeypatch.setattr(gpu_ensemble, "SHARED_BYTES", (n + rows * (3 * n + 4)) * itemsize)
+        assert gpu_ensemble.ensemble_rows(EM, EK, itemsize) == rows
+        other = gpu_ensemble_call(W, teacher, second_moment, *args)
+        assert np.array_equal(other[0], batch[0]) and np.array_equal(other[1], batch[1]), (threads, rows)
+        for got, expected in zip(other[2], batch[2]):
+            assert np.array_equal(got, expected), (threads, rows)
+    monkeypatch.setattr(gpu_ensemble, "SHARED_BYTES", (n + 3 * n + 3) * itemsize)
+    with pytest.raises(ValueError, match="shared memory"):
+        gpu_ensemble_call(W, teacher, second_moment, *args)
+
+
+def test_ensemble_takes_host_arrays_and_refuses_bad_ones():
+    """Host arrays in and out give the numbers of device arrays (a host second moment in float64
+    is converted to float32); wrong shapes and dtypes are refused."""
+    W, teacher, second_moment = ensemble_case(np.float32)
+    args = (kernels.ACTIVATION_CODES["erf"], 0.37, 1.3)
+    expected = gpu_ensemble_call(W, teacher, second_moment, *args, True)
+    values, velocity = np.empty(EB, np.float64), np.empty_like(W)
+    work = kernels.ensemble_work_arrays(EB, EM, EK, ED, np.float32)
+    gpu_ensemble.gpu_ensemble_closed_form_evaluate(W, teacher, *args, second_moment.astype(np.float64), True, values,
+                                                   velocity, *work)
+    assert np.array_equal(values, expected[0]) and np.array_equal(velocity, expected[1])
+    for got, want in zip(work, expected[2]):
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="teacher must have shape"):
+        gpu_ensemble.gpu_ensemble_closed_form_evaluate(W, teacher[:2], *args, second_moment, True, values, velocity,
+                                                       *work)
+    with pytest.raises(TypeError, match="dtype"):
+        gpu_ensemble.gpu_ensemble_closed_form_evaluate(W, dev(teacher.astype(np.float64)), *args, second_moment,
+                                                       True, values, velocity, *work)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gpu_ensemble.gpu_ensemble_closed_form_evaluate(W.astype(np.float16), teacher, *args, second_moment, True,
+                                                       values, velocity, *work)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("act", ["relu", "erf"])
+def test_closed_form_points_velocity(act, dtype):
+    """The field at 11 points (two blocks of 8 in the simulator) of member 0 (duplicated,
+    antipodal, parallel and zero particles) equals the CPU kernel's to 1e-12 / 1e-5; points on
+    particles 0, 2 and 4 get the ensemble kernel's velocities of those particles: bitwise in
+    float64 (the same operands in the same order; the simulator's arithmetic has no fused
+    multiply-adds, a GPU's has), to 1e-5 in float32 (the simulator keeps some float32
+    intermediates of the ordered sums as Python floats: not the arithmetic of a GPU)."""
+    W, teacher, second_moment = ensemble_case(dtype)
+    code = kernels.ACTIVATION_CODES[act]
+    rng = np.random.default_rng(42)
+    points = np.vstack([W[0, [0, 2, 4]], rng.standard_normal((8, ED + 2)).astype(dtype)])
+    points[3:, ED] = 0.0
+    expected = np.empty_like(points)
+    kernels.closed_form_points_velocity(W[0], teacher[0], points, code, 0.37, 1.3, True, expected)
+    out = cuda.device_array(points.shape, dtype)
+    gpu_ensemble.gpu_closed_form_points_velocity(dev(W[0]), dev(teacher[0]), dev(points), code, 0.37, 1.3, True, out)
+    out = out.copy_to_host()
+    assert out.dtype == dtype
+    assert_close_scaled(out, expected, ENSEMBLE_RTOL[dtype])
+    _, velocity, _ = gpu_ensemble_call(W[:1], teacher[:1], second_moment[:1], code, 0.37, 1.3, True)
+    if dtype == np.float64:
+        assert np.array_equal(out[:3], velocity[0, [0, 2, 4]])
+    assert_close_scaled(out[:3], velocity[0, [0, 2, 4]], ENSEMBLE_RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_member_sums_of_squares(dtype, monkeypatch):
+    """Each member's sum of squares (45 entries over 32 lanes, one row of norm 1e3) equals the
+    CPU kernel's serial sum to 1e-14 / 1e-6, and is bitwise the same for blocks of 8, 3 or 5
+    threads and for a member alone."""
+    rng = np.random.default_rng(43)
+    V = rng.standard_normal((EB, EM, ED + 2))
+    V[1, 2] *= 1e3 / np.linalg.norm(V[1, 2])
+    V = V.astype(dtype)
+    expected = np.empty(EB, dtype)
+    kernels.member_sums_of_squares(V, expected)
+    results = []
+    for threads in (8, 3, 5):
+        monkeypatch.setattr(gpu_ensemble, "THREADS_PER_BLOCK", threads)
+        out = cuda.device_array(EB, dtype)
+        gpu_ensemble.gpu_member_sums_of_squares(dev(V), out)
+        results.append(out.copy_to_host())
+    np.testing.assert_allclose(results[0], expected, rtol=1e-14 if dtype == np.float64 else 1e-6)
+    for other in results[1:]:
+        assert np.array_equal(other, results[0])
+    alone = np.empty(1, dtype)
+    gpu_ensemble.gpu_member_sums_of_squares(V[1:2], alone)  # host arrays
+    assert alone[0] == results[0][1]
+
+# ---------------------------------------------------------------------------------------
 # the backend: whole runs on the device
 # ---------------------------------------------------------------------------------------
 
@@ -701,6 +928,54 @@ def test_cuda_run_matches_cpu_population(scheme, dtype):
     assert gpu.particles.dtype == np.dtype(dtype)
     assert_close_scaled(gpu.particles, cpu.particles, rtol)
     assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
+
+
+def test_cuda_ensemble_members_equal_their_device_runs_alone(monkeypatch):
+    """to_device(PopulationEnsemble) is a CudaEnsemble (one gpu_ensemble launch per evaluation):
+    run_ensemble on it gives every member bitwise its device run alone, and the CPU ensemble's
+    numbers to 1e-12; noisy ensembles are refused. A member alone takes the same kernel with
+    B = 1 (CudaProblem, for a small bias-free closed-form problem, as the CPU does): on a GPU
+    that is what makes the member bitwise its run alone; in the simulator (no fused
+    multiply-adds) the tiled pair kernels happen to give the same bits, so the kernel a run
+    alone takes is checked by counting the launches."""
+    from meanfield.engine._cuda import CudaEnsemble
+    from meanfield.engine._ensemble import PopulationEnsemble, run_ensemble
+    from meanfield.engine._integrators import INTEGRATORS
+
+    d, m = 3, 4
+    members = [mf.PopulationProblem(mf.Model(d=d, activation="relu", train_readout=True),
+                                    mf.Teacher.random(d, 2, np.random.default_rng(60 + b), "relu")) for b in range(3)]
+    W0 = np.stack([mf.initialize(member.model, m=m, rng=np.random.default_rng(70 + b))
+                   for b, member in enumerate(members)])
+    W0[1, 1] = W0[1, 0]  # a duplicated particle
+    ensemble = PopulationEnsemble(members, m)
+    assert ensemble.batched
+    dynamics = {"step": 0.1, "momentum": 0.5}
+    integrator = INTEGRATORS["heavy_ball"].build(ensemble, dynamics)
+    device_ensemble, device_integrator = to_device(ensemble, integrator)
+    assert isinstance(device_ensemble, CudaEnsemble)
+    t_max = 3 * integrator.dt
+    device = run_ensemble(device_ensemble, device_integrator, W0, t_max, times=[0, t_max])
+    cpu = run_ensemble(ensemble, integrator, W0, t_max, times=[0, t_max])
+    launches = []
+    kernel = gpu_ensemble.gpu_ensemble_closed_form_evaluate
+    monkeypatch.setattr(gpu_ensemble, "gpu_ensemble_closed_form_evaluate",
+                        lambda W, *args: launches.append(W.shape) or kernel(W, *args))
+    for b, member in enumerate(members):
+        del launches[:]
+        alone = mf.run(*to_device(member, INTEGRATORS["heavy_ball"].build(member, dynamics)), W0[b], t_max,
+                       times=[0, t_max])
+        assert launches and set(launches) == {(1, m, d + 2)}
+        assert device[b][0] == "complete" and device[b][3].value == alone.final.value
+        assert np.array_equal(device[b][2], alone.final.W)
+        assert_close_scaled(device[b][2], cpu[b][2], 1e-12)
+        assert abs(device[b][3].value - cpu[b][3].value) <= 1e-12 * abs(cpu[b][3].value)
+    evaluation, expected = device_ensemble.evaluate(W0.reshape(-1, d + 2)), ensemble.evaluate(W0.reshape(-1, d + 2))
+    np.testing.assert_allclose(evaluation.value, expected.value, rtol=1e-12)
+    assert_close_scaled(evaluation.velocity, expected.velocity, 1e-12)
+    with pytest.raises(ValueError, match="noisy ensemble"):
+        to_device(ensemble, INTEGRATORS["langevin"].build(ensemble, {"step": 0.1, "beta": 10.0, "weight_decay": 0.0,
+                                                                      "batch_size": None}))
 
 
 def test_cuda_run_matches_cpu_quadrature():

@@ -8,6 +8,12 @@ generators on the GPU between steps. Only what is recorded comes back: ``state.W
 ``state.tracers`` and ``state.buffers`` are host copies made when an observer (a record, a
 checkpoint) asks for them. :func:`meanfield.run` drives it unchanged.
 
+A batched :class:`~meanfield.engine._ensemble.PopulationEnsemble` (small bias-free closed-form
+networks) has its twin too, :class:`CudaEnsemble`: one launch of ``kernels.gpu_ensemble`` per
+evaluation, one thread block per member; a small bias-free closed-form problem alone takes the
+same kernel with B = 1 (as on the CPU), so a member of a device ensemble is bitwise its device
+run alone.
+
 numba-cuda is an optional dependency (``pip install ".[cuda]"``); this module imports it
 lazily so that the CPU backend never needs it. ``cuda_status()`` says whether a GPU (or
 numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is usable.
@@ -18,9 +24,10 @@ import math
 
 import numpy as np
 
+from ._ensemble import PopulationEnsemble
 from ._integrators import INTEGRATORS, Integrator
 from ._model import TILE_SIZE
-from ._problems import Evaluation, FiniteDataProblem, PopulationProblem, Problem
+from ._problems import ClosedFormExpectation, Evaluation, FiniteDataProblem, PopulationProblem, Problem
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -95,6 +102,7 @@ class CudaProblem(Problem):
             raise ValueError(f"the CUDA backend has no kernel for {type(problem).__name__}: use the cpu backend")
         self._trainable = None
         self._teacher64 = None  # the teacher in float64 on the device, for the Hessian kernels
+        self._fused = None  # (work arrays, value, E[y^2]) of the fused kernel, made on first use
 
     def __getattr__(self, name):
         if name == "host":  # not set yet: avoid recursion during construction
@@ -174,10 +182,43 @@ class CudaProblem(Problem):
         if points is W:
             host.expectation.last_error_bound = host.expectation.velocity_bound(W_host, bound_w, bound_t)
 
+    def _fused_applies(self, m: int) -> bool:
+        """Whether width m takes the fused kernel, as on the CPU (``ClosedFormExpectation.fused_applies``)."""
+        expectation = getattr(self.host, "expectation", None)
+        return (self._kind == "pair" and isinstance(expectation, ClosedFormExpectation)
+                and expectation.fused_applies(m))
+
+    def _fused_evaluate(self, W, points, out):
+        """(F, velocity, points_velocity) by ``gpu_ensemble`` with one member, and the tracers in its
+        arithmetic (``gpu_closed_form_points_velocity``), as ``ClosedFormExpectation.evaluate``."""
+        from ..kernels import gpu_ensemble
+        cuda = _gpu()[0]
+        model = self.model
+        m, p = W.shape
+        k = self._teacher.shape[0]
+        velocity = out if out is not None else self._buffer("velocity", W.shape, W.dtype)
+        if self._fused is None or self._fused[0][0].shape[1] != m:
+            moment = np.array([self.host.label_second_moment], dtype=W.dtype)
+            self._fused = (gpu_ensemble.gpu_ensemble_work_arrays(1, m, k, p - 2, W.dtype),
+                           cuda.device_array(1, W.dtype), cuda.to_device(moment))
+        work, value, moment = self._fused
+        s, alpha = model.output_scale(m), model.alpha_value(m)
+        gpu_ensemble.gpu_ensemble_closed_form_evaluate(
+            W.reshape(1, m, p), self._teacher.reshape(1, k, p), model.activation_code, s, alpha, moment,
+            model.train_readout, value, velocity.reshape(1, m, p), *work)
+        points_velocity = None
+        if points is not None:
+            points_velocity = self._buffer("points_velocity", points.shape, points.dtype)
+            gpu_ensemble.gpu_closed_form_points_velocity(W, self._teacher, points, model.activation_code, s, alpha,
+                                                         model.train_readout, points_velocity)
+        return float(value.copy_to_host()[0]), velocity, points_velocity
+
     def evaluate_device(self, W, points=None, out=None):
         """(F, velocity, points_velocity) of the device state ``W`` (velocities on the device)."""
         if self._kind == "data":
             return self._data(W, self._X, self._y, points, out, self._offset)
+        if self._fused_applies(W.shape[0]):
+            return self._fused_evaluate(W, points, out)
         _, _, _, _, gpu_reductions = _gpu()
         velocity = out if out is not None else self._buffer("velocity", W.shape, W.dtype)
         energy = self._buffer(("energy", W.shape[0]), (W.shape[0],), W.dtype)
@@ -275,6 +316,81 @@ class CudaProblem(Problem):
         return self._trainable
 
 
+class CudaEnsemble:
+    """The device twin of a batched :class:`~meanfield.engine._ensemble.PopulationEnsemble`.
+
+    ``evaluate_device`` on the stacked device state (B m, d + 2) is one launch of
+    ``kernels.gpu_ensemble.gpu_ensemble_closed_form_evaluate`` (one thread block per member)
+    and returns ``(values, velocity, None)``: every member's F on the host (B,), the velocity on
+    the device. ``evaluate`` keeps the host contract of ``PopulationEnsemble.evaluate``.
+
+    Parameters
+    ----------
+    ensemble : PopulationEnsemble
+        A batched one (``ensemble.batched``); any other raises ValueError.
+    """
+
+    def __init__(self, ensemble: PopulationEnsemble):
+        if not ensemble.batched:
+            raise ValueError("only a batched ensemble (small bias-free closed-form problems) has a CUDA twin")
+        from ..kernels import gpu_ensemble
+        cuda = _gpu()[0]
+        self.host = ensemble
+        self.members = ensemble.members
+        self.m = ensemble.m
+        self.model = ensemble.model
+        self.loss = ensemble.loss
+        self.method = ensemble.method
+        B, dtype = len(self.members), np.dtype(self.model.dtype)
+        teachers = np.stack([problem.teacher_W for problem in self.members]).astype(dtype)
+        self._teachers = cuda.to_device(teachers)
+        self._second_moments = cuda.to_device(np.array([p.label_second_moment for p in self.members], dtype=dtype))
+        self._values = cuda.device_array(B, dtype)
+        self._work = gpu_ensemble.gpu_ensemble_work_arrays(B, self.m, teachers.shape[1], self.model.d, dtype)
+        self._velocity = None
+        self._trainable = None
+
+    def evaluate_device(self, W, points=None, out=None):
+        """(values (B,) on the host, velocity on the device, None) of the stacked device state ``W``."""
+        from ..kernels import gpu_ensemble
+        if points is not None:
+            raise ValueError("ensembles carry no tracers")
+        B, m, model = len(self.members), self.m, self.model
+        p = W.shape[1]
+        velocity = out
+        if velocity is None:
+            if self._velocity is None or self._velocity.shape != W.shape:
+                self._velocity = _gpu()[0].device_array(W.shape, W.dtype)
+            velocity = self._velocity
+        gpu_ensemble.gpu_ensemble_closed_form_evaluate(
+            W.reshape(B, m, p), self._teachers, model.activation_code, model.output_scale(m), model.alpha_value(m),
+            self._second_moments, model.train_readout, self._values, velocity.reshape(B, m, p), *self._work)
+        return self._values.copy_to_host().astype(np.float64), velocity, None
+
+    def evaluate(self, W, points=None, out=None) -> Evaluation:
+        """Every member's objective and velocity from host particles (computed on the device).
+
+        Parameters
+        ----------
+        W : ndarray, shape (B m, d + 2)
+        points : None
+        out : ndarray, shape (B m, d + 2), optional
+
+        Returns
+        -------
+        Evaluation
+            ``value``: ndarray (B,); ``velocity`` (B m, d + 2), on the host.
+        """
+        cuda = _gpu()[0]
+        values, velocity, _ = self.evaluate_device(cuda.to_device(np.ascontiguousarray(W)), points)
+        return Evaluation(values, velocity.copy_to_host(out) if out is not None else velocity.copy_to_host(), None)
+
+    def trainable_device(self):
+        if self._trainable is None:
+            self._trainable = _gpu()[0].to_device(np.ascontiguousarray(self.model.trainable))
+        return self._trainable
+
+
 def _loss_code(loss: str) -> int:
     from .. import kernels
     return kernels.LOSS_CODES[loss]
@@ -362,16 +478,26 @@ def _noise_seed(rng: np.random.Generator) -> int:
 def to_device(problem: Problem, integrator: Integrator):
     """The CUDA twins ``(CudaProblem, Integrator)`` of a CPU problem and an integrator on it.
 
+    A batched ``PopulationEnsemble`` becomes a :class:`CudaEnsemble` (deterministic integrators
+    only: gradient descent, heavy ball), which ``run_ensemble`` drives as it drives the CPU one.
     The integrator's entry (``INTEGRATORS[integrator.name]``) gives its buffers and its
     update on the GPU (``device_update``); its steps run the CUDA kernels on a
     :class:`DeviceState`.
     """
     cuda, _, _, gpu_updates, _ = _gpu()
-    device_problem = problem if isinstance(problem, CudaProblem) else CudaProblem(problem)
+    if isinstance(problem, (CudaProblem, CudaEnsemble)):
+        device_problem = problem
+    elif isinstance(problem, PopulationEnsemble):
+        device_problem = CudaEnsemble(problem)
+    else:
+        device_problem = CudaProblem(problem)
     name, params = integrator.name, integrator.params
     entry = INTEGRATORS.get(name)
     if entry is None or entry.device_update is None:
         raise ValueError(f"the integrator {name!r} has no CUDA twin")
+    if isinstance(device_problem, CudaEnsemble) and integrator.stochastic:
+        raise ValueError("a noisy ensemble runs on the cpu backend: on the GPU the noise comes from per-particle "
+                         "generators, not from each member's own stream")
     buffer_names = entry.buffers
     batch_size = params.get("batch_size")
     noise_scale = math.sqrt(2.0 * params["step"] / params.get("beta", math.inf))
