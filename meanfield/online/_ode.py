@@ -174,8 +174,7 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
     drift = eta * v[:, None] * first[:, :K]
     dQ = drift + drift.T
     if eta != 0.0:
-        I4 = averages.i4(C, students[:, None, None, None], students[None, :, None, None],
-                         every[None, None, :, None], every[None, None, None, :])                # (K, K, K+M, K+M)
+        I4 = _symmetric_i4(averages, C, K, M)                      # (K, K, K+M, K+M)
         bracket = np.einsum("klce,c,e->kl", I4, signed, signed)
         if noise_std:
             bracket = bracket + float(noise_std) ** 2 * averages.j2(C, students[:, None], students[None, :])
@@ -187,6 +186,20 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
     else:
         dv = np.zeros(K)
     return dQ, dR, dv
+
+
+def _symmetric_i4(averages, C, K, M) -> np.ndarray:
+    """I4(k, l, c, e) for k, l < K and c, e < K + M, computed on k <= l, c <= e only (I4 is
+    symmetric in (k, l) and in (c, e)) and copied to the rest."""
+    k, l = np.triu_indices(K)
+    c, e = np.triu_indices(K + M)
+    half = averages.i4(C, k[:, None], l[:, None], c[None, :], e[None, :])      # (pairs kl, pairs ce)
+    I4 = np.empty((K, K, K + M, K + M))
+    for (ki, li), row in zip(zip(k, l), half):
+        for first, second in ((ki, li), (li, ki)):
+            I4[first, second, c, e] = row
+            I4[first, second, e, c] = row
+    return I4
 
 
 def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, noise_std=0.0, activation="erf",
