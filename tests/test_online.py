@@ -348,3 +348,26 @@ def test_plateau_then_specialisation():
     assert sorted(winners) == [0, 1]
     assert np.all(final[np.arange(2), winners] > 0.9)
     assert np.all(final[np.arange(2), 1 - winners] < 0.05)
+
+
+def test_bad_input_is_refused():
+    """Inconsistent shapes, a decreasing alpha grid, an unknown activation or method, a
+    non-positive-semidefinite joint covariance and d below K + M raise ValueError."""
+    Q, R, T, v, teacher_v = _state(2, 2, seed=1)
+    with pytest.raises(ValueError):
+        integrate_order_parameters(Q, R, v[:1], T, teacher_v, 0.5, [0.0, 1.0])
+    with pytest.raises(ValueError):
+        integrate_order_parameters(Q, R, v, T, teacher_v, 0.5, [1.0, 0.0])
+    with pytest.raises(ValueError):
+        GaussianAverages("cosine")
+    with pytest.raises(ValueError):
+        GaussianAverages("relu", method="closed_form")
+    with pytest.raises(ValueError):
+        weights_with_overlaps(Q, 10.0 * np.ones((2, 2)), T, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        weights_with_overlaps(Q, R, T, 3, np.random.default_rng(0))
+    W, W_star = weights_with_overlaps(Q, R, T, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        simulate_online_sgd(W, W_star[:, :5], v, teacher_v, 0.5, [0.0, 1.0], np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        simulate_online_sgd(W, W_star, v, teacher_v, 0.5, [0.0, 1.0], np.random.default_rng(0), activation="cosine")

@@ -364,12 +364,19 @@ def simulate_online_sgd(student_weights, teacher_weights, v0, teacher_v, learnin
         ``alpha`` holds the times actually recorded, round(alpha_i d) / d; eps_g is the exact
         population value at the recorded weights (the Gaussian averages of their overlaps).
     """
+    if activation not in ACTIVATION_ENTRIES:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATION_ENTRIES)}, got {activation!r}")
     entry = ACTIVATION_ENTRIES[activation]
     g, g_prime = entry.sigma, entry.sigma_prime
     W = np.array(student_weights, dtype=np.float64)
     W_star = np.asarray(teacher_weights, dtype=np.float64)
     v = np.array(v0, dtype=np.float64)
     teacher_v = np.asarray(teacher_v, dtype=np.float64)
+    if W.ndim != 2 or W_star.ndim != 2 or W_star.shape[1] != W.shape[1]:
+        raise ValueError(f"student and teacher weights must be (K, d) and (M, d), got {W.shape} and {W_star.shape}")
+    if v.shape != (W.shape[0],) or teacher_v.shape != (W_star.shape[0],):
+        raise ValueError(f"v0 {v.shape} and teacher_v {teacher_v.shape} must match K = {W.shape[0]}, "
+                         f"M = {W_star.shape[0]}")
     K, d = W.shape
     steps_at = np.rint(np.asarray(alpha, dtype=np.float64) * d).astype(np.int64)
     if np.any(np.diff(steps_at) < 0) or steps_at[0] < 0:
