@@ -122,6 +122,7 @@ API_PAGES = {
     "meanfield.landscape": "landscape",
     "meanfield.analysis": "analysis",
     "meanfield.signal": "signal",
+    "meanfield.online": "online",
     "meanfield.linear": "linear",
     "meanfield.radial": "radial",
     "meanfield.lazy": "lazy",

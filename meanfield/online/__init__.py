@@ -1,0 +1,44 @@
+"""Online SGD of committee machines in high dimension: the order-parameter ODEs (d -> infinity at
+fixed width) and the finite-d simulation they describe.
+
+See :mod:`meanfield.online._ode` for the equations (Saad & Solla 1995; Goldt et al. 2019) and
+:mod:`meanfield.online._integrals` for the Gaussian averages I2, I3, I4, J2 and their measured
+accuracy. The user page is docs/capabilities/online_sgd.md.
+"""
+from ._integrals import (
+    AVERAGE_METHODS,
+    CLOSED_FORM_AVERAGES,
+    NON_SMOOTH_ACTIVATIONS,
+    QUADRATURE_ORDERS,
+    SOBOL_LOG2_POINTS,
+    GaussianAverages,
+)
+from ._ode import (
+    ODE_ATOL,
+    ODE_RTOL,
+    OrderParameterTrajectory,
+    generalisation_error,
+    integrate_order_parameters,
+    joint_covariance,
+    order_parameter_rates,
+    simulate_online_sgd,
+    weights_with_overlaps,
+)
+
+__all__ = [
+    "AVERAGE_METHODS",
+    "CLOSED_FORM_AVERAGES",
+    "NON_SMOOTH_ACTIVATIONS",
+    "QUADRATURE_ORDERS",
+    "SOBOL_LOG2_POINTS",
+    "GaussianAverages",
+    "ODE_ATOL",
+    "ODE_RTOL",
+    "OrderParameterTrajectory",
+    "generalisation_error",
+    "integrate_order_parameters",
+    "joint_covariance",
+    "order_parameter_rates",
+    "simulate_online_sgd",
+    "weights_with_overlaps",
+]
