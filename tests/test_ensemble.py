@@ -446,3 +446,34 @@ def test_a_kill_while_an_ensemble_is_written_loses_nothing_finished(tmp_path, st
     assert not [n for n in os.listdir(out) if ".tmp." in n or n.endswith(".part")]
     sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
     assert_same_files(out, tmp_path / "alone")
+
+
+def test_members_in_memory_interrupted_become_parts_and_resume(tmp_path, monkeypatch):
+    """SIGINT while members are still in memory: each is written as its .part with its
+    checkpoint (records so far included), and the next call resumes them to the files of runs
+    done alone."""
+    path = tmp_path / "census.toml"
+    path.write_text(IN_MEMORY)
+    calls = {"n": 0}
+    original = _interrupt.poll
+
+    def poll():
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise _interrupt.Interrupted(signal.SIGINT)
+        original()
+
+    monkeypatch.setattr(_ensemble._interrupt, "poll", poll)
+    with pytest.raises(_interrupt.Interrupted) as stopped:
+        sweep.run_shard(path, tmp_path / "out")
+    interrupted = [s for s in stopped.value.summaries if s["status"] == "interrupted"]
+    assert interrupted
+    for summary in interrupted:
+        assert summary["path"].endswith(".h5.part") and os.path.exists(summary["path"])
+        with h5py.File(summary["path"], "r") as f:
+            assert int(f["checkpoint/active"][()]) >= 0 and f["observables/risk/value"].shape[0] >= 1
+    monkeypatch.setattr(_ensemble._interrupt, "poll", original)
+    resumed = sweep.run_shard(path, tmp_path / "out")
+    assert {s["status"] for s in resumed} <= {"complete", "skipped"}
+    sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
+    assert_same_files(tmp_path / "out", tmp_path / "alone")
