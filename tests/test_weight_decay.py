@@ -442,3 +442,17 @@ def test_bad_weight_decay_key_exits_2_with_one_line(tmp_path):
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert str(path) in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_decay_the_gpu_update_does_not_apply_is_refused_on_cuda(tmp_path):
+    """heavy_ball has no decayed kernel on the GPU: refused there, naming the key (before the
+    check that a GPU is usable); gradient_descent lists the decay keys in its device_keys."""
+    doc = {"model": {"d": 3, "m": 4}, "problem": {"kind": "population", "teacher": {"kind": "orthonormal", "k": 2}},
+           "dynamics": {"integrator": "heavy_ball", "step": 0.05, "t_max": 1.0, "weight_decay": 0.1},
+           "record": {"times": 2}, "run": {"backend": "cuda"}}
+    path = write(tmp_path, doc)
+    with pytest.raises(ConfigError, match='weight_decay: "heavy_ball" applies no weight_decay on the GPU: use '
+                                          'backend = "cpu" or "gradient_descent", "sgd" or "langevin"'):
+        sweep.plan(path)
+    assert set(INTEGRATORS["gradient_descent"].device_keys) == {"weight_decay", "weight_decay_schedule",
+                                                                "weight_decay_start", "weight_decay_time"}
