@@ -16,9 +16,10 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             seed (none: run.seed; the seed of the teacher, the data and the held-out sample)
 [problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
             (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
-[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow"), step
-            (required except for "flow"), t_max, momentum (0.9), batch_size, beta, weight_decay (0:
-            lambda_0 of the velocity term -lambda(t) w on the trained coordinates),
+[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow" |
+            "weight_normalized_descent"), step (required except for "flow"), t_max, momentum (0.9),
+            batch_size, beta, weight_decay (0: lambda_0 of the velocity term -lambda(t) w on the
+            trained coordinates),
             weight_decay_schedule ("constant" | "step" | "anneal"; not for "sgd" and "langevin"),
             weight_decay_start (t_on of "step"), weight_decay_time (tau of "anneal":
             lambda_0 / (1 + t / tau)) (the schedule keys kept in the resolved config only when set);
