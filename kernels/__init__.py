@@ -38,7 +38,15 @@ from .population_bias_hessian import (
 from .population_hessian import closed_form_hessian, closed_form_hessian_vector_product
 from .population_series import series_pair_sums, shared_tables
 from .tangent import tangent_field, tangent_output
-from .updates import all_finite, euler_update, heavy_ball_update, langevin_update, sum_of_squares
+from .updates import (
+    all_finite,
+    euler_update,
+    heavy_ball_decay_update,
+    heavy_ball_update,
+    langevin_update,
+    sum_of_squares,
+    weight_normalized_update,
+)
 
 __all__ = [
     "closed_form_points_velocity",
@@ -76,6 +84,8 @@ __all__ = [
     "euler_update",
     "heavy_ball_update",
     "langevin_update",
+    "heavy_ball_decay_update",
+    "weight_normalized_update",
     "sum_of_squares",
     "deep_random_forward",
     "tangent_field",

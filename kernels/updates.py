@@ -73,6 +73,89 @@ def langevin_update(W, velocity, noise, step, weight_decay, noise_scale, trainab
                 W[i, k] = shrink * W[i, k] + eta * velocity[i, k] + sigma * noise[i, k]
 
 
+@njit(cache=True, parallel=True)
+def heavy_ball_decay_update(W, velocity, buffer, step, momentum, weight_decay, trainable):
+    """Heavy ball with weight decay: buffer <- momentum * buffer - step * (velocity - lambda W)
+    on the trainable columns (velocity alone on the others); W <- W - buffer.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, p), updated in place
+    velocity : ndarray, shape (m, p), same dtype
+        v = -m grad F.
+    buffer : ndarray, shape (m, p), same dtype, updated in place
+        The momentum buffer V.
+    step, momentum, weight_decay : float
+        eta, beta in [0, 1) and lambda >= 0 (1 / time units).
+    trainable : ndarray of bool, shape (p,)
+        Columns that decay.
+    """
+    T = W.dtype.type
+    eta = T(step)
+    beta = T(momentum)
+    lam = T(weight_decay)
+    zero = T(0.0)
+    for i in prange(W.shape[0]):
+        for k in range(W.shape[1]):
+            decay = lam * W[i, k] if trainable[k] else zero
+            buffer[i, k] = beta * buffer[i, k] - eta * (velocity[i, k] - decay)
+            W[i, k] -= buffer[i, k]
+
+
+@njit(cache=True, parallel=True)
+def weight_normalized_update(W, velocity, step, weight_decay, trainable, d):
+    """One explicit Euler step of the weight-normalised gradient flow, in place.
+
+    Each first-layer vector is a_i = rho_i u_i with rho_i = |a_i| and |u_i| = 1. With
+    g_i = v_i[:d] - lambda a_i (v = -m grad F, the velocity of a_i in the plain flow) and
+    r_i = u_i . g_i::
+
+        rho_i <- rho_i + eta r_i,
+        u_i   <- normalise(u_i + eta rho_i (g_i - r_i u_i)),
+        a_i   <- rho_i u_i,
+
+    and the other trainable columns (bias, readout) take the plain step
+    w <- (1 - eta lambda) w + eta v. (The decay -lambda a_i is radial: it enters r_i only.)
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, p), updated in place
+        Rows (a_i, b_i, c_i); a_i != 0.
+    velocity : ndarray, shape (m, p)
+    step, weight_decay : float
+        eta and lambda >= 0.
+    trainable : ndarray of bool, shape (p,)
+    d : int
+        The first d columns are a_i.
+    """
+    T = W.dtype.type
+    eta = T(step)
+    lam = T(weight_decay)
+    shrink = T(1.0) - eta * lam
+    zero = T(0.0)
+    for i in prange(W.shape[0]):
+        rho2 = zero
+        for k in range(d):
+            rho2 += W[i, k] * W[i, k]
+        rho = math.sqrt(rho2)
+        radial = zero
+        for k in range(d):
+            radial += W[i, k] / rho * (velocity[i, k] - lam * W[i, k])
+        new_rho = rho + eta * radial
+        norm2 = zero
+        for k in range(d):
+            u = W[i, k] / rho
+            g = velocity[i, k] - lam * W[i, k]
+            W[i, k] = u + eta * rho * (g - radial * u)  # the unnormalised new direction
+            norm2 += W[i, k] * W[i, k]
+        scale = new_rho / math.sqrt(norm2)
+        for k in range(d):
+            W[i, k] *= scale
+        for k in range(d, W.shape[1]):
+            if trainable[k]:
+                W[i, k] = shrink * W[i, k] + eta * velocity[i, k]
+
+
 @njit(cache=True)
 def all_finite(W):
     """True when no entry of W is NaN or infinite (stops at the first one that is).

@@ -978,6 +978,28 @@ def test_cuda_ensemble_members_equal_their_device_runs_alone(monkeypatch):
                                                                       "batch_size": None}))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_gradient_descent_with_scheduled_weight_decay_matches_cpu(dtype):
+    """Gradient descent with lambda = 0.4 switched on at t_on = 2 dt (the noise-free Langevin
+    kernel on the device from there, the plain Euler kernel before) against the CPU run, with
+    tracers, to the dtype's tolerance; and not the run without decay."""
+    from meanfield.engine._integrators import WeightDecay
+
+    model, problem, W0 = population(dtype)
+    integrator = mf.gradient_descent(problem, 0.5, WeightDecay(0.4, "step", start=1.0))
+    t_max = 4 * integrator.dt
+    tracers = W0[:3] + 0.01
+    cpu = mf.run(problem, integrator, W0, t_max, times=[0, t_max], keep_particles=True, tracers=tracers)
+    gpu = mf.run(*to_device(problem, integrator), W0, t_max, times=[0, t_max], keep_particles=True,
+                 tracers=tracers)
+    rtol = RTOL[np.dtype(dtype).type]
+    assert gpu.status == "complete"
+    assert_close_scaled(gpu.particles, cpu.particles, rtol)
+    assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
+    plain = mf.run(problem, mf.gradient_descent(problem, 0.5), W0, t_max)
+    assert np.abs(plain.W - cpu.W).max() > 1e-3
+
+
 def test_cuda_run_matches_cpu_quadrature():
     """A tanh student with biases (the Gauss-Hermite population risk, Q = 4) on the device."""
     model = mf.Model(d=D, activation="tanh", bias=True)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
-from ._integrators import Integrator, IntegratorEntry, State, register_integrator
+from ._integrators import WEIGHT_DECAY_KEYS, Integrator, IntegratorEntry, State, WeightDecay, register_integrator
 from ._problems import Problem
 
 # A solver is restarted (at a record) once it has taken this many steps: a run file can only
@@ -44,8 +44,9 @@ def _positive(name, value):
 class _FlowSystem:
     """The ODE over the trainable coordinates of the particles (and tracers) of one state."""
 
-    def __init__(self, problem: Problem, W, tracers):
+    def __init__(self, problem: Problem, W, tracers, decay: WeightDecay | None = None):
         self.problem = problem
+        self.decay = decay if decay is not None and decay.value else None
         self.mask = problem.model.trainable
         self.W = np.array(W, copy=True)
         self.tracers = None if tracers is None else np.array(tracers, copy=True)
@@ -71,17 +72,24 @@ class _FlowSystem:
         parts = [evaluation.velocity[:, self.mask].ravel()]
         if self.tracers is not None:
             parts.append(evaluation.points_velocity[:, self.mask].ravel())
-        return np.concatenate(parts).astype(np.float64, copy=False)
+        velocity = np.concatenate(parts).astype(np.float64, copy=False)
+        if self.decay is not None:
+            velocity -= self.decay(t) * x  # -lambda(t) w on every trainable coordinate
+        return velocity
 
     def jacobian(self, t, x) -> np.ndarray:
-        """dv/dx = -m H over the particles' trainable coordinates (no tracers)."""
+        """dv/dx = -m H - lambda(t) I over the particles' trainable coordinates (no tracers)."""
         self.unpack(x, self.W, self.tracers)
-        return -self.W.shape[0] * self.problem.hessian(self.W)
+        jacobian = -self.W.shape[0] * self.problem.hessian(self.W)
+        if self.decay is not None:
+            jacobian[np.diag_indices_from(jacobian)] -= self.decay(t)
+        return jacobian
 
 
 def flow(problem: Problem, method: str = "RK45", rtol: float = 1e-8, atol: float = 1e-10,
-         max_step: float = math.inf, jacobian: str = "auto") -> Integrator:
-    """The gradient flow dW/dt = v(W) = -m grad F, with adaptive steps and error control.
+         max_step: float = math.inf, jacobian: str = "auto", weight_decay=0.0) -> Integrator:
+    """The gradient flow dW/dt = v(W) - lambda(t) W, v = -m grad F, with adaptive steps and
+    error control (without weight decay: dW/dt = v(W)).
 
     Parameters
     ----------
@@ -100,6 +108,11 @@ def flow(problem: Problem, method: str = "RK45", rtol: float = 1e-8, atol: float
         and the run has no tracers, else scipy's finite differences), ``"analytic"`` or
         ``"finite_difference"``. The Jacobian is dense, n_var x n_var: the stiff methods
         are for n_var up to a few thousand.
+    weight_decay : float or WeightDecay
+        lambda_0 >= 0 or a schedule lambda(t) (``meanfield.engine._integrators.WeightDecay``),
+        on the trainable coordinates of particles and tracers, evaluated at each stage's time;
+        default none. A ``"step"`` schedule is discontinuous at t_on: the solver's error
+        control shortens its steps there.
 
     Returns
     -------
@@ -121,7 +134,9 @@ def flow(problem: Problem, method: str = "RK45", rtol: float = 1e-8, atol: float
     if jacobian == "analytic" and not analytic:
         raise ValueError(f"{type(problem).__name__} has no analytic Hessian: use jacobian='finite_difference'")
     solver_class = ODE_METHODS[method]
-    params = {"method": method, "rtol": rtol, "atol": atol, "max_step": max_step, "jacobian": jacobian}
+    decay = WeightDecay.of(weight_decay)
+    params = {"method": method, "rtol": rtol, "atol": atol, "max_step": max_step, "jacobian": jacobian,
+              **decay.params()}
 
     def init(W0, rng=None, tracers=None) -> State:
         W = np.array(problem.model.check_state(W0), copy=True)
@@ -131,7 +146,7 @@ def flow(problem: Problem, method: str = "RK45", rtol: float = 1e-8, atol: float
         return State(W=W, rng=rng, tracers=tracers, info=info)
 
     def _solver(state: State, t_bound: float):
-        system = _FlowSystem(problem, state.W, state.tracers)
+        system = _FlowSystem(problem, state.W, state.tracers, decay)
         use_jacobian = (method in STIFF_METHODS and state.tracers is None
                         and (jacobian == "analytic" or (jacobian == "auto" and analytic)))
         options = {"rtol": rtol, "atol": atol, "max_step": max_step}
@@ -286,5 +301,6 @@ def step_size_error(problem: Problem, times, particles, method: str = "DOP853", 
 
 
 register_integrator(IntegratorEntry(
-    "flow", lambda problem, dc: flow(problem, dc["ode_method"], dc["rtol"], dc["atol"]), None,
-    keys=("ode_method", "rtol", "atol")))
+    "flow", lambda problem, dc: flow(problem, dc["ode_method"], dc["rtol"], dc["atol"],
+                                     weight_decay=WeightDecay.from_dynamics(dc)), None,
+    keys=("ode_method", "rtol", "atol", *WEIGHT_DECAY_KEYS)))

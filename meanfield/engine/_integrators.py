@@ -140,6 +140,10 @@ class IntegratorEntry:
         step's update on the GPU (``updates`` is ``meanfield.kernels.gpu_updates``, ``problem``
         the ``CudaProblem``, ``state`` a ``DeviceState``, ``params`` the integrator's
         ``params``); None when the integrator has no CUDA twin.
+    device_keys : tuple of str
+        The weight-decay keys (:data:`WEIGHT_DECAY_KEYS`) that ``device_update`` honours: a run
+        with a weight decay (or a schedule) that its ``device_update`` does not apply is refused
+        on the CUDA backend.
     """
 
     name: str
@@ -152,6 +156,7 @@ class IntegratorEntry:
     tracers: bool = True
     device_update: Callable | None = None
     ensembles: bool = False
+    device_keys: tuple = ()
 
 
 INTEGRATORS = Registry("integrator")
@@ -162,6 +167,98 @@ def _positive(name, value):
     if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+WEIGHT_DECAY_SCHEDULES = ("constant", "step", "anneal")
+
+
+@dataclass(frozen=True)
+class WeightDecay:
+    """A weight decay lambda(t) >= 0 on the trainable coordinates, as a function of the
+    continuous time t (``step * dt``).
+
+    The decay adds the velocity term -lambda(t) w to every trainable coordinate of every particle
+    (first-layer weights a_i, the bias b_i when trained, the readout c_i when trained; a frozen
+    column has no decay). With the particle velocity v = -m grad F this is the gradient flow of
+    F(W) + (lambda / (2 m)) sum_i |w_i|^2, i.e. of R(rho) + (lambda / 2) int |w|^2 drho in the
+    mean-field limit: the convention of :func:`langevin`'s ``weight_decay`` (SCIENCE.md
+    section 3). For the linear model f(x) = w . x (m = 1) with the squared loss
+    (1/2N) |X w - y|^2 the fixed point is the ridge solution (X^T X / N + lambda I)^-1 X^T y / N.
+
+    Schedules (lambda_0 = ``value``, t in time units):
+
+    - ``"constant"``: lambda(t) = lambda_0;
+    - ``"step"``: lambda(t) = 0 for t < t_on, lambda_0 for t >= t_on (``start`` = t_on >= 0);
+    - ``"anneal"``: lambda(t) = lambda_0 / (1 + t / tau) (inverse-time decay, ``time`` = tau > 0).
+
+    A fixed-step integrator uses lambda(t_k) at the start t_k = k dt of step k (explicit Euler);
+    the adaptive flow evaluates lambda(t) at every stage.
+
+    Parameters
+    ----------
+    value : float
+        lambda_0 >= 0, in 1 / time units; 0 is no decay (any schedule).
+    schedule : str
+        One of :data:`WEIGHT_DECAY_SCHEDULES`.
+    start : float, optional
+        t_on, for ``"step"`` only (required there).
+    time : float, optional
+        tau, for ``"anneal"`` only (required there).
+    """
+
+    value: float = 0.0
+    schedule: str = "constant"
+    start: float | None = None
+    time: float | None = None
+
+    def __post_init__(self):
+        value = self.value
+        if isinstance(value, bool) or not (isinstance(value, (int, float, np.floating, np.integer))
+                                           and math.isfinite(value) and value >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {value!r}")
+        if self.schedule not in WEIGHT_DECAY_SCHEDULES:
+            raise ValueError(f"the weight decay schedule must be one of {WEIGHT_DECAY_SCHEDULES}, "
+                             f"got {self.schedule!r}")
+        if (self.schedule == "step") != (self.start is not None):
+            raise ValueError('start (t_on) is given with schedule = "step", and only then')
+        if (self.schedule == "anneal") != (self.time is not None):
+            raise ValueError('time (tau) is given with schedule = "anneal", and only then')
+        if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
+            raise ValueError(f"start must be a finite number >= 0, got {self.start!r}")
+        if self.time is not None:
+            _positive("time", self.time)
+        object.__setattr__(self, "value", float(value))
+
+    def __call__(self, t: float) -> float:
+        """lambda(t), in 1 / time units."""
+        if self.schedule == "step":
+            return self.value if t >= self.start else 0.0
+        if self.schedule == "anneal":
+            return self.value / (1.0 + t / self.time)
+        return self.value
+
+    def params(self) -> dict:
+        """The integrator parameters it adds: none without decay (the records of runs without
+        it are unchanged), else ``weight_decay`` and the schedule's keys."""
+        if self.value == 0:
+            return {}
+        params = {"weight_decay": self.value, "weight_decay_schedule": self.schedule}
+        if self.start is not None:
+            params["weight_decay_start"] = float(self.start)
+        if self.time is not None:
+            params["weight_decay_time"] = float(self.time)
+        return params
+
+    @classmethod
+    def of(cls, weight_decay) -> "WeightDecay":
+        """A :class:`WeightDecay` from itself or a number lambda_0 (constant)."""
+        return weight_decay if isinstance(weight_decay, cls) else cls(weight_decay)
+
+    @classmethod
+    def from_dynamics(cls, dynamics: dict) -> "WeightDecay":
+        """From a resolved ``[dynamics]`` section (absent keys: no decay, ``"constant"``)."""
+        return cls(dynamics.get("weight_decay", 0.0), dynamics.get("weight_decay_schedule", "constant"),
+                   dynamics.get("weight_decay_start"), dynamics.get("weight_decay_time"))
 
 
 def _make_init(problem: Problem, stochastic: bool, extra_buffers=(), tracers_allowed: str = ""):
@@ -213,14 +310,21 @@ def _advance(state: State, value: float, dt: float) -> State:
     return state
 
 
-def gradient_descent(problem: Problem, step: float) -> Integrator:
-    """Explicit Euler on dW/dt = v(W) = -m grad F: W <- W + eta v(W); dt = eta.
+def gradient_descent(problem: Problem, step: float, weight_decay=0.0) -> Integrator:
+    """Explicit Euler on dW/dt = v(W) - lambda(t) W: W <- W + eta (v(W) - lambda(t_k) W); dt = eta.
+
+    v = -m grad F; the decay acts on the trainable coordinates only (:class:`WeightDecay`),
+    computed as W <- (1 - eta lambda) W + eta v (the arithmetic of :func:`langevin` without
+    noise, and of its CUDA kernel). A step where lambda(t_k) = 0 is the plain step
+    W <- W + eta v, bitwise.
 
     Parameters
     ----------
     problem : Problem
     step : float
         Step size eta > 0, also the time dt advanced by one step.
+    weight_decay : float or WeightDecay
+        lambda_0 >= 0 (a constant decay) or a schedule lambda(t); default none.
 
     Returns
     -------
@@ -228,24 +332,36 @@ def gradient_descent(problem: Problem, step: float) -> Integrator:
         Deterministic (``init`` needs no generator); tracers move with the same scheme.
     """
     eta = _positive("step", step)
+    decay = WeightDecay.of(weight_decay)
+    trainable = problem.model.trainable
 
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, None)
-        kernels.euler_update(state.W, evaluation.velocity, eta)
-        if state.tracers is not None:
-            kernels.euler_update(state.tracers, evaluation.points_velocity, eta)
+        lam = decay(state.t) if decay.value else 0.0
+        if lam == 0:
+            kernels.euler_update(state.W, evaluation.velocity, eta)
+            if state.tracers is not None:
+                kernels.euler_update(state.tracers, evaluation.points_velocity, eta)
+        else:
+            kernels.langevin_update(state.W, evaluation.velocity, state.scratch["noise"], eta, lam, 0.0, trainable)
+            if state.tracers is not None:
+                kernels.langevin_update(state.tracers, evaluation.points_velocity, state.scratch["tracer_noise"],
+                                        eta, lam, 0.0, trainable)
         return _advance(state, evaluation.value, eta)
 
-    return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", {"step": eta}, False,
+    params = {"step": eta, **decay.params()}
+    return Integrator(_make_init(problem, False), step_fn, eta, "gradient_descent", params, False,
                       problem=problem)
 
 
-def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrator:
-    """Heavy-ball momentum: V <- beta V + eta m grad F, W <- W - V.
+def heavy_ball(problem: Problem, step: float, momentum: float = 0.9, weight_decay=0.0) -> Integrator:
+    """Heavy-ball momentum: V <- beta V + eta (m grad F + lambda(t_k) W), W <- W - V.
 
     Each step advances t by dt = eta / (1 - beta): in the slowly varying regime the buffer
     settles at V = eta m grad F / (1 - beta), so at equal t the scheme follows the same
-    gradient flow as gradient descent.
+    gradient flow as gradient descent (with the decay: the flow of v - lambda(t) W). The decay
+    acts on the trainable coordinates only (:class:`WeightDecay`); a step where lambda(t_k) = 0
+    is the plain step, bitwise.
 
     Parameters
     ----------
@@ -254,6 +370,8 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrat
         Step size eta > 0.
     momentum : float
         beta in [0, 1).
+    weight_decay : float or WeightDecay
+        lambda_0 >= 0 (a constant decay) or a schedule lambda(t); default none.
 
     Returns
     -------
@@ -265,17 +383,25 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9) -> Integrat
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     dt = eta / (1.0 - momentum)
+    decay = WeightDecay.of(weight_decay)
+    trainable = problem.model.trainable
 
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, None)
-        kernels.heavy_ball_update(state.W, evaluation.velocity, state.buffers["momentum"], eta, momentum)
+        lam = decay(state.t) if decay.value else 0.0
+        moving = [(state.W, evaluation.velocity, state.buffers["momentum"])]
         if state.tracers is not None:
-            kernels.heavy_ball_update(state.tracers, evaluation.points_velocity, state.buffers["tracer_momentum"],
-                                      eta, momentum)
+            moving.append((state.tracers, evaluation.points_velocity, state.buffers["tracer_momentum"]))
+        for W, velocity, buffer in moving:
+            if lam == 0:
+                kernels.heavy_ball_update(W, velocity, buffer, eta, momentum)
+            else:
+                kernels.heavy_ball_decay_update(W, velocity, buffer, eta, momentum, lam, trainable)
         return _advance(state, evaluation.value, dt)
 
-    return Integrator(_make_init(problem, False, ("momentum",)), step_fn, dt, "heavy_ball",
-                      {"step": eta, "momentum": float(momentum)}, False, problem=problem)
+    params = {"step": eta, "momentum": float(momentum), **decay.params()}
+    return Integrator(_make_init(problem, False, ("momentum",)), step_fn, dt, "heavy_ball", params, False,
+                      problem=problem)
 
 
 def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay: float = 0.0,
@@ -360,10 +486,82 @@ def sgd(problem: Problem, step: float, batch_size: int, weight_decay: float = 0.
     return langevin(problem, step, math.inf, weight_decay, batch_size)
 
 
+def weight_normalized_descent(problem: Problem, step: float, weight_decay=0.0) -> Integrator:
+    """Gradient descent in the weight-normalised parameterisation a_i = rho_i u_i, |u_i| = 1
+    (Salimans & Kingma 2016): explicit Euler, with dt = eta, on the gradient flow of F in the
+    coordinates (rho_i, u_i) with their own Euclidean metric,
+
+        d rho_i / dt = u_i . g_i,          d u_i / dt = rho_i (I - u_i u_i^T) g_i,
+
+    with g_i = -m grad_{a_i} F - lambda(t) a_i (the velocity of a_i in the plain flow, with the
+    decay), u_i renormalised after each step (``kernels.weight_normalized_update``); the bias and
+    the readout, when trained, take the plain step. The particles keep storing a_i = rho_i u_i,
+    so every observable, record and measure is that of the plain model.
+
+    Which flow: the radial/tangential split of the plain flow, d rho/dt = u . g and
+    du/dt = (I - u u^T) g / rho, is the plain flow da/dt = g itself written in (rho, u): it
+    would only be another discretisation of ``gradient_descent``. The flow of the
+    parameterisation, the one gradient descent on (rho, u) follows, differs from it by the
+    metric: in a it reads
+
+        da_i/dt = (u_i u_i^T + rho_i^2 (I - u_i u_i^T)) g_i,
+
+    the same radial speed, the tangential speed scaled by rho_i^2 (directions turn faster
+    where the norm is large, slower where it is small). It has the same critical points as
+    the plain flow (for rho_i != 0) and decreases F; the weight decay (lambda/2)|a|^2 =
+    (lambda/2) rho^2 is radial, so it enters d rho/dt only. The flow is invariant under
+    (rho, u) -> (-rho, -u), so storing a alone (rho = |a| >= 0) loses nothing.
+
+    Parameters
+    ----------
+    problem : Problem
+    step : float
+        Step size eta > 0, also the time dt advanced by one step.
+    weight_decay : float or WeightDecay
+        lambda_0 >= 0 or a schedule lambda(t) (:class:`WeightDecay`); default none.
+
+    Returns
+    -------
+    Integrator
+        Deterministic (``init`` needs no generator), without tracers; ``init`` refuses a
+        particle with a_i = 0 (its direction u_i is undefined).
+    """
+    eta = _positive("step", step)
+    decay = WeightDecay.of(weight_decay)
+    trainable = problem.model.trainable
+    d = problem.model.d
+    plain_init = _make_init(problem, False, (), "weight_normalized_descent carries no tracers")
+
+    def init(W0, rng=None, tracers=None) -> State:
+        state = plain_init(W0, rng, tracers)
+        if not np.all(np.any(state.W[:, :d] != 0, axis=1)):
+            raise ValueError("weight_normalized_descent needs a_i != 0 for every particle (the direction "
+                             "u_i = a_i / |a_i| of a_i = 0 is undefined)")
+        return state
+
+    def step_fn(state: State) -> State:
+        evaluation = _evaluate(problem, state, None)
+        lam = decay(state.t) if decay.value else 0.0
+        kernels.weight_normalized_update(state.W, evaluation.velocity, eta, lam, trainable, d)
+        return _advance(state, evaluation.value, eta)
+
+    params = {"step": eta, **decay.params()}
+    return Integrator(init, step_fn, eta, "weight_normalized_descent", params, False, problem=problem)
+
+
 def _euler_on_device(updates, problem, state, velocity, points_velocity, params):
-    updates.euler_update(state.device_W, velocity, params["step"])
+    decay = WeightDecay.from_dynamics(params)
+    lam = decay(state.t) if decay.value else 0.0
+    if lam == 0:
+        updates.euler_update(state.device_W, velocity, params["step"])
+        if state.device_tracers is not None:
+            updates.euler_update(state.device_tracers, points_velocity, params["step"])
+        return
+    # with the decay: the noise-free Langevin kernel, the arithmetic of the CPU step
+    trainable = problem.trainable_device()
+    updates.langevin_update(state.device_W, velocity, None, params["step"], lam, 0.0, trainable)
     if state.device_tracers is not None:
-        updates.euler_update(state.device_tracers, points_velocity, params["step"])
+        updates.langevin_update(state.device_tracers, points_velocity, None, params["step"], lam, 0.0, trainable)
 
 
 def _heavy_ball_on_device(updates, problem, state, velocity, points_velocity, params):
@@ -388,22 +586,33 @@ def _langevin_on_device(updates, problem, state, velocity, points_velocity, para
         updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0, trainable)
 
 
+# The [dynamics] keys of a weight decay with a schedule (WeightDecay.from_dynamics).
+WEIGHT_DECAY_KEYS = ("weight_decay", "weight_decay_schedule", "weight_decay_start", "weight_decay_time")
+
 register_integrator(IntegratorEntry(
-    "gradient_descent", lambda problem, dc: gradient_descent(problem, dc["step"]),
-    lambda dc: dc["step"], keys=("step",), deterministic=True, device_update=_euler_on_device, ensembles=True))
+    "gradient_descent",
+    lambda problem, dc: gradient_descent(problem, dc["step"], WeightDecay.from_dynamics(dc)),
+    lambda dc: dc["step"], keys=("step", *WEIGHT_DECAY_KEYS), deterministic=True, device_update=_euler_on_device,
+    ensembles=True, device_keys=WEIGHT_DECAY_KEYS))
 register_integrator(IntegratorEntry(
-    "heavy_ball", lambda problem, dc: heavy_ball(problem, dc["step"], dc["momentum"]),
-    lambda dc: dc["step"] / (1 - dc["momentum"]), keys=("step", "momentum"), buffers=("momentum",),
-    deterministic=True, device_update=_heavy_ball_on_device, ensembles=True))
+    "heavy_ball",
+    lambda problem, dc: heavy_ball(problem, dc["step"], dc["momentum"], WeightDecay.from_dynamics(dc)),
+    lambda dc: dc["step"] / (1 - dc["momentum"]), keys=("step", "momentum", *WEIGHT_DECAY_KEYS),
+    buffers=("momentum",), deterministic=True, device_update=_heavy_ball_on_device, ensembles=True))
+register_integrator(IntegratorEntry(
+    "weight_normalized_descent",
+    lambda problem, dc: weight_normalized_descent(problem, dc["step"], WeightDecay.from_dynamics(dc)),
+    lambda dc: dc["step"], keys=("step", *WEIGHT_DECAY_KEYS), tracers=False, ensembles=True))
 register_integrator(IntegratorEntry(
     "sgd", lambda problem, dc: sgd(problem, dc["step"], dc["batch_size"], dc["weight_decay"]),
     lambda dc: dc["step"], keys=("step", "batch_size", "weight_decay"),
-    requires={"batch_size": "a batch_size (an integer >= 1)"}, device_update=_langevin_on_device))
+    requires={"batch_size": "a batch_size (an integer >= 1)"}, device_update=_langevin_on_device,
+    device_keys=("weight_decay",)))
 register_integrator(IntegratorEntry(
     "langevin", lambda problem, dc: langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"]),
     lambda dc: dc["step"], keys=("step", "beta", "weight_decay", "batch_size"),
     requires={"beta": "an inverse temperature beta (a number > 0)"}, tracers=False,
-    device_update=_langevin_on_device, ensembles=True))
+    device_update=_langevin_on_device, ensembles=True, device_keys=("weight_decay",)))
 
 
 def restore(integrator: Integrator, W, step: int, value: float = math.nan, buffers=None,

@@ -16,8 +16,13 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             seed (none: run.seed; the seed of the teacher, the data and the held-out sample)
 [problem.teacher]  kind ("orthonormal" | "random"), k, readout ("mean"), activation
             (the model's), bias (false), rotate (false: e_1..e_k; true: random frame)
-[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow"), step
-            (required except for "flow"), t_max, momentum (0.9), batch_size, beta, weight_decay (0);
+[dynamics]  integrator ("gradient_descent" | "heavy_ball" | "sgd" | "langevin" | "flow" |
+            "weight_normalized_descent"), step (required except for "flow"), t_max, momentum (0.9),
+            batch_size, beta, weight_decay (0: lambda_0 of the velocity term -lambda(t) w on the
+            trained coordinates),
+            weight_decay_schedule ("constant" | "step" | "anneal"; not for "sgd" and "langevin"),
+            weight_decay_start (t_on of "step"), weight_decay_time (tau of "anneal":
+            lambda_0 / (1 + t / tau)) (the schedule keys kept in the resolved config only when set);
             for "flow" only: ode_method ("RK45"; one of meanfield.ODE_METHODS), rtol (1e-8),
             atol (1e-10) (kept in the resolved config of flow runs only, so that the ids of
             other runs do not change)
@@ -66,6 +71,7 @@ import numpy as np
 import tomllib
 
 from ..engine._integrators import INTEGRATORS as INTEGRATOR_ENTRIES
+from ..engine._integrators import WEIGHT_DECAY_SCHEDULES
 from ..engine._losses import LOSS_ENTRIES
 from ..engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
 from ..engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS, method_applies
@@ -124,7 +130,9 @@ ODE_METHODS = ("RK45", "DOP853", "RK23", "BDF", "Radau", "LSODA")  # meanfield.e
 # Keys of adaptive integrators only: dropped from the resolved configs of the others (whose run
 # ids predate them).
 FLOW_KEYS = tuple(dict.fromkeys(key for entry in INTEGRATOR_ENTRIES.values() if entry.time_step is None
-                                for key in entry.keys))
+                                for key in entry.keys
+                                if not any(key in other.keys for other in INTEGRATOR_ENTRIES.values()
+                                           if other.time_step is not None)))
 
 
 def _quoted(names) -> str:
@@ -206,6 +214,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key("int_or_none", None, minimum=1),
         "beta": Key("float_or_none", None, minimum=0, strict_minimum=True),
         "weight_decay": Key("float", 0.0, minimum=0),
+        # The schedule of the weight decay (meanfield.engine._integrators.WeightDecay); kept in the
+        # resolved config only away from its default (the ids of other runs do not change).
+        "weight_decay_schedule": Key("str", "constant", choices=WEIGHT_DECAY_SCHEDULES),
+        "weight_decay_start": Key("float_or_none", None, minimum=0),
+        "weight_decay_time": Key("float_or_none", None, minimum=0, strict_minimum=True),
         "ode_method": Key("str", "RK45", choices=ODE_METHODS),
         "rtol": Key("float", 1e-8, minimum=0, strict_minimum=True, maximum=1),
         "atol": Key("float", 1e-10, minimum=0, strict_minimum=True),
@@ -1008,11 +1021,49 @@ def _rules_of_classification(config: dict, context: RuleContext) -> None:
         fail("record", "classification", 'the observables are evaluated on the CPU: needs backend = "cpu"')
 
 
+def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
+    """The weight decay lambda(t) of ``[dynamics]`` (``WeightDecay``): its keys need an
+    integrator that reads them, a schedule needs its own parameter and no other; the schedule
+    keys are dropped from the resolved config at their defaults (the ids of other runs stay)."""
+    dynamics, fail = config["dynamics"], context.fail
+    integrator = dynamics["integrator"]
+    entry = INTEGRATOR_ENTRIES[integrator]
+    schedule, start, tau = (dynamics["weight_decay_schedule"], dynamics["weight_decay_start"],
+                            dynamics["weight_decay_time"])
+    given = {"weight_decay": dynamics["weight_decay"] != 0, "weight_decay_schedule": schedule != "constant",
+             "weight_decay_start": start is not None, "weight_decay_time": tau is not None}
+    for name, on in given.items():
+        if on and name not in entry.keys:
+            fail("dynamics", name, f'not used by "{integrator}"; use {_integrators_where(lambda e: name in e.keys)}')
+    if schedule != "constant" and dynamics["weight_decay"] == 0:
+        fail("dynamics", "weight_decay_schedule", f'schedules the weight decay: needs weight_decay > 0 '
+                                                  f'(the value lambda_0 of the "{schedule}" schedule)')
+    if schedule == "step" and start is None:
+        fail("dynamics", "weight_decay_schedule", '"step" switches the decay on at t = weight_decay_start: '
+                                                  "set weight_decay_start (a number >= 0)")
+    if schedule != "step" and start is not None:
+        fail("dynamics", "weight_decay_start", f'only for weight_decay_schedule = "step", not "{schedule}"')
+    if schedule == "anneal" and tau is None:
+        fail("dynamics", "weight_decay_schedule", '"anneal" is lambda_0 / (1 + t / weight_decay_time): set '
+                                                  "weight_decay_time (a number > 0)")
+    if schedule != "anneal" and tau is not None:
+        fail("dynamics", "weight_decay_time", f'only for weight_decay_schedule = "anneal", not "{schedule}"')
+    if config["run"]["backend"] == "cuda" and entry.device_update is not None:
+        for name, on in given.items():
+            if on and name not in entry.device_keys:
+                fail("dynamics", name, f'"{integrator}" applies no {name} on the GPU: use backend = "cpu" or '
+                                       f"{_integrators_where(lambda e: name in e.device_keys)}")
+    for name, default in (("weight_decay_schedule", "constant"), ("weight_decay_start", None),
+                          ("weight_decay_time", None)):
+        if dynamics[name] == default:
+            del dynamics[name]
+
+
 # The cross-key rules, one function per feature, applied in this order by resolve(): a new
 # feature's rules are one function and one entry here.
-CROSS_KEY_RULES = (_rules_of_model, _rules_of_problem, _rules_of_flow, _rules_of_dynamics, _rules_of_limit,
-                   _rules_of_backend, _rules_of_lazy, _rules_of_landscape, _rules_of_connectivity,
-                   _rules_of_classification)
+CROSS_KEY_RULES = (_rules_of_model, _rules_of_problem, _rules_of_flow, _rules_of_dynamics,
+                   _rules_of_weight_decay, _rules_of_limit, _rules_of_backend, _rules_of_lazy,
+                   _rules_of_landscape, _rules_of_connectivity, _rules_of_classification)
 
 
 def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
@@ -1025,8 +1076,6 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
         for name in ("batch_size", "beta"):
             if dynamics[name] is not None:
                 fail("dynamics", name, f'not used by "{integrator}" (the exact, deterministic gradient flow)')
-        if dynamics["weight_decay"] != 0:
-            fail("dynamics", "weight_decay", f'not used by "{integrator}" (the exact gradient flow of F)')
         if config["run"]["backend"] != "cpu":
             fail("run", "backend", f'"{integrator}" runs on the CPU (scipy\'s solvers); allowed: "cpu"')
         if config["limit"]["reference_m"] is not None or config["lazy"]["tangent"]:
@@ -1043,6 +1092,9 @@ def _check_flow(config: dict, raw: dict, fail, via=None) -> None:
                                        f'not "{integrator}"')
             del dynamics[name]
     if record["step_error"]:
+        if dynamics["weight_decay"] != 0:
+            fail("record", "step_error", "measures the distance to the exact flow of F, which has no weight "
+                                         "decay: needs weight_decay = 0")
         if not INTEGRATOR_ENTRIES[integrator].deterministic:
             fail("record", "step_error", "measures the distance of a fixed-step run to the exact flow: needs "
                                          f"integrator = {_integrators_where(lambda e: e.deterministic)}, "
