@@ -415,11 +415,21 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("change, message", BAD, ids=range(len(BAD)))
-def test_bad_weight_decay_keys_are_refused(tmp_path, change, message):
+BAD_WITH_OTHER_SECTIONS = [
+    ({"weight_decay": 0.1}, {"landscape": {"enabled": True}},
+     "[dynamics] weight_decay: [landscape] classifies critical points of the risk without decay: needs "
+     "weight_decay = 0"),
+]
+
+
+@pytest.mark.parametrize("change, other, message",
+                         [(change, {}, message) for change, message in BAD] + BAD_WITH_OTHER_SECTIONS,
+                         ids=range(len(BAD) + len(BAD_WITH_OTHER_SECTIONS)))
+def test_bad_weight_decay_keys_are_refused(tmp_path, change, other, message):
     """One ConfigError naming the file and the key."""
     doc = {"model": {"d": 3, "m": 4}, "problem": {"kind": "population", "teacher": {"kind": "orthonormal", "k": 2}},
-           "dynamics": {"integrator": "gradient_descent", "step": 0.5, "t_max": 1.0, **change}, "record": {"times": 2}}
+           "dynamics": {"integrator": "gradient_descent", "step": 0.5, "t_max": 1.0, **change}, "record": {"times": 2},
+           **other}
     path = write(tmp_path, doc)
     with pytest.raises(ConfigError) as error:
         sweep.plan(path)

@@ -985,6 +985,11 @@ def _rules_of_landscape(config: dict, context: RuleContext) -> None:
     if not INTEGRATOR_ENTRIES[config["dynamics"]["integrator"]].deterministic:
         context.fail("dynamics", "integrator", '[landscape] classifies the end points of deterministic runs: use '
                                                 f"{_integrators_where(lambda e: e.deterministic)}")
+    if config["dynamics"].get("weight_decay"):
+        # The precise descent and the Hessian are those of F: a decayed run's end point is a
+        # stationary point of F + (lambda/2m) sum |w|^2 instead, and would be misclassified.
+        context.fail("dynamics", "weight_decay", "[landscape] classifies critical points of the risk without "
+                                                 "decay: needs weight_decay = 0")
 
 
 def _rules_of_connectivity(config: dict, context: RuleContext) -> None:
