@@ -375,6 +375,9 @@ def to_device(problem: Problem, integrator: Integrator):
     buffer_names = entry.buffers
     batch_size = params.get("batch_size")
     noise_scale = math.sqrt(2.0 * params["step"] / params.get("beta", math.inf))
+    if params.get("noise") == "keyed":
+        raise ValueError('keyed Langevin noise (noise="keyed") is drawn on the CPU only: the device draws from '
+                         "per-particle generators")
 
     def init(W0, rng=None, tracers=None) -> DeviceState:
         if integrator.stochastic and not isinstance(rng, np.random.Generator):
