@@ -153,10 +153,11 @@ def test_tracer_deviation_shrinks_with_the_width(tmp_path):
     assert np.all(mean[1:, 1] < 0.5 * mean[1:, 0]), mean
 
 
-def test_config_accepts_limit_with_langevin_on_the_cpu_only(tmp_path, capsys):
+def test_config_accepts_limit_with_langevin(tmp_path):
     """Members and references of a [limit] table with Langevin are planned with keyed noise
-    (the reference's tracers take the rows of their members' particles); on the CUDA backend
-    the file is refused with exit status 2 and one line naming the file and the key."""
+    (the reference's tracers take the rows of their members' particles) and outside ensembles;
+    on the CUDA backend the same file runs in the simulator (tests/cuda_sim_kernels.py,
+    ``test_meanfield_run_limit_with_langevin_on_cuda``)."""
     path = experiment(tmp_path)
     specs = sweep.plan(path)
     assert sorted(s.config["limit"]["role"] for s in specs) == ["member"] * 4 + ["reference"] * 2
@@ -167,13 +168,6 @@ def test_config_accepts_limit_with_langevin_on_the_cpu_only(tmp_path, capsys):
     reference = sweep.build(next(s for s in specs if s.config["limit"]["role"] == "reference").config)
     state = reference.integrator.init(reference.W0, reference.rng, reference.tracers)
     np.testing.assert_array_equal(state.scratch["tracer_rows"], [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7])
-    capsys.readouterr()
-    cuda = tmp_path / "cuda.toml"
-    cuda.write_text(path.read_text() + '[run]\nbackend = "cuda"\n')
-    assert main(["run", str(cuda), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(cuda) in err[0] and "[run] backend" in err[0] and "CPU only" in err[0], err
-    assert not (tmp_path / "o").exists()
 
 
 def test_runs_without_limit_keep_the_stream_noise(tmp_path):

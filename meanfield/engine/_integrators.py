@@ -370,7 +370,9 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
     tracer_rows : array_like of int, shape (n,), optional
         With ``noise="keyed"``: the row of the keyed block whose increment each tracer
         receives (default ``arange(n)``). A tracer started at particle i of a width-m run
-        with the same SeedSequence and given row i receives that particle's increments.
+        with the same SeedSequence and given row i receives that particle's increments. On
+        the CUDA backend (``meanfield.engine._cuda.to_device``) tracer r gets the device
+        generator of row ``tracer_rows[r]``, the device noise being keyed by the row already.
 
     Returns
     -------
@@ -416,6 +418,7 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
     params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
     if keyed:
         params["noise"] = "keyed"
+        params["tracer_rows"] = None if rows is None else rows.tolist()
     refuse = ("tracers are coupled to the particles through shared randomness, which Langevin noise has only "
               'when keyed: pass noise="keyed", or use tracers with gradient_descent, heavy_ball or sgd'
               ) if noise_scale > 0 and not keyed else ""
@@ -481,14 +484,17 @@ def _langevin_on_device(updates, problem, state, velocity, points_velocity, para
     eta, weight_decay = params["step"], params["weight_decay"]
     noise_scale = math.sqrt(2.0 * eta / params["beta"])
     trainable = problem.trainable_device()
+    tracer_states = getattr(state, "tracer_noise_states", None)  # keyed noise: one generator per tracer
     if state.noise_states is not None and state.noise_step != state.step:
         # A restored state: bring the generators to where the saved run left them.
-        updates.advance_noise_states(state.noise_states, state.step - state.noise_step,
-                                     int(problem.model.trainable.sum()))
+        for states in (state.noise_states, tracer_states):
+            if states is not None:
+                updates.advance_noise_states(states, state.step - state.noise_step, int(problem.model.trainable.sum()))
     updates.langevin_update(state.device_W, velocity, state.noise_states, eta, weight_decay, noise_scale, trainable)
     state.noise_step = state.step + 1
     if state.device_tracers is not None:
-        updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0, trainable)
+        updates.langevin_update(state.device_tracers, points_velocity, tracer_states, eta, weight_decay,
+                                noise_scale if tracer_states is not None else 0.0, trainable)
 
 
 register_integrator(IntegratorEntry(

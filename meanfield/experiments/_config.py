@@ -940,9 +940,6 @@ def _rules_of_limit(config: dict, context: RuleContext) -> None:
     if limit["tracers"] and not entry.tracers:
         fail("limit", "tracers", f'"{config["dynamics"]["integrator"]}" does not couple tracers: set tracers = '
                                  f"false or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
-    if limit["tracers"] and config["dynamics"]["integrator"] == "langevin" and config["run"]["backend"] == "cuda":
-        fail("run", "backend", 'tracers under Langevin noise draw keyed noise on the CPU only: use backend = "cpu" '
-                               "or set [limit] tracers = false")
     if limit["tracers"] and init["symmetric"]:
         fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
                                  "reference's: set tracers = false")
