@@ -161,6 +161,37 @@ def create_noise_states(m, seed):
     return cuda.to_device(states)
 
 
+def create_noise_states_of_rows(rows, seed):
+    """The generators of the given rows of ``create_noise_states(m, seed)``, for any m > rows.
+
+    Row i's state depends only on (seed, i), so ``create_noise_states_of_rows([0, ..., m - 1],
+    seed)`` is ``create_noise_states(m, seed)``, and tracers given the rows of the particles
+    they started at draw those particles' noise (keyed Langevin noise on the device).
+
+    Parameters
+    ----------
+    rows : array_like of int, shape (n,)
+        Row indices >= 0 (repeats allowed).
+    seed : int
+        The 64-bit seed of ``create_noise_states``.
+
+    Returns
+    -------
+    device array of xoroshiro128p states, shape (n,)
+    """
+    rows = np.asarray(rows, dtype=np.uint64)
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        start = np.uint64(int(seed) % 2**64)
+        s0 = _splitmix64(start + np.uint64(2) * rows * gamma)
+        s1 = _splitmix64(start + (np.uint64(2) * rows + np.uint64(1)) * gamma)
+    states = np.empty(rows.shape[0], dtype=xoroshiro128p_dtype)
+    states["s0"] = s0
+    states["s1"] = s1
+    states["s0"][(states["s0"] == 0) & (states["s1"] == 0)] = 1  # the one forbidden state
+    return cuda.to_device(states)
+
+
 def advance_noise_states(states, steps, draws_per_step):
     """Advance every generator by ``steps * draws_per_step`` normal draws (2 raw draws each)."""
     total = 2 * int(steps) * int(draws_per_step)

@@ -24,7 +24,7 @@ from .engine import _interrupt
 from .engine._integrators import restore
 from .engine._run import run
 from .experiments import _progress
-from .experiments._assembly import Experiment, build, generator, initial_state, seed_sequence
+from .experiments._assembly import Experiment, build, generator, initial_state, keyed_noise, seed_sequence
 from .experiments._config import ConfigError, RunSpec, plan
 from .experiments._progress import _PoolSteps, _StepBar, _tqdm, _worker_observer
 from .experiments._run_stages import RUN_STAGES
@@ -231,7 +231,7 @@ ENSEMBLE_SIZE = 128  # members of one ensemble at most (``run_shard(ensemble_siz
 def ensemble_key(spec: RunSpec) -> str | None:
     """What runs must share to advance as one ensemble: the whole config but the seed; None for
     a run that is never put in an ensemble (an integrator whose entry does not allow it,
-    minibatches, an adaptive integrator, the CUDA backend, tracers). Whether a group is worth
+    minibatches, an adaptive integrator, the CUDA backend, tracers, keyed noise). Whether a group is worth
     batching is decided on its first member (:func:`plan_units`)."""
     import json
 
@@ -244,6 +244,8 @@ def ensemble_key(spec: RunSpec) -> str | None:
     if config["dynamics"].get("batch_size") is not None:  # minibatches: drawn per member, not batched
         return None
     if config.get("run", {}).get("backend", "cpu") != "cpu" or config.get("limit", {}).get("enabled"):
+        return None
+    if keyed_noise(config):  # its noise is keyed by its own stream, which an ensemble's stream does not serve
         return None
     rest = {section: dict(values) for section, values in config.items()}
     rest.get("run", {}).pop("seed", None)

@@ -10,6 +10,7 @@ m = 5, 7 (their kernels run a pair's scalars through long Python code in the sim
 ensemble kernels (one block per member) at B = 3, m = 5, k = 3, d = 7 against the CPU
 ensemble kernel (1e-12 and 1e-5) and the numpy closed forms.
 """
+import json
 import math
 import os
 
@@ -1189,3 +1190,64 @@ def test_gpu_benchmark_runs_at_tiny_size(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and f"| {bench.TINY_SIZES[0]} |" in line]
     assert {row.split("|")[1].strip() for row in rows} == set(bench.CASES)
+
+
+def test_cuda_keyed_langevin_tracers_draw_their_particles_noise():
+    """Keyed Langevin noise on the device. A row's generator depends only on (seed, row):
+    ``create_noise_states_of_rows`` gives bitwise the rows of ``create_noise_states``. A width-9
+    run carrying tracers for a width-4 run and for itself: the width-9 block follows the
+    particles to rounding (1e-12; without their noise they would differ by ~0.1), the width-4
+    block's generators end bitwise where the width-4 run's own end (the same draws), and a run
+    restored at step 2 continues bitwise, tracers included."""
+    states = gpu_updates.create_noise_states(12, 7).copy_to_host()
+    chosen = gpu_updates.create_noise_states_of_rows([3, 0, 11, 3], 7).copy_to_host()
+    np.testing.assert_array_equal(chosen, states[[3, 0, 11, 3]])
+    model, problem, W0 = population(m=9)
+    rows = list(range(4)) + list(range(9))
+    tracers = np.concatenate([W0[:4], W0])
+
+    def rng():
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(0, spawn_key=(0, 2))))
+
+    device_problem, wide = to_device(problem, mf.langevin(problem, 0.1, beta=50.0, noise="keyed", tracer_rows=rows))
+    full = mf.run(device_problem, wide, W0, 0.4, times=[0, 0.2, 0.4], rng=rng(), tracers=tracers,
+                  keep_particles=True)
+    assert np.abs(full.particles[2] - W0).max() > 0.05
+    np.testing.assert_allclose(full.tracers[:, 4:], full.particles, rtol=0, atol=1e-12)
+    _, narrow_integrator = to_device(problem, mf.langevin(problem, 0.1, beta=50.0, noise="keyed"))
+    narrow = mf.run(device_problem, narrow_integrator, W0[:4], 0.4, rng=rng())
+    np.testing.assert_array_equal(full.final.tracer_noise_states.copy_to_host()[:4],
+                                  narrow.final.noise_states.copy_to_host())
+    assert not np.array_equal(gpu_updates.create_noise_states(4, 0).copy_to_host(),
+                              narrow.final.noise_states.copy_to_host())  # they did draw
+    state = mf.restore(wide, full.particles[1], 2, rng=rng(), tracers=full.tracers[1])
+    resumed = mf.run(device_problem, wide, W0, 0.4, times=[0, 0.2, 0.4], rng=rng(), state=state)
+    assert np.array_equal(resumed.W, full.W) and np.array_equal(resumed.final.tracers, full.final.tracers)
+
+
+def test_meanfield_run_limit_with_langevin_on_cuda(tmp_path):
+    """A [limit] table with Langevin and tracers runs with backend = "cuda": the member of width
+    M = 6 and its tracers agree to rounding (deviation <= 1e-20, risk gap <= 1e-12), the width-3
+    member does not (> 1e-6)."""
+    import h5py as h5
+
+    from meanfield import limits
+    from meanfield.cli import main
+
+    text = (EXPERIMENT.format(kind="population", extra="", backend="cuda")
+            .replace('integrator = "heavy_ball"', 'integrator = "langevin"\nbeta = 10.0')
+            .replace("momentum = 0.5\n", "").replace("m = 11", "m = 6")
+            + '[limit]\nreference_m = 6\nmetrics = ["risk_gap", "tracer_deviation"]\n[sweep]\n"model.m" = [3, 6]\n')
+    (tmp_path / "limit.toml").write_text(text)
+    assert main(["run", str(tmp_path / "limit.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    pairs = limits.pairs(tmp_path / "out")
+    assert len(pairs) == 2
+    for member_path, _ in pairs:
+        with h5.File(member_path, "r") as f:
+            m = json.loads(f.attrs["config"])["model"]["m"]
+            deviation = f["observables/limit/tracer_deviation/value"][()]
+            gap = f["observables/limit/risk_gap/value"][()]
+        if m == 6:
+            assert np.all(deviation <= 1e-20) and np.all(np.abs(gap) <= 1e-12), (deviation, gap)
+        else:
+            assert np.all(deviation[1:] > 1e-6), deviation

@@ -89,13 +89,12 @@ def test_tracer_deviation_is_zero_when_m_equals_M(tmp_path, kind, integrator, dy
 
 
 def test_limit_configuration_errors(tmp_path, capsys):
-    """Tracers wider than the reference, or under Langevin noise, are refused up front."""
+    """Tracers wider than the reference, or unknown metrics, are refused up front (Langevin
+    noise is accepted: tests/test_langevin_tracers.py)."""
     path = experiment(tmp_path)
     assert main(["run", str(path), "--set", "limit.reference_m=6", "--out", str(tmp_path / "o")]) == 2
     assert "m must be <= reference_m = 6" in capsys.readouterr().err
     path = experiment(tmp_path, integrator="langevin", dynamics="beta = 10.0")
-    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
-    assert "not coupled under Langevin noise" in capsys.readouterr().err
     assert main(["run", str(path), "--set", 'limit.metrics=["nope"]', "--out", str(tmp_path / "o")]) == 2
     assert "a list of names from" in capsys.readouterr().err
 

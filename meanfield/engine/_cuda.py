@@ -421,6 +421,7 @@ class DeviceState:
         self._pending_push = True
         self.scratch = {}
         self.noise_states = None
+        self.tracer_noise_states = None  # keyed noise: the generators of the tracers' rows
         self.noise_step = 0  # the step the generators are at
         self._host_copies = {}
 
@@ -501,19 +502,28 @@ def to_device(problem: Problem, integrator: Integrator):
     buffer_names = entry.buffers
     batch_size = params.get("batch_size")
     noise_scale = math.sqrt(2.0 * params["step"] / params.get("beta", math.inf))
+    keyed = params.get("noise") == "keyed"  # the device's noise is keyed by row already; tracers get rows
 
     def init(W0, rng=None, tracers=None) -> DeviceState:
         if integrator.stochastic and not isinstance(rng, np.random.Generator):
             raise TypeError("this integrator is stochastic: pass rng=numpy.random.default_rng(seed)")
-        if tracers is not None and noise_scale > 0:
+        if tracers is not None and noise_scale > 0 and not keyed:
             raise ValueError("tracers are coupled to the particles through shared randomness, which Langevin noise "
-                             "does not have yet: use tracers with gradient_descent, heavy_ball or sgd")
+                             'has only when keyed: pass noise="keyed", or use tracers with gradient_descent, '
+                             "heavy_ball or sgd")
         W = problem.model.check_state(W0)
         if tracers is not None:
             tracers = problem.model.check_state(tracers, "tracers")
         state = DeviceState(W, rng, buffer_names, tracers)
         if noise_scale > 0:
-            state.noise_states = gpu_updates.create_noise_states(W.shape[0], _noise_seed(rng))
+            seed = _noise_seed(rng)
+            state.noise_states = gpu_updates.create_noise_states(W.shape[0], seed)
+            if tracers is not None:
+                rows = params.get("tracer_rows")
+                rows = np.arange(tracers.shape[0]) if rows is None else np.asarray(rows)
+                if rows.shape != (tracers.shape[0],):
+                    raise ValueError(f"tracer_rows gives {rows.size} rows for {tracers.shape[0]} tracers")
+                state.tracer_noise_states = gpu_updates.create_noise_states_of_rows(rows, seed)
         return state
 
     def evaluate(state):

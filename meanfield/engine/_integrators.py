@@ -404,8 +404,68 @@ def heavy_ball(problem: Problem, step: float, momentum: float = 0.9, weight_deca
                       problem=problem)
 
 
+NOISE_KEY_TAG = 0x6B6579  # "key": the spawn-key word of the keyed noise (the device seed uses 0x6375)
+
+
+def noise_key(rng: np.random.Generator) -> tuple:
+    """The key of a run's keyed Langevin noise, fixed by its generator's SeedSequence.
+
+    The key depends on the stream the generator was made from, not on its state, so a run
+    resumed from a checkpoint (whose generator state has moved on) has the key of the run it
+    continues; runs made from equal SeedSequences (runs that differ only in the width m) have
+    equal keys.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Made from a ``numpy.random.SeedSequence`` (``np.random.default_rng(seed)`` is).
+
+    Returns
+    -------
+    tuple
+        (entropy, spawn_key, pool_size) of that SeedSequence, for :func:`keyed_normal`.
+    """
+    try:
+        seq = rng.bit_generator.seed_seq
+    except (AttributeError, TypeError):
+        seq = None
+    if not isinstance(seq, np.random.SeedSequence):
+        raise TypeError("keyed noise is fixed by the run's own generator made from a numpy.random.SeedSequence "
+                        "(numpy.random.default_rng(seed)); an ensemble's or a bare bit generator has none")
+    return seq.entropy, tuple(seq.spawn_key), seq.pool_size
+
+
+def keyed_normal(key: tuple, step: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` with the standard normal block of step ``step`` of a keyed stream.
+
+    The block is drawn row-major from a PCG64 generator on
+    ``SeedSequence(entropy, spawn_key=(*spawn_key, NOISE_KEY_TAG, step))``: entry (i, j) is
+    the (i p + j)-th draw of that generator, so the block of n rows is the first n rows of
+    the block of any n2 > n rows (the same p, the same dtype). The increment of particle i at
+    step k thus depends only on (key, k, i): a width-m run's noise is a prefix of a wider
+    run's, and nothing has to be checkpointed.
+
+    Parameters
+    ----------
+    key : tuple
+        From :func:`noise_key`.
+    step : int
+        Steps taken before the step the block is for (0 for the step from t = 0 to dt).
+    out : ndarray, shape (n, p), float32 or float64, C-contiguous
+        Filled in place.
+
+    Returns
+    -------
+    ndarray
+        ``out``.
+    """
+    entropy, spawn_key, pool_size = key
+    seq = np.random.SeedSequence(entropy, spawn_key=(*spawn_key, NOISE_KEY_TAG, int(step)), pool_size=pool_size)
+    return np.random.Generator(np.random.PCG64(seq)).standard_normal(dtype=out.dtype, out=out)
+
+
 def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay: float = 0.0,
-             batch_size: int | None = None) -> Integrator:
+             batch_size: int | None = None, noise: str = "stream", tracer_rows=None) -> Integrator:
     """Noisy (stochastic) gradient descent, the Euler-Maruyama scheme of Langevin dynamics:
 
         w <- w + eta v(w) - eta lambda w + sqrt(2 eta / beta) xi,   xi ~ N(0, I),
@@ -426,13 +486,26 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
     batch_size : int, optional
         Samples per step: minibatches of a finite data set, fresh samples of the data law
         for a population problem. Default: the full velocity.
+    noise : {"stream", "keyed"}
+        Where xi comes from. ``"stream"`` (the default): drawn in order from the state's
+        generator, an (m, d + 2) block per step (after the step's minibatch, if any).
+        ``"keyed"``: the block of step k is :func:`keyed_normal` of the generator's
+        :func:`noise_key`, so the increment of particle i at step k depends only on (the
+        generator's SeedSequence, k, i) and a width-m run's noise is the first m rows of a
+        wider run's; tracers are then coupled (tracer r receives row ``tracer_rows[r]``).
+    tracer_rows : array_like of int, shape (n,), optional
+        With ``noise="keyed"``: the row of the keyed block whose increment each tracer
+        receives (default ``arange(n)``). A tracer started at particle i of a width-m run
+        with the same SeedSequence and given row i receives that particle's increments. On
+        the CUDA backend (``meanfield.engine._cuda.to_device``) tracer r gets the device
+        generator of row ``tracer_rows[r]``, the device noise being keyed by the row already.
 
     Returns
     -------
     Integrator
         Named ``"langevin"`` when it adds noise, else ``"sgd"``; stochastic (``init`` needs
         a ``numpy.random.Generator``) when it adds noise or draws batches. With noise it
-        refuses tracers.
+        refuses tracers unless ``noise="keyed"``.
     """
     eta = _positive("step", step)
     beta = _positive("beta", beta) if beta != math.inf else math.inf
@@ -440,26 +513,59 @@ def langevin(problem: Problem, step: float, beta: float = math.inf, weight_decay
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if batch_size is not None and not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if noise not in ("stream", "keyed"):
+        raise ValueError(f'noise must be "stream" or "keyed", got {noise!r}')
     noise_scale = math.sqrt(2.0 * eta / beta)
     trainable = problem.model.trainable
     stochastic = noise_scale > 0 or batch_size is not None
+    keyed = noise == "keyed" and noise_scale > 0
+    rows = None if tracer_rows is None else np.asarray(tracer_rows, dtype=np.int64)
+    if rows is not None and (rows.ndim != 1 or (rows.size and rows.min() < 0)):
+        raise ValueError("tracer_rows must be a 1-D array of row indices >= 0")
 
     def step_fn(state: State) -> State:
         evaluation = _evaluate(problem, state, batch_size)
         noise = state.scratch["noise"]
-        if noise_scale > 0:
+        if keyed:
+            block = keyed_normal(state.scratch["noise_key"], state.step, state.scratch["keyed_noise"])
+            noise = block[:state.W.shape[0]]
+        elif noise_scale > 0:
             state.rng.standard_normal(dtype=noise.dtype, out=noise)
         kernels.langevin_update(state.W, evaluation.velocity, noise, eta, weight_decay, noise_scale, trainable)
-        if state.tracers is not None:  # no noise here: tracers are refused with Langevin noise
-            kernels.langevin_update(state.tracers, evaluation.points_velocity, state.scratch["tracer_noise"], eta,
-                                    weight_decay, 0.0, trainable)
+        if state.tracers is not None:  # with "stream" noise there are no tracers unless noise_scale = 0
+            tracer_noise = state.scratch["tracer_noise"]
+            if keyed:
+                np.take(block, state.scratch["tracer_rows"], axis=0, out=tracer_noise)
+            kernels.langevin_update(state.tracers, evaluation.points_velocity, tracer_noise, eta,
+                                    weight_decay, noise_scale if keyed else 0.0, trainable)
         return _advance(state, evaluation.value, eta)
 
     name = "langevin" if noise_scale > 0 else "sgd"
     params = {"step": eta, "beta": beta, "weight_decay": float(weight_decay), "batch_size": batch_size}
-    refuse = ("tracers are coupled to the particles through shared randomness, which Langevin noise does not "
-              "have yet: use tracers with gradient_descent, heavy_ball or sgd") if noise_scale > 0 else ""
-    return Integrator(_make_init(problem, stochastic, (), refuse), step_fn, eta, name, params, stochastic,
+    if keyed:
+        params["noise"] = "keyed"
+        params["tracer_rows"] = None if rows is None else rows.tolist()
+    refuse = ("tracers are coupled to the particles through shared randomness, which Langevin noise has only "
+              'when keyed: pass noise="keyed", or use tracers with gradient_descent, heavy_ball or sgd'
+              ) if noise_scale > 0 and not keyed else ""
+    base_init = _make_init(problem, stochastic, (), refuse)
+
+    def init(W0, rng: np.random.Generator | None = None, tracers=None) -> State:
+        state = base_init(W0, rng, tracers)
+        if keyed:
+            state.scratch["noise_key"] = noise_key(rng)
+            n_rows = state.W.shape[0]
+            if state.tracers is not None:
+                n = state.tracers.shape[0]
+                where = np.arange(n, dtype=np.int64) if rows is None else rows
+                if where.shape != (n,):
+                    raise ValueError(f"tracer_rows gives {where.size} rows for {n} tracers")
+                state.scratch["tracer_rows"] = where
+                n_rows = max(n_rows, int(where.max()) + 1 if n else 0)
+            state.scratch["keyed_noise"] = np.empty((n_rows, state.W.shape[1]), dtype=state.W.dtype)
+        return state
+
+    return Integrator(init, step_fn, eta, name, params, stochastic,
                       problem=problem if batch_size is None else None)
 
 
@@ -576,14 +682,17 @@ def _langevin_on_device(updates, problem, state, velocity, points_velocity, para
     eta, weight_decay = params["step"], params["weight_decay"]
     noise_scale = math.sqrt(2.0 * eta / params["beta"])
     trainable = problem.trainable_device()
+    tracer_states = getattr(state, "tracer_noise_states", None)  # keyed noise: one generator per tracer
     if state.noise_states is not None and state.noise_step != state.step:
         # A restored state: bring the generators to where the saved run left them.
-        updates.advance_noise_states(state.noise_states, state.step - state.noise_step,
-                                     int(problem.model.trainable.sum()))
+        for states in (state.noise_states, tracer_states):
+            if states is not None:
+                updates.advance_noise_states(states, state.step - state.noise_step, int(problem.model.trainable.sum()))
     updates.langevin_update(state.device_W, velocity, state.noise_states, eta, weight_decay, noise_scale, trainable)
     state.noise_step = state.step + 1
     if state.device_tracers is not None:
-        updates.langevin_update(state.device_tracers, points_velocity, None, eta, weight_decay, 0.0, trainable)
+        updates.langevin_update(state.device_tracers, points_velocity, tracer_states, eta, weight_decay,
+                                noise_scale if tracer_states is not None else 0.0, trainable)
 
 
 # The [dynamics] keys of a weight decay with a schedule (WeightDecay.from_dynamics).
@@ -609,9 +718,10 @@ register_integrator(IntegratorEntry(
     requires={"batch_size": "a batch_size (an integer >= 1)"}, device_update=_langevin_on_device,
     device_keys=("weight_decay",)))
 register_integrator(IntegratorEntry(
-    "langevin", lambda problem, dc: langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"]),
+    "langevin", lambda problem, dc: langevin(problem, dc["step"], dc["beta"], dc["weight_decay"], dc["batch_size"],
+                                             dc.get("noise", "stream"), dc.get("tracer_rows")),
     lambda dc: dc["step"], keys=("step", "beta", "weight_decay", "batch_size"),
-    requires={"beta": "an inverse temperature beta (a number > 0)"}, tracers=False,
+    requires={"beta": "an inverse temperature beta (a number > 0)"},
     device_update=_langevin_on_device, ensembles=True, device_keys=("weight_decay",)))
 
 

@@ -124,6 +124,41 @@ def initial_state(config: dict) -> np.ndarray:
     return init.sample(_model(config), config["model"]["m"], generator(config, "init"))
 
 
+def keyed_noise(config: dict) -> bool:
+    """Whether a run's Langevin noise is keyed (``langevin(noise="keyed")``): Langevin runs of
+    a ``[limit]`` table with tracers, members and references, so that a member's particle i
+    and the reference's tracer i receive the same increments. Every other run draws its noise
+    from its ``dynamics`` stream in order, as before (its files and ids are unchanged).
+
+    Parameters
+    ----------
+    config : dict
+        A resolved config.
+
+    Returns
+    -------
+    bool
+    """
+    limit = config.get("limit", {})
+    return (config["dynamics"]["integrator"] == "langevin" and limit.get("role") in ("member", "reference")
+            and bool(limit.get("tracers")))
+
+
+def _tracer_rows(config: dict, blocks) -> np.ndarray | None:
+    """Row of the keyed noise block each tracer of a reference receives: row i for the tracer
+    started at particle i of a member, whose noise key is the reference's (the members and
+    their reference differ only in the width, so they share the ``dynamics`` stream)."""
+    if not blocks:
+        return None
+    for label, start, stop in blocks:
+        member = json.loads(json.dumps(config))
+        member["model"]["m"] = stop - start
+        theirs, mine = seed_sequence(member, "dynamics"), seed_sequence(config, "dynamics")
+        if (theirs.entropy, theirs.spawn_key) != (mine.entropy, mine.spawn_key):
+            raise ValueError(f"the member {label} has another noise stream than its reference")
+    return np.concatenate([np.arange(stop - start) for _, start, stop in blocks])
+
+
 def _tracers(config: dict):
     """A reference run's tracers: the initial particles of each member width, stacked."""
     widths = config.get("limit", {}).get("tracer_widths") or []
@@ -195,7 +230,8 @@ def build(config: dict) -> Experiment:
     Experiment
         ``model``; ``problem`` (population or finite-data, wrapped as the tangent model when
         ``[problem] tangent``; with ``[run] backend = "cuda"`` it and ``integrator`` are the
-        CUDA twins); ``integrator`` (``[dynamics] integrator``); ``W0`` (m, d + 2), from
+        CUDA twins); ``integrator`` (``[dynamics] integrator``; Langevin with keyed noise
+        under ``[limit]`` with tracers, :func:`keyed_noise`); ``W0`` (m, d + 2), from
         :func:`initial_state`; ``times``, the recording times in continuous time t, float64,
         from 0 to ``t_max``; ``t_max``; ``rng``, the generator of the ``dynamics`` stream;
         ``teacher`` (None for a data file); ``tracers`` (n, d + 2) and ``tracer_blocks`` for a
@@ -227,13 +263,14 @@ def build(config: dict) -> Experiment:
         from ..engine._tangent import TangentProblem
 
         problem = TangentProblem(problem, W0)
-    integrator = INTEGRATORS[dc["integrator"]].build(problem, dc)
+    tracers, blocks = _tracers(config)
+    dynamics = dict(dc, noise="keyed", tracer_rows=_tracer_rows(config, blocks)) if keyed_noise(config) else dc
+    integrator = INTEGRATORS[dc["integrator"]].build(problem, dynamics)
     if config["run"]["backend"] == "cuda":
         from ..engine._cuda import to_device
 
         problem, integrator = to_device(problem, integrator)
     times = time_grid(dc["t_max"], rc["times"], rc["spacing"], rc["t_min"])
-    tracers, blocks = _tracers(config)
     context = ObservableContext(config, model, problem, W0, teacher)
     measures = tuple(entry.make(context) for entry in OBSERVABLES.values() if entry.enabled(config))
     return Experiment(model, problem, integrator, W0, times, dc["t_max"], generator(config, "dynamics"), teacher,

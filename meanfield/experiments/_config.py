@@ -951,8 +951,8 @@ def _rules_of_limit(config: dict, context: RuleContext) -> None:
     if not record["particles"]:
         fail("record", "particles", "[limit] compares particle clouds: the particles must be recorded")
     if limit["tracers"] and not entry.tracers:
-        fail("limit", "tracers", "tracers are not coupled under Langevin noise yet: set tracers = false "
-                                 f"or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
+        fail("limit", "tracers", f'"{config["dynamics"]["integrator"]}" does not couple tracers: set tracers = '
+                                 f"false or use {_integrators_where(lambda e: e.tracers and e.time_step)}")
     if limit["tracers"] and init["symmetric"]:
         fail("limit", "tracers", "a symmetric init pairs particles, so a narrow init is not part of the "
                                  "reference's: set tracers = false")

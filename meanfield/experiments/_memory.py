@@ -51,6 +51,7 @@ import zipfile
 import numpy as np
 
 from ..engine._integrators import INTEGRATORS
+from ._assembly import keyed_noise
 from ._config import ConfigError
 
 __all__ = ["available_bytes", "check", "estimate_bytes", "format_bytes", "parse_size"]
@@ -165,6 +166,8 @@ def _items(config: dict) -> _Ledger:
     n_buffers = len(INTEGRATORS[integrator].buffers)  # the heavy ball's momentum
     if n_buffers:
         add(f"{integrator} buffers, twice: {2 * n_buffers} x (m, d + 2)", 2 * n_buffers * m * p * s, mk)
+    if keyed_noise(config):
+        add(f"keyed noise block: (m, d + 2) {mc['dtype']}", m * p * s, mk)
     if n_t:
         buffers = 4 + 2 * n_buffers
         add(f"tracers: {buffers} x ({n_t}, d + 2)", buffers * n_t * p * s, ("tracers",))
