@@ -231,8 +231,8 @@ ENSEMBLE_SIZE = 128  # members of one ensemble at most (``run_shard(ensemble_siz
 def ensemble_key(spec: RunSpec) -> str | None:
     """What runs must share to advance as one ensemble: the whole config but the seed; None for
     a run that is never put in an ensemble (an integrator whose entry does not allow it,
-    minibatches, an adaptive integrator, the CUDA backend, tracers, keyed noise). Whether a group is worth
-    batching is decided on its first member (:func:`plan_units`)."""
+    minibatches, an adaptive integrator, noise on the CUDA backend, tracers, keyed noise).
+    Whether a group is worth batching is decided on its first member (:func:`plan_units`)."""
     import json
 
     from .engine._integrators import INTEGRATORS
@@ -243,7 +243,10 @@ def ensemble_key(spec: RunSpec) -> str | None:
         return None
     if config["dynamics"].get("batch_size") is not None:  # minibatches: drawn per member, not batched
         return None
-    if config.get("run", {}).get("backend", "cpu") != "cpu" or config.get("limit", {}).get("enabled"):
+    if config.get("limit", {}).get("enabled"):
+        return None
+    # On the GPU the noise comes from per-particle generators, not from each member's stream.
+    if config.get("run", {}).get("backend", "cpu") != "cpu" and not entry.deterministic:
         return None
     if keyed_noise(config):  # its noise is keyed by its own stream, which an ensemble's stream does not serve
         return None
@@ -285,7 +288,8 @@ def plan_units(specs, ensemble_size: int = ENSEMBLE_SIZE) -> list[list[RunSpec]]
         if key not in groups:
             try:
                 experiment = build(spec.config)
-                eligible = experiment.tracers is None and batched(experiment.problem, experiment.W0.shape[0])
+                problem = getattr(experiment.problem, "host", experiment.problem)  # a CUDA run's CPU problem
+                eligible = experiment.tracers is None and batched(problem, experiment.W0.shape[0])
             except Exception:  # noqa: BLE001 - a run that cannot be built fails alone, with its message
                 eligible = False
             groups[key] = [] if eligible else None
@@ -430,9 +434,13 @@ def _run_members(members, out_dir, start) -> dict:
     checkpoints = [member[3] for member in members]
     first = experiments[0]
     m = first.W0.shape[0]
-    ensemble = PopulationEnsemble([e.problem for e in experiments], m)
+    ensemble = PopulationEnsemble([getattr(e.problem, "host", e.problem) for e in experiments], m)
     dynamics = specs[0].config["dynamics"]
     integrator = INTEGRATORS[dynamics["integrator"]].build(ensemble, dynamics)
+    if specs[0].config["run"]["backend"] == "cuda":  # one launch for all members (engine._cuda.CudaEnsemble)
+        from .engine._cuda import to_device
+
+        ensemble, integrator = to_device(ensemble, integrator)
     W0 = np.stack([e.W0 for e in experiments])
     state = None
     if checkpoints[0] is not None:

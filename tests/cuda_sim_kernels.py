@@ -1251,3 +1251,35 @@ def test_meanfield_run_limit_with_langevin_on_cuda(tmp_path):
             assert np.all(deviation <= 1e-20) and np.all(np.abs(gap) <= 1e-12), (deviation, gap)
         else:
             assert np.all(deviation[1:] > 1e-6), deviation
+
+
+def test_a_cuda_sweep_forms_ensembles_with_the_files_of_runs_alone(tmp_path):
+    """`[run] backend = "cuda"` runs that differ only in their seed form one device ensemble
+    (CudaEnsemble: one gpu_ensemble launch per step for all members) and write the files of
+    the same runs done alone on the device, every dataset and attribute."""
+    from test_ensemble import assert_same_files
+
+    from meanfield import sweep
+    from meanfield.engine import _cuda
+
+    text = EXPERIMENT.format(kind="population", extra="", backend="cuda").replace("m = 11", "m = 3") + \
+        '[sweep]\n"run.seed" = [0, 1, 2]\n'
+    path = tmp_path / "cuda.toml"
+    path.write_text(text)
+    units = sweep.plan_units(sweep.plan(path))
+    assert [len(unit) for unit in units] == [3]
+    made = []
+    real = _cuda.CudaEnsemble.__init__
+
+    def counting(self, ensemble):
+        made.append(len(ensemble.members))
+        real(self, ensemble)
+
+    _cuda.CudaEnsemble.__init__ = counting
+    try:
+        together = sweep.run_shard(path, tmp_path / "together")
+    finally:
+        _cuda.CudaEnsemble.__init__ = real
+    assert made == [3] and {s["status"] for s in together} == {"complete"}
+    sweep.run_shard(path, tmp_path / "alone", ensemble_size=1)
+    assert_same_files(tmp_path / "together", tmp_path / "alone")
