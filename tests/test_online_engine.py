@@ -68,3 +68,38 @@ def test_engine_online_sgd_follows_the_ode(tmp_path, scaling):
                                          second_layer_learning_rate=wrong / 4 if scaling == "mean_field" else None)
         assert max(np.abs(r["Q_run"] - ode.Q).max(), np.abs(r["R_run"] - ode.R).max()) > 0.08
 
+
+def test_shipped_experiment_report(tmp_path, capsys):
+    """runs/online_sgd_ode.toml, shortened (d = 100 and 400, alpha up to 8, 3 seeds), run and
+    reported by `meanfield report DIR`: one table, a row per (window, d) whose numbers are the
+    mean over seeds of max |eps_g - eps_ODE| and max ||R - R_ODE||_F (recomputed here from
+    `compare`, 1e-3 relative in the printed digits), and a fitted rate per window; over the whole
+    run the R distance shrinks from d = 100 to 400 (measured 0.034 -> 0.024)."""
+    text = open("runs/online_sgd_ode.toml").read()
+    changes = {"t_max = 75.0": "t_max = 2.0", '"run.seed" = [0, 1, 2, 3]': '"run.seed" = [0, 1, 2]',
+               '"model.d" = [100, 500, 2000]': '"model.d" = [100, 400]',
+               '"dynamics.step" = [0.0025, 0.0005, 0.000125]': '"dynamics.step" = [0.0025, 0.000625]',
+               "times = 61": "times = 9"}
+    for old, new in changes.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "short.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = [_online_ode.compare(p) for p, _ in _online_ode.runs(out)]
+    assert len(results) == 6 and all(r["alpha"][-1] == pytest.approx(8.0) for r in results)
+    assert "online SGD against the order-parameter ODE" in printed
+    for d in (100, 400):
+        eps = np.mean([r["eps_distance"] for r in results if r["d"] == d])
+        R = np.mean([r["R_distance"] for r in results if r["d"] == d])
+        row = next(line for line in printed.splitlines() if line.split()[:3] == ["8", str(d), "3"])
+        numbers = [float(x.strip("[],")) for x in row.split()[3:]]
+        assert numbers[0] == pytest.approx(eps, rel=1e-3) and numbers[3] == pytest.approx(R, rel=1e-3)
+        assert numbers[1] <= numbers[0] <= numbers[2] and numbers[4] <= numbers[3] <= numbers[5]
+    assert sum(line.startswith(("eps_g, alpha <=", "R, alpha <=")) for line in printed.splitlines()) == 8
+    assert np.mean([r["R_distance"] for r in results if r["d"] == 400]) < \
+        np.mean([r["R_distance"] for r in results if r["d"] == 100])
