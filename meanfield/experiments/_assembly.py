@@ -27,6 +27,7 @@ from ..engine._problems import FiniteDataProblem, PopulationProblem, Problem
 from ..engine._registry import Registry
 from ..engine._run import time_grid
 from ..engine._teacher import Teacher
+from ..online._engine_map import OrderParameterMeasure
 
 STREAMS = {"init": 0, "problem": 1, "dynamics": 2, "test": 3}
 
@@ -352,3 +353,8 @@ def classification_measure(context: ObservableContext) -> ClassificationMeasure:
 
 register_observable(ObservableEntry(
     "classification", lambda config: bool(config["record"].get("classification")), classification_measure))
+
+
+register_observable(ObservableEntry(
+    "order_parameters", lambda config: bool(config["record"].get("order_parameters")),
+    lambda c: OrderParameterMeasure(c.model, c.config["model"]["m"], c.teacher.W)))

@@ -35,7 +35,9 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             kind = "finite_data" with a classification loss, record the parameter norms, the
             training error, the normalised margin and the normalised predictor's change, and
             test_error on the test_samples sample when set; kept in the resolved config only
-            when true)
+            when true), order_parameters (false: with a teacher and no bias, record the overlaps
+            Q_k_l = a_k . a_l, R_k_n = a_k . a*_n and v_k = alpha s c_k of the order-parameter
+            ODEs, meanfield.online; kept in the resolved config only when true)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
@@ -76,6 +78,7 @@ from ..engine._losses import LOSS_ENTRIES
 from ..engine._model import A_LAWS, ACTIVATIONS, B_LAWS, C_LAWS, DTYPES, SCALINGS
 from ..engine._problems import BIAS_CLOSED_FORM_ACTIVATIONS, CLOSED_FORM_ACTIVATIONS, method_applies
 from ..engine._run import SPACINGS
+from ..online._engine_map import ORDER_PARAMETER_MAX_SERIES, series_count
 
 
 class ConfigError(ValueError):
@@ -233,6 +236,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "step_error": Key("bool", False),
         "test_samples": Key("int_or_none", None, minimum=1),
         "classification": Key("bool", False),
+        "order_parameters": Key("bool", False),
     },
     "run": {
         "seed": Key("int", 0, minimum=0),
@@ -1064,11 +1068,35 @@ def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
             del dynamics[name]
 
 
+def _rules_of_order_parameters(config: dict, context: RuleContext) -> None:
+    """``[record] order_parameters``: the overlaps with a teacher of a bias-free network, from its
+    particles on the CPU, one series per overlap (so a narrow network); dropped from the resolved
+    config when false (the ids of other runs stay)."""
+    record, problem, model, fail = config["record"], config["problem"], config["model"], context.fail
+    if not record["order_parameters"]:
+        del record["order_parameters"]
+        return
+    if problem["data"] is not None:
+        fail("record", "order_parameters", "the overlaps are with the teacher: a data file has none")
+    if model["bias"] or config["problem.teacher"]["bias"]:
+        fail("record", "order_parameters", "the committee of the order-parameter ODEs has no bias: needs "
+                                            "model.bias = false and a teacher without bias")
+    if problem["tangent"]:
+        fail("record", "order_parameters", "measures the network, not the tangent model: needs tangent = false")
+    if config["run"]["backend"] != "cpu":
+        fail("record", "order_parameters", 'the observables are evaluated on the CPU: needs backend = "cpu"')
+    count = series_count(model["m"], config["problem.teacher"]["k"])
+    if count > ORDER_PARAMETER_MAX_SERIES:
+        fail("record", "order_parameters", f"one series per overlap, m (m + k) + m = {count}: at most "
+                                            f"{ORDER_PARAMETER_MAX_SERIES} (a narrow committee)")
+
+
 # The cross-key rules, one function per feature, applied in this order by resolve(): a new
 # feature's rules are one function and one entry here.
 CROSS_KEY_RULES = (_rules_of_model, _rules_of_problem, _rules_of_flow, _rules_of_dynamics,
                    _rules_of_weight_decay, _rules_of_limit, _rules_of_backend, _rules_of_lazy,
-                   _rules_of_landscape, _rules_of_connectivity, _rules_of_classification)
+                   _rules_of_landscape, _rules_of_connectivity, _rules_of_classification,
+                   _rules_of_order_parameters)
 
 
 def _check_flow(config: dict, raw: dict, fail, via=None) -> None:

@@ -112,3 +112,22 @@ register_stage(PostRunStage(
     lambda specs: _config_asks("landscape", "enabled")(specs) or _config_asks("connectivity", "enabled")(specs),
     lambda out_dir: True, _landscape, figures=False))
 register_stage(PostRunStage("lazy", _config_asks("lazy", "role"), _lazy_present, _lazy))
+
+
+def _online_ode(out_dir, jobs, n_times, report=True):
+    from . import _online_ode
+
+    if not report:
+        return [], []
+    table = _online_ode.report(out_dir)
+    return [], [table] if table else []
+
+
+def _online_ode_present(out_dir) -> bool:
+    from . import _online_ode
+
+    return _online_ode.has_runs(out_dir)
+
+
+register_stage(PostRunStage("online_ode", _config_asks("record", "order_parameters"), _online_ode_present,
+                            _online_ode, figures=False))

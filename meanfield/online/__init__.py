@@ -3,8 +3,18 @@ fixed width) and the finite-d simulation they describe.
 
 See :mod:`meanfield.online._ode` for the equations (Saad & Solla 1995; Goldt et al. 2019) and
 :mod:`meanfield.online._integrals` for the Gaussian averages I2, I3, I4, J2 and their measured
-accuracy. The user page is docs/capabilities/online_sgd.md.
+accuracy, :mod:`meanfield.online._engine_map` for the map to meanfield's particle networks (overlaps of
+particles, the ODE's learning rates and time of an engine SGD run). The user page is docs/capabilities/online_sgd.md.
 """
+from ._engine_map import (
+    ORDER_PARAMETER_MAX_SERIES,
+    OrderParameterMeasure,
+    alpha_of_time,
+    ode_learning_rates,
+    order_parameter_names,
+    overlaps,
+    stack_order_parameters,
+)
 from ._integrals import (
     AVERAGE_METHODS,
     CLOSED_FORM_AVERAGES,
@@ -34,7 +44,14 @@ __all__ = [
     "GaussianAverages",
     "ODE_ATOL",
     "ODE_RTOL",
+    "ORDER_PARAMETER_MAX_SERIES",
+    "OrderParameterMeasure",
     "OrderParameterTrajectory",
+    "alpha_of_time",
+    "ode_learning_rates",
+    "order_parameter_names",
+    "overlaps",
+    "stack_order_parameters",
     "generalisation_error",
     "integrate_order_parameters",
     "joint_covariance",
