@@ -88,6 +88,15 @@ def _lazy(out_dir, jobs, n_times, report=True):
     return [], [table, *_plots(plots)]
 
 
+def _classification(out_dir, jobs, n_times, report=True):
+    from .. import report as reports
+
+    if not report:
+        return [], []
+    table, plots = reports.classification_report(out_dir)
+    return [], [table, *_plots(plots)]
+
+
 def _config_asks(section: str, key: str):
     return lambda specs: any(spec.config.get(section, {}).get(key) for spec in specs)
 
@@ -112,3 +121,13 @@ register_stage(PostRunStage(
     lambda specs: _config_asks("landscape", "enabled")(specs) or _config_asks("connectivity", "enabled")(specs),
     lambda out_dir: True, _landscape, figures=False))
 register_stage(PostRunStage("lazy", _config_asks("lazy", "role"), _lazy_present, _lazy))
+
+
+def _classification_present(out_dir) -> bool:
+    from .. import report as reports
+
+    return reports.has_classification(out_dir)
+
+
+register_stage(PostRunStage("classification", _config_asks("record", "classification"), _classification_present,
+                            _classification))
