@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .engine._classification import HOMOGENEOUS_ACTIVATIONS
 from .experiments._summaries import (
     FINISHED,
     GROUP_EXCLUDE,
@@ -308,7 +309,26 @@ def classification_records(out_dir) -> list[dict]:
     return records
 
 
-def last_decade_trend(times, norm, margin=None) -> dict:
+def homogeneity_degree_of(config: dict) -> int | None:
+    """The degree L of f in the trained coordinates of a run (2 with a trained readout, 1 with a
+    frozen one) for a positively homogeneous activation; None for the others.
+
+    Parameters
+    ----------
+    config : dict
+        A resolved run config (its ``[model]``).
+
+    Returns
+    -------
+    int or None
+    """
+    model = config["model"]
+    if model["activation"] not in HOMOGENEOUS_ACTIVATIONS:
+        return None
+    return 2 if model["train_readout"] else 1
+
+
+def last_decade_trend(times, norm, margin=None, degree=None) -> dict:
     """The growth of rho and the change of the margin over the last decade of recorded time.
 
     The window is the records with t >= t_last / 10 (t_last the last recorded time).
@@ -321,21 +341,26 @@ def last_decade_trend(times, norm, margin=None) -> dict:
         rho at those times.
     margin : array_like, shape (T,), optional
         The normalised margin at those times.
+    degree : int, optional
+        The homogeneity degree L (:func:`homogeneity_degree_of`).
 
     Returns
     -------
     dict
         ``norm_per_decade``: least-squares slope of rho against log10 t over the window (the
         growth of rho per factor 10 of t; NaN with fewer than 2 records in it);
+        ``normL_per_decade``: the same slope for rho^L (NaN without a degree);
         ``margin_change``: margin(t_last) - margin(first record of the window) (NaN without a
         margin or with one record in the window).
     """
     times, norm = np.asarray(times, float), np.asarray(norm, float)
     window = np.flatnonzero(times >= times[-1] / 10.0)
     window = window[times[window] > 0]
-    result = {"norm_per_decade": math.nan, "margin_change": math.nan}
+    result = {"norm_per_decade": math.nan, "normL_per_decade": math.nan, "margin_change": math.nan}
     if len(window) >= 2:
         result["norm_per_decade"] = float(np.polyfit(np.log10(times[window]), norm[window], 1)[0])
+        if degree is not None:
+            result["normL_per_decade"] = float(np.polyfit(np.log10(times[window]), norm[window] ** degree, 1)[0])
         if margin is not None:
             margin = np.asarray(margin, float)
             result["margin_change"] = float(margin[window[-1]] - margin[window[0]])
@@ -355,7 +380,7 @@ def classification_rows(records) -> list[dict]:
     list of dict
         Sorted by (loss, decay, m); keys ``loss``, ``decay``, ``m``, ``seeds`` (count), ``t``
         (the last recorded time of the first member) and the means over seeds of ``norm``
-        (rho at the last record), ``norm_per_decade`` and ``margin_change``
+        (rho at the last record), ``norm_per_decade``, ``normL_per_decade`` and ``margin_change``
         (:func:`last_decade_trend`), ``margin`` (normalised margin at the last record),
         ``train_error`` and ``test_error`` (at the last record); NaN where the runs do not
         store the series.
@@ -371,10 +396,12 @@ def classification_rows(records) -> list[dict]:
     rows = []
     for (loss, decay, m), members in sorted(groups.items(), key=lambda item: (item[0][0], float(
             item[0][1].split(",")[0]), item[0][1], item[0][2])):
-        trends = [last_decade_trend(r["times"], r["norm"], r["normalized_margin"]) for r in members]
+        trends = [last_decade_trend(r["times"], r["norm"], r["normalized_margin"], homogeneity_degree_of(r["config"]))
+                  for r in members]
         rows.append({"loss": loss, "decay": decay, "m": m, "seeds": len(members), "t": float(members[0]["times"][-1]),
                      "norm": mean_last(members, "norm"),
                      "norm_per_decade": float(np.mean([t["norm_per_decade"] for t in trends])),
+                     "normL_per_decade": float(np.mean([t["normL_per_decade"] for t in trends])),
                      "margin": mean_last(members, "normalized_margin"),
                      "margin_change": float(np.mean([t["margin_change"] for t in trends])),
                      "train_error": mean_last(members, "train_error"),
@@ -382,7 +409,8 @@ def classification_rows(records) -> list[dict]:
     return rows
 
 
-CLASSIFICATION_COLUMNS = ("norm", "norm_per_decade", "margin", "margin_change", "train_error", "test_error")
+CLASSIFICATION_COLUMNS = ("norm", "norm_per_decade", "normL_per_decade", "margin", "margin_change", "train_error",
+                          "test_error")
 
 
 def classification_table(records) -> str:
@@ -409,7 +437,8 @@ def classification_table(records) -> str:
         lines.append(f"{row['loss']:<12}  {row['decay']:<16}  {row['m']:>6}  {row['seeds']:>5}  {row['t']:>8.4g}  "
                      + "  ".join(f"{row[name]:>15.4e}" for name in CLASSIFICATION_COLUMNS))
     lines.append("(means over seeds at the last recorded time t; decay: weight_decay lambda_0 (0: none) and its "
-                 "schedule; norm_per_decade: least-squares slope of rho against log10 t over t >= t/10; "
+                 "schedule; norm_per_decade, normL_per_decade: least-squares slope of rho, of rho^L (L the "
+                 "homogeneity degree) against log10 t over t >= t/10; "
                  "margin_change: normalized_margin(t) - normalized_margin at the first record with t >= t/10)")
     return "\n".join(lines)
 
@@ -419,7 +448,7 @@ def _mean_curve(members, name):
     return members[0]["times"][:length], np.mean([r[name][:length] for r in members], axis=0)
 
 
-def plot_classification_series(records, name: str, ylabel: str):
+def plot_classification_series(records, name: str, ylabel: str, positive_view: bool = False):
     """A recorded series against t (log axis), one panel per loss, one line per (decay, m), mean over seeds.
 
     Parameters
@@ -429,6 +458,10 @@ def plot_classification_series(records, name: str, ylabel: str):
     name : str
         The series (``"norm"``, ``"normalized_margin"``).
     ylabel : str
+    positive_view : bool
+        Show the values from -1/2 to 1.15 times the largest plotted value (when it is
+        positive): for the margin, whose values before the data are separated are far below
+        its small positive values after; the title says so.
 
     Returns
     -------
@@ -464,6 +497,10 @@ def plot_classification_series(records, name: str, ylabel: str):
         axes.set_xlabel("time t")
         axes.set_ylabel(ylabel)
         axes.set_title(f"{loss} loss")
+        upper = max((line.get_ydata().max() for line in axes.get_lines() if len(line.get_ydata())), default=0.0)
+        if positive_view and upper > 0:
+            axes.set_ylim(-0.5 * upper, 1.15 * upper)
+            axes.set_title(f"{loss} loss (values below {-0.5 * upper:.2g} off the axes)")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize="x-small")
     figure.tight_layout()
@@ -502,7 +539,7 @@ def classification_report(out_dir, plots: bool = True) -> tuple[str, list[str]]:
     for name, ylabel, file_name in (("norm", "ρ (norm of the parameters)", "classification_norm.png"),
                                     ("normalized_margin", "normalised margin min y f / ρ^L",
                                      "classification_margin.png")):
-        figure = plot_classification_series(records, name, ylabel)
+        figure = plot_classification_series(records, name, ylabel, positive_view=name == "normalized_margin")
         if figure is not None:
             path = os.path.join(os.fspath(out_dir), file_name)
             figure.savefig(path)

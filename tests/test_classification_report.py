@@ -20,7 +20,7 @@ from meanfield import sweep
 RUNS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs")
 SHORT = ['sweep."model.m"=[8, 16]', "dynamics.t_max=200.0", "record.times=8", "problem.n_samples=30",
          "record.test_samples=200"]
-COLUMNS = ("norm", "norm_per_decade", "margin", "margin_change", "train_error", "test_error")
+COLUMNS = ("norm", "norm_per_decade", "normL_per_decade", "margin", "margin_change", "train_error", "test_error")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -62,18 +62,20 @@ def _expected_rows(out):
             times = f["observables/norm/time"][()]
         window = times >= times[-1] / 10  # the last decade of recorded time
         design = np.stack([np.log10(times[window]), np.ones(window.sum())], axis=1)
-        slope = np.linalg.lstsq(design, series["norm"][window], rcond=None)[0][0]
+        assert config["model"]["activation"] == "relu" and config["model"]["train_readout"]  # degree L = 2
+        slope, slope_squared = np.linalg.lstsq(design, np.stack([series["norm"][window], series["norm"][window] ** 2],
+                                                                axis=1), rcond=None)[0][0]
         margin = series["normalized_margin"]
         groups[(config["problem"]["loss"], _decay_token(config["dynamics"]), config["model"]["m"])].append(
-            [series["norm"][-1], slope, margin[-1], margin[-1] - margin[window][0], series["train_error"][-1],
-             series["test_error"][-1], times[-1]])
+            [series["norm"][-1], slope, slope_squared, margin[-1], margin[-1] - margin[window][0],
+             series["train_error"][-1], series["test_error"][-1], times[-1]])
     return {key: (len(values), np.mean(values, axis=0)) for key, values in groups.items()}
 
 
 def test_shipped_classification_experiment_table_equals_the_run_files(tmp_path):
     """runs/classification.toml shortened: 2 losses x 2 decays x 2 widths x 2 seeds = 16 runs; the
-    report's table has one row per (loss, decay, m) whose numbers are the seed means of rho, its
-    least-squares slope against log10 t over t >= t_last / 10, the margin and its change over
+    report's table has one row per (loss, decay, m) whose numbers are the seed means of rho, the
+    least-squares slopes of rho and rho^2 against log10 t over t >= t_last / 10, the margin and its change over
     that window, and the two errors, all read from the files; the two figures are PNGs; both
     labels occur in the training data."""
     out = tmp_path / "out"
