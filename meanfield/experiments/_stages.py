@@ -88,6 +88,15 @@ def _lazy(out_dir, jobs, n_times, report=True):
     return [], [table, *_plots(plots)]
 
 
+def _classification(out_dir, jobs, n_times, report=True):
+    from .. import report as reports
+
+    if not report:
+        return [], []
+    table, plots = reports.classification_report(out_dir)
+    return [], [table, *_plots(plots)]
+
+
 def _config_asks(section: str, key: str):
     return lambda specs: any(spec.config.get(section, {}).get(key) for spec in specs)
 
@@ -131,3 +140,13 @@ def _online_ode_present(out_dir) -> bool:
 
 register_stage(PostRunStage("online_ode", _config_asks("record", "order_parameters"), _online_ode_present,
                             _online_ode, figures=False))
+
+
+def _classification_present(out_dir) -> bool:
+    from .. import report as reports
+
+    return reports.has_classification(out_dir)
+
+
+register_stage(PostRunStage("classification", _config_asks("record", "classification"), _classification_present,
+                            _classification))
