@@ -93,7 +93,8 @@ def _bad_cases():
         ("alpha zero", lambda t: merged(model__alpha=0), '[model] alpha = 0: must be a number > 0 or "sqrt_m"'),
         ("alpha word", lambda t: merged(model__alpha="big"), '[model] alpha = "big": must be a number > 0 or "sqrt_m"'),
         ("integrator", lambda t: merged(dynamics__integrator="adam"),
-         '[dynamics] integrator = "adam": must be one of "gradient_descent", "heavy_ball", "sgd", "langevin"'),
+         '[dynamics] integrator = "adam": must be one of "gradient_descent", "heavy_ball", '
+         '"weight_normalized_descent", "sgd", "langevin", "flow"'),
         ("sgd batch", lambda t: merged(dynamics__integrator="sgd"), '[dynamics] batch_size: "sgd" needs a batch_size'),
         ("langevin beta", lambda t: merged(dynamics__integrator="langevin"), '[dynamics] beta: "langevin" needs'),
         ("batch for gd", lambda t: merged(dynamics__batch_size=4),
