@@ -433,3 +433,24 @@ def test_dense_spectrum_falls_back_when_divide_and_conquer_refuses(monkeypatch):
     assert abs(got.lambda_min - expected.lambda_min) < 1e-12 and abs(got.lambda_max - expected.lambda_max) < 1e-12
     H = exact
     assert np.linalg.norm(H @ got.vector_min - got.lambda_min * got.vector_min) < 1e-10
+
+
+def test_dense_spectrum_bound_of_an_analytic_hessian_is_hessians_bound():
+    """With an analytic Hessian the dense spectrum takes hessian()'s rounding bound
+    n_var eps |H|_2 from the eigenvalues it computes (|H|_2 = max |lambda| for symmetric H)
+    instead of an SVD: the same bound to rounding, plus the eigen-solver's 4 eps max|lambda| n_var."""
+    from meanfield.landscape._hessian import EPS
+
+    model = mf.Model(d=5, activation="relu", scaling="sum", train_readout=False)
+    problem = mf.PopulationProblem(model, mf.Teacher.orthonormal(5, 5, readout="sum"), method="closed_form")
+    assert problem.has_analytic_hessian
+    W = mf.initialize(model, 6, np.random.default_rng(3))
+    W[1] = W[0]  # duplicated particles: a repeated eigenvalue
+    got = landscape.spectrum_extremes(problem, W, method="dense")
+    H, bound = landscape.hessian(problem, W, return_error=True)
+    values = np.linalg.eigvalsh(H)
+    assert 0 < bound < 1e-10
+    expected = bound + 4 * EPS * np.abs(values).max() * H.shape[0]
+    assert got.lambda_min_error == pytest.approx(expected, rel=1e-10)
+    assert got.lambda_min == pytest.approx(values[0], abs=1e-12)
+    assert got.lambda_max == pytest.approx(values[-1], rel=1e-12)

@@ -30,6 +30,7 @@ eigenvalue's bound, and ``classify`` cannot call such a point a minimum or a sad
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -263,8 +264,19 @@ def spectrum_extremes(problem, W, method: str = "auto", hessian_method: str = "a
     if method == "auto":
         method = "dense" if n_var <= DENSE_LIMIT else "lanczos"
     if method == "dense" or n_var < 3:
-        H, error = hessian(problem, W64, hessian_method, return_error=True)
-        values, vectors = _dense_eigh(H)
+        analytic = hessian_method == "analytic" or (hessian_method == "auto"
+                                                    and getattr(problem, "has_analytic_hessian", False))
+        if analytic:
+            # hessian()'s bound n_var eps |H|_2, with |H|_2 = max |eigenvalue| of the symmetric H
+            # taken from the spectrum computed anyway (an SVD less: a third of the spectrum's cost
+            # for the small Hessians of a census).
+            H = hessian(problem, W64, hessian_method)
+            values, vectors = _dense_eigh(H)
+            error = (math.inf if _singular_error(problem, W64) else
+                     float(H.shape[0] * EPS * np.abs(values).max(initial=0.0)) if H.size else 0.0)
+        else:
+            H, error = hessian(problem, W64, hessian_method, return_error=True)
+            values, vectors = _dense_eigh(H)
         error = error + 4 * EPS * float(np.abs(values).max(initial=0.0)) * n_var
         error = float(error)
         return Spectrum(float(values[0]), float(values[-1]), error, error, "dense", vectors[:, 0])
