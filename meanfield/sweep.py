@@ -144,6 +144,7 @@ def _execute_locked(spec, final, part, restart, step_bar, start) -> dict:
             rng.bit_generator.state = checkpoint["rng_state"]
         state = restore(experiment.integrator, checkpoint["W"], checkpoint["step"], checkpoint["value"],
                         checkpoint["buffers"], rng, checkpoint["tracers"], checkpoint["time"], checkpoint["info"])
+        _resume_measures(experiment.measures, checkpoint, state)
     observers = [writer]
     tqdm = _tqdm() if step_bar else None
     if tqdm is not None and experiment.integrator.advance is None:
@@ -223,6 +224,21 @@ def _open_writer(spec, experiment, final, part, restart, in_memory: bool = False
         writer = RunFile.create(*args, in_memory=in_memory)
     writer.describe = getattr(experiment.problem, "describe", None)
     return writer, checkpoint
+
+
+def _resume_measures(measures, checkpoint, state=None) -> bool:
+    """Give the measures that compare a record with the one before (``resume(W)``) the
+    particles of the last record before the checkpoint, and keep them in ``state`` for the
+    next checkpoint; whether the checkpoint had them."""
+    record_W = checkpoint.get("record_W")
+    if record_W is None or not measures:
+        return False
+    for measure in measures:
+        if hasattr(measure, "resume"):
+            measure.resume(record_W)
+    if state is not None:
+        state.scratch["record_W"] = record_W
+    return True
 
 
 ENSEMBLE_SIZE = 128  # members of one ensemble at most (``run_shard(ensemble_size=...)``)
@@ -453,6 +469,9 @@ def _run_members(members, out_dir, start) -> dict:
                         buffers={name: np.concatenate([c["buffers"][name] for c in checkpoints]) for name in names},
                         rng=streams)
         state.value = np.array([c["value"] for c in checkpoints])  # one objective per member
+        for b, (experiment, checkpoint) in enumerate(zip(experiments, checkpoints)):
+            if _resume_measures(experiment.measures, checkpoint):
+                state.scratch.setdefault("record_W", {})[b] = checkpoint["record_W"]
     summaries = {}
     try:
         results = run_ensemble(ensemble, integrator, W0, first.t_max, first.times, [[w] for w in writers],

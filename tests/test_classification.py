@@ -236,3 +236,54 @@ def test_exponential_loss_turns_towards_the_hard_margin_svm(tmp_path):
     assert np.all(np.diff(margins) > 0) and np.all(margins <= best_margin + 1e-12), (margins, best_margin)
     print(f"svm: angles {angles}, margins {margins}, 1 / |w_svm| = {best_margin:.4f}")
     assert margins[-1] > 0.9 * best_margin, (margins, best_margin)
+
+
+def test_a_run_resumed_between_records_records_the_predictor_change_it_would_have(tmp_path, monkeypatch):
+    """SIGINT between two records, then the resume: the checkpoint keeps the particles of the
+    last record, so predictor_change at the next record (which compares it with that record)
+    is the value of the run never stopped; every series of the file is the same (full-batch
+    logistic loss, relu, L = 2; finite-data runs are not batched into ensembles)."""
+    import signal
+
+    from meanfield.engine import _interrupt
+
+    doc = {**RELU_L2, "model": {**RELU_L2["model"], "bias": False}, "init": {},
+           "problem": {**RELU_L2["problem"], "teacher": {"kind": "random", "k": 3}},
+           "record": {**RELU_L2["record"], "checkpoint_seconds": 600.0},
+           }
+    path = write(tmp_path, doc)
+    sweep.run_shard(str(path), tmp_path / "straight")
+    calls = {"n": 0}
+    original = _interrupt.poll
+
+    def poll():  # records at steps 0, 5, 10, 15, 20: stop between the second and the third
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise _interrupt.Interrupted(signal.SIGINT)
+        original()
+
+    from meanfield.engine import _ensemble, _run
+    monkeypatch.setattr(_run._interrupt, "poll", poll)
+    monkeypatch.setattr(_ensemble._interrupt, "poll", poll)
+    with pytest.raises(_interrupt.Interrupted):
+        sweep.run_shard(str(path), tmp_path / "stopped")
+    monkeypatch.setattr(_run._interrupt, "poll", original)
+    monkeypatch.setattr(_ensemble._interrupt, "poll", original)
+    parts = [p for p in (tmp_path / "stopped").iterdir() if p.name.endswith(".h5.part")]
+    assert len(parts) == 1
+    with h5py.File(parts[0], "r") as f:
+        slot = f[f"checkpoint/slot_{int(f['checkpoint/active'][()])}"]
+        assert 5 < int(slot["step"][()]) < 10 and int(slot["records"][()]) == 2
+    resumed = sweep.run_shard(str(path), tmp_path / "stopped")
+    assert {s["status"] for s in resumed} == {"complete"}
+    (name,) = [p.name for p in (tmp_path / "straight").glob("*.h5") if p.name != "index.h5"]
+    with h5py.File(tmp_path / "straight" / name, "r") as straight, h5py.File(tmp_path / "stopped" / name, "r") as f:
+        assert set(f["observables"]) == set(straight["observables"])
+        for series in straight["observables"]:
+            for column in ("step", "time", "value"):
+                a, b = f[f"observables/{series}/{column}"][()], straight[f"observables/{series}/{column}"][()]
+                assert np.array_equal(a, b, equal_nan=True), (series, column)
+        assert np.array_equal(f["particles/neurons/position/value"][()],
+                              straight["particles/neurons/position/value"][()])
+        change = _series(straight, "predictor_change")
+    assert np.isnan(change[0]) and np.all(np.isfinite(change[1:])) and np.all(change[1:] > 0)

@@ -91,9 +91,11 @@ class ClassificationMeasure:
     activation, ``normalized_margin`` and ``predictor_change``. The outputs are computed in
     float64 whatever the model's dtype.
 
-    ``predictor_change`` is NaN at the first record, and at the first record after a run
-    resumes from a checkpoint (the previous record's predictor is kept in memory only); it is
-    also NaN, as ``normalized_margin`` is, when rho = 0, and when f = 0 on every training input.
+    ``predictor_change`` is NaN at the first record; a run resumed from a checkpoint takes up
+    the previous record's predictor from the particles of that record, which the checkpoint
+    keeps (:meth:`resume`), so a resumed run records the same values as one never stopped. It
+    is also NaN, as ``normalized_margin`` is, when rho = 0, and when f = 0 on every training
+    input.
 
     Parameters
     ----------
@@ -122,6 +124,20 @@ class ClassificationMeasure:
             names += ["normalized_margin", "predictor_change"]
         self.names = tuple(names)
         self.previous = None
+
+    def resume(self, W_record) -> None:
+        """Take up the normalised predictor of the last record before a resume.
+
+        Parameters
+        ----------
+        W_record : ndarray, shape (m, d + 2)
+            The particles of that record (a checkpoint's ``record_W``).
+        """
+        if self.degree is None:
+            return
+        W = np.asarray(W_record, dtype=np.float64)
+        scale = parameter_norms(self.model, W)["norm"] ** self.degree  # as __call__ computes it
+        self.previous = self.model.predict(W, self.X) / scale if scale > 0 else None
 
     def __call__(self, state) -> dict:
         W = np.asarray(state.W, dtype=np.float64)

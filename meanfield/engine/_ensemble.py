@@ -179,7 +179,8 @@ class _Member:
         self.info = {}
         self.measured = {}
         self.checkpointable = True
-        self.scratch = {}
+        records = state.scratch.get("record_W")  # the particles of each member's last record
+        self.scratch = {"record_W": records[b]} if isinstance(records, dict) and b in records else {}
 
 
 def run_ensemble(ensemble: PopulationEnsemble, integrator: Integrator, W0, t_max: float, times=None,
@@ -307,6 +308,8 @@ def _record(state, evaluation, m, active, observers, measures, rngs) -> None:
         member_evaluation = Evaluation(float(evaluation.value[b]), evaluation.velocity[b * m:(b + 1) * m], None)
         for measure in measures[b]:
             member.measured.update(measure(member))
+        if measures[b]:  # as engine._run._record does for a run alone
+            state.scratch.setdefault("record_W", {})[b] = member.scratch["record_W"] = np.array(member.W, copy=True)
         for observer in observers[b]:
             observer.observe(member, member_evaluation)
 

@@ -282,6 +282,9 @@ def _record(problem, state, watchers, measures, evaluation=None) -> None:
         state.measured = {}
         for measure in measures:
             state.measured.update(measure(state))
+        # The particles of this record, for a checkpoint before the next one: a measure that
+        # compares a record with the one before (resume(W)) takes them up on a resume.
+        state.scratch["record_W"] = np.array(state.W, copy=True)
     for watcher in watchers:
         watcher.observe(state, evaluation)
 

@@ -708,6 +708,8 @@ class RunFile:
             ckpt.create_dataset("rng_state_length", data=np.int64(0))
             ckpt.create_dataset("info", shape=(INFO_BYTES,), dtype=np.uint8)
             ckpt.create_dataset("info_length", data=np.int64(0))
+            if observables:  # the particles of the last record, for measures that compare records
+                ckpt.create_dataset("record_W", shape=(m, p), dtype=model.dtype)
 
     @classmethod
     def header(cls, spec, method: str) -> dict:
@@ -803,7 +805,7 @@ class RunFile:
         writer = cls(f, fresh_path, final_path, checkpoint_seconds, n, observables)
         writer._write_checkpoint_arrays(checkpoint["W"], checkpoint["buffers"], checkpoint["step"],
                                         checkpoint["time"], checkpoint["value"], checkpoint["rng_state"],
-                                        checkpoint["tracers"], checkpoint["info"])
+                                        checkpoint["tracers"], checkpoint["info"], checkpoint["record_W"])
         writer.file.flush()
         os.replace(fresh_path, part_path)
         writer.part_path = part_path
@@ -885,24 +887,26 @@ class RunFile:
         self._node(f"{group}/time")[n] = state.t
         self._node(f"{group}/value")[n] = value
 
-    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None, info=None):
+    def _write_checkpoint_arrays(self, W, buffers, step, step_time, value, rng_state, tracers=None, info=None,
+                                 record_W=None):
         if self.in_memory:  # the same alternation of slots as on disk, written out later (_replay)
             slot = 1 - self._active if self._active >= 0 else 0
             self._slots[slot] = (np.array(W, copy=True), {name: np.array(a, copy=True) for name, a in buffers.items()},
                                  step, step_time, value, rng_state,
-                                 None if tracers is None else np.array(tracers, copy=True), info, self.records)
+                                 None if tracers is None else np.array(tracers, copy=True), info, self.records,
+                                 None if record_W is None else np.array(record_W, copy=True))
             self._active = slot
             return
         active = self._node("checkpoint/active")
         current = int(active[()])
         slot = 1 - current if current >= 0 else 0
-        self._write_slot(slot, W, buffers, step, step_time, value, rng_state, tracers, info, self.records)
+        self._write_slot(slot, W, buffers, step, step_time, value, rng_state, tracers, info, self.records, record_W)
         self.file.flush()
         _fault("checkpoint-slot")
         active[()] = slot  # the switch: one 8-byte write, after the slot is on disk
 
     def _write_slot(self, slot, W, buffers, step, step_time, value, rng_state, tracers, info, records,
-                    fresh: bool = False):
+                    record_W=None, fresh: bool = False):
         """Write one checkpoint slot; ``fresh``: into a file just laid out from its template,
         by h5py's low-level calls (:meth:`_replay`)."""
         put = self._put if fresh else self._assign
@@ -916,6 +920,8 @@ class RunFile:
         put(f"{ckpt}/time", step_time)
         put(f"{ckpt}/value", value)
         put(f"{ckpt}/records", records)
+        if record_W is not None and self.observables:
+            put(f"{ckpt}/record_W", record_W)
         for name, size, content in (("rng_state", RNG_STATE_BYTES, rng_state), ("info", INFO_BYTES, info or None)):
             if content is not None or not fresh:  # a fresh slot holds no state already
                 raw = json.dumps(content).encode() if content is not None else b""
@@ -957,7 +963,7 @@ class RunFile:
         rng_state = state.rng.bit_generator.state if state.rng is not None else None
         info = getattr(state, "info", None)
         self._write_checkpoint_arrays(state.W, state.buffers, state.step, state.t, state.value, rng_state,
-                                      state.tracers, _json_safe(info))
+                                      state.tracers, _json_safe(info), getattr(state, "scratch", {}).get("record_W"))
         if not self.in_memory:
             self.file.flush()
         _fault("checkpoint")
@@ -1139,8 +1145,9 @@ def read_checkpoint(f: h5py.File) -> dict | None:
     """The last complete checkpoint of an open run file, or None if it has none.
 
     Returns a dict with W, tracers (or None), buffers (name -> array), step, time, value,
-    records, rng_state (a bit-generator state dict, or None for deterministic integrators)
-    and info (an adaptive integrator's counts, or None).
+    records, rng_state (a bit-generator state dict, or None for deterministic integrators),
+    info (an adaptive integrator's counts, or None) and record_W (the particles of the last
+    record, kept for a run with measures; None otherwise or before the first record).
     """
     active = int(f["checkpoint/active"][()])
     if active < 0:
@@ -1157,6 +1164,7 @@ def read_checkpoint(f: h5py.File) -> dict | None:
         "records": int(ckpt["records"][()]),
         "rng_state": _read_json(ckpt, "rng_state"),
         "info": _read_json(ckpt, "info"),
+        "record_W": ckpt["record_W"][()] if "record_W" in ckpt and int(ckpt["records"][()]) > 0 else None,
     }
 
 
