@@ -213,6 +213,50 @@ def test_rates_against_one_sgd_step(activation, K, M):
             assert np.all(np.abs(quadratic[diagonal]) > 10 * standard_error[diagonal])
 
 
+def test_rates_with_a_minibatch():
+    """A step on the mean gradient of B = 4 fresh samples (erf, K = 2, M = 1, sigma = 0.5, eta = 1.5,
+    d = 1000, 2 * 10^4 independent steps from one state): its mean d * Delta (Q, R) is within 5
+    standard errors of the rates with the eta^2 bracket divided by B, plus 3 (K + M) / d times
+    that term (|x|^2 / d) and the O(eta^2 / d) products of two different samples' mean steps,
+    eta^2 (B - 1) / (B d) |m_k| |m_l| with m_k = E[v_k g'_k (yhat - y) x] estimated from the same
+    samples. The rates of B = 1 (bracket not divided) are more than 10 standard errors off on the
+    diagonal, so the 1/B is what the test sees."""
+    d, B, steps, chunk = 1000, 4, 20_000, 1_000
+    eta, sigma, activation = 1.5, 0.5, "erf"
+    K, M = 2, 1
+    Q, R, T, v, teacher_v = _state(K, M, seed=4)
+    rng = np.random.default_rng(8)
+    W, W_star = weights_with_overlaps(Q, R, T, d, rng)
+    dQ_samples, dR_samples, mean_steps = [], [], np.zeros((K, d))
+    for _ in range(steps // chunk):
+        X = rng.standard_normal((chunk, B, d))
+        lam, nu = X @ W.T / math.sqrt(d), X @ W_star.T / math.sqrt(d)          # (chunk, B, K), (chunk, B, M)
+        error = _g(activation, lam) @ v - _g(activation, nu) @ teacher_v - sigma * rng.standard_normal((chunk, B))
+        per_sample = v * _g_prime(activation, lam) * error[..., None]           # (chunk, B, K)
+        mean_steps += np.einsum("sbk,sbi->ki", per_sample, X)
+        # Delta w_k = -(eta / (sqrt(d) B)) sum_b per_sample_bk x_b
+        step = -(eta / (math.sqrt(d) * B)) * np.einsum("sbk,sbi->ski", per_sample, X)   # (chunk, K, d)
+        cross = step @ W.T                                                       # Delta w_k . w_l
+        dQ_samples.append(cross + cross.transpose(0, 2, 1) + step @ step.transpose(0, 2, 1))
+        dR_samples.append(step @ W_star.T)
+    m_norm = np.linalg.norm(mean_steps / (steps * B), axis=1)
+    dQ, dR, _ = order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation, batch_size=B)
+    quadratic = 0.5 * (order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation, batch_size=B)[0]
+                       + order_parameter_rates(Q, R, v, T, teacher_v, -eta, sigma, activation, batch_size=B)[0])
+    pairs = eta ** 2 * (B - 1) / (B * d) * np.outer(m_norm, m_norm)
+    for name, rate, samples in (("dQ", dQ, dQ_samples), ("dR", dR, dR_samples)):
+        samples = np.concatenate(samples)
+        mean, standard_error = samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
+        allowance = 5.0 * standard_error
+        if name == "dQ":
+            allowance = allowance + 3.0 * (K + M) / d * np.abs(quadratic) + pairs
+        assert np.all(np.abs(mean - rate) <= allowance), (name, mean, rate, standard_error)
+        if name == "dQ":
+            single = order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation)[0]
+            diagonal = np.diag_indices(K)
+            assert np.all(np.abs(mean - single)[diagonal] > 10 * standard_error[diagonal]), (mean, single)
+
+
 def _symmetric_derivative(function, Q, k, l, h):
     """Derivative of function(Q) along E_kl + E_lk (k != l) or E_kk, by central differences."""
     step = np.zeros_like(Q)
@@ -287,7 +331,7 @@ def test_weights_with_overlaps_have_them():
     np.testing.assert_allclose(joint_covariance(Q, R, T)[:3, 3:], R)
 
 
-def _simulation_error(d, seeds, alpha, train_second_layer):
+def _simulation_error(d, seeds, alpha, train_second_layer, batch_size=1):
     """RMS over seeds of the largest deviation of (Q, R, v) from the ODE over the alpha grid."""
     M = 2
     Q0 = np.array([[0.4, 0.05], [0.05, 0.3]])
@@ -295,27 +339,28 @@ def _simulation_error(d, seeds, alpha, train_second_layer):
     T = np.eye(M)
     v0, teacher_v = np.array([0.8, 1.1]), np.ones(M)
     ode = integrate_order_parameters(Q0, R0, v0, T, teacher_v, 0.5, alpha, noise_std=0.1,
-                                     train_second_layer=train_second_layer)
+                                     train_second_layer=train_second_layer, batch_size=batch_size)
     errors = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         W, W_star = weights_with_overlaps(Q0, R0, T, d, rng)
         run = simulate_online_sgd(W, W_star, v0, teacher_v, 0.5, alpha, rng, noise_std=0.1,
-                                  train_second_layer=train_second_layer)
+                                  train_second_layer=train_second_layer, batch_size=batch_size)
         assert np.allclose(run.alpha, alpha)
         errors.append(max(np.abs(run.Q - ode.Q).max(), np.abs(run.R - ode.R).max(), np.abs(run.v - ode.v).max()))
     return math.sqrt(np.mean(np.square(errors))), ode
 
 
-@pytest.mark.parametrize("train_second_layer", [False, True])
-def test_simulation_approaches_the_ode(train_second_layer):
+@pytest.mark.parametrize("train_second_layer, batch_size", [(False, 1), (True, 1), (True, 3)])
+def test_simulation_approaches_the_ode(train_second_layer, batch_size):
     """Online SGD at d = 100, 500, 2000 (erf, K = M = 2, eta = 0.5, sigma = 0.1, alpha up to 2,
-    exact initial overlaps; 6 seeds each) deviates from the ODE like d^(-1/2): the RMS over
+    exact initial overlaps; 6 seeds each; one sample per step, or the mean of 3 against the ODE
+    of batch_size = 3) deviates from the ODE like d^(-1/2): the RMS over
     seeds of max_alpha |(Q, R, v)_sim - (Q, R, v)_ode| decreases with d, the ratio from d = 100 to
     d = 2000 is above 2.5 (sqrt(20) = 4.5 expected), sqrt(d) * error stays within a factor 2.5
     of its mean over the three d, and the error at d = 2000 is below 0.03."""
     alpha = np.linspace(0.0, 2.0, 9)
-    errors = {d: _simulation_error(d, range(6), alpha, train_second_layer)[0] for d in (100, 500, 2000)}
+    errors = {d: _simulation_error(d, range(6), alpha, train_second_layer, batch_size)[0] for d in (100, 500, 2000)}
     assert errors[100] > errors[500] > errors[2000], errors
     assert errors[100] / errors[2000] > 2.5, errors
     scaled = np.array([errors[d] * math.sqrt(d) for d in errors])
@@ -352,7 +397,8 @@ def test_plateau_then_specialisation():
 
 def test_bad_input_is_refused():
     """Inconsistent shapes, a decreasing alpha grid, an unknown activation or method, a
-    non-positive-semidefinite joint covariance and d below K + M raise ValueError."""
+    non-positive-semidefinite joint covariance, d below K + M and a batch size that is not an
+    integer >= 1 raise ValueError."""
     Q, R, T, v, teacher_v = _state(2, 2, seed=1)
     with pytest.raises(ValueError):
         integrate_order_parameters(Q, R, v[:1], T, teacher_v, 0.5, [0.0, 1.0])
@@ -371,3 +417,8 @@ def test_bad_input_is_refused():
         simulate_online_sgd(W, W_star[:, :5], v, teacher_v, 0.5, [0.0, 1.0], np.random.default_rng(0))
     with pytest.raises(ValueError):
         simulate_online_sgd(W, W_star, v, teacher_v, 0.5, [0.0, 1.0], np.random.default_rng(0), activation="cosine")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            integrate_order_parameters(Q, R, v, T, teacher_v, 0.5, [0.0, 1.0], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size"):
+            simulate_online_sgd(W, W_star, v, teacher_v, 0.5, [0.0, 1.0], np.random.default_rng(0), batch_size=bad)

@@ -49,7 +49,8 @@ def applicable(config: dict) -> str:
 
     The ODE of :func:`meanfield.online.integrate_order_parameters` needs: ``[record]
     order_parameters``, a population problem with the squared loss, a teacher of the student's
-    activation, no bias, the ``"sgd"`` integrator with ``batch_size = 1`` and no weight decay.
+    activation, no bias, the ``"sgd"`` integrator (any ``batch_size``: the ODE's eta^2 terms are
+    divided by it) and no weight decay.
 
     Parameters
     ----------
@@ -69,7 +70,7 @@ def applicable(config: dict) -> str:
         (teacher["activation"] == model["activation"], "the teacher's activation differs from the student's"),
         (not model["bias"] and not teacher["bias"], "a bias"),
         (dynamics["integrator"] == "sgd", 'not integrator = "sgd"'),
-        (dynamics.get("batch_size") == 1, "batch_size is not 1 (the ODE is one sample per step)"),
+        (dynamics.get("batch_size") is not None, "no batch_size (online SGD draws fresh samples each step)"),
         (dynamics.get("weight_decay", 0.0) == 0.0, "weight decay"),
     ]
     return next((why for ok, why in checks if not ok), "")
@@ -140,7 +141,8 @@ def compare(path) -> dict:
     activation = model.activation
     ode = integrate_order_parameters(Q[0], R[0], v[0], T, teacher_v, eta, alpha,
                                      noise_std=config["problem"]["noise_std"], activation=activation,
-                                     train_second_layer=model.train_readout, second_layer_learning_rate=eta_v)
+                                     train_second_layer=model.train_readout, second_layer_learning_rate=eta_v,
+                                     batch_size=config["dynamics"]["batch_size"])
     eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation) for q, r, w in zip(Q, R, v)])
     return {"d": d, "seed": config["run"]["seed"], "eta": eta, "eta_v": eta_v, "alpha": alpha,
             "eps_run": eps_run, "eps_ode": ode.generalisation_error, "Q_run": Q, "Q_ode": ode.Q,

@@ -26,8 +26,8 @@ ODE's -(eta / sqrt d) v_k g' (yhat - y) x with
 
 For a fixed ODE eta the engine's step must then scale as eta_e = eta alpha_o^2 / (m d): at fixed
 ``dynamics.step`` a wider input dimension is a larger ODE learning rate. A batch of B > 1 samples
-divides the eta^2 terms of dQ/dalpha by B (to O(1/d)) and is not the ODE of
-:func:`meanfield.online.integrate_order_parameters`, which is the B = 1 case.
+(the engine's velocity is the batch mean) keeps eta, eta_v and alpha = steps / d and divides the
+eta^2 terms of dQ/dalpha by B: ``integrate_order_parameters(..., batch_size=B)``.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def overlaps(model, W, teacher_W) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def ode_learning_rates(model, m: int, step: float) -> tuple[float, float]:
-    """(eta, eta_v) of the ODE for an engine SGD step ``step`` (eta_e) at width m, batch 1.
+    """(eta, eta_v) of the ODE for an engine SGD step ``step`` (eta_e) at width m, any batch size.
 
     eta = eta_e m d / alpha_o^2, eta_v = eta_e m s^2 d (module docstring).
 

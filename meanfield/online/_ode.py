@@ -27,6 +27,13 @@ and dv_k = eta_v [sum_n v*_n I2(k,n) - sum_j v_j I2(k,j)]. Why: E[Delta R_kn] d 
 eta^2 v_k v_l E[g'_k g'_l (yhat - y)^2 |x|^2 / d], and |x|^2 / d -> 1 (an O(1/d) correction at
 finite d); alpha advances by 1/d per step. tests/test_online.py checks these rates against the
 Monte Carlo average of one SGD step and, at eta -> 0, against the gradient flow of eps_g.
+
+Minibatches. A step on the mean gradient of B fresh samples (``batch_size`` = B) has the same
+mean change, so in alpha = steps / d the drift terms are unchanged and the eta^2 bracket (the
+square of the step) is divided by B: of the B^2 products of two samples' steps, the B with the
+same sample carry |x|^2 / d -> 1, while the B (B - 1) of different samples are products of two
+O(1) means and add only O(eta^2 / d) per unit alpha. Time then counts steps, not samples: one
+unit of alpha is d steps and B d samples.
 """
 from __future__ import annotations
 
@@ -125,7 +132,7 @@ def generalisation_error(Q, R, T, v, teacher_v, activation="erf") -> float:
 
 
 def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, activation="erf",
-                          train_second_layer=False, second_layer_learning_rate=None):
+                          train_second_layer=False, second_layer_learning_rate=None, batch_size=1):
     """The right-hand side of the order-parameter ODEs: dQ/dalpha, dR/dalpha, dv/dalpha.
 
     Formulas in the module docstring (:mod:`meanfield.online`), alpha = steps / d.
@@ -152,6 +159,9 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
         Whether v trains (dv/dalpha = eta_v sum_c s_c I2(k, c)); otherwise dv/dalpha = 0.
     second_layer_learning_rate : float, optional
         eta_v (step eta_v / d on v); default ``learning_rate``.
+    batch_size : int
+        B, the samples whose mean gradient makes one step: the eta^2 bracket of dQ is divided by
+        B (module docstring, "Minibatches"); alpha still counts steps / d.
 
     Returns
     -------
@@ -160,6 +170,7 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
     dv : ndarray, shape (K,), float64
     """
     averages = _averages(activation)
+    batch_size = _check_batch_size(batch_size)
     v = np.asarray(v, dtype=np.float64)
     teacher_v = np.asarray(teacher_v, dtype=np.float64)
     C = joint_covariance(Q, R, T)
@@ -178,7 +189,7 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
         bracket = np.einsum("klce,c,e->kl", I4, signed, signed)
         if noise_std:
             bracket = bracket + float(noise_std) ** 2 * averages.j2(C, students[:, None], students[None, :])
-        dQ = dQ + eta ** 2 * np.outer(v, v) * bracket
+        dQ = dQ + (eta ** 2 / batch_size) * np.outer(v, v) * bracket
     if train_second_layer:
         eta_v = eta if second_layer_learning_rate is None else float(second_layer_learning_rate)
         I2 = averages.i2(C, students[:, None], every[None, :])     # (K, K+M)
@@ -186,6 +197,12 @@ def order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std=0.0, a
     else:
         dv = np.zeros(K)
     return dQ, dR, dv
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _symmetric_i4(averages, C, K, M) -> np.ndarray:
@@ -204,7 +221,7 @@ def _symmetric_i4(averages, C, K, M) -> np.ndarray:
 
 def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, noise_std=0.0, activation="erf",
                                train_second_layer=False, second_layer_learning_rate=None, rtol=ODE_RTOL,
-                               atol=ODE_ATOL) -> OrderParameterTrajectory:
+                               atol=ODE_ATOL, batch_size=1) -> OrderParameterTrajectory:
     """Integrate the order-parameter ODEs in alpha with ``scipy.integrate.solve_ivp`` (DOP853).
 
     Parameters
@@ -233,6 +250,8 @@ def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, n
         eta_v; default eta.
     rtol, atol : float
         Tolerances of solve_ivp (defaults :data:`ODE_RTOL` = 1e-8, :data:`ODE_ATOL` = 1e-10).
+    batch_size : int
+        B, samples per step (:func:`order_parameter_rates`).
 
     Returns
     -------
@@ -240,6 +259,7 @@ def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, n
         Q, R, v and eps_g at the times ``alpha``.
     """
     averages = _averages(activation)
+    batch_size = _check_batch_size(batch_size)
     Q0, R0, T = (np.asarray(array, dtype=np.float64) for array in (Q0, R0, T))
     v0 = np.asarray(v0, dtype=np.float64)
     teacher_v = np.asarray(teacher_v, dtype=np.float64)
@@ -257,7 +277,7 @@ def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, n
     def rates(_, state):
         Q, R, v = unpack(state)
         dQ, dR, dv = order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std, averages,
-                                           train_second_layer, second_layer_learning_rate)
+                                           train_second_layer, second_layer_learning_rate, batch_size)
         return np.concatenate([dQ.ravel(), dR.ravel(), dv])
 
     state0 = np.concatenate([Q0.ravel(), R0.ravel(), v0])
@@ -323,12 +343,13 @@ def weights_with_overlaps(Q, R, T, d, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def simulate_online_sgd(student_weights, teacher_weights, v0, teacher_v, learning_rate, alpha, rng,
                         noise_std=0.0, activation="erf", train_second_layer=False,
-                        second_layer_learning_rate=None, block_size=1024) -> OrderParameterTrajectory:
+                        second_layer_learning_rate=None, block_size=1024, batch_size=1) -> OrderParameterTrajectory:
     """Online SGD of the committee at finite d, recorded as order parameters.
 
     One step per fresh sample x ~ N(0, I_d), y = sum_n v*_n g(nu_n) + sigma zeta:
     w_k <- w_k - (eta / sqrt(d)) v_k g'(lambda_k) (yhat - y) x and, when the second layer trains,
     v_k <- v_k - (eta_v / d) g(lambda_k) (yhat - y) (both from the same yhat, before the step).
+    With ``batch_size`` = B each step takes the mean of these changes over B fresh samples.
 
     Parameters
     ----------
@@ -356,7 +377,9 @@ def simulate_online_sgd(student_weights, teacher_weights, v0, teacher_v, learnin
     second_layer_learning_rate : float, optional
         eta_v; default eta.
     block_size : int
-        Samples drawn per call of the generator.
+        Steps whose samples are drawn per call of the generator.
+    batch_size : int
+        B, fresh samples per step (their mean step is taken); alpha counts steps / d.
 
     Returns
     -------
@@ -378,6 +401,7 @@ def simulate_online_sgd(student_weights, teacher_weights, v0, teacher_v, learnin
         raise ValueError(f"v0 {v.shape} and teacher_v {teacher_v.shape} must match K = {W.shape[0]}, "
                          f"M = {W_star.shape[0]}")
     K, d = W.shape
+    batch_size = _check_batch_size(batch_size)
     steps_at = np.rint(np.asarray(alpha, dtype=np.float64) * d).astype(np.int64)
     if np.any(np.diff(steps_at) < 0) or steps_at[0] < 0:
         raise ValueError("alpha must be nonnegative and nondecreasing")
@@ -392,20 +416,20 @@ def simulate_online_sgd(student_weights, teacher_weights, v0, teacher_v, learnin
     for target in steps_at:
         while step < target:
             if position == len(block):
-                count = int(min(block_size, steps_at[-1] - step))
+                count = int(min(block_size, steps_at[-1] - step)) * batch_size
                 block = rng.standard_normal((count, d))
                 noise = rng.standard_normal(count)
                 position = 0
-            x = block[position]
-            lam = W @ x / sqrt_d
-            nu = W_star @ x / sqrt_d
-            error = v @ g(lam) - teacher_v @ g(nu) - noise_std * noise[position]
+            X = block[position:position + batch_size]                  # (B, d)
+            lam = X @ W.T / sqrt_d                                      # (B, K)
+            nu = X @ W_star.T / sqrt_d                                  # (B, M)
+            error = g(lam) @ v - g(nu) @ teacher_v - noise_std * noise[position:position + batch_size]
             if train_second_layer:
-                v_new = v - (eta_v / d) * g(lam) * error
-            W -= (eta / sqrt_d) * (v * g_prime(lam) * error)[:, None] * x[None, :]
+                v_new = v - (eta_v / d) * (g(lam) * error[:, None]).mean(axis=0)
+            W -= (eta / (sqrt_d * batch_size)) * (v * g_prime(lam) * error[:, None]).T @ X
             if train_second_layer:
                 v = v_new
-            position += 1
+            position += batch_size
             step += 1
         states.append((W @ W.T / d, W @ W_star.T / d, v.copy()))
     return _trajectory(steps_at / d, states, T, teacher_v, GaussianAverages(activation))
