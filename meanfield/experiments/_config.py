@@ -1033,7 +1033,10 @@ def _rules_of_classification(config: dict, context: RuleContext) -> None:
 def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
     """The weight decay lambda(t) of ``[dynamics]`` (``WeightDecay``): its keys need an
     integrator that reads them, a schedule needs its own parameter and no other; the schedule
-    keys are dropped from the resolved config at their defaults (the ids of other runs stay)."""
+    keys are dropped from the resolved config at their defaults (the ids of other runs stay) and
+    when weight_decay = 0, where every schedule is lambda(t) = 0: so a ``[sweep]`` over
+    ``dynamics.weight_decay = [0.0, ...]`` with a schedule holds the run without decay, with the
+    id and file of a run that gives no schedule."""
     dynamics, fail = config["dynamics"], context.fail
     integrator = dynamics["integrator"]
     entry = INTEGRATOR_ENTRIES[integrator]
@@ -1044,9 +1047,6 @@ def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
     for name, on in given.items():
         if on and name not in entry.keys:
             fail("dynamics", name, f'not used by "{integrator}"; use {_integrators_where(lambda e: name in e.keys)}')
-    if schedule != "constant" and dynamics["weight_decay"] == 0:
-        fail("dynamics", "weight_decay_schedule", f'schedules the weight decay: needs weight_decay > 0 '
-                                                  f'(the value lambda_0 of the "{schedule}" schedule)')
     if schedule == "step" and start is None:
         fail("dynamics", "weight_decay_schedule", '"step" switches the decay on at t = weight_decay_start: '
                                                   "set weight_decay_start (a number >= 0)")
@@ -1057,14 +1057,15 @@ def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
                                                   "weight_decay_time (a number > 0)")
     if schedule != "anneal" and tau is not None:
         fail("dynamics", "weight_decay_time", f'only for weight_decay_schedule = "anneal", not "{schedule}"')
-    if config["run"]["backend"] == "cuda" and entry.device_update is not None:
+    no_decay = dynamics["weight_decay"] == 0
+    if config["run"]["backend"] == "cuda" and entry.device_update is not None and not no_decay:
         for name, on in given.items():
             if on and name not in entry.device_keys:
                 fail("dynamics", name, f'"{integrator}" applies no {name} on the GPU: use backend = "cpu" or '
                                        f"{_integrators_where(lambda e: name in e.device_keys)}")
     for name, default in (("weight_decay_schedule", "constant"), ("weight_decay_start", None),
                           ("weight_decay_time", None)):
-        if dynamics[name] == default:
+        if no_decay or dynamics[name] == default:
             del dynamics[name]
 
 
