@@ -60,6 +60,22 @@ def _heavy_ball_kernel(T):
 
 
 @functools.lru_cache(maxsize=None)
+def _heavy_ball_decay_kernel(T):
+    def kernel(W, velocity, buffer, step, momentum, weight_decay, trainable):
+        i = cuda.grid(1)
+        if i < W.shape[0]:
+            eta = step
+            beta = momentum
+            lam = weight_decay
+            for k in range(W.shape[1]):
+                decay = lam * W[i, k] if trainable[k] else T(0.0)
+                buffer[i, k] = beta * buffer[i, k] - eta * (velocity[i, k] - decay)
+                W[i, k] -= buffer[i, k]
+
+    return cuda.jit(kernel)
+
+
+@functools.lru_cache(maxsize=None)
 def _langevin_kernel(T):
     normal = _normal_float32 if T.bitwidth == 32 else xoroshiro128p_normal_float64
 
@@ -98,6 +114,29 @@ def heavy_ball_update(W, velocity, buffer, step, momentum):
     scalar = W.dtype.type
     _heavy_ball_kernel(numba_type(W.dtype))[blocks(W.shape[0]), THREADS_PER_BLOCK](
         W, velocity, buffer, scalar(step), scalar(momentum))
+
+
+def heavy_ball_decay_update(W, velocity, buffer, step, momentum, weight_decay, trainable):
+    """Heavy ball with weight decay on device arrays, the twin of ``kernels.heavy_ball_decay_update``:
+    buffer <- momentum * buffer - step * (velocity - lambda W) on the trainable columns (velocity
+    alone on the others); W <- W - buffer.
+
+    Parameters
+    ----------
+    W : device array, shape (m, p), updated in place
+    velocity : device array, shape (m, p), same dtype
+        v = -m grad F.
+    buffer : device array, shape (m, p), same dtype, updated in place
+        The momentum buffer V.
+    step, momentum, weight_decay : float
+        eta, beta in [0, 1) and lambda >= 0 (1 / time units).
+    trainable : device array of bool, shape (p,)
+        Columns that decay.
+    """
+    check_device_arrays(W, velocity, buffer, trainable)
+    scalar = W.dtype.type
+    _heavy_ball_decay_kernel(numba_type(W.dtype))[blocks(W.shape[0]), THREADS_PER_BLOCK](
+        W, velocity, buffer, scalar(step), scalar(momentum), scalar(weight_decay), trainable)
 
 
 def langevin_update(W, velocity, states, step, weight_decay, noise_scale, trainable):
@@ -208,6 +247,7 @@ def ptx_signatures(T):
     return [
         ("euler_update", _euler_kernel(T).py_func, (M, M, T)),
         ("heavy_ball_update", _heavy_ball_kernel(T).py_func, (M, M, M, T, T)),
+        ("heavy_ball_decay_update", _heavy_ball_decay_kernel(T).py_func, (M, M, M, T, T, T, boolean[::1])),
         ("langevin_update", _langevin_kernel(T).py_func, (M, M, states, T, T, T, boolean[::1], boolean)),
         ("advance_noise_states", _advance_kernel.py_func, (states, int64)),
     ]

@@ -620,6 +620,26 @@ TRAINABLE = np.array([True, True, False, True, True, True, False])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_heavy_ball_with_decay(dtype):
+    """Three decayed heavy-ball steps (lambda = 0.3, large weights up to 50) against the CPU kernel;
+    the frozen columns follow the plain heavy ball exactly (no decay)."""
+    rng = np.random.default_rng(9)
+    W = (50.0 * rng.standard_normal((M, 7))).astype(dtype)
+    dW, buf, dbuf = dev(W), np.zeros_like(W), dev(np.zeros_like(W))
+    plain, plain_buf = W.copy(), np.zeros_like(W)
+    for _ in range(3):
+        V = rng.standard_normal(W.shape).astype(dtype)
+        kernels.heavy_ball_decay_update(W, V, buf, 0.2, 0.9, 0.3, TRAINABLE)
+        kernels.heavy_ball_update(plain, V, plain_buf, 0.2, 0.9)
+        gpu_updates.heavy_ball_decay_update(dW, dev(V), dbuf, 0.2, 0.9, 0.3, dev(TRAINABLE))
+    out = dW.copy_to_host()
+    assert_close_scaled(out, W, RTOL[dtype] * 1e-3)
+    assert_close_scaled(dbuf.copy_to_host(), buf, RTOL[dtype] * 1e-3)
+    assert np.array_equal(out[:, ~TRAINABLE], plain[:, ~TRAINABLE])
+    assert np.abs(out[:, TRAINABLE] - plain[:, TRAINABLE]).max() > 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_langevin_update_without_noise(dtype):
     rng = np.random.default_rng(8)
     W, V = rng.standard_normal((M, 7)).astype(dtype), rng.standard_normal((M, 7)).astype(dtype)
@@ -999,6 +1019,57 @@ def test_cuda_gradient_descent_with_scheduled_weight_decay_matches_cpu(dtype):
     assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
     plain = mf.run(problem, mf.gradient_descent(problem, 0.5), W0, t_max)
     assert np.abs(plain.W - cpu.W).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_heavy_ball_with_annealed_weight_decay_matches_cpu(dtype):
+    """Heavy ball with lambda(t) = 0.4 / (1 + t / 0.5) against the CPU run, with tracers, to the
+    dtype's tolerance; and not the run without decay."""
+    from meanfield.engine._integrators import WeightDecay
+
+    model, problem, W0 = population(dtype)
+    integrator = mf.heavy_ball(problem, 0.2, 0.5, WeightDecay(0.4, "anneal", time=0.5))
+    t_max = 4 * integrator.dt
+    tracers = W0[:3] + 0.01
+    cpu = mf.run(problem, integrator, W0, t_max, times=[0, t_max], keep_particles=True, tracers=tracers)
+    gpu = mf.run(*to_device(problem, integrator), W0, t_max, times=[0, t_max], keep_particles=True,
+                 tracers=tracers)
+    rtol = RTOL[np.dtype(dtype).type]
+    assert gpu.status == "complete"
+    assert_close_scaled(gpu.particles, cpu.particles, rtol)
+    assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
+    plain = mf.run(problem, mf.heavy_ball(problem, 0.2, 0.5), W0, t_max)
+    assert np.abs(plain.W - cpu.W).max() > 1e-3
+
+
+def test_cuda_ensemble_heavy_ball_with_decay_equals_members_alone():
+    """A device ensemble of three members under heavy ball with a decay switched on at t = 2 dt:
+    each member's particles bitwise those of its device run alone, and within 1e-12 of the CPU
+    ensemble."""
+    from meanfield.engine._ensemble import PopulationEnsemble, run_ensemble
+    from meanfield.engine._integrators import INTEGRATORS
+
+    d, m = 3, 4
+    members = [mf.PopulationProblem(mf.Model(d=d, activation="relu", train_readout=True),
+                                    mf.Teacher.random(d, 2, np.random.default_rng(80 + b), "relu")) for b in range(3)]
+    W0 = np.stack([3.0 * mf.initialize(member.model, m=m, rng=np.random.default_rng(90 + b))
+                   for b, member in enumerate(members)])
+    ensemble = PopulationEnsemble(members, m)
+    dynamics = {"step": 0.1, "momentum": 0.5, "weight_decay": 0.3, "weight_decay_schedule": "step",
+                "weight_decay_start": 0.4}
+    integrator = INTEGRATORS["heavy_ball"].build(ensemble, dynamics)
+    t_max = 5 * integrator.dt
+    device = run_ensemble(*to_device(ensemble, integrator), W0, t_max, times=[0, t_max])
+    cpu = run_ensemble(ensemble, integrator, W0, t_max, times=[0, t_max])
+    for b, member in enumerate(members):
+        alone = mf.run(*to_device(member, INTEGRATORS["heavy_ball"].build(member, dynamics)), W0[b], t_max,
+                       times=[0, t_max])
+        assert device[b][0] == "complete"
+        assert np.array_equal(device[b][2], alone.final.W)
+        assert_close_scaled(device[b][2], cpu[b][2], 1e-12)
+    plain = run_ensemble(ensemble, INTEGRATORS["heavy_ball"].build(ensemble, {"step": 0.1, "momentum": 0.5}), W0,
+                         t_max, times=[0, t_max])
+    assert np.abs(plain[0][2] - cpu[0][2]).max() > 1e-3
 
 
 def test_cuda_run_matches_cpu_quadrature():

@@ -472,15 +472,28 @@ def test_bad_weight_decay_key_exits_2_with_one_line(tmp_path):
         assert str(path) in result.stderr and not (tmp_path / "out").exists()
 
 
-def test_a_decay_the_gpu_update_does_not_apply_is_refused_on_cuda(tmp_path):
-    """heavy_ball has no decayed kernel on the GPU: refused there, naming the key (before the
-    check that a GPU is usable); gradient_descent lists the decay keys in its device_keys."""
+def test_a_decay_the_gpu_update_does_not_apply_is_refused_on_cuda(tmp_path, monkeypatch):
+    """An integrator whose GPU update applies no decay (an entry like heavy_ball's without its
+    device_keys) is refused on cuda with a decay, naming the key (before the check that a GPU is
+    usable); gradient_descent and heavy_ball list every decay key in their device_keys, and
+    heavy ball with a decay on cuda passes the rules (planned where a GPU is usable; otherwise
+    refused by the GPU check only, which comes after them)."""
+    import dataclasses
+
     doc = {"model": {"d": 3, "m": 4}, "problem": {"kind": "population", "teacher": {"kind": "orthonormal", "k": 2}},
            "dynamics": {"integrator": "heavy_ball", "step": 0.05, "t_max": 1.0, "weight_decay": 0.1},
            "record": {"times": 2}, "run": {"backend": "cuda"}}
     path = write(tmp_path, doc)
+    try:
+        (accepted,) = sweep.plan(path)
+        assert accepted.config["dynamics"]["weight_decay"] == 0.1
+    except ConfigError as error:
+        assert '[run] backend: "cuda" is not usable here' in str(error), error
+    for name in ("gradient_descent", "heavy_ball"):
+        assert set(INTEGRATORS[name].device_keys) == {"weight_decay", "weight_decay_schedule", "weight_decay_start",
+                                                      "weight_decay_time"}
+    without = dataclasses.replace(INTEGRATORS["heavy_ball"], device_keys=())
+    monkeypatch.setitem(INTEGRATORS, "heavy_ball", without)
     with pytest.raises(ConfigError, match='weight_decay: "heavy_ball" applies no weight_decay on the GPU: use '
                                           'backend = "cpu" or "gradient_descent", "sgd" or "langevin"'):
         sweep.plan(path)
-    assert set(INTEGRATORS["gradient_descent"].device_keys) == {"weight_decay", "weight_decay_schedule",
-                                                                "weight_decay_start", "weight_decay_time"}

@@ -672,10 +672,17 @@ def _euler_on_device(updates, problem, state, velocity, points_velocity, params)
 
 def _heavy_ball_on_device(updates, problem, state, velocity, points_velocity, params):
     eta, momentum = params["step"], params["momentum"]
-    updates.heavy_ball_update(state.device_W, velocity, state.device_buffers["momentum"], eta, momentum)
+    decay = WeightDecay.from_dynamics(params)
+    lam = decay(state.t) if decay.value else 0.0
+    moving = [(state.device_W, velocity, state.device_buffers["momentum"])]
     if state.device_tracers is not None:
-        updates.heavy_ball_update(state.device_tracers, points_velocity, state.device_buffers["tracer_momentum"],
-                                  eta, momentum)
+        moving.append((state.device_tracers, points_velocity, state.device_buffers["tracer_momentum"]))
+    for W, moving_velocity, buffer in moving:
+        if lam == 0:
+            updates.heavy_ball_update(W, moving_velocity, buffer, eta, momentum)
+        else:
+            updates.heavy_ball_decay_update(W, moving_velocity, buffer, eta, momentum, lam,
+                                            problem.trainable_device())
 
 
 def _langevin_on_device(updates, problem, state, velocity, points_velocity, params):
@@ -707,7 +714,8 @@ register_integrator(IntegratorEntry(
     "heavy_ball",
     lambda problem, dc: heavy_ball(problem, dc["step"], dc["momentum"], WeightDecay.from_dynamics(dc)),
     lambda dc: dc["step"] / (1 - dc["momentum"]), keys=("step", "momentum", *WEIGHT_DECAY_KEYS),
-    buffers=("momentum",), deterministic=True, device_update=_heavy_ball_on_device, ensembles=True))
+    buffers=("momentum",), deterministic=True, device_update=_heavy_ball_on_device, ensembles=True,
+    device_keys=WEIGHT_DECAY_KEYS))
 register_integrator(IntegratorEntry(
     "weight_normalized_descent",
     lambda problem, dc: weight_normalized_descent(problem, dc["step"], WeightDecay.from_dynamics(dc)),
