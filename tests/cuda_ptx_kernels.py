@@ -62,7 +62,8 @@ def test_every_kernel_is_listed():
                 "bias_hessian_singular_particles", "series_pair_field",
                 "finite_data_forward", "finite_data_loss",
                 "finite_data_backward",
-                "euler_update", "heavy_ball_update", "heavy_ball_decay_update", "langevin_update", "advance_noise_states", "device_sum",
+                "euler_update", "heavy_ball_update", "heavy_ball_decay_update", "langevin_update",
+                "advance_noise_states", "device_sum",
                 "sum_of_squares", "all_finite", "ensemble_closed_form_evaluate", "closed_form_points_velocity",
                 "member_sums_of_squares"}
     assert set(NAMES) == expected
