@@ -165,11 +165,12 @@ def test_ode_files_are_the_direct_integration(shipped_short):
             assert np.array_equal(ds["R_1_0"].values, ode.R[:, 1, 0])
 
 
-def test_ode_files_stay_out_of_the_runs_catalog(shipped_short, tmp_path):
+def test_ode_files_stay_out_of_the_runs_catalog(shipped_short, tmp_path, capsys):
     """The particle runs' catalog lists the 6 runs and nothing of DIR/ode (no kind column), and
     open_sweep(DIR / "ode") lists their 6 ODEs (kind "ode"), indexed by the same run ids; the risk
-    of both by (d, seed) lines up on one time axis with no gap. An ODE file put among the runs
-    is listed as kind "ode" and left out of the report's risk summary."""
+    of both by (d, seed) lines up on one time axis with no gap. An ODE file written among the runs
+    is listed as kind "ode", left out of the report's risk summary and of the online_ode stage,
+    and `meanfield status` and `report` of that directory work."""
     runs, odes = open_sweep(shipped_short, refresh=False), open_sweep(shipped_short / "ode")
     assert len(runs.catalog) == 6 and "kind" not in runs.catalog.columns
     assert sorted(odes.catalog.index) == sorted(runs.catalog.index) and set(odes.catalog["kind"]) == {"ode"}
@@ -179,12 +180,14 @@ def test_ode_files_stay_out_of_the_runs_catalog(shipped_short, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(shipped_short, mixed)
     run_id = runs.catalog.index[0]
-    shutil.copy(mixed / "ode" / f"{run_id}.h5", mixed / "ode_copy.h5")
+    write_trajectory(mixed / "ode_solution.h5", read_trajectory(mixed / "ode" / f"{run_id}.h5"), 0.5)
     rows = catalog_rows(mixed)
     assert [row.get("kind") for row in rows].count("ode") == 1 and len(rows) == 7
     summaries, _ = directory_summaries(mixed)
-    assert len(summaries) == 6 and all(not s["path"].endswith("ode_copy.h5") for s in summaries)
+    assert len(summaries) == 6 and all(not s["path"].endswith("ode_solution.h5") for s in summaries)
     assert len(_online_ode.runs(mixed)) == 6
+    assert main(["status", str(mixed)]) == 0 and main(["report", str(mixed)]) == 0
+    assert "risk at the end of the 6 finished runs" in capsys.readouterr().out
 
 
 def test_report_rewrites_only_a_stale_ode_file(shipped_short, capsys):

@@ -420,14 +420,6 @@ def _by_d(members: list[dict]) -> tuple[list[int], dict]:
     return sorted(by_d), {d: sorted(by_d[d], key=lambda r: r["seed"]) for d in by_d}
 
 
-def _legend_handles():
-    """Two entries that say which line is which: the run solid, its ODE dashed."""
-    from matplotlib.lines import Line2D
-
-    return [Line2D([], [], color="0.3", linewidth=1.0, label="engine run"),
-            Line2D([], [], color="0.3", linewidth=1.4, linestyle="--", label="its ODE (same start)")]
-
-
 def plot_eps(members: list[dict]):
     """eps_g(alpha) of the runs of one group against their ODEs: a panel per d, a colour per seed,
     the run solid (eps_g of its recorded overlaps) and the ODE from its initial overlaps dashed,
@@ -459,9 +451,9 @@ def plot_eps(members: list[dict]):
         axes.set_title(f"d = {d} ({len(by_d[d])} seeds)")
         axes.grid(True, which="both", alpha=0.3)
     axes_row[0].set_ylabel("eps_g")
-    axes_row[0].legend(handles=_legend_handles(), fontsize="small")
-    figure.suptitle(f"online SGD against the order-parameter ODE (eta = {members[0]['eta']:.4g}): "
-                    "a colour per seed")
+    # Which line is which is said in the title: a legend would cover curves in some panel.
+    figure.suptitle(f"online SGD (eta = {members[0]['eta']:.4g}): eps_g of each run (solid) and of the ODE "
+                    "from its initial overlaps (dashed), a colour per seed")
     return figure
 
 
@@ -501,7 +493,7 @@ def plot_overlaps(members: list[dict], max_entries: int = 8):
         row[0].set_ylabel("R_kn")
     for axes in grid[-1]:
         axes.set_xlabel("alpha = steps / d")
-    grid[0][0].legend(handles=_legend_handles(), fontsize="small")
     shown = "" if len(entries) == K * M else f" (the first {len(entries)} of K M = {K * M} entries)"
-    figure.suptitle(f"student-teacher overlaps R_kn, runs against their ODEs{shown}: a colour per seed")
+    figure.suptitle(f"student-teacher overlaps R_kn{shown}: each run (solid) and the ODE from its initial "
+                    "overlaps (dashed), a colour per seed")
     return figure
