@@ -21,12 +21,13 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from ..io._ode_file import ODE_KIND
 from ..io._store import column_names, read_checkpoint, run_file_names
 from ..io._store import open_run as _open_file
 
 __all__ = ["Sweep", "moments", "open_run", "open_sweep", "particle_observables", "quantiles"]
 
-NOT_CONFIG = ("id", "status", "file", "final_risk", "final_time")
+NOT_CONFIG = ("id", "status", "file", "final_risk", "final_time", "kind")
 PARTICLE_OBSERVABLES = ("norm", "readout", "signed_norm", "overlap")
 
 
@@ -125,6 +126,11 @@ def open_run(path) -> xr.Dataset:
         ``status``, ``message``, ``method``, ``path``, ``m``, ``d``, ``seed``, and
         ``reference_m``, ``reference_id`` when limit distances are stored.
 
+    An ODE run file (``meanfield.online.write_trajectory``, the ``online_ode`` stage's
+    ``DIR/ode/<run id>.h5``; attribute ``kind = "ode"``) gives the same series without
+    particles (:func:`_ode_dataset`): ``risk``, ``eps_g`` and the order parameters over ``time``,
+    with the coordinate ``alpha``.
+
     Notes
     -----
     The Dataset keeps the HDF5 file open (read-only) until ``ds.close()``; use it in a
@@ -134,6 +140,10 @@ def open_run(path) -> xr.Dataset:
     f = _open_file(path)
     try:
         attrs = {key: _text(value) for key, value in f.attrs.items()}
+        if attrs.get("kind") == ODE_KIND:  # read at once (no particles): the file is closed below
+            ds = _ode_dataset(f, path, attrs)
+            f.close()
+            return ds
         config = json.loads(attrs["config"])
         T = _records(f, attrs["status"])
         d = int(config["model"]["d"])
@@ -192,6 +202,43 @@ def open_run(path) -> xr.Dataset:
         raise
     ds.set_close(f.close)
     return ds
+
+
+def _ode_dataset(f, path: str, attrs: dict) -> xr.Dataset:
+    """The Dataset of an ODE run file (``kind = "ode"``, docs/hdf5.md), read at once (it is small).
+
+    Dimensions ``time`` (T) and ``teacher`` (M). Variables over ``time``: ``risk`` (the population
+    risk F = (eps_g + sigma^2 / 2) / alpha_o^2, as a particle run records it), ``eps_g`` and the
+    order parameters ``Q_k_l``, ``R_k_n``, ``v_k``; ``teacher_overlaps`` (teacher, teacher_2) = T
+    and ``teacher_v`` (teacher) = v*. Coordinates ``time`` (the engine's continuous time t of the
+    run the ODE was started from; alpha when it has none), ``step`` (the engine step, -1 without
+    a run) and ``alpha`` (steps / d). ``attrs``: ``kind`` = "ode", ``run_id``, ``status``,
+    ``message``, ``method`` (the Gaussian averages), ``path``, ``config``, ``config_json``,
+    ``source_run_id``, the ODE's settings (``activation``, ``K``, ``M``, ``learning_rate``,
+    ``second_layer_learning_rate``, ``train_second_layer``, ``noise_std``, ``model_alpha``,
+    ``rtol``, ``atol``, ``solver``, ``averages``), ``m`` = K, and ``d``, ``seed`` of the source
+    run where it has them.
+    """
+    config = json.loads(attrs["config"])
+    observables = f["observables"]
+    risk = observables["risk"]
+    coords = {"time": ("time", risk["time"][()]), "step": ("time", risk["step"][()]),
+              "alpha": ("time", observables["alpha/value"][()])}
+    variables = {name: (("time",), group["value"][()], {"long_name": _text(group.attrs.get("long_name", name))})
+                 for name, group in observables.items() if name != "alpha"}
+    parameters = f["parameters/ode"]
+    variables["teacher_overlaps"] = (("teacher", "teacher_2"), parameters["T"][()], {"long_name": "T"})
+    variables["teacher_v"] = (("teacher",), parameters["teacher_v"][()], {"long_name": "v*"})
+    settings = {key: _text(value) for key, value in parameters.attrs.items()}
+    settings = {key: value.item() if isinstance(value, np.generic) else value for key, value in settings.items()}
+    ds_attrs = {"kind": attrs["kind"], "run_id": attrs["run_id"], "status": attrs["status"],
+                "message": attrs.get("message", ""), "method": attrs.get("method", ""), "path": path,
+                "config": config, "config_json": attrs["config"], "source_run_id": attrs.get("source_run_id", ""),
+                **settings, "m": int(settings["K"])}
+    for key in ("d", "seed"):
+        if key in config.get("source", {}):
+            ds_attrs[key] = config["source"][key]
+    return xr.Dataset(variables, coords=coords, attrs=ds_attrs)
 
 
 # -------------------------------------------------------------------- width-free reductions
@@ -431,6 +478,8 @@ class Sweep:
         has no record). Each run's file is closed once its result is loaded.
 
         Runs for which ``function`` raises ``KeyError`` (a variable it lacks) are left out.
+        The coordinates ``step`` and (ODE run files) ``alpha`` are dropped: runs joined on
+        ``time`` need not share them.
         """
         rows = self.select(**selection)
         dims, keys = self._keys(by, rows)
@@ -442,7 +491,9 @@ class Sweep:
                 except KeyError:
                     continue
                 result = result.load()
-            result = result.drop_vars([c for c in ("step",) if c in result.coords])
+            # Coordinates along time that differ between runs at one t (the step, and an ODE
+            # file's alpha = t / (eta_e d)) would make the outer join on time conflict.
+            result = result.drop_vars([c for c in ("step", "alpha") if c in result.coords])
             parts.append(result.expand_dims({dim: [value] for dim, value in zip(dims, key)}))
         if not parts:
             raise ValueError(f"no selected run of {self.directory} gives this quantity")

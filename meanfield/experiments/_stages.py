@@ -126,10 +126,12 @@ register_stage(PostRunStage("lazy", _config_asks("lazy", "role"), _lazy_present,
 def _online_ode(out_dir, jobs, n_times, report=True):
     from . import _online_ode
 
+    # The ODE files are the report's inputs: a shard of an array (report false) leaves them to
+    # `meanfield report`, which stores every run's ODE once (DIR/ode/<run id>.h5).
     if not report:
         return [], []
-    table = _online_ode.report(out_dir)
-    return [], [table] if table else []
+    text, plots = _online_ode.report(out_dir)
+    return [], [text, *_plots(plots)] if text else []
 
 
 def _online_ode_present(out_dir) -> bool:
@@ -139,7 +141,7 @@ def _online_ode_present(out_dir) -> bool:
 
 
 register_stage(PostRunStage("online_ode", _config_asks("record", "order_parameters"), _online_ode_present,
-                            _online_ode, figures=False))
+                            _online_ode))
 
 
 def _classification_present(out_dir) -> bool:

@@ -75,14 +75,16 @@ def directory_summaries(out_dir, rows=None) -> tuple[list[dict], list[str]]:
 
     The runs of every sweep written into the directory are there, whatever file and
     ``--set`` wrote them: a summary of the directory shows all of them, never one sweep's
-    runs under another sweep's name.
+    runs under another sweep's name. Files of ``[experiment]`` kinds and ODE run files
+    (``kind = "ode"``) are not runs of the network and are left out.
     """
     out_dir = os.fspath(out_dir)
     rows = catalog_rows(out_dir) if rows is None else rows
-    rows = [row for row in rows if not row.get("experiment")]  # [experiment] files have their own report
+    # [experiment] files have their own report; ODE run files (kind "ode") are not particle runs
+    rows = [row for row in rows if not row.get("experiment") and not row.get("kind")]
     keys = varying_keys(rows)
     summaries = [{"id": row["id"], "status": row["status"], "path": os.path.join(out_dir, row["file"]),
                   "final_risk": float(row["final_risk"]), "final_time": float(row["final_time"]),
                   "swept": {k: row.get(k, ABSENT) for k in keys}}
-                 for row in rows if row["status"] != "corrupt" and not row.get("experiment")]
+                 for row in rows if row["status"] != "corrupt"]
     return summaries, keys

@@ -128,7 +128,7 @@ def open_file_row(f: h5py.File, path) -> dict:
     name = os.path.basename(path)
     # Only the attributes the row needs: reading all of them costs more than the rest of the row.
     attrs = {}
-    for key in ("run_id", "config", "status", "experiment"):
+    for key in ("run_id", "config", "status", "experiment", "kind"):
         if key in f.attrs:
             value = f.attrs[key]
             attrs[key] = value.decode() if isinstance(value, bytes) else value
@@ -139,6 +139,8 @@ def open_file_row(f: h5py.File, path) -> dict:
            "final_time": t}
     if attrs.get("experiment"):
         row["experiment"] = attrs["experiment"]
+    if attrs.get("kind"):  # an ODE run file (meanfield.io._ode_file): kind "ode"; particle runs have none
+        row["kind"] = attrs["kind"]
     for section, values in config.items():
         for key, value in values.items():
             row[f"{section}.{key}"] = value
@@ -262,7 +264,9 @@ def catalog_rows(out_dir) -> list[dict]:
     """One row per run in ``out_dir`` (finished, being written or interrupted): id, status,
     file, final_risk, final_time and every config value as ``section.key``; the file of an
     ``[experiment]`` kind (:mod:`meanfield.experiments`) has its kind under ``experiment`` and
-    NaN for the risk and time (it records no risk series).
+    NaN for the risk and time (it records no risk series); an ODE run file
+    (:mod:`meanfield.io._ode_file`) has ``kind = "ode"`` and its last risk and time, and its
+    config columns are ``ode.*`` and ``source.*``.
 
     A ``.part`` that no process writes is ``interrupted`` (:func:`run_status`);
     a file that cannot be read is a row with status ``corrupt`` and the reason under
@@ -288,7 +292,7 @@ def catalog_rows(out_dir) -> list[dict]:
         In the order of the file names. Keys ``id``, ``status`` (``running``, ``complete``,
         ``diverged`` or ``interrupted``: :func:`run_status`; ``corrupt`` for a file that
         cannot be read), ``file`` (the file name), ``final_risk`` and ``final_time`` (float:
-        the risk and the continuous time t of the last record), ``experiment`` where set,
+        the risk and the continuous time t of the last record), ``experiment`` and ``kind`` where set,
         ``message`` for a corrupt file, and ``section.key`` for every config value.
     """
     return _merge(os.fspath(out_dir))[0]

@@ -4,7 +4,8 @@ fixed width) and the finite-d simulation they describe.
 See :mod:`meanfield.online._ode` for the equations (Saad & Solla 1995; Goldt et al. 2019) and
 :mod:`meanfield.online._integrals` for the Gaussian averages I2, I3, I4, J2 and their measured
 accuracy, :mod:`meanfield.online._engine_map` for the map to meanfield's particle networks (overlaps of
-particles, the ODE's learning rates and time of an engine SGD run). The user page is docs/capabilities/online_sgd.md.
+particles, the ODE's learning rates and time of an engine SGD run), :mod:`meanfield.online._trajectory_file`
+for a trajectory as a run file of its own. The user page is docs/capabilities/online_sgd.md.
 """
 from ._engine_map import (
     ORDER_PARAMETER_MAX_SERIES,
@@ -34,6 +35,7 @@ from ._ode import (
     simulate_online_sgd,
     weights_with_overlaps,
 )
+from ._trajectory_file import read_ode_settings, read_trajectory, write_trajectory
 
 __all__ = [
     "AVERAGE_METHODS",
@@ -56,6 +58,9 @@ __all__ = [
     "integrate_order_parameters",
     "joint_covariance",
     "order_parameter_rates",
+    "read_ode_settings",
+    "read_trajectory",
     "simulate_online_sgd",
     "weights_with_overlaps",
+    "write_trajectory",
 ]
