@@ -301,37 +301,54 @@ def _state(K, M, seed, scale=0.6):
     return C[:K, :K], C[:K, K:], C[K:, K:], v, teacher_v
 
 
-@pytest.mark.parametrize("activation, K, M", [("erf", 3, 2), ("linear", 2, 2), ("relu", 2, 1), ("tanh", 2, 1)])
-def test_rates_against_one_sgd_step(activation, K, M):
-    """E[Delta Q] d, E[Delta R] d and E[Delta v] d of one SGD step (second layer trained, label
-    noise sigma = 0.5, eta = 0.8, eta_v = 0.6) from one state at d = 1000, averaged over 10^5
-    independent steps, within 5 standard errors of the ODE rates, plus 3 (K + M) / d times the
-    eta^2 term for dQ (the O(1/d) correlation of |x|^2 / d with (lambda, nu)) and 1e-3 for relu
-    (its quasi-Monte Carlo I4). tanh goes through the Gauss-Hermite path for every average. The
-    eta^2 term is checked to be many standard errors large, so a wrong factor in it would fail."""
+# Biases of the tests with biases: student b (first K), teacher b* (first M); |b| up to 1.2.
+STUDENT_BIASES = np.array([0.4, -0.8, 1.2])
+TEACHER_BIASES = np.array([-0.5, 1.0])
+
+
+@pytest.mark.parametrize("activation, K, M, biased", [
+    ("erf", 3, 2, False), ("linear", 2, 2, False), ("relu", 2, 1, False), ("tanh", 2, 1, False),
+    ("erf", 3, 2, True), ("relu", 2, 2, True), ("tanh", 2, 1, True)])
+def test_rates_against_one_sgd_step(activation, K, M, biased):
+    """E[Delta Q] d, E[Delta R] d, E[Delta v] d (and E[Delta b] d with biases) of one SGD step
+    (second layer trained, label noise sigma = 0.5, eta = 0.8, eta_v = 0.6, eta_b = 0.7) from one
+    state at d = 1000, averaged over 10^5 independent steps, within 5 standard errors of the ODE
+    rates, plus 3 (K + M) / d times the eta^2 term for dQ (the O(1/d) correlation of |x|^2 / d
+    with (lambda, nu)) and 1e-5 for relu (its I4 rule). With biases the fields are
+    lambda = w . x / sqrt(d) + b, nu = w* . x / sqrt(d) + b* (b = STUDENT_BIASES, b* =
+    TEACHER_BIASES), and b trains: b_k <- b_k - (eta_b / d) v_k g'(lambda_k) (yhat - y). tanh goes
+    through the Gauss-Hermite path (shifted by the means) for every average. The eta^2 term is
+    checked to be many standard errors large, so a wrong factor in it would fail."""
     d, n_samples, batch = 1000, 100_000, 5_000
-    eta, eta_v, sigma = 0.8, 0.6, 0.5
+    eta, eta_v, eta_b, sigma = 0.8, 0.6, 0.7, 0.5
     Q, R, T, v, teacher_v = _state(K, M, seed=3)
+    b = STUDENT_BIASES[:K] if biased else np.zeros(K)
+    teacher_b = TEACHER_BIASES[:M] if biased else np.zeros(M)
     rng = np.random.default_rng(5)
     W, W_star = weights_with_overlaps(Q, R, T, d, rng)
-    sums = {key: [] for key in ("dQ", "dR", "dv")}
+    sums = {key: [] for key in ("dQ", "dR", "dv", "db")}
     for _ in range(n_samples // batch):
         X = rng.standard_normal((batch, d))
-        lam, nu = X @ W.T / math.sqrt(d), X @ W_star.T / math.sqrt(d)
+        projection, nu = X @ W.T / math.sqrt(d), X @ W_star.T / math.sqrt(d) + teacher_b
+        lam = projection + b
         error = _g(activation, lam) @ v - _g(activation, nu) @ teacher_v - sigma * rng.standard_normal(batch)
         # the step of each sample: Delta w_k = coefficient_k x, coefficient = -(eta/sqrt d) v_k g'_k error
         coefficient = -(eta / math.sqrt(d)) * v * _g_prime(activation, lam) * error[:, None]      # (batch, K)
-        cross = coefficient[:, :, None] * lam[:, None, :] * math.sqrt(d)       # Delta w_k . w_l
+        cross = coefficient[:, :, None] * projection[:, None, :] * math.sqrt(d)     # Delta w_k . w_l
         square = coefficient[:, :, None] * coefficient[:, None, :] * np.einsum("si,si->s", X, X)[:, None, None]
         sums["dQ"].append(cross + cross.transpose(0, 2, 1) + square)           # d * Delta Q
-        sums["dR"].append(coefficient[:, :, None] * nu[:, None, :] * math.sqrt(d))   # d * Delta R
+        sums["dR"].append(coefficient[:, :, None] * (nu - teacher_b)[:, None, :] * math.sqrt(d))   # d * Delta R
         sums["dv"].append(-eta_v * _g(activation, lam) * error[:, None])               # d * Delta v
-    dQ, dR, dv = order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation, True, eta_v)
+        sums["db"].append(-eta_b * v * _g_prime(activation, lam) * error[:, None])     # d * Delta b
+    biases = {"b": b, "teacher_b": teacher_b, "train_bias": True, "bias_learning_rate": eta_b} if biased else {}
+    rates = order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation, True, eta_v, **biases)
     # the eta^2 part of dQ: rates(eta) = eta A + eta^2 B, rates(-eta) = -eta A + eta^2 B
-    quadratic = 0.5 * (order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation)[0]
-                       + order_parameter_rates(Q, R, v, T, teacher_v, -eta, sigma, activation)[0])
-    extra = 1e-3 if activation == "relu" else 0.0
-    for name, rate in (("dQ", dQ), ("dR", dR), ("dv", dv)):
+    quadratic = 0.5 * (order_parameter_rates(Q, R, v, T, teacher_v, eta, sigma, activation, **biases)[0]
+                       + order_parameter_rates(Q, R, v, T, teacher_v, -eta, sigma, activation, **biases)[0])
+    extra = 1e-5 if activation == "relu" else 0.0
+    names = ("dQ", "dR", "dv", "db") if biased else ("dQ", "dR", "dv")
+    assert len(rates) == len(names)
+    for name, rate in zip(names, rates):
         samples = np.concatenate(sums[name])          # d * Delta: the rate per unit alpha
         mean, standard_error = samples.mean(axis=0), samples.std(axis=0) / math.sqrt(len(samples))
         allowance = 5.0 * standard_error + extra
@@ -350,21 +367,26 @@ def _symmetric_derivative(function, Q, k, l, h):
     return (function(Q + step) - function(Q - step)) / (2 * h)
 
 
-@pytest.mark.parametrize("activation", ["erf", "linear"])
-def test_small_learning_rate_is_gradient_flow(activation):
-    """At eta -> 0 the ODE is the gradient flow of eps_g(Q, R, v) through the chain rule:
+@pytest.mark.parametrize("activation, biased", [("erf", False), ("linear", False), ("erf", True), ("relu", True),
+                                                ("linear", True)])
+def test_small_learning_rate_is_gradient_flow(activation, biased):
+    """At eta -> 0 the ODE is the gradient flow of eps_g(Q, R, v, b) through the chain rule:
     with G_kl = d eps / d Q_kl (symmetric perturbation; twice it on the diagonal) and
     P = d eps / d R by central differences (h = 1e-5),
-    dR/dalpha = -eta (G R + P T), dQ/dalpha = -eta (G Q + P R^T) - eta (G Q + P R^T)^T and
-    dv/dalpha = -eta_v d eps / d v. The order-eta part of the rates, (rates(eta) - rates(-eta)) /
-    (2 eta) at eta = 0.1 (the eta^2 term dropped exactly), agrees within 1e-8 (the
-    finite-difference error is about 1e-10)."""
+    dR/dalpha = -eta (G R + P T), dQ/dalpha = -eta (G Q + P R^T) - eta (G Q + P R^T)^T,
+    dv/dalpha = -eta_v d eps / d v and, with biases (b = STUDENT_BIASES, b* = TEACHER_BIASES,
+    trained), db/dalpha = -eta_b d eps / d b (eta_b = 0.7 eta: its own rate). The order-eta part
+    of the rates, (rates(eta) - rates(-eta)) / (2 eta) at eta = 0.1 (the eta^2 term dropped
+    exactly), agrees within 1e-8 (the finite-difference error is about 1e-10). relu with biases
+    (closed forms with means) is smooth at this generic state."""
     K, M = 3, 2
     Q, R, T, v, teacher_v = _state(K, M, seed=9)
+    b = STUDENT_BIASES if biased else np.zeros(K)
+    teacher_b = TEACHER_BIASES if biased else None
     h = 1e-5
 
-    def eps(Q_, R_=R, v_=v):
-        return generalisation_error(Q_, R_, T, v_, teacher_v, activation)
+    def eps(Q_, R_=R, v_=v, b_=b):
+        return generalisation_error(Q_, R_, T, v_, teacher_v, activation, b=b_, teacher_b=teacher_b)
 
     G = np.empty((K, K))
     for k in range(K):
@@ -377,14 +399,20 @@ def test_small_learning_rate_is_gradient_flow(activation):
             step[k, n] = h
             P[k, n] = (eps(Q, R + step) - eps(Q, R - step)) / (2 * h)
     grad_v = np.array([(eps(Q, R, v + h * e) - eps(Q, R, v - h * e)) / (2 * h) for e in np.eye(K)])
+    grad_b = np.array([(eps(Q, R, v, b + h * e) - eps(Q, R, v, b - h * e)) / (2 * h) for e in np.eye(K)])
     eta = 0.1
-    plus = order_parameter_rates(Q, R, v, T, teacher_v, eta, 0.0, activation, True)
-    minus = order_parameter_rates(Q, R, v, T, teacher_v, -eta, 0.0, activation, True)
-    dQ, dR, dv = ((p - m) / (2 * eta) for p, m in zip(plus, minus))
+    biases = {"b": b, "teacher_b": teacher_b, "train_bias": True, "bias_learning_rate": 0.7 * eta} if biased else {}
+    plus = order_parameter_rates(Q, R, v, T, teacher_v, eta, 0.0, activation, True, **biases)
+    biases = {**biases, "bias_learning_rate": -0.7 * eta} if biased else {}
+    minus = order_parameter_rates(Q, R, v, T, teacher_v, -eta, 0.0, activation, True, **biases)
+    dQ, dR, dv, *db = ((p - m) / (2 * eta) for p, m in zip(plus, minus))
     drift = G @ Q + P @ R.T
     np.testing.assert_allclose(dR, -(G @ R + P @ T), atol=1e-8)
     np.testing.assert_allclose(dQ, -(drift + drift.T), atol=1e-8)
     np.testing.assert_allclose(dv, -grad_v, atol=1e-8)
+    if biased:
+        np.testing.assert_allclose(db[0], -0.7 * grad_b, atol=1e-8)
+        assert np.abs(grad_b).max() > 1e-2          # the bias gradient is not trivially zero
 
 
 @pytest.mark.parametrize("activation", ["erf", "relu", "linear"])
@@ -417,40 +445,92 @@ def test_weights_with_overlaps_have_them():
     np.testing.assert_allclose(joint_covariance(Q, R, T)[:3, 3:], R)
 
 
-def _simulation_error(d, seeds, alpha, train_second_layer):
-    """RMS over seeds of the largest deviation of (Q, R, v) from the ODE over the alpha grid."""
+def _simulation_error(d, seeds, alpha, train_second_layer, activation="erf", biased=False):
+    """RMS over seeds of the largest deviation of (Q, R, v, b) from the ODE over the alpha grid.
+    With ``biased``: student biases (0.3, -0.2) that train, teacher biases (0.5, -1)."""
     M = 2
     Q0 = np.array([[0.4, 0.05], [0.05, 0.3]])
     R0 = np.array([[0.1, -0.05], [0.02, 0.15]])
     T = np.eye(M)
     v0, teacher_v = np.array([0.8, 1.1]), np.ones(M)
-    ode = integrate_order_parameters(Q0, R0, v0, T, teacher_v, 0.5, alpha, noise_std=0.1,
-                                     train_second_layer=train_second_layer)
+    biases = {"b0": np.array([0.3, -0.2]), "teacher_b": np.array([0.5, -1.0]), "train_bias": True} if biased else {}
+    ode = integrate_order_parameters(Q0, R0, v0, T, teacher_v, 0.5, alpha, noise_std=0.1, activation=activation,
+                                     train_second_layer=train_second_layer, **biases)
     errors = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         W, W_star = weights_with_overlaps(Q0, R0, T, d, rng)
-        run = simulate_online_sgd(W, W_star, v0, teacher_v, 0.5, alpha, rng, noise_std=0.1,
-                                  train_second_layer=train_second_layer)
+        run = simulate_online_sgd(W, W_star, v0, teacher_v, 0.5, alpha, rng, noise_std=0.1, activation=activation,
+                                  train_second_layer=train_second_layer, **biases)
         assert np.allclose(run.alpha, alpha)
-        errors.append(max(np.abs(run.Q - ode.Q).max(), np.abs(run.R - ode.R).max(), np.abs(run.v - ode.v).max()))
+        errors.append(max(np.abs(getattr(run, x) - getattr(ode, x)).max() for x in "QRvb"))
     return math.sqrt(np.mean(np.square(errors))), ode
 
 
-@pytest.mark.parametrize("train_second_layer", [False, True])
-def test_simulation_approaches_the_ode(train_second_layer):
+@pytest.mark.parametrize("train_second_layer, activation, biased", [(False, "erf", False), (True, "erf", False),
+                                                                    (True, "relu", True)])
+def test_simulation_approaches_the_ode(train_second_layer, activation, biased):
     """Online SGD at d = 100, 500, 2000 (erf, K = M = 2, eta = 0.5, sigma = 0.1, alpha up to 2,
-    exact initial overlaps; 6 seeds each) deviates from the ODE like d^(-1/2): the RMS over
-    seeds of max_alpha |(Q, R, v)_sim - (Q, R, v)_ode| decreases with d, the ratio from d = 100 to
+    exact initial overlaps; 6 seeds each; and relu with trained biases, student (0.3, -0.2) and
+    teacher (0.5, -1)) deviates from the ODE like d^(-1/2): the RMS over seeds of
+    max_alpha |(Q, R, v, b)_sim - (Q, R, v, b)_ode| decreases with d, the ratio from d = 100 to
     d = 2000 is above 2.5 (sqrt(20) = 4.5 expected), sqrt(d) * error stays within a factor 2.5
     of its mean over the three d, and the error at d = 2000 is below 0.03."""
     alpha = np.linspace(0.0, 2.0, 9)
-    errors = {d: _simulation_error(d, range(6), alpha, train_second_layer)[0] for d in (100, 500, 2000)}
+    errors = {d: _simulation_error(d, range(6), alpha, train_second_layer, activation, biased)[0]
+              for d in (100, 500, 2000)}
     assert errors[100] > errors[500] > errors[2000], errors
     assert errors[100] / errors[2000] > 2.5, errors
     scaled = np.array([errors[d] * math.sqrt(d) for d in errors])
     assert scaled.max() < 2.5 * scaled.mean() and scaled.min() > scaled.mean() / 2.5, errors
     assert errors[2000] < 0.03, errors
+
+
+def test_biased_simulation_needs_the_bias_rate():
+    """The relu run with trained biases of test_simulation_approaches_the_ode at d = 2000 is far
+    from the ODE whose biases do not train (the biases' drift matters on this time scale): the
+    deviation of b alone is above 0.05 (measured 0.079; the ODE with trained biases: 0.019)."""
+    alpha = np.linspace(0.0, 2.0, 9)
+    biases = {"b0": np.array([0.3, -0.2]), "teacher_b": np.array([0.5, -1.0])}
+    Q0, R0, T = np.array([[0.4, 0.05], [0.05, 0.3]]), np.array([[0.1, -0.05], [0.02, 0.15]]), np.eye(2)
+    rng = np.random.default_rng(0)
+    W, W_star = weights_with_overlaps(Q0, R0, T, 2000, rng)
+    run = simulate_online_sgd(W, W_star, np.array([0.8, 1.1]), np.ones(2), 0.5, alpha, rng, noise_std=0.1,
+                              activation="relu", train_second_layer=True, train_bias=True, **biases)
+    fixed = integrate_order_parameters(Q0, R0, np.array([0.8, 1.1]), T, np.ones(2), 0.5, alpha, noise_std=0.1,
+                                       activation="relu", train_second_layer=True, **biases)
+    assert np.abs(run.b - fixed.b).max() > 0.05
+
+
+def test_zero_biases_are_no_biases():
+    """Zero biases (student and teacher) reproduce the results without biases bit for bit: the
+    rates (also with train_bias, whose db is then returned), eps_g, the integrated trajectory
+    (relu and erf) and the finite-d simulation; the trajectory's b and teacher_b are zeros."""
+    K, M = 2, 2
+    Q, R, T, v, teacher_v = _state(K, M, seed=4)
+    zeros = {"b": np.zeros(K), "teacher_b": np.zeros(M)}
+    for activation in ("erf", "relu", "tanh"):
+        plain = order_parameter_rates(Q, R, v, T, teacher_v, 0.6, 0.2, activation, True, 0.3)
+        biased = order_parameter_rates(Q, R, v, T, teacher_v, 0.6, 0.2, activation, True, 0.3, **zeros,
+                                       train_bias=True)
+        assert len(plain) == 3 and len(biased) == 4
+        for x, y in zip(plain, biased):
+            np.testing.assert_array_equal(x, y)
+        assert generalisation_error(Q, R, T, v, teacher_v, activation) == \
+            generalisation_error(Q, R, T, v, teacher_v, activation, **zeros)
+    alpha = np.linspace(0.0, 1.0, 5)
+    for activation in ("erf", "relu"):
+        plain = integrate_order_parameters(Q, R, v, T, teacher_v, 0.5, alpha, 0.1, activation, True)
+        biased = integrate_order_parameters(Q, R, v, T, teacher_v, 0.5, alpha, 0.1, activation, True,
+                                            b0=np.zeros(K), teacher_b=np.zeros(M))
+        for name in ("Q", "R", "v", "generalisation_error", "b", "teacher_b"):
+            np.testing.assert_array_equal(getattr(plain, name), getattr(biased, name))
+        assert plain.b.shape == (5, K) and not plain.b.any() and not plain.teacher_b.any()
+    W, W_star = weights_with_overlaps(Q, R, T, 50, np.random.default_rng(0))
+    runs = [simulate_online_sgd(W, W_star, v, teacher_v, 0.5, alpha, np.random.default_rng(1), 0.1, "relu", True,
+                                **extra) for extra in ({}, {"b0": np.zeros(K), "teacher_b": np.zeros(M)})]
+    for name in ("Q", "R", "v", "generalisation_error", "b"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
 
 
 def test_plateau_then_specialisation():
