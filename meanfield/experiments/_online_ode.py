@@ -3,9 +3,10 @@
 For every finished run of a directory that is online SGD on a population problem with a teacher
 and records ``[record] order_parameters`` (:func:`applicable` says which), :func:`compare`
 integrates :func:`meanfield.online.integrate_order_parameters` from the run's own overlaps at
-t = 0 (Q0, R0, v0; T and v* from its teacher) with the ODE's learning rates and time of the run
-(:mod:`meanfield.online._engine_map`: eta = eta_e m d / alpha_o^2, eta_v = eta_e m s^2 d,
-alpha = t / (eta_e d)), and measures two distances over the recorded times:
+t = 0 (Q0, R0, v0, and b0 when the model has biases; T, v* and b* from its teacher) with the ODE's
+learning rates and time of the run (:mod:`meanfield.online._engine_map`: eta = eta_e m d /
+alpha_o^2, the biases' eta_b = eta, eta_v = eta_e m s^2 d, alpha = t / (eta_e d)), and measures
+two distances over the recorded times:
 
     D_eps = max_t |eps_g(run) - eps_g(ODE)|,    D_R = max_t ||R(run) - R(ODE)||_F,
 
@@ -34,6 +35,7 @@ from ..online import (
     generalisation_error,
     integrate_order_parameters,
     ode_learning_rates,
+    stack_biases,
     stack_order_parameters,
 )
 
@@ -49,7 +51,8 @@ def applicable(config: dict) -> str:
 
     The ODE of :func:`meanfield.online.integrate_order_parameters` needs: ``[record]
     order_parameters``, a population problem with the squared loss, a teacher of the student's
-    activation, no bias, the ``"sgd"`` integrator with ``batch_size = 1`` and no weight decay.
+    activation, the ``"sgd"`` integrator with ``batch_size = 1`` and no weight decay (biases, of the
+    student or the teacher, are in the ODE).
 
     Parameters
     ----------
@@ -67,7 +70,6 @@ def applicable(config: dict) -> str:
         (problem["kind"] == "population", "not a population problem"),
         (problem["loss"] == "squared", "not the squared loss"),
         (teacher["activation"] == model["activation"], "the teacher's activation differs from the student's"),
-        (not model["bias"] and not teacher["bias"], "a bias"),
         (dynamics["integrator"] == "sgd", 'not integrator = "sgd"'),
         (dynamics.get("batch_size") == 1, "batch_size is not 1 (the ODE is one sample per step)"),
         (dynamics.get("weight_decay", 0.0) == 0.0, "weight decay"),
@@ -117,8 +119,9 @@ def compare(path) -> dict:
     dict
         ``d``, ``seed``, ``eta``, ``eta_v`` (floats/ints); ``alpha`` (T,), the ODE time of each
         record; ``eps_run``, ``eps_ode`` (T,); ``Q_run``, ``Q_ode`` (T, K, K); ``R_run``, ``R_ode``
-        (T, K, M); ``v_run``, ``v_ode`` (T, K); ``eps_distance`` = max_t |eps_run - eps_ode| and
-        ``R_distance`` = max_t ||R_run - R_ode||_F.
+        (T, K, M); ``v_run``, ``v_ode`` (T, K); ``b_run``, ``b_ode`` (T, K), zeros without biases;
+        the teacher's ``T`` (M, M), ``teacher_v`` and ``teacher_b`` (M,); ``eps_distance`` =
+        max_t |eps_run - eps_ode| and ``R_distance`` = max_t ||R_run - R_ode||_F.
     """
     with open_run(path) as f:
         config = json.loads(f.attrs["config"])
@@ -127,24 +130,29 @@ def compare(path) -> dict:
             raise ValueError(f"{os.fspath(path)}: not a run the order-parameter ODE describes: {why}")
         teacher_W = f["parameters/teacher/position"][()].astype(np.float64)
         m, k = config["model"]["m"], teacher_W.shape[0]
-        names = [name for name in f["observables"] if name[:2] in ("Q_", "R_", "v_")]
+        names = [name for name in f["observables"] if name[:2] in ("Q_", "R_", "v_", "b_")]
         series = {name: f[f"observables/{name}/value"][()] for name in names}
         times = f["observables/risk/time"][()]
     model = _model(config)
     d, step = model.d, config["dynamics"]["step"]
     Q, R, v = stack_order_parameters(series, m, k)
+    b = stack_biases(series, m)
     T = teacher_W[:, :d] @ teacher_W[:, :d].T
-    teacher_v = teacher_W[:, d + 1]
+    teacher_v, teacher_b = teacher_W[:, d + 1], teacher_W[:, d]
     eta, eta_v = ode_learning_rates(model, m, step)
     alpha = alpha_of_time(d, step, times)
     activation = model.activation
+    # the biases train at the first layer's eta when the model has them (b stays 0 otherwise)
     ode = integrate_order_parameters(Q[0], R[0], v[0], T, teacher_v, eta, alpha,
                                      noise_std=config["problem"]["noise_std"], activation=activation,
-                                     train_second_layer=model.train_readout, second_layer_learning_rate=eta_v)
-    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation) for q, r, w in zip(Q, R, v)])
+                                     train_second_layer=model.train_readout, second_layer_learning_rate=eta_v,
+                                     b0=b[0], teacher_b=teacher_b, train_bias=model.bias)
+    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation, bk, teacher_b)
+                        for q, r, w, bk in zip(Q, R, v, b)])
     return {"d": d, "seed": config["run"]["seed"], "eta": eta, "eta_v": eta_v, "alpha": alpha,
             "eps_run": eps_run, "eps_ode": ode.generalisation_error, "Q_run": Q, "Q_ode": ode.Q,
-            "R_run": R, "R_ode": ode.R, "v_run": v, "v_ode": ode.v,
+            "R_run": R, "R_ode": ode.R, "v_run": v, "v_ode": ode.v, "b_run": b, "b_ode": ode.b,
+            "T": T, "teacher_v": teacher_v, "teacher_b": teacher_b,
             "eps_distance": float(np.max(np.abs(eps_run - ode.generalisation_error))),
             "R_distance": float(np.max(np.linalg.norm(R - ode.R, axis=(1, 2))))}
 
