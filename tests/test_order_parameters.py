@@ -57,9 +57,10 @@ def test_order_parameters_are_the_overlaps_of_the_stored_particles(tmp_path, sca
 
 def test_order_parameters_with_biases(tmp_path):
     """With model.bias (trained, b ~ 0.8 N(0, 1) at t = 0) and a random teacher with biases, the
-    run also records b_k = b of the stored particles (1e-12), and eps_g of the recorded overlaps
-    and biases (with the teacher's b*) plus sigma^2 / 2 is the recorded closed-form population
-    risk (1e-10): the biases enter the ODE's fields as lambda = w . x / sqrt(d) + b."""
+    run records Q and R as without biases and b_k = b of the stored particles (1e-12), and eps_g
+    of the recorded overlaps and biases (with the teacher's b*) plus sigma^2 / 2 is the recorded
+    closed-form population risk (1e-10): the biases enter the ODE's fields as
+    lambda = w . x / sqrt(d) + b."""
     doc = {**SMALL, "model": {**SMALL["model"], "bias": True}, "init": {"tau": 0.8, "b": "gaussian"},
            "problem": {**SMALL["problem"], "teacher": {"kind": "random", "k": 2, "bias": True}}}
     out = tmp_path / "out"
@@ -75,7 +76,10 @@ def test_order_parameters_with_biases(tmp_path):
         v = np.array([series[f"v_{i}"][index] for i in range(m)])
         b = np.array([series[f"b_{i}"][index] for i in range(m)])
         np.testing.assert_allclose(b, W[:, d], atol=1e-12)
-        eps = generalisation_error(Q, R, a_star @ a_star.T, v, teacher_W[:, d + 1], "erf", b=b, teacher_b=teacher_W[:, d])
+        np.testing.assert_allclose(Q, a @ a.T, atol=1e-12)
+        np.testing.assert_allclose(R, a @ a_star.T, atol=1e-12)
+        eps = generalisation_error(Q, R, a_star @ a_star.T, v, teacher_W[:, d + 1], "erf", b=b,
+                                   teacher_b=teacher_W[:, d])
         assert eps + 0.2 ** 2 / 2 == pytest.approx(series["risk"][index], rel=1e-10)
     assert frames[0][0, d] != frames[-1][0, d]                      # the biases train
 
