@@ -105,10 +105,10 @@ Measured accuracy (tests/test_online.py; covariances with variances 0.04 to 25, 
   node spacing). relu through Sobol against its closed forms: I2 4e-5, J2 1.5e-4, I3 1.7e-4,
   K2 5e-5 at variances up to 1.5; I2 5e-4, J2 2.4e-4, I3 2e-3 at variances up to 25.
 
-Cost: the relu ODE (K = M = 2, alpha <= 2, rtol 1e-5) took 0.12 s with the I4 rule against 2.9 s
-with the Sobol rule, whose estimate is piecewise constant in C so that the adaptive solver takes
-small steps; for K = M = 4 (rtol 1e-6) 5.6 s against more than 19 minutes (stopped)
-(docs/capabilities/online_sgd.md says how this was measured).
+Cost: the relu ODE (K = M = 2, alpha <= 2) took 0.13 s at rtol 1e-5 and 0.20 s at the default
+rtol 1e-8 with the I4 rule, against 3.05 s and 94 s with the Sobol rule, whose estimate is
+piecewise constant in C so that the adaptive solver takes small steps; for K = M = 4 (rtol 1e-6)
+5.6 s against more than 19 minutes (stopped). docs/capabilities/online_sgd.md has the snippets.
 """
 from __future__ import annotations
 
