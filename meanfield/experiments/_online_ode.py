@@ -147,7 +147,7 @@ def compare(path) -> dict:
                                      noise_std=config["problem"]["noise_std"], activation=activation,
                                      train_second_layer=model.train_readout, second_layer_learning_rate=eta_v,
                                      b0=b[0], teacher_b=teacher_b, train_bias=model.bias)
-    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation, bk, teacher_b)
+    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation, b=bk, teacher_b=teacher_b)
                         for q, r, w, bk in zip(Q, R, v, b)])
     return {"d": d, "seed": config["run"]["seed"], "eta": eta, "eta_v": eta_v, "alpha": alpha,
             "eps_run": eps_run, "eps_ode": ode.generalisation_error, "Q_run": Q, "Q_ode": ode.Q,

@@ -330,8 +330,9 @@ def integrate_order_parameters(Q0, R0, v0, T, teacher_v, learning_rate, alpha, n
     def rates(_, state):
         Q, R, v, b = unpack(state)
         dQ, dR, dv, db = order_parameter_rates(Q, R, v, T, teacher_v, learning_rate, noise_std, averages,
-                                               train_second_layer, second_layer_learning_rate, b, teacher_b,
-                                               train_bias, bias_learning_rate)
+                                               train_second_layer, second_layer_learning_rate, b=b,
+                                               teacher_b=teacher_b, train_bias=train_bias,
+                                               bias_learning_rate=bias_learning_rate)
         return np.concatenate([dQ.ravel(), dR.ravel(), dv] + ([db] if train_bias else []))
 
     state0 = np.concatenate([Q0.ravel(), R0.ravel(), v0] + ([b0] if train_bias else []))
@@ -352,7 +353,7 @@ def _trajectory(alpha, states, T, teacher_v, averages, teacher_b=None) -> OrderP
     R = np.array([state[1] for state in states])
     v = np.array([state[2] for state in states])
     b = np.array([state[3] if len(state) > 3 else np.zeros(len(state[2])) for state in states])
-    errors = np.array([generalisation_error(q, r, T, vk, teacher_v, averages, bk, teacher_b)
+    errors = np.array([generalisation_error(q, r, T, vk, teacher_v, averages, b=bk, teacher_b=teacher_b)
                        for q, r, vk, bk in zip(Q, R, v, b)])
     return OrderParameterTrajectory(np.asarray(alpha, dtype=np.float64), Q, R, v, errors, np.array(T),
                                     np.array(teacher_v), b,
