@@ -28,12 +28,14 @@ R0 = np.array([[0.1, -0.05, 0.02], [0.02, 0.15, -0.01]])
 T = np.array([[1.0, 0.1, 0.0], [0.1, 0.9, 0.05], [0.0, 0.05, 1.1]])
 V0, TEACHER_V = np.array([0.8, 1.1]), np.array([1.0, 0.7, 1.2])
 SETTINGS = {"learning_rate": 0.5, "noise_std": 0.1, "activation": "erf", "train_second_layer": True,
-            "second_layer_learning_rate": 0.125, "batch_size": 2, "rtol": 1e-7, "atol": 1e-9}
+            "second_layer_learning_rate": 0.125, "batch_size": 2, "train_bias": True, "bias_learning_rate": 0.4,
+            "rtol": 1e-7, "atol": 1e-9}
+B0, TEACHER_B = np.array([0.3, -0.2]), np.array([0.5, -1.0, 0.0])
 ALPHA = np.linspace(0.0, 2.0, 9)
 
 
 def _trajectory():
-    return integrate_order_parameters(Q0, R0, V0, T, TEACHER_V, alpha=ALPHA, **SETTINGS)
+    return integrate_order_parameters(Q0, R0, V0, T, TEACHER_V, alpha=ALPHA, b0=B0, teacher_b=TEACHER_B, **SETTINGS)
 
 
 def _write(path, trajectory, **extra):
@@ -48,12 +50,13 @@ def test_trajectory_round_trip_is_exact(tmp_path):
     trajectory = _trajectory()
     path = _write(tmp_path / "deep" / "ode.h5", trajectory)
     back = read_trajectory(path)
-    for field in ("alpha", "Q", "R", "v", "generalisation_error", "T", "teacher_v"):
+    for field in ("alpha", "Q", "R", "v", "b", "generalisation_error", "T", "teacher_v", "teacher_b"):
         assert np.array_equal(getattr(back, field), getattr(trajectory, field)), field
+    assert np.abs(back.b[-1] - back.b[0]).max() > 0.01        # the biases trained
     assert read_ode_settings(path) == SETTINGS
     again = integrate_order_parameters(back.Q[0], back.R[0], back.v[0], back.T, back.teacher_v, alpha=back.alpha,
-                                       **read_ode_settings(path))
-    assert np.array_equal(again.Q, back.Q) and np.array_equal(again.v, back.v)
+                                       b0=back.b[0], teacher_b=back.teacher_b, **read_ode_settings(path))
+    assert np.array_equal(again.Q, back.Q) and np.array_equal(again.v, back.v) and np.array_equal(again.b, back.b)
 
 
 def test_open_run_reads_an_ode_file_as_a_run(tmp_path):

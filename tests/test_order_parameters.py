@@ -55,13 +55,42 @@ def test_order_parameters_are_the_overlaps_of_the_stored_particles(tmp_path, sca
     assert frames[0][0, d + 1] != frames[-1][0, d + 1] or scaling == "sum"
 
 
+def test_order_parameters_with_biases(tmp_path):
+    """With model.bias (trained, b ~ 0.8 N(0, 1) at t = 0) and a random teacher with biases, the
+    run records Q and R as without biases and b_k = b of the stored particles (1e-12), and eps_g
+    of the recorded overlaps and biases (with the teacher's b*) plus sigma^2 / 2 is the recorded
+    closed-form population risk (1e-10): the biases enter the ODE's fields as
+    lambda = w . x / sqrt(d) + b."""
+    doc = {**SMALL, "model": {**SMALL["model"], "bias": True}, "init": {"tau": 0.8, "b": "gaussian"},
+           "problem": {**SMALL["problem"], "teacher": {"kind": "random", "k": 2, "bias": True}}}
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, doc)), "--out", str(out), "--quiet"]) == 0
+    (spec,) = sweep.plan(write(tmp_path, doc))
+    series, frames, teacher_W = _read(out / f"{spec.id}.h5")
+    d, m = 7, 3
+    assert np.abs(teacher_W[:, d]).min() > 0
+    for index, W in enumerate(frames):
+        a, a_star = W[:, :d], teacher_W[:, :d]
+        Q = np.array([[series[f"Q_{i}_{j}"][index] for j in range(m)] for i in range(m)])
+        R = np.array([[series[f"R_{i}_{n}"][index] for n in range(2)] for i in range(m)])
+        v = np.array([series[f"v_{i}"][index] for i in range(m)])
+        b = np.array([series[f"b_{i}"][index] for i in range(m)])
+        np.testing.assert_allclose(b, W[:, d], atol=1e-12)
+        np.testing.assert_allclose(Q, a @ a.T, atol=1e-12)
+        np.testing.assert_allclose(R, a @ a_star.T, atol=1e-12)
+        eps = generalisation_error(Q, R, a_star @ a_star.T, v, teacher_W[:, d + 1], "erf", b=b,
+                                   teacher_b=teacher_W[:, d])
+        assert eps + 0.2 ** 2 / 2 == pytest.approx(series["risk"][index], rel=1e-10)
+    assert frames[0][0, d] != frames[-1][0, d]                      # the biases train
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"model": {**SMALL["model"], "bias": True}},
-     "[record] order_parameters: the committee of the order-parameter ODEs has no bias"),
     ({"problem": {**SMALL["problem"], "kind": "finite_data", "n_samples": 30, "tangent": True}},
      "[record] order_parameters: measures the network, not the tangent model"),
     ({"model": {**SMALL["model"], "m": 40}},
-     "[record] order_parameters: one series per overlap, m (m + k) + m = 1720"),
+     "[record] order_parameters: one series per order parameter, m (m + k) + m = 1720"),
+    ({"model": {**SMALL["model"], "m": 33, "bias": True}},
+     "[record] order_parameters: one series per order parameter, m (m + k) + 2 m = 1221"),
     ({"record": {"order_parameters": "yes"}}, '[record] order_parameters = "yes"'),
 ])
 def test_order_parameters_refused_where_they_have_no_meaning(tmp_path, change, message):

@@ -209,15 +209,16 @@ def _ode_dataset(f, path: str, attrs: dict) -> xr.Dataset:
 
     Dimensions ``time`` (T) and ``teacher`` (M). Variables over ``time``: ``risk`` (the population
     risk F = (eps_g + sigma^2 / 2) / alpha_o^2, as a particle run records it), ``eps_g`` and the
-    order parameters ``Q_k_l``, ``R_k_n``, ``v_k``; ``teacher_overlaps`` (teacher, teacher_2) = T
-    and ``teacher_v`` (teacher) = v*. Coordinates ``time`` (the engine's continuous time t of the
-    run the ODE was started from; alpha when it has none), ``step`` (the engine step, -1 without
-    a run) and ``alpha`` (steps / d). ``attrs``: ``kind`` = "ode", ``run_id``, ``status``,
-    ``message``, ``method`` (the Gaussian averages), ``path``, ``config``, ``config_json``,
-    ``source_run_id``, the ODE's settings (``activation``, ``K``, ``M``, ``learning_rate``,
-    ``second_layer_learning_rate``, ``train_second_layer``, ``noise_std``, ``model_alpha``,
-    ``rtol``, ``atol``, ``solver``, ``averages``), ``m`` = K, and ``d``, ``seed`` of the source
-    run where it has them.
+    order parameters ``Q_k_l``, ``R_k_n``, ``v_k`` (and ``b_k`` with biases); ``teacher_overlaps``
+    (teacher, teacher_2) = T, ``teacher_v`` (teacher) = v* and ``teacher_b`` (teacher) = b*.
+    Coordinates ``time`` (the engine's continuous time t of the run the ODE was started from; alpha
+    when it has none), ``step`` (the engine step, -1 without a run) and ``alpha`` (steps / d).
+    ``attrs``: ``kind`` = "ode", ``run_id``, ``status``, ``message``, ``method`` (the Gaussian
+    averages), ``path``, ``config``, ``config_json``, ``source_run_id``, the ODE's settings
+    (``activation``, ``K``, ``M``, ``learning_rate``, ``second_layer_learning_rate``,
+    ``train_second_layer``, ``noise_std``, ``batch_size``, ``train_bias``, ``bias_learning_rate``,
+    ``model_alpha``, ``rtol``, ``atol``, ``solver``, ``averages``), ``m`` = K, and ``d``, ``seed``
+    of the source run where it has them.
     """
     config = json.loads(attrs["config"])
     observables = f["observables"]
@@ -229,6 +230,7 @@ def _ode_dataset(f, path: str, attrs: dict) -> xr.Dataset:
     parameters = f["parameters/ode"]
     variables["teacher_overlaps"] = (("teacher", "teacher_2"), parameters["T"][()], {"long_name": "T"})
     variables["teacher_v"] = (("teacher",), parameters["teacher_v"][()], {"long_name": "v*"})
+    variables["teacher_b"] = (("teacher",), parameters["teacher_b"][()], {"long_name": "b*"})
     settings = {key: _text(value) for key, value in parameters.attrs.items()}
     settings = {key: value.item() if isinstance(value, np.generic) else value for key, value in settings.items()}
     ds_attrs = {"kind": attrs["kind"], "run_id": attrs["run_id"], "status": attrs["status"],

@@ -35,9 +35,10 @@ Sections and keys (defaults in parentheses; ``SCHEMA`` below is the reference):
             kind = "finite_data" with a classification loss, record the parameter norms, the
             training error, the normalised margin and the normalised predictor's change, and
             test_error on the test_samples sample when set; kept in the resolved config only
-            when true), order_parameters (false: with a teacher and no bias, record the overlaps
-            Q_k_l = a_k . a_l, R_k_n = a_k . a*_n and v_k = alpha s c_k of the order-parameter
-            ODEs, meanfield.online; kept in the resolved config only when true)
+            when true), order_parameters (false: with a teacher, record the overlaps
+            Q_k_l = a_k . a_l, R_k_n = a_k . a*_n, v_k = alpha s c_k and, with model.bias, the
+            biases b_k of the order-parameter ODEs, meanfield.online; kept in the resolved config
+            only when true)
 [run]       seed (0), root_seed (0), backend ("cpu")
 [lazy]      test_samples (none: no lazy observables), tangent (false: pair with a tangent-model run)
 [limit]     reference_m (none: no comparison), tracers (true), metrics (see LIMIT_METRICS),
@@ -1070,25 +1071,23 @@ def _rules_of_weight_decay(config: dict, context: RuleContext) -> None:
 
 
 def _rules_of_order_parameters(config: dict, context: RuleContext) -> None:
-    """``[record] order_parameters``: the overlaps with a teacher of a bias-free network, from its
-    particles on the CPU, one series per overlap (so a narrow network); dropped from the resolved
-    config when false (the ids of other runs stay)."""
+    """``[record] order_parameters``: the overlaps with a teacher (and the biases) of a network,
+    from its particles on the CPU, one series per order parameter (so a narrow network); dropped
+    from the resolved config when false (the ids of other runs stay)."""
     record, problem, model, fail = config["record"], config["problem"], config["model"], context.fail
     if not record["order_parameters"]:
         del record["order_parameters"]
         return
     if problem["data"] is not None:
         fail("record", "order_parameters", "the overlaps are with the teacher: a data file has none")
-    if model["bias"] or config["problem.teacher"]["bias"]:
-        fail("record", "order_parameters", "the committee of the order-parameter ODEs has no bias: needs "
-                                            "model.bias = false and a teacher without bias")
     if problem["tangent"]:
         fail("record", "order_parameters", "measures the network, not the tangent model: needs tangent = false")
     if config["run"]["backend"] != "cpu":
         fail("record", "order_parameters", 'the observables are evaluated on the CPU: needs backend = "cpu"')
-    count = series_count(model["m"], config["problem.teacher"]["k"])
+    count = series_count(model["m"], config["problem.teacher"]["k"], model["bias"])
     if count > ORDER_PARAMETER_MAX_SERIES:
-        fail("record", "order_parameters", f"one series per overlap, m (m + k) + m = {count}: at most "
+        formula = "m (m + k) + 2 m" if model["bias"] else "m (m + k) + m"
+        fail("record", "order_parameters", f"one series per order parameter, {formula} = {count}: at most "
                                             f"{ORDER_PARAMETER_MAX_SERIES} (a narrow committee)")
 
 

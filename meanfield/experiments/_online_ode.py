@@ -3,9 +3,10 @@
 For every finished run of a directory that is online SGD on a population problem with a teacher
 and records ``[record] order_parameters`` (:func:`applicable` says which), :func:`compare`
 integrates :func:`meanfield.online.integrate_order_parameters` from the run's own overlaps at
-t = 0 (Q0, R0, v0; T and v* from its teacher) with the ODE's learning rates and time of the run
-(:mod:`meanfield.online._engine_map`: eta = eta_e m d / alpha_o^2, eta_v = eta_e m s^2 d,
-alpha = t / (eta_e d)), and measures two distances over the recorded times:
+t = 0 (Q0, R0, v0, and b0 when the model has biases; T, v* and b* from its teacher) with the ODE's
+learning rates and time of the run (:mod:`meanfield.online._engine_map`: eta = eta_e m d /
+alpha_o^2, the biases' eta_b = eta, eta_v = eta_e m s^2 d, alpha = t / (eta_e d)), and measures
+two distances over the recorded times:
 
     D_eps = max_t |eps_g(run) - eps_g(ODE)|,    D_R = max_t ||R(run) - R(ODE)||_F,
 
@@ -49,6 +50,7 @@ from ..online import (
     integrate_order_parameters,
     ode_learning_rates,
     read_trajectory,
+    stack_biases,
     stack_order_parameters,
     write_trajectory,
 )
@@ -68,8 +70,8 @@ def applicable(config: dict) -> str:
 
     The ODE of :func:`meanfield.online.integrate_order_parameters` needs: ``[record]
     order_parameters``, a population problem with the squared loss, a teacher of the student's
-    activation, no bias, the ``"sgd"`` integrator (any ``batch_size``: the ODE's eta^2 terms are
-    divided by it) and no weight decay.
+    activation, the ``"sgd"`` integrator (any ``batch_size``: the ODE's eta^2 terms are divided by
+    it) and no weight decay (biases, of the student or the teacher, are in the ODE).
 
     Parameters
     ----------
@@ -87,7 +89,6 @@ def applicable(config: dict) -> str:
         (problem["kind"] == "population", "not a population problem"),
         (problem["loss"] == "squared", "not the squared loss"),
         (teacher["activation"] == model["activation"], "the teacher's activation differs from the student's"),
-        (not model["bias"] and not teacher["bias"], "a bias"),
         (dynamics["integrator"] == "sgd", 'not integrator = "sgd"'),
         (dynamics.get("batch_size") is not None, "no batch_size (online SGD draws fresh samples each step)"),
         (dynamics.get("weight_decay", 0.0) == 0.0, "weight decay"),
@@ -152,7 +153,7 @@ def _read_run(path) -> dict:
             raise ValueError(f"{os.fspath(path)}: not a run the order-parameter ODE describes: {why}")
         teacher_W = f["parameters/teacher/position"][()].astype(np.float64)
         m, k = config["model"]["m"], teacher_W.shape[0]
-        names = [name for name in f["observables"] if name[:2] in ("Q_", "R_", "v_")]
+        names = [name for name in f["observables"] if name[:2] in ("Q_", "R_", "v_", "b_")]
         series = {name: f[f"observables/{name}/value"][()] for name in names}
         times = f["observables/risk/time"][()]
         steps = f["observables/risk/step"][()]
@@ -162,8 +163,9 @@ def _read_run(path) -> dict:
     d = model.d
     Q, R, v = stack_order_parameters(series, m, k)
     return {"path": os.fspath(path), "config": config, "model": model, "m": m, "k": k, "d": d,
-            "step": config["dynamics"]["step"], "Q": Q, "R": R, "v": v, "T": teacher_W[:, :d] @ teacher_W[:, :d].T,
-            "teacher_v": teacher_W[:, d + 1], "times": times, "steps": steps, "run_id": str(run_id),
+            "step": config["dynamics"]["step"], "Q": Q, "R": R, "v": v, "b": stack_biases(series, m),
+            "T": teacher_W[:, :d] @ teacher_W[:, :d].T, "teacher_v": teacher_W[:, d + 1],
+            "teacher_b": teacher_W[:, d], "times": times, "steps": steps, "run_id": str(run_id),
             "config_sha256": str(config_sha256)}
 
 
@@ -174,7 +176,8 @@ def _ode_arguments(run: dict) -> dict:
     eta, eta_v = ode_learning_rates(model, run["m"], run["step"])
     return {"learning_rate": eta, "noise_std": config["problem"]["noise_std"], "activation": model.activation,
             "train_second_layer": model.train_readout, "second_layer_learning_rate": eta_v,
-            "batch_size": config["dynamics"]["batch_size"], "model_alpha": model.alpha_value(run["m"]),
+            "batch_size": config["dynamics"]["batch_size"], "train_bias": model.bias,
+            "model_alpha": model.alpha_value(run["m"]),
             "time": run["times"], "steps": run["steps"],
             "source": {"run_id": run["run_id"], "file": os.path.basename(run["path"]),
                        "config_sha256": run["config_sha256"], "d": run["d"], "m": run["m"],
@@ -192,7 +195,8 @@ def _up_to_date(target, run: dict, arguments: dict) -> bool:
     stored = data["attrs"]["config"]
     ode, source = stored.get("ode", {}), stored.get("source", {})
     wanted = {key: arguments[key] for key in ("learning_rate", "noise_std", "activation", "train_second_layer",
-                                              "second_layer_learning_rate", "batch_size", "model_alpha")}
+                                              "second_layer_learning_rate", "batch_size", "train_bias",
+                                              "model_alpha")}
     wanted.update(rtol=ODE_RTOL, atol=ODE_ATOL, solver=SOLVER, averages=GaussianAverages(run["model"].activation)
                   .describe())
     if any(ode.get(key) != json.loads(json.dumps(value)) for key, value in wanted.items()):
@@ -202,11 +206,13 @@ def _up_to_date(target, run: dict, arguments: dict) -> bool:
     series = data["series"]
     if not (np.array_equal(data["times"], run["times"]) and np.array_equal(data["steps"], run["steps"])):
         return False
-    Q, R, v = stack_order_parameters({name: values[:1] for name, values in series.items()
-                                      if name[:2] in ("Q_", "R_", "v_")}, run["m"], run["k"])
+    first = {name: values[:1] for name, values in series.items() if name[:2] in ("Q_", "R_", "v_", "b_")}
+    Q, R, v = stack_order_parameters(first, run["m"], run["k"])
     return (np.array_equal(Q[0], run["Q"][0]) and np.array_equal(R[0], run["R"][0])
-            and np.array_equal(v[0], run["v"][0]) and np.array_equal(data["arrays"]["T"], run["T"])
-            and np.array_equal(data["arrays"]["teacher_v"], run["teacher_v"]))
+            and np.array_equal(v[0], run["v"][0]) and np.array_equal(stack_biases(first, run["m"])[0], run["b"][0])
+            and np.array_equal(data["arrays"]["T"], run["T"])
+            and np.array_equal(data["arrays"]["teacher_v"], run["teacher_v"])
+            and np.array_equal(data["arrays"]["teacher_b"], run["teacher_b"]))
 
 
 def store_ode(path, run: dict | None = None) -> tuple[str, bool]:
@@ -243,7 +249,8 @@ def store_ode(path, run: dict | None = None) -> tuple[str, bool]:
                                      activation=arguments["activation"],
                                      train_second_layer=arguments["train_second_layer"],
                                      second_layer_learning_rate=arguments["second_layer_learning_rate"],
-                                     batch_size=arguments["batch_size"])
+                                     batch_size=arguments["batch_size"], b0=run["b"][0], teacher_b=run["teacher_b"],
+                                     train_bias=arguments["train_bias"])
     write_trajectory(target, ode, rtol=ODE_RTOL, atol=ODE_ATOL, run_id=run["run_id"], **arguments)
     return target, True
 
@@ -263,19 +270,23 @@ def compare(path) -> dict:
         ``d``, ``seed``, ``eta``, ``eta_v`` (floats/ints); ``alpha`` (T,), the ODE time of each
         record; ``eps_run``, ``eps_ode`` (T,); ``Q_run``, ``Q_ode`` (T, K, K); ``R_run``, ``R_ode``
         (T, K, M); ``v_run``, ``v_ode`` (T, K); ``eps_distance`` = max_t |eps_run - eps_ode| and
-        ``R_distance`` = max_t ||R_run - R_ode||_F; ``ode_path`` (the ODE's file) and
-        ``ode_written`` (whether it was written by this call).
+        ``R_distance`` = max_t ||R_run - R_ode||_F; ``b_run``, ``b_ode`` (T, K), zeros without
+        biases; the teacher's ``T`` (M, M), ``teacher_v`` and ``teacher_b`` (M,); ``ode_path``
+        (the ODE's file) and ``ode_written`` (whether it was written by this call).
     """
     run = _read_run(path)
     target, written = store_ode(path, run)
     ode = read_trajectory(target)
     Q, R, v, T, teacher_v = run["Q"], run["R"], run["v"], run["T"], run["teacher_v"]
+    b, teacher_b = run["b"], run["teacher_b"]
     activation = run["model"].activation
     eta, eta_v = ode_learning_rates(run["model"], run["m"], run["step"])
-    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation) for q, r, w in zip(Q, R, v)])
+    eps_run = np.array([generalisation_error(q, r, T, w, teacher_v, activation, b=bk, teacher_b=teacher_b)
+                        for q, r, w, bk in zip(Q, R, v, b)])
     return {"d": run["d"], "seed": run["config"]["run"]["seed"], "eta": eta, "eta_v": eta_v, "alpha": ode.alpha,
             "eps_run": eps_run, "eps_ode": ode.generalisation_error, "Q_run": Q, "Q_ode": ode.Q,
-            "R_run": R, "R_ode": ode.R, "v_run": v, "v_ode": ode.v,
+            "R_run": R, "R_ode": ode.R, "v_run": v, "v_ode": ode.v, "b_run": b, "b_ode": ode.b,
+            "T": T, "teacher_v": teacher_v, "teacher_b": teacher_b,
             "eps_distance": float(np.max(np.abs(eps_run - ode.generalisation_error))),
             "R_distance": float(np.max(np.linalg.norm(R - ode.R, axis=(1, 2)))),
             "ode_path": target, "ode_written": written}

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..io._ode_file import read_ode_file, write_ode_file
-from ._engine_map import order_parameter_names, stack_order_parameters
+from ._engine_map import order_parameter_names, stack_biases, stack_order_parameters
 from ._ode import ODE_ATOL, ODE_RTOL, OrderParameterTrajectory, _averages
 
 # The solver of integrate_order_parameters, named in the header.
@@ -26,7 +26,7 @@ LABELS = {"risk": "population risk F = (eps_g + sigma^2 / 2) / alpha_o^2 (as a p
 def write_trajectory(path, trajectory: OrderParameterTrajectory, learning_rate, *, activation="erf",
                      noise_std=0.0, train_second_layer=False, second_layer_learning_rate=None, rtol=ODE_RTOL,
                      atol=ODE_ATOL, model_alpha=1.0, time=None, steps=None, source=None, run_id=None,
-                     batch_size=1) -> str:
+                     batch_size=1, train_bias=False, bias_learning_rate=None) -> str:
     """Write an ODE solution as a run file of its own (atomically: a temporary name, renamed).
 
     The keyword arguments are those the trajectory was integrated with
@@ -39,7 +39,8 @@ def write_trajectory(path, trajectory: OrderParameterTrajectory, learning_rate, 
         The file to write (``.h5``); its directory is created if needed.
     trajectory : OrderParameterTrajectory
         alpha (n,), Q (n, K, K), R (n, K, M), v (n, K), generalisation_error (n,), T (M, M),
-        teacher_v (M,).
+        teacher_v (M,), b (n, K) and teacher_b (M,). The series ``b_k`` are written when the
+        biases train or are not all zero (as a particle run of a model with biases records them).
     learning_rate : float
         eta.
     activation : str or GaussianAverages
@@ -62,6 +63,10 @@ def write_trajectory(path, trajectory: OrderParameterTrajectory, learning_rate, 
         The engine step of each point (default -1: none).
     batch_size : int
         B, samples per step (the eta^2 terms divided by B).
+    train_bias : bool
+        Whether the student biases trained.
+    bias_learning_rate : float, optional
+        eta_b; default eta (written as the value used).
     source : dict, optional
         The engine run the ODE was started from, scalars by name (``run_id``, ``file``,
         ``config_sha256``, ``d``, ``m``, ``seed``, ``step``, ...): the ``source`` section of the
@@ -91,19 +96,24 @@ def write_trajectory(path, trajectory: OrderParameterTrajectory, learning_rate, 
     settings = {"activation": averages.activation, "K": int(K), "M": int(M), "learning_rate": eta,
                 "second_layer_learning_rate": eta if second_layer_learning_rate is None
                 else float(second_layer_learning_rate), "train_second_layer": bool(train_second_layer),
-                "noise_std": float(noise_std), "batch_size": int(batch_size), "model_alpha": float(model_alpha),
+                "noise_std": float(noise_std), "batch_size": int(batch_size), "train_bias": bool(train_bias),
+                "bias_learning_rate": eta if bias_learning_rate is None else float(bias_learning_rate),
+                "model_alpha": float(model_alpha),
                 "rtol": float(rtol),
                 "atol": float(atol), "solver": SOLVER, "averages": averages.describe()}
     config = {"ode": settings}
     if source:
         config["source"] = dict(source)
     series = {"risk": (eps + 0.5 * float(noise_std) ** 2) / float(model_alpha) ** 2, "eps_g": eps, "alpha": alpha}
-    values = np.concatenate([Q.reshape(n, -1), R.reshape(n, -1), v], axis=1)
-    series.update(zip(order_parameter_names(K, M), values.T))
+    b = np.asarray(trajectory.b, dtype=np.float64)
+    bias = bool(train_bias) or bool(np.any(b != 0))
+    values = np.concatenate([Q.reshape(n, -1), R.reshape(n, -1), v] + ([b] if bias else []), axis=1)
+    series.update(zip(order_parameter_names(K, M, bias), values.T))
     if run_id is None:
         run_id = os.path.basename(os.fspath(path)).removesuffix(".h5")
     return write_ode_file(path, run_id, config, averages.describe(), settings,
-                          {"T": trajectory.T, "teacher_v": trajectory.teacher_v}, steps, time, series, LABELS)
+                          {"T": trajectory.T, "teacher_v": trajectory.teacher_v, "teacher_b": trajectory.teacher_b},
+                          steps, time, series, LABELS)
 
 
 def read_trajectory(path) -> OrderParameterTrajectory:
@@ -117,7 +127,7 @@ def read_trajectory(path) -> OrderParameterTrajectory:
     -------
     OrderParameterTrajectory
         alpha (n,), Q (n, K, K), R (n, K, M), v (n, K), generalisation_error (n,), T (M, M),
-        teacher_v (M,), float64.
+        teacher_v (M,), b (n, K) (zeros when the file has no b_k series), teacher_b (M,), float64.
 
     Raises
     ------
@@ -129,7 +139,8 @@ def read_trajectory(path) -> OrderParameterTrajectory:
     series = data["series"]
     Q, R, v = stack_order_parameters(series, K, M)
     return OrderParameterTrajectory(alpha=series["alpha"], Q=Q, R=R, v=v, generalisation_error=series["eps_g"],
-                                    T=data["arrays"]["T"], teacher_v=data["arrays"]["teacher_v"])
+                                    T=data["arrays"]["T"], teacher_v=data["arrays"]["teacher_v"],
+                                    b=stack_biases(series, K), teacher_b=data["arrays"]["teacher_b"])
 
 
 def read_ode_settings(path) -> dict:
@@ -144,7 +155,8 @@ def read_ode_settings(path) -> dict:
     -------
     dict
         ``learning_rate``, ``noise_std``, ``activation`` (name), ``train_second_layer``,
-        ``second_layer_learning_rate``, ``batch_size``, ``rtol``, ``atol``. The rest of the header (K, M,
+        ``second_layer_learning_rate``, ``batch_size``, ``train_bias``, ``bias_learning_rate``,
+        ``rtol``, ``atol``. The rest of the header (K, M,
         model_alpha, solver, averages, the source run) is in the file's ``/parameters/ode`` and
         root attributes (``meanfield.io.read_ode_file``, or the attributes of
         ``meanfield.analysis.open_run``).
@@ -153,5 +165,6 @@ def read_ode_settings(path) -> dict:
     return {"learning_rate": float(settings["learning_rate"]), "noise_std": float(settings["noise_std"]),
             "activation": str(settings["activation"]), "train_second_layer": bool(settings["train_second_layer"]),
             "second_layer_learning_rate": float(settings["second_layer_learning_rate"]),
-            "batch_size": int(settings["batch_size"]), "rtol": float(settings["rtol"]),
+            "batch_size": int(settings["batch_size"]), "train_bias": bool(settings["train_bias"]),
+            "bias_learning_rate": float(settings["bias_learning_rate"]), "rtol": float(settings["rtol"]),
             "atol": float(settings["atol"])}
