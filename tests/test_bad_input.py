@@ -391,8 +391,10 @@ def test_out_in_a_directory_without_write_permission(tmp_path):
     cache.mkdir()
     os.chmod(cache, 0o777)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import meanfield"], capture_output=True, env=env,
-                           cwd=tmp_path, timeout=60)
+    # the probe imports what the refused run imports (numba makes the cache directory of a module
+    # with cached kernels when it is imported, so that it is there before the listing)
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import meanfield.cli, meanfield.online"],
+                           capture_output=True, env=env, cwd=tmp_path, timeout=60)
     # nobody may lack read access to a checkout under a private home; then the check cannot
     # run as nobody here (in CI the checkout is readable and it runs).
     if probe.returncode != 0:
