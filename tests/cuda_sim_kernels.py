@@ -1000,14 +1000,21 @@ def test_cuda_ensemble_members_equal_their_device_runs_alone(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_cuda_gradient_descent_with_scheduled_weight_decay_matches_cpu(dtype):
+@pytest.mark.parametrize("scheme", ["gradient_descent", "heavy_ball"])
+def test_cuda_scheduled_weight_decay_matches_cpu(scheme, dtype):
     """Gradient descent with lambda = 0.4 switched on at t_on = 2 dt (the noise-free Langevin
-    kernel on the device from there, the plain Euler kernel before) against the CPU run, with
-    tracers, to the dtype's tolerance; and not the run without decay."""
+    kernel on the device from there, the plain Euler kernel before), and heavy ball with
+    lambda(t) = 0.4 / (1 + t / 0.5) (heavy_ball_decay_update), against the CPU run, with tracers,
+    to the dtype's tolerance; and not the run without decay."""
     from meanfield.engine._integrators import WeightDecay
 
     model, problem, W0 = population(dtype)
-    integrator = mf.gradient_descent(problem, 0.5, WeightDecay(0.4, "step", start=1.0))
+    if scheme == "gradient_descent":
+        integrator = mf.gradient_descent(problem, 0.5, WeightDecay(0.4, "step", start=1.0))
+        plain_integrator = mf.gradient_descent(problem, 0.5)
+    else:
+        integrator = mf.heavy_ball(problem, 0.2, 0.5, WeightDecay(0.4, "anneal", time=0.5))
+        plain_integrator = mf.heavy_ball(problem, 0.2, 0.5)
     t_max = 4 * integrator.dt
     tracers = W0[:3] + 0.01
     cpu = mf.run(problem, integrator, W0, t_max, times=[0, t_max], keep_particles=True, tracers=tracers)
@@ -1017,59 +1024,8 @@ def test_cuda_gradient_descent_with_scheduled_weight_decay_matches_cpu(dtype):
     assert gpu.status == "complete"
     assert_close_scaled(gpu.particles, cpu.particles, rtol)
     assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
-    plain = mf.run(problem, mf.gradient_descent(problem, 0.5), W0, t_max)
+    plain = mf.run(problem, plain_integrator, W0, t_max)
     assert np.abs(plain.W - cpu.W).max() > 1e-3
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_cuda_heavy_ball_with_annealed_weight_decay_matches_cpu(dtype):
-    """Heavy ball with lambda(t) = 0.4 / (1 + t / 0.5) against the CPU run, with tracers, to the
-    dtype's tolerance; and not the run without decay."""
-    from meanfield.engine._integrators import WeightDecay
-
-    model, problem, W0 = population(dtype)
-    integrator = mf.heavy_ball(problem, 0.2, 0.5, WeightDecay(0.4, "anneal", time=0.5))
-    t_max = 4 * integrator.dt
-    tracers = W0[:3] + 0.01
-    cpu = mf.run(problem, integrator, W0, t_max, times=[0, t_max], keep_particles=True, tracers=tracers)
-    gpu = mf.run(*to_device(problem, integrator), W0, t_max, times=[0, t_max], keep_particles=True,
-                 tracers=tracers)
-    rtol = RTOL[np.dtype(dtype).type]
-    assert gpu.status == "complete"
-    assert_close_scaled(gpu.particles, cpu.particles, rtol)
-    assert_close_scaled(gpu.tracers, cpu.tracers, rtol)
-    plain = mf.run(problem, mf.heavy_ball(problem, 0.2, 0.5), W0, t_max)
-    assert np.abs(plain.W - cpu.W).max() > 1e-3
-
-
-def test_cuda_ensemble_heavy_ball_with_decay_equals_members_alone():
-    """A device ensemble of three members under heavy ball with a decay switched on at t = 2 dt:
-    each member's particles bitwise those of its device run alone, and within 1e-12 of the CPU
-    ensemble."""
-    from meanfield.engine._ensemble import PopulationEnsemble, run_ensemble
-    from meanfield.engine._integrators import INTEGRATORS
-
-    d, m = 3, 4
-    members = [mf.PopulationProblem(mf.Model(d=d, activation="relu", train_readout=True),
-                                    mf.Teacher.random(d, 2, np.random.default_rng(80 + b), "relu")) for b in range(3)]
-    W0 = np.stack([3.0 * mf.initialize(member.model, m=m, rng=np.random.default_rng(90 + b))
-                   for b, member in enumerate(members)])
-    ensemble = PopulationEnsemble(members, m)
-    dynamics = {"step": 0.1, "momentum": 0.5, "weight_decay": 0.3, "weight_decay_schedule": "step",
-                "weight_decay_start": 0.4}
-    integrator = INTEGRATORS["heavy_ball"].build(ensemble, dynamics)
-    t_max = 5 * integrator.dt
-    device = run_ensemble(*to_device(ensemble, integrator), W0, t_max, times=[0, t_max])
-    cpu = run_ensemble(ensemble, integrator, W0, t_max, times=[0, t_max])
-    for b, member in enumerate(members):
-        alone = mf.run(*to_device(member, INTEGRATORS["heavy_ball"].build(member, dynamics)), W0[b], t_max,
-                       times=[0, t_max])
-        assert device[b][0] == "complete"
-        assert np.array_equal(device[b][2], alone.final.W)
-        assert_close_scaled(device[b][2], cpu[b][2], 1e-12)
-    plain = run_ensemble(ensemble, INTEGRATORS["heavy_ball"].build(ensemble, {"step": 0.1, "momentum": 0.5}), W0,
-                         t_max, times=[0, t_max])
-    assert np.abs(plain[0][2] - cpu[0][2]).max() > 1e-3
 
 
 def test_cuda_run_matches_cpu_quadrature():
